@@ -1,0 +1,64 @@
+// duquant list-linears CKPT [selection] [--json]: the dry run.
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "cli/commands.hpp"
+#include "cli/options.hpp"
+#include "duquant/dryrun_report.hpp"
+#include "duquant/error.hpp"
+#include "duquant/linear_layers.hpp"
+#include "duquant/selection.hpp"
+#include "formats/safetensors_checkpoint.hpp"
+
+namespace duquant::cli {
+namespace {
+
+struct ListLinears {
+  std::string checkpoint;
+  ConfigFlags flags;
+  bool json = false;
+
+  int run() const {
+    const RunConfig config = build_config(flags);
+    const formats::Checkpoint ckpt = formats::Checkpoint::open(checkpoint);
+    const std::vector<LinearLayer> linears = find_linear_layers(ckpt);
+    const Selection selection = select_layers(linears, config.selection, config.quant.wbits_default);
+
+    for (const auto& name : selection.layers_not_found) warn(fmt::format("--layers names '{}', which is no linear layer of the checkpoint", name));
+    for (const auto& name : selection.wbits_unused) warn(fmt::format("--wbits names '{}', which is not a selected layer", name));
+    for (const auto& name : selection.skipped_dtype)
+      warn(fmt::format("'{}' is selected but stored as {}, which is not quantized", name,
+                       formats::dtype_name(ckpt.find(name + ".weight")->dtype)));
+
+    if (json) {
+      nlohmann::ordered_json j;
+      j["checkpoint"] = checkpoint;
+      const nlohmann::ordered_json body = selection_json(selection, config);
+      for (const auto& [k, v] : body.items()) j[k] = v;
+      fmt::print("{}\n", j.dump(2));
+    } else {
+      fmt::print("{}", dryrun_text(selection, config));
+      if (selection.layers.empty()) fmt::print("{}", no_match_text(linears, config));
+    }
+    if (selection.layers.empty()) {
+      std::fflush(stdout);
+      fail(ErrorKind::no_match, "{}: the selection matches none of its {} linear layers", checkpoint, linears.size());
+    }
+    return 0;
+  }
+};
+
+}  // namespace
+
+Action register_list_linears(CLI::App& app) {
+  auto cmd = std::make_shared<ListLinears>();
+  CLI::App* c = app.add_subcommand("list-linears", "Dry run: the linear layers a selection picks, with their bits");
+  c->add_option("checkpoint", cmd->checkpoint, "safetensors file, sharded index, or folder")->required();
+  c->add_flag("--json", cmd->json, "Machine-readable output: per layer name, shape, dtype, bits, bytes; totals");
+  add_config_flags(*c, cmd->flags);
+  return [cmd, c]() { return c->parsed() ? cmd->run() : -1; };
+}
+
+}  // namespace duquant::cli

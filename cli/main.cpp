@@ -1,0 +1,51 @@
+// duquant: quantize robot VLA policy weights with DuQuant, offline. Exit codes: docs/cli.md.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <exception>
+#include <new>
+#include <vector>
+
+#include "cli/commands.hpp"
+#include "duquant/error.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"duquant: DuQuant W4A8 packing for robot vision-language-action policies"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("duquant ") + DUQUANT_VERSION);
+  std::vector<duquant::cli::Action> actions{
+      duquant::cli::register_list_linears(app), duquant::cli::register_synth(app),
+      duquant::cli::register_presets(app), duquant::cli::register_version(app)};
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);  // prints the reason
+    return duquant::exit_code(duquant::ErrorKind::usage);
+  }
+  try {
+    for (const auto& action : actions) {
+      const int code = action();
+      if (code >= 0) return code;
+    }
+    return duquant::exit_code(duquant::ErrorKind::internal);
+  } catch (const duquant::Error& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "duquant: error: {}\n", e.what());
+    return duquant::exit_code(e.kind());
+  } catch (const std::bad_alloc&) {
+    std::fflush(stdout);
+    fmt::print(stderr, "duquant: error: out of memory\n");
+    return duquant::exit_code(duquant::ErrorKind::io);
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "duquant: internal error: {}\n", e.what());
+    return duquant::exit_code(duquant::ErrorKind::internal);
+  }
+}

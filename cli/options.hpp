@@ -1,0 +1,34 @@
+// Flags shared by the commands that select layers (list-linears now; pack, verify later).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "duquant/quant_config.hpp"
+
+namespace duquant::cli {
+
+struct ConfigFlags {
+  std::optional<std::string> preset;
+  std::optional<std::string> env_prefix;
+  std::optional<std::string> scope, include, exclude, layers, wbits, wbits_default, abits, block, block_out, permute,
+      row_rot, lambda_smooth, act_pct, calib_steps;
+  std::vector<std::string> wbits_rules;
+  bool no_permute = false;
+  bool include_action_head = false;
+};
+
+// Registers the selection and quantization flags on `command`.
+void add_config_flags(CLI::App& command, ConfigFlags& flags);
+
+// Applies preset, environment and flags in that order and validates the result. Environment
+// warnings are printed to stderr.
+RunConfig build_config(const ConfigFlags& flags);
+
+// Prints "duquant: warning: <text>" to stderr.
+void warn(const std::string& text);
+
+}  // namespace duquant::cli

@@ -1,0 +1,38 @@
+// A file that appears under its final name only once it is complete.
+//
+// Data goes to a temporary file beside the target (".<name>.tmp-<pid>"); commit() flushes it to
+// disk, renames it over the target and syncs the folder. A file never committed (an error, an
+// exception, a crash) leaves no file under the final name: the destructor removes the temporary.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string_view>
+
+namespace duquant::formats {
+
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::filesystem::path target);
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile();
+
+  void write(std::span<const std::byte> data);
+  void write(std::string_view text);
+  std::uint64_t bytes_written() const noexcept { return written_; }
+  void commit();
+
+  const std::filesystem::path& target() const noexcept { return target_; }
+
+ private:
+  std::filesystem::path target_;
+  std::filesystem::path temp_;
+  int fd_ = -1;
+  std::uint64_t written_ = 0;
+  bool committed_ = false;
+};
+
+}  // namespace duquant::formats

@@ -1,0 +1,73 @@
+// A checkpoint: one safetensors file, or shards joined by a Hugging Face style index.
+//
+// Every file is memory-mapped and its header validated when the checkpoint opens; tensor data is
+// not touched until a caller asks for a tensor's bytes or converts it to float32.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "formats/dtype.hpp"
+#include "formats/mapped_file.hpp"
+
+namespace duquant::formats {
+
+struct TensorRef {
+  std::string name;
+  DType dtype{};
+  std::vector<std::uint64_t> shape;
+  std::uint64_t numel = 0;
+  std::uint64_t nbytes = 0;
+  std::uint32_t file = 0;     // index into Checkpoint::files()
+  std::uint64_t offset = 0;   // absolute byte offset of the data inside that file
+};
+
+struct CheckpointFile {
+  std::filesystem::path path;
+  std::uint64_t size = 0;
+  std::uint64_t header_bytes = 0;
+  std::map<std::string, std::string> metadata;
+};
+
+// Parses a `model.safetensors.index.json` text: tensor name -> shard file name, validated
+// (a JSON object, "weight_map" an object of strings, no duplicate keys, shard names relative
+// paths that stay inside the checkpoint's folder). `label` names the file in messages.
+std::map<std::string, std::string> parse_safetensors_index(std::string_view text, const std::string& label);
+
+class Checkpoint {
+ public:
+  // `path` may be a .safetensors file, a *.safetensors.index.json file, or a folder holding
+  // model.safetensors.index.json, model.safetensors, or exactly one *.safetensors file.
+  static Checkpoint open(const std::filesystem::path& path);
+
+  // Every tensor, in storage order: shards by file name, then by data offset.
+  const std::vector<TensorRef>& tensors() const noexcept { return tensors_; }
+  const TensorRef* find(std::string_view name) const;
+  const std::vector<CheckpointFile>& files() const noexcept { return files_; }
+  // What the user named (file, index or folder), for messages.
+  const std::filesystem::path& source() const noexcept { return source_; }
+
+  // The tensor's raw little-endian bytes, inside the mapping (no copy; any alignment).
+  std::span<const std::byte> bytes(const TensorRef& tensor) const;
+  // Converts the tensor to float32 into `out` (out.size() must equal numel). F32/F16/BF16 only;
+  // other dtypes throw duquant::Error (format) naming the tensor.
+  void read_f32(const TensorRef& tensor, std::span<float> out) const;
+
+ private:
+  void add_file(const std::filesystem::path& path, const std::string& label);
+
+  std::filesystem::path source_;
+  std::vector<MappedFile> maps_;
+  std::vector<CheckpointFile> files_;
+  std::vector<TensorRef> tensors_;
+  std::unordered_map<std::string, std::size_t> by_name_;
+};
+
+}  // namespace duquant::formats

@@ -1,0 +1,27 @@
+// The linear layers of a checkpoint: every 2-D tensor `<module>.weight`, with its 1-D
+// `<module>.bias` of matching length when one exists.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "formats/safetensors_checkpoint.hpp"
+
+namespace duquant {
+
+struct LinearLayer {
+  std::string name;                                // module name, without ".weight"
+  const formats::TensorRef* weight = nullptr;      // [out_features, in_features]
+  const formats::TensorRef* bias = nullptr;        // [out_features], or null
+  std::uint64_t out_features = 0;
+  std::uint64_t in_features = 0;
+  // F32, F16 or BF16: only these can be quantized; other dtypes are listed and left alone.
+  bool quantizable() const { return formats::converts_to_f32(weight->dtype); }
+};
+
+// All linear layers, in module order (see module_order.hpp). Pointers stay valid while the
+// checkpoint lives.
+std::vector<LinearLayer> find_linear_layers(const formats::Checkpoint& checkpoint);
+
+}  // namespace duquant

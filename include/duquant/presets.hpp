@@ -1,0 +1,27 @@
+// Named configurations from the field's existing run scripts, so `--preset NAME` reproduces a
+// known setup. A preset sets knobs before the environment and flags, which may override it.
+#pragma once
+
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "duquant/settings.hpp"
+
+namespace duquant {
+
+struct Preset {
+  std::string_view name;
+  std::string_view description;
+  Runtime runtime;
+  std::vector<std::pair<Knob, std::string_view>> knobs;
+  int pi05_layers;  // layers it selects on a full pi0.5 checkpoint (-1: not a pi0.5 preset)
+};
+
+const std::vector<Preset>& presets();
+// The preset of that name; an unknown name throws duquant::Error (usage) listing the known ones.
+const Preset& find_preset(std::string_view name);
+// Applies the preset's knobs to `settings` with source "preset '<name>'".
+void apply_preset(const Preset& preset, Settings& settings);
+
+}  // namespace duquant

@@ -1,0 +1,36 @@
+// Which linear layers a configuration selects, exactly as the runtime decides (reference
+// section 5): a layer is selected when its name starts with the scope and it is in LAYERS (when
+// given) or else matches INCLUDE and does not match EXCLUDE (Python re.search semantics); layers
+// named action_out_proj are skipped unless include_action_head is on. Each selected layer gets its
+// weight bits: an exact WBITS entry, else the first matching rule, else the default.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "duquant/linear_layers.hpp"
+#include "duquant/quant_config.hpp"
+
+namespace duquant {
+
+struct SelectedLayer {
+  const LinearLayer* layer = nullptr;
+  int wbits = 0;
+};
+
+struct Selection {
+  std::vector<SelectedLayer> layers;           // in module order
+  std::size_t linear_count = 0;                // linear layers in the checkpoint
+  std::vector<std::string> skipped_action_head;
+  std::vector<std::string> skipped_dtype;      // selected by name but not F32/F16/BF16
+  std::vector<std::string> layers_not_found;   // LAYERS entries that are no linear layer
+  std::vector<std::string> wbits_unused;       // WBITS names that name no selected layer
+};
+
+// `linears` must outlive the returned selection (it points into it).
+Selection select_layers(const std::vector<LinearLayer>& linears, const SelectionConfig& config, int wbits_default);
+
+// True for a module the runtime treats as the action head (`action_out_proj`, possibly nested).
+bool is_action_head(const std::string& name);
+
+}  // namespace duquant

@@ -1,0 +1,32 @@
+#include "duquant/linear_layers.hpp"
+
+#include "duquant/module_order.hpp"
+
+namespace duquant {
+
+std::vector<LinearLayer> find_linear_layers(const formats::Checkpoint& checkpoint) {
+  constexpr std::string_view kWeight = ".weight";
+  std::vector<LinearLayer> found;
+  for (const formats::TensorRef& t : checkpoint.tensors()) {
+    if (t.shape.size() != 2 || t.name.size() <= kWeight.size() ||
+        t.name.compare(t.name.size() - kWeight.size(), kWeight.size(), kWeight) != 0)
+      continue;
+    LinearLayer layer;
+    layer.name = t.name.substr(0, t.name.size() - kWeight.size());
+    layer.weight = &t;
+    layer.out_features = t.shape[0];
+    layer.in_features = t.shape[1];
+    const formats::TensorRef* bias = checkpoint.find(layer.name + ".bias");
+    if (bias != nullptr && bias->shape.size() == 1 && bias->shape[0] == layer.out_features) layer.bias = bias;
+    found.push_back(std::move(layer));
+  }
+  std::vector<std::string> names;
+  names.reserve(found.size());
+  for (const auto& l : found) names.push_back(l.name);
+  std::vector<LinearLayer> ordered;
+  ordered.reserve(found.size());
+  for (std::size_t i : module_order(names)) ordered.push_back(std::move(found[i]));
+  return ordered;
+}
+
+}  // namespace duquant

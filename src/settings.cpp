@@ -1,0 +1,224 @@
+#include "duquant/settings.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+
+#include "duquant/error.hpp"
+#include "duquant/regex.hpp"
+
+namespace duquant {
+namespace {
+
+// Variables the runtime reads that do not affect what is packed: accepted and ignored.
+constexpr std::string_view kRuntimeOnly[] = {"PACKDIR", "DRYRUN",      "DEBUG",           "PROFILE",
+                                             "PROFILE_SYNC", "PRECACHE_WEIGHTS"};
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+std::vector<std::string_view> split(std::string_view s, char sep) {
+  std::vector<std::string_view> parts;
+  while (true) {
+    const std::size_t at = s.find(sep);
+    parts.push_back(s.substr(0, at));
+    if (at == std::string_view::npos) return parts;
+    s.remove_prefix(at + 1);
+  }
+}
+
+long long parse_int_text(std::string_view text, const std::string& source, const std::string& whole) {
+  const std::string_view t = trim(text);
+  long long v = 0;
+  const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+  DQ_CHECK(!t.empty() && ec == std::errc() && end == t.data() + t.size(), usage, "{}: '{}' is not an integer",
+           source, whole);
+  return v;
+}
+
+int parse_int(const Setting& s, int lo, int hi) {
+  const long long v = parse_int_text(s.value, s.source, s.value);
+  DQ_CHECK(v >= lo && v <= hi, usage, "{}: {} is out of range ({} to {})", s.source, v, lo, hi);
+  return static_cast<int>(v);
+}
+
+double parse_float(const Setting& s, double lo, double hi, bool lo_open) {
+  const std::string_view t = trim(s.value);
+  double v = 0;
+  const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+  DQ_CHECK(!t.empty() && ec == std::errc() && end == t.data() + t.size() && std::isfinite(v), usage,
+           "{}: '{}' is not a finite number", s.source, s.value);
+  DQ_CHECK((lo_open ? v > lo : v >= lo) && v <= hi, usage, "{}: {} is out of range ({} {} to {})", s.source, s.value,
+           lo_open ? "above" : "from", lo, hi);
+  return v;
+}
+
+bool parse_bool(const Setting& s) {
+  const std::string_view t = trim(s.value);
+  if (t == "1" || t == "true" || t == "True") return true;
+  if (t == "0" || t == "false" || t == "False") return false;
+  fail(ErrorKind::usage,
+       "{}: '{}' is not a boolean; use 1 or 0 (true/false and True/False also work; the runtime would read "
+       "any other value as on)",
+       s.source, s.value);
+}
+
+RowRot parse_row_rot(const Setting& s) {
+  const std::string_view t = trim(s.value);
+  if (t == "restore") return RowRot::restore;
+  if (t == "0") return RowRot::off;
+  if (t == "propagate") return RowRot::propagate;
+  fail(ErrorKind::usage, "{}: '{}' is not a row rotation mode (restore, 0 or propagate)", s.source, s.value);
+}
+
+constexpr int kMinWbits = 2, kMaxWbits = 8;
+
+int parse_bits_text(std::string_view text, const Setting& s) {
+  const long long bits = parse_int_text(text, s.source, s.value);
+  DQ_CHECK(bits >= kMinWbits && bits <= kMaxWbits, usage, "{}: {} weight bits in '{}' is out of range ({} to {})",
+           s.source, bits, s.value, kMinWbits, kMaxWbits);
+  return static_cast<int>(bits);
+}
+
+// "name:bits,name:bits" (the runtime's WBITS format); the name is everything before the last ':'.
+std::vector<std::pair<std::string, int>> parse_wbits(const Setting& s) {
+  std::vector<std::pair<std::string, int>> out;
+  for (std::string_view item : split(s.value, ',')) {
+    item = trim(item);
+    if (item.empty()) continue;
+    const std::size_t colon = item.rfind(':');
+    DQ_CHECK(colon != std::string_view::npos && colon > 0, usage,
+             "{}: '{}' is not 'layer:bits' (in '{}')", s.source, item, s.value);
+    const std::string name(trim(item.substr(0, colon)));
+    const int bits = parse_bits_text(item.substr(colon + 1), s);
+    const auto same = std::find_if(out.begin(), out.end(), [&](const auto& e) { return e.first == name; });
+    DQ_CHECK(same == out.end() || same->second == bits, usage, "{}: layer '{}' is given {} and {} bits", s.source,
+             name, same == out.end() ? 0 : same->second, bits);
+    if (same == out.end()) out.emplace_back(name, bits);
+  }
+  return out;
+}
+
+// "REGEX=bits"; the expression is everything before the last '='.
+std::pair<std::string, int> parse_wbits_rule(const Setting& s) {
+  const std::size_t eq = s.value.rfind('=');
+  DQ_CHECK(eq != std::string::npos && eq > 0, usage, "{}: '{}' is not 'REGEX=bits'", s.source, s.value);
+  std::string pattern = s.value.substr(0, eq);
+  Regex check(pattern, s.source);  // reject a bad expression now, naming its source
+  return {std::move(pattern), parse_bits_text(std::string_view(s.value).substr(eq + 1), s)};
+}
+
+}  // namespace
+
+const std::vector<KnobInfo>& knob_table() {
+  static const std::vector<KnobInfo> table{
+      {Knob::scope, "SCOPE", "--scope"},
+      {Knob::include, "INCLUDE", "--include"},
+      {Knob::exclude, "EXCLUDE", "--exclude"},
+      {Knob::layers, "LAYERS", "--layers"},
+      {Knob::include_action_head, "INCLUDE_ACTION_HEAD", "--include-action-head"},
+      {Knob::wbits_default, "WBITS_DEFAULT", "--wbits-default"},
+      {Knob::wbits, "WBITS", "--wbits"},
+      {Knob::wbits_rules, "", "--wbits-rule"},
+      {Knob::abits, "ABITS", "--abits"},
+      {Knob::block, "BLOCK", "--block"},
+      {Knob::block_out, "BLOCK_OUT", "--block-out"},
+      {Knob::permute, "PERMUTE", "--permute"},
+      {Knob::row_rot, "ROW_ROT", "--row-rot"},
+      {Knob::lambda_smooth, "LS", "--lambda-smooth"},
+      {Knob::act_pct, "ACT_PCT", "--act-pct"},
+      {Knob::calib_steps, "CALIB_STEPS", "--calib-steps"},
+  };
+  return table;
+}
+
+const KnobInfo& knob_info(Knob knob) {
+  for (const auto& k : knob_table())
+    if (k.knob == knob) return k;
+  fail(ErrorKind::internal, "knob {} missing from the table", static_cast<int>(knob));
+}
+
+void Settings::set(Knob knob, std::string value, std::string source) {
+  values_[knob] = Setting{std::move(value), std::move(source)};
+}
+
+void Settings::add_wbits_rule(std::string rule, std::string source) {
+  wbits_rules_.push_back(Setting{std::move(rule), std::move(source)});
+}
+
+const Setting* Settings::get(Knob knob) const {
+  const auto it = values_.find(knob);
+  return it == values_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> apply_environment(std::string_view prefix, char** env, Settings& settings) {
+  if (prefix == runtime_env_prefix(Runtime::openpi)) {
+    settings.runtime = Runtime::openpi;
+  } else if (prefix == runtime_env_prefix(Runtime::gr00t)) {
+    settings.runtime = Runtime::gr00t;
+  } else {
+    fail(ErrorKind::usage, "--env-prefix: '{}' is not a runtime's prefix (OPENPI_DUQUANT_ or GR00T_DUQUANT_)", prefix);
+  }
+  std::vector<std::string> warnings;
+  std::vector<std::string> entries;
+  for (char** e = env; e != nullptr && *e != nullptr; ++e) entries.emplace_back(*e);
+  std::sort(entries.begin(), entries.end());  // deterministic order of warnings
+  for (const std::string& entry : entries) {
+    if (entry.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::size_t eq = entry.find('=');
+    if (eq == std::string::npos) continue;
+    const std::string name = entry.substr(0, eq);
+    const std::string suffix = name.substr(prefix.size());
+    const std::string value = entry.substr(eq + 1);
+    const auto known = std::find_if(knob_table().begin(), knob_table().end(),
+                                    [&](const KnobInfo& k) { return !k.env.empty() && k.env == suffix; });
+    if (known != knob_table().end()) {
+      // An empty LAYERS or BLOCK_OUT means "not given", as in the runtime.
+      if (value.empty() && (known->knob == Knob::layers || known->knob == Knob::block_out)) continue;
+      settings.set(known->knob, value, name);
+    } else if (std::find(std::begin(kRuntimeOnly), std::end(kRuntimeOnly), suffix) == std::end(kRuntimeOnly)) {
+      warnings.push_back(fmt::format("{} is not a variable the runtime reads; ignored", name));
+    }
+  }
+  return warnings;
+}
+
+RunConfig resolve(const Settings& settings) {
+  RunConfig config;
+  if (settings.runtime) config.runtime = *settings.runtime;
+  config.preset = settings.preset;
+  SelectionConfig& sel = config.selection;
+  QuantConfig& q = config.quant;
+
+  if (const Setting* s = settings.get(Knob::scope)) sel.scope = s->value;
+  if (const Setting* s = settings.get(Knob::include)) sel.include = s->value;
+  if (const Setting* s = settings.get(Knob::exclude)) sel.exclude = s->value;
+  Regex include_check(sel.include, settings.get(Knob::include) ? settings.get(Knob::include)->source : "default include");
+  Regex exclude_check(sel.exclude, settings.get(Knob::exclude) ? settings.get(Knob::exclude)->source : "default exclude");
+  if (const Setting* s = settings.get(Knob::layers)) {
+    for (std::string_view name : split(s->value, ','))
+      if (!trim(name).empty()) sel.layers.emplace_back(trim(name));
+  }
+  if (const Setting* s = settings.get(Knob::include_action_head)) sel.include_action_head = parse_bool(*s);
+  if (const Setting* s = settings.get(Knob::wbits)) sel.wbits = parse_wbits(*s);
+  for (const Setting& rule : settings.wbits_rules()) sel.wbits_rules.push_back(parse_wbits_rule(rule));
+
+  if (const Setting* s = settings.get(Knob::wbits_default)) q.wbits_default = parse_int(*s, kMinWbits, kMaxWbits);
+  if (const Setting* s = settings.get(Knob::abits)) q.abits = parse_int(*s, 2, 16);
+  if (const Setting* s = settings.get(Knob::block)) q.block = parse_int(*s, 1, 4096);
+  q.block_out = q.block;
+  if (const Setting* s = settings.get(Knob::block_out)) q.block_out = parse_int(*s, 1, 4096);
+  if (const Setting* s = settings.get(Knob::permute)) q.permute = parse_bool(*s);
+  if (const Setting* s = settings.get(Knob::row_rot)) q.row_rot = parse_row_rot(*s);
+  if (const Setting* s = settings.get(Knob::lambda_smooth)) q.lambda_smooth = parse_float(*s, 0.0, 1.0, false);
+  if (const Setting* s = settings.get(Knob::act_pct)) q.act_pct = parse_float(*s, 0.0, 100.0, true);
+  if (const Setting* s = settings.get(Knob::calib_steps)) q.calib_steps = parse_int(*s, 1, 1'000'000);
+  return config;
+}
+
+}  // namespace duquant

@@ -1,0 +1,27 @@
+// Paths the tests use: the shared fixtures, the repository's test data, the built binary, and a
+// fresh temporary folder per test.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+
+namespace duquant::test {
+
+inline std::filesystem::path fixtures() { return DUQUANT_FIXTURES_DIR; }
+inline std::filesystem::path tiny_checkpoint() { return fixtures() / "pi05_tiny.safetensors"; }
+inline std::filesystem::path test_data() { return DUQUANT_TEST_DATA_DIR; }
+inline std::filesystem::path binary() { return DUQUANT_BINARY; }
+
+// A folder unique to the running test, emptied on creation.
+inline std::filesystem::path temp_dir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::filesystem::path dir = std::filesystem::temp_directory_path() / "duquant-tests" /
+                              (std::string(info->test_suite_name()) + "." + info->name());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+}  // namespace duquant::test
