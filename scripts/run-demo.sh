@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: installs what is missing, builds, writes the synthetic
+# pi0.5-shaped checkpoint (`duquant synth`) and lists what every preset selects from it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/install-deps.sh"
+"$root/scripts/build.sh" build > "$root/build.log" 2>&1 || { tail -50 "$root/build.log"; exit 1; }
+dq="$root/build/duquant"
+demo="$root/demo"
+mkdir -p "$demo"
+"$dq" version
+"$dq" synth -o "$demo/pi05_synth.safetensors" --factor 16 --force
+for preset in openpi-dit-qkvo openpi-dit openpi-llm openpi-full openpi-llm-dit-mlp; do
+  echo
+  echo "== duquant list-linears demo/pi05_synth.safetensors --preset $preset"
+  "$dq" list-linears "$demo/pi05_synth.safetensors" --preset "$preset" > "$demo/list-$preset.txt"
+  head -n 4 "$demo/list-$preset.txt"
+  echo "   ... (all $(grep -c DRYRUN "$demo/list-$preset.txt") lines in demo/list-$preset.txt)"
+  tail -n 1 "$demo/list-$preset.txt"
+done
