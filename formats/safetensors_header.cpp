@@ -52,7 +52,7 @@ TensorEntry parse_entry(const std::string& name, const json& v, const std::strin
     t.shape.push_back(dim);
     if (!overflow && __builtin_mul_overflow(t.numel, dim, &t.numel)) overflow = true;
   }
-  DQ_CHECK(!overflow, format, "{}: tensor '{}': shape {} has more than 2^64 elements", label, name,
+  DQ_CHECK(!overflow, format, "{}: tensor '{}': shape {} has 2^64 or more elements", label, name,
            shape_text(t.shape));
 
   const json& offsets = v["data_offsets"];
@@ -66,8 +66,8 @@ TensorEntry parse_entry(const std::string& name, const json& v, const std::strin
 
   std::uint64_t bits = 0;
   DQ_CHECK(!__builtin_mul_overflow(t.numel, std::uint64_t{dtype_bits(t.dtype)}, &bits), format,
-           "{}: tensor '{}': {} elements of {} overflow a 64-bit byte count", label, name, t.numel,
-           dtype_name(t.dtype));
+           "{}: tensor '{}': {} elements of {} ({} bits each) overflow a 64-bit bit count", label, name,
+           t.numel, dtype_name(t.dtype), dtype_bits(t.dtype));
   DQ_CHECK(bits % 8 == 0, format, "{}: tensor '{}': {} elements of {} ({} bits each) are not a whole number of bytes",
            label, name, t.numel, dtype_name(t.dtype), dtype_bits(t.dtype));
   DQ_CHECK(bits / 8 == t.end - t.begin, format,
