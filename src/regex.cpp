@@ -3,7 +3,9 @@
 
 #include <pcre2.h>
 
+#include <algorithm>
 #include <cctype>
+#include <vector>
 
 #include "duquant/error.hpp"
 
@@ -14,44 +16,66 @@ struct Regex::Impl {
   ~Impl() { pcre2_code_free(code); }
 };
 
-std::string python_to_pcre2(std::string_view p) {
+namespace {
+
+// Translates a Python pattern to PCRE2. `origin`, when given, receives for every byte of the
+// result the offset of the Python byte it came from (plus one entry for the end), so that a
+// PCRE2 error offset can be reported in the user's pattern.
+std::string translate(std::string_view p, std::vector<std::size_t>* origin) {
   std::string out;
   out.reserve(p.size() + 4);
+  auto emit = [&](std::string_view text, std::size_t from) {
+    out += text;
+    if (origin) origin->insert(origin->end(), text.size(), from);
+  };
   bool in_class = false;
   for (std::size_t i = 0; i < p.size(); ++i) {
     const char c = p[i];
     if (c == '\\' && i + 1 < p.size()) {  // escaped character: copy both
-      out += c;
-      out += p[++i];
+      // Python's \Z is the very end of the string: PCRE2's \z (PCRE2's \Z also matches before a
+      // final newline).
+      if (!in_class && p[i + 1] == 'Z') {
+        emit("\\z", i);
+      } else {
+        emit(p.substr(i, 2), i);
+      }
+      ++i;
       continue;
     }
     if (in_class) {
       if (c == ']') in_class = false;
-      out += c;
+      // Python reads '[' inside a set as a literal; PCRE2 would start a POSIX class "[:alpha:]".
+      emit(c == '[' ? std::string_view("\\[") : p.substr(i, 1), i);
       continue;
     }
     if (c == '[') {
       in_class = true;
-      out += c;
-      if (i + 1 < p.size() && p[i + 1] == '^') out += p[++i];
-      if (i + 1 < p.size() && p[i + 1] == ']') out += p[++i];  // "[]...]" and "[^]...]": literal ]
+      emit(p.substr(i, 1), i);
+      if (i + 1 < p.size() && p[i + 1] == '^') ++i, emit(p.substr(i, 1), i);
+      if (i + 1 < p.size() && p[i + 1] == ']') ++i, emit(p.substr(i, 1), i);  // "[]...]", "[^]...]": literal ]
       continue;
     }
-    if (c == '{' && i + 1 < p.size() && p[i + 1] == ',') {  // "{,n}" -> "{0,n}" when n are digits
+    if (c == '{' && i + 1 < p.size() && p[i + 1] == ',') {  // "{,n}" -> "{0,n}", "{,}" -> "{0,}"
       std::size_t j = i + 2;
       while (j < p.size() && std::isdigit(static_cast<unsigned char>(p[j]))) ++j;
-      if (j > i + 2 && j < p.size() && p[j] == '}') {
-        out += "{0";
+      if (j < p.size() && p[j] == '}') {
+        emit("{0", i);
         continue;  // the ',' and digits follow unchanged
       }
     }
-    out += c;
+    emit(p.substr(i, 1), i);
   }
+  if (origin) origin->push_back(p.size());
   return out;
 }
 
+}  // namespace
+
+std::string python_to_pcre2(std::string_view p) { return translate(p, nullptr); }
+
 Regex::Regex(std::string pattern, const std::string& source) : pattern_(std::move(pattern)), impl_(new Impl) {
-  const std::string translated = python_to_pcre2(pattern_);
+  std::vector<std::size_t> origin;
+  const std::string translated = translate(pattern_, &origin);
   int code = 0;
   PCRE2_SIZE offset = 0;
   impl_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
@@ -59,7 +83,8 @@ Regex::Regex(std::string pattern, const std::string& source) : pattern_(std::mov
   if (impl_->code == nullptr) {
     PCRE2_UCHAR buffer[256];
     pcre2_get_error_message(code, buffer, sizeof buffer);
-    fail(ErrorKind::usage, "{}: invalid regular expression '{}' at offset {}: {}", source, pattern_, offset,
+    fail(ErrorKind::usage, "{}: invalid regular expression '{}' at offset {}: {}", source, pattern_,
+         origin[std::min<std::size_t>(offset, origin.size() - 1)],
          reinterpret_cast<const char*>(buffer));
   }
   pcre2_jit_compile(impl_->code, PCRE2_JIT_COMPLETE);  // optional speed-up; falls back to the interpreter

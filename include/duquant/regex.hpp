@@ -2,8 +2,10 @@
 //
 // The runtime selects layers with Python `re`; PCRE2 accepts the same syntax for everything that
 // appears in layer patterns (groups, (?:...), (?P<name>...), lookarounds, classes, \d \w \b, ^ $).
-// Python's `{,n}` (meaning {0,n}) is rewritten before compiling. Patterns are compiled with UTF
-// and Unicode properties on, as Python compiles str patterns. See docs/selection.md.
+// Python-only spellings are rewritten before compiling: `{,n}` and `{,}` (meaning {0,n}, {0,}),
+// `\Z` (end of string: PCRE2's `\z`) and a `[` inside a set (a literal in Python, a POSIX class
+// opener in PCRE2). Patterns are compiled with UTF and Unicode properties on, as Python compiles
+// str patterns. See docs/selection.md.
 #pragma once
 
 #include <memory>
@@ -31,7 +33,8 @@ class Regex {
   std::unique_ptr<Impl> impl_;
 };
 
-// Python's `{,n}` quantifier in PCRE2 spelling (`{0,n}`); everything else unchanged.
+// The pattern in PCRE2 spelling (see above); everything else unchanged. Escapes and set contents
+// are never rewritten as quantifiers.
 std::string python_to_pcre2(std::string_view pattern);
 
 }  // namespace duquant
