@@ -32,8 +32,15 @@ std::vector<std::string_view> split(std::string_view s, char sep) {
   }
 }
 
+// Python's int() and float() accept surrounding spaces and a leading '+'; from_chars does not.
+std::string_view number_text(std::string_view text) {
+  std::string_view t = trim(text);
+  if (t.size() > 1 && t.front() == '+' && t[1] != '-' && t[1] != '+') t.remove_prefix(1);
+  return t;
+}
+
 long long parse_int_text(std::string_view text, const std::string& source, const std::string& whole) {
-  const std::string_view t = trim(text);
+  const std::string_view t = number_text(text);
   long long v = 0;
   const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
   DQ_CHECK(!t.empty() && ec == std::errc() && end == t.data() + t.size(), usage, "{}: '{}' is not an integer",
@@ -48,7 +55,7 @@ int parse_int(const Setting& s, int lo, int hi) {
 }
 
 double parse_float(const Setting& s, double lo, double hi, bool lo_open) {
-  const std::string_view t = trim(s.value);
+  const std::string_view t = number_text(s.value);
   double v = 0;
   const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
   DQ_CHECK(!t.empty() && ec == std::errc() && end == t.data() + t.size() && std::isfinite(v), usage,
