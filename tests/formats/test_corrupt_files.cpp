@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <ostream>
 #include <set>
 #include <string>
 #include <vector>
@@ -25,6 +26,9 @@ struct Case {
   std::string kind;     // "format" or "io"
   std::string message;  // a substring the error message must contain
 };
+
+// Test names and failure reports show the case, not gtest's byte dump.
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name << " (" << c.kind << ")"; }
 
 fs::path corrupt_dir() { return duquant::test::test_data() / "corrupt"; }
 

@@ -221,6 +221,9 @@ def sharded_cases():
             extra={one: header_bytes({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})})
     sharded("index_not_object", "format", "an index must be a JSON object, found an array", '["weight_map"]', {})
     sharded("index_not_json", "format", "not valid JSON (byte 16)", '{"weight_map": }', {})
+    sharded("index_number_overflow", "format", "not valid JSON: number overflow parsing '-1e400'",
+            '{"metadata": {"total_size": -1e400}, "weight_map": {"a": "model.safetensors"}}', {})
+    sharded("index_nul_byte", "format", "NUL byte at byte 2", b'{}\0{"weight_map": {"a": "m.safetensors"}}', {})
     sharded("index_no_weight_map", "format", 'missing "weight_map"', {"metadata": {"total_size": 8}}, {})
     sharded("index_weight_map_not_object", "format", '"weight_map" must be an object, found an array',
             {"weight_map": ["a"]}, {})
