@@ -102,6 +102,10 @@ def single_files():
        '{"w":{"dtype":"F32","shape":[[[2]]],"data_offsets":[0,8]}}', data8)
     st("header_number_overflow.safetensors", "format", "number overflow parsing '1e500'",
        '{"w":{"dtype":"F32","shape":[1e500],"data_offsets":[0,8]}}', data8)
+    # Found by tests/fuzz/fuzz_safetensors_header against the first reader (an uncaught
+    # nlohmann out_of_range exception, exit code 70): kept byte for byte as a regression.
+    single("fuzz_number_overflow.safetensors", "format", "number overflow parsing '211e3474836'",
+           bytes.fromhex("50000000000000007b2277223a7b226474797065223a22463333222c227368617065223a5b323134373438333634382c32313165333437343833363c34385d2c22646174615f6f666673657473223a5b302c385d7d7d2020202000200020000000000000"))
     st("duplicate_tensor.safetensors", "format", "duplicate key 'w'",
        '{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
        data8)
