@@ -11,6 +11,7 @@ namespace duquant::cli {
 using Action = std::function<int()>;
 
 Action register_list_linears(CLI::App& app);
+Action register_pack(CLI::App& app);
 Action register_presets(CLI::App& app);
 Action register_synth(CLI::App& app);
 Action register_version(CLI::App& app);

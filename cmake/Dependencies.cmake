@@ -1,6 +1,8 @@
 # Every library comes from a Debian package listed in scripts/debian-packages.txt.
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+find_package(ZLIB REQUIRED)   # CRC-32 of npz members
 find_package(fmt REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(Eigen3 3.4 REQUIRED NO_MODULE)

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 
 #if defined(__CUDACC__)
@@ -64,5 +65,67 @@ DQ_HD std::uint16_t f32_to_bf16(float f) {
   const std::uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<std::uint16_t>((bits + rounding) >> 16);
 }
+
+}  // namespace duquant::elementwise
+
+// ---------------------------------------------------------------------------------------------
+// Quantization: symmetric, per output row, as the runtime does it (reference section 4).
+
+namespace duquant::elementwise {
+
+// Largest code of a signed `bits`-bit integer: 7 for 4 bits, 127 for 8 bits.
+DQ_HD int qmax(int bits) { return (1 << (bits - 1)) - 1; }
+
+// Scale candidates of the MSE search: base / alpha, in this order; the first smallest error wins.
+inline constexpr int kScaleCandidates = 5;
+DQ_HD float scale_alpha(int k) {
+  constexpr float alphas[kScaleCandidates] = {0.5f, 0.75f, 1.0f, 1.25f, 1.5f};
+  return alphas[k];
+}
+
+// The MSE search's base scale of a row: max(max|w| / qmax, 1e-8), in float32 as the runtime.
+DQ_HD float base_scale(float max_abs, int bits) {
+  const float s = max_abs / static_cast<float>(qmax(bits));
+  return s > 1e-8f ? s : 1e-8f;
+}
+
+// The reference's weight_scale member: max(max|w|, 1e-8) / 7, whatever the weight bits.
+DQ_HD float reference_weight_scale(float max_abs) { return (max_abs > 1e-8f ? max_abs : 1e-8f) / 7.0f; }
+
+// Round half to even (torch.round) without a library call, so loops vectorize: adding and then
+// subtracting 1.5 * 2^23 leaves no fraction bits, and IEEE addition rounds ties to even. Exact for
+// |x| < 2^22; larger floats are returned as they are (every caller clamps far below that).
+// Must not be compiled with -ffast-math (which would fold the two additions).
+DQ_HD float round_half_even(float x) {
+  const float magic = 12582912.0f;  // 1.5 * 2^23
+  return (x < 4194304.0f && x > -4194304.0f) ? (x + magic) - magic : x;
+}
+
+// Code of one value: clamp(round_half_even(w / s), -qmax-1, qmax), with a true division.
+DQ_HD int quantize(float w, float s, int bits) {
+  const float r = round_half_even(w / s);
+  const float hi = static_cast<float>(qmax(bits)), lo = -hi - 1.0f;
+  return static_cast<int>(r < lo ? lo : (r > hi ? hi : r));
+}
+
+// Squared error of one value quantized with scale s, in float32 steps as the runtime's
+// (q*s - w)^2, widened to double for accumulation.
+DQ_HD double squared_error(float w, float s, int bits) {
+  const float d = static_cast<float>(quantize(w, s, bits)) * s - w;
+  return static_cast<double>(d) * static_cast<double>(d);
+}
+
+// quantized.safetensors stores 4-bit codes two per byte, q + 8 in each nibble:
+//   byte k of a row:  bit 7..4 = code of column 2k+1 (+8)   bit 3..0 = code of column 2k (+8)
+// An odd last column leaves the high nibble at 8 (code 0).
+DQ_HD unsigned char pack_nibbles(int code_even, int code_odd) {
+  return static_cast<unsigned char>(((code_odd + 8) << 4) | (code_even + 8));
+}
+DQ_HD int unpack_low(unsigned char byte) { return (byte & 0x0f) - 8; }
+DQ_HD int unpack_high(unsigned char byte) { return (byte >> 4) - 8; }
+
+// Zigzag: position k of the permutation takes the channel order[k / 2] (even k) or
+// order[n - 1 - k / 2] (odd k), where `order` lists channels by descending energy.
+DQ_HD long long zigzag_rank(long long k, long long n) { return (k % 2 == 0) ? k / 2 : n - 1 - k / 2; }
 
 }  // namespace duquant::elementwise

@@ -1,0 +1,110 @@
+// duquant pack CKPT -o DIR [configuration]: DuQuant packing on the CPU.
+#include <fmt/format.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+
+#include "cli/commands.hpp"
+#include "cli/options.hpp"
+#include "duquant/error.hpp"
+#include "duquant/pack.hpp"
+
+namespace duquant::cli {
+namespace {
+
+std::uint64_t parse_size(const std::string& text) {
+  std::size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    fail(ErrorKind::usage, "--max-shard-size: '{}' is not a size (e.g. 4GB, 500MB, 1000000)", text);
+  }
+  std::string unit = text.substr(used);
+  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  double mult = 1;
+  if (unit.empty() || unit == "B") mult = 1;
+  else if (unit == "KB" || unit == "K") mult = 1e3;
+  else if (unit == "MB" || unit == "M") mult = 1e6;
+  else if (unit == "GB" || unit == "G") mult = 1e9;
+  else if (unit == "KIB") mult = 1024.0;
+  else if (unit == "MIB") mult = 1024.0 * 1024;
+  else if (unit == "GIB") mult = 1024.0 * 1024 * 1024;
+  else fail(ErrorKind::usage, "--max-shard-size: unknown unit '{}' in '{}'", unit, text);
+  DQ_CHECK(value * mult >= 1 && value * mult < 1.8e19, usage, "--max-shard-size: '{}' is out of range", text);
+  return static_cast<std::uint64_t>(value * mult);
+}
+
+struct Pack {
+  std::string checkpoint;
+  std::string output;
+  ConfigFlags flags;
+  bool resume = false, force = false;
+  int threads = 0;
+  std::string max_shard = "4GB";
+
+  int run() {
+    DQ_CHECK(!(resume && force), usage, "--resume and --force exclude each other");
+    DQ_CHECK(threads >= 0, usage, "--threads: {} is negative", threads);
+    if (threads > 0) omp_set_num_threads(threads);
+    PackOptions o;
+    o.checkpoint = checkpoint;
+    o.output = output;
+    o.config = build_config(flags);
+    o.resume = resume;
+    o.force = force;
+    o.max_shard_bytes = parse_size(max_shard);
+
+    const bool tty = ::isatty(STDERR_FILENO) != 0;
+    const auto start = std::chrono::steady_clock::now();
+    auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+    fmt::print("duquant pack: {} -> {} ({} threads)\n", checkpoint, output, omp_get_max_threads());
+    std::fflush(stdout);
+    const PackSummary s = run_pack(o, [&](const PackProgress& p) {
+      const std::string what = fmt::format("[{}/{}] {} [{}x{}] -> W{}{}", p.index, p.total, p.name, p.out_features,
+                                           p.in_features, p.wbits, p.reused ? " (reused)" : "");
+      if (tty) {
+        const double t = seconds();
+        const double rate = t > 0 ? static_cast<double>(p.bytes_done) / t : 0;
+        const double eta = rate > 0 ? static_cast<double>(p.bytes_total - p.bytes_done) / rate : 0;
+        const int width = 24;
+        const int filled = static_cast<int>(width * p.index / p.total);
+        fmt::print(stderr, "\r\033[K[{}{}] {}/{}  {:.0f} MB/s  ETA {:.0f}s  {}", std::string(filled, '#'),
+                   std::string(width - filled, '.'), p.index, p.total, rate / 1e6, eta, p.name);
+        if (p.index == p.total) fmt::print(stderr, "\n");
+      } else {
+        fmt::print("{}  SQNR {:.2f} dB\n", what, p.sqnr_db);
+        std::fflush(stdout);
+      }
+    });
+    const double t = seconds();
+    fmt::print("packed {} layers ({} reused) into {}\n", s.layers, s.reused, output);
+    fmt::print("  weights in: {:.1f} MB   quantized.safetensors: {:.1f} MB in {} file{}   npz: {:.1f} MB   ratio {:.2f}x\n",
+               s.weight_bytes / 1e6, s.quantized_bytes / 1e6, s.shards, s.shards == 1 ? "" : "s", s.npz_bytes / 1e6,
+               s.quantized_bytes ? static_cast<double>(s.weight_bytes) / static_cast<double>(s.quantized_bytes) : 0.0);
+    fmt::print("  SQNR: mean {:.2f} dB (round-to-nearest {:.2f} dB), worst {:.2f} dB ({})\n", s.mean_sqnr_db,
+               s.mean_rtn_sqnr_db, s.worst_sqnr_db, s.worst_layer);
+    fmt::print("  wall time {:.2f} s\n", t);
+    return 0;
+  }
+};
+
+}  // namespace
+
+Action register_pack(CLI::App& app) {
+  auto cmd = std::make_shared<Pack>();
+  CLI::App* c = app.add_subcommand("pack", "Quantize the selected layers and write a pack directory");
+  c->add_option("checkpoint", cmd->checkpoint, "safetensors file, sharded index, or folder")->required();
+  c->add_option("-o,--output", cmd->output, "Pack directory to write")->required();
+  c->add_flag("--resume", cmd->resume, "Continue an interrupted pack: keep the layers already done and verified");
+  c->add_flag("--force", cmd->force, "Replace the pack files of a non-empty output folder");
+  c->add_option("--threads", cmd->threads, "Threads (default: all cores); the output does not depend on it");
+  c->add_option("--max-shard-size", cmd->max_shard, "Shard quantized.safetensors past this size (default 4GB)");
+  add_config_flags(*c, cmd->flags);
+  return [cmd, c]() { return c->parsed() ? cmd->run() : -1; };
+}
+
+}  // namespace duquant::cli

@@ -1,0 +1,53 @@
+// `duquant pack`: the whole pipeline from a checkpoint to a pack directory.
+//
+// Layers are packed one at a time (each with every core), so memory is bounded by the largest
+// layer. Every file is written under a temporary name and renamed; per-layer results are kept in
+// `<out>/.duquant-work/` until quantized.safetensors and, last, manifest.json are written, so an
+// interrupted run continues with --resume and ends with the same bytes as an uninterrupted one.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "duquant/quant_config.hpp"
+
+namespace duquant {
+
+struct PackOptions {
+  std::filesystem::path checkpoint;
+  std::filesystem::path output;
+  RunConfig config;
+  bool resume = false;
+  bool force = false;
+  std::uint64_t max_shard_bytes = 4'000'000'000;  // quantized.safetensors is sharded past this
+};
+
+struct PackProgress {
+  std::size_t index = 0;  // 1-based
+  std::size_t total = 0;
+  std::string name;
+  std::uint64_t out_features = 0, in_features = 0;
+  int wbits = 0;
+  bool reused = false;            // taken from an earlier run (--resume)
+  std::uint64_t bytes_done = 0;   // weight bytes of the layers finished so far
+  std::uint64_t bytes_total = 0;
+  double sqnr_db = 0;
+};
+
+struct PackSummary {
+  std::size_t layers = 0;
+  std::size_t reused = 0;
+  std::uint64_t weight_bytes = 0;     // bytes of the selected weights and biases in the checkpoint
+  std::uint64_t quantized_bytes = 0;  // bytes of quantized.safetensors (all shards)
+  std::uint64_t npz_bytes = 0;
+  double mean_sqnr_db = 0, worst_sqnr_db = 0, mean_rtn_sqnr_db = 0;
+  std::string worst_layer;
+  int shards = 0;
+};
+
+// Runs the pack. `progress` is called after each layer. Throws duquant::Error.
+PackSummary run_pack(const PackOptions& options, const std::function<void(const PackProgress&)>& progress);
+
+}  // namespace duquant

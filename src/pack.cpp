@@ -1,0 +1,346 @@
+#include "duquant/pack.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <optional>
+#include <vector>
+
+#include "duquant/digest.hpp"
+#include "duquant/dryrun_report.hpp"
+#include "duquant/error.hpp"
+#include "duquant/linear_layers.hpp"
+#include "duquant/pack_layer.hpp"
+#include "duquant/pack_layout.hpp"
+#include "duquant/selection.hpp"
+#include "formats/atomic_file.hpp"
+#include "formats/safetensors_checkpoint.hpp"
+#include "formats/safetensors_writer.hpp"
+#include "formats/strict_json.hpp"
+
+namespace duquant {
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+namespace {
+
+// What a finished layer leaves in the work folder, enough to skip it on --resume.
+struct LayerRecord {
+  std::string fingerprint;
+  std::string npz_xxh128;
+  std::string part_xxh128;
+  std::uint64_t part_bytes = 0;
+  LayerQuality quality;
+};
+
+std::optional<double> sqnr_db(double signal, double noise) {
+  if (signal <= 0 || noise <= 0) return std::nullopt;
+  return 10.0 * std::log10(signal / noise);
+}
+
+json quality_json(double signal, double noise) {
+  json j;
+  j["rel_fro_error"] = signal > 0 ? std::sqrt(noise / signal) : 0.0;
+  const auto s = sqnr_db(signal, noise);
+  j["sqnr_db"] = s ? json(*s) : json(nullptr);
+  return j;
+}
+
+std::string read_file_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_text_atomic(const fs::path& p, const std::string& text) {
+  formats::AtomicFile f(p);
+  f.write(text);
+  f.commit();
+}
+
+bool is_ours(const std::string& name) {
+  auto ends = [&](std::string_view s) { return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0; };
+  return ends(".npz") || name == kManifestName || name == kQuantizedName || name == kQuantizedIndexName ||
+         (name.rfind("quantized-", 0) == 0 && ends(".safetensors")) || name == kWorkDirName;
+}
+
+bool is_stale_temp(const std::string& name) { return name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos; }
+
+bool inside(const fs::path& child, const fs::path& parent) {
+  const auto c = fs::weakly_canonical(child), p = fs::weakly_canonical(parent);
+  auto ci = c.begin();
+  for (auto pi = p.begin(); pi != p.end(); ++pi, ++ci)
+    if (ci == c.end() || *ci != *pi) return false;
+  return true;
+}
+
+void prepare_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
+  const fs::path& out = o.output;
+  DQ_CHECK(!out.empty(), usage, "-o: an output folder is required");
+  for (const auto& f : ckpt.files())
+    DQ_CHECK(fs::weakly_canonical(f.path) != fs::weakly_canonical(out), usage,
+             "-o {}: the output would replace the checkpoint file {}", out.string(), f.path.string());
+  if (fs::is_directory(o.checkpoint))
+    DQ_CHECK(!inside(out, o.checkpoint), usage, "-o {}: the output folder lies inside the input checkpoint folder {}",
+             out.string(), o.checkpoint.string());
+  std::error_code ec;
+  if (fs::exists(out, ec)) {
+    DQ_CHECK(fs::is_directory(out), usage, "-o {}: exists and is not a folder", out.string());
+    bool empty = fs::is_empty(out, ec);
+    DQ_CHECK(empty || o.resume || o.force, usage,
+             "-o {}: folder is not empty (--resume continues an interrupted pack, --force replaces its pack files)",
+             out.string());
+    for (const auto& entry : fs::directory_iterator(out)) {
+      const std::string name = entry.path().filename().string();
+      if (is_stale_temp(name) || (o.force && is_ours(name))) fs::remove_all(entry.path());
+    }
+  } else {
+    fs::create_directories(out, ec);
+    DQ_CHECK(!ec, io, "-o {}: cannot create the folder: {}", out.string(), ec.message());
+  }
+  fs::create_directories(out / kWorkDirName, ec);
+  DQ_CHECK(!ec, io, "{}: cannot create: {}", (out / kWorkDirName).string(), ec.message());
+}
+
+std::optional<LayerRecord> load_record(const fs::path& path, const std::string& fingerprint) {
+  if (!fs::exists(path)) return std::nullopt;
+  try {
+    const nlohmann::json j = formats::parse_strict_json(read_file_text(path), path.string(), 4);
+    LayerRecord r;
+    r.fingerprint = j.at("fingerprint").get<std::string>();
+    if (r.fingerprint != fingerprint) return std::nullopt;
+    r.npz_xxh128 = j.at("npz_xxh128").get<std::string>();
+    r.part_xxh128 = j.at("part_xxh128").get<std::string>();
+    r.part_bytes = j.at("part_bytes").get<std::uint64_t>();
+    r.quality.weight_norm2 = j.at("weight_norm2").get<double>();
+    r.quality.duquant_err2 = j.at("duquant_err2").get<double>();
+    r.quality.rtn_err2 = j.at("rtn_err2").get<double>();
+    return r;
+  } catch (const Error&) {
+    return std::nullopt;  // a damaged record only means the layer is packed again
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;
+  }
+}
+
+std::string record_text(const LayerRecord& r) {
+  json j;
+  j["fingerprint"] = r.fingerprint;
+  j["npz_xxh128"] = r.npz_xxh128;
+  j["part_xxh128"] = r.part_xxh128;
+  j["part_bytes"] = r.part_bytes;
+  // Exact doubles (17 significant digits round-trip), so a resumed manifest is identical.
+  j["weight_norm2"] = r.quality.weight_norm2;
+  j["duquant_err2"] = r.quality.duquant_err2;
+  j["rtn_err2"] = r.quality.rtn_err2;
+  return j.dump(1) + "\n";
+}
+
+struct Shard {
+  std::string name;
+  std::vector<std::size_t> layers;
+};
+
+}  // namespace
+
+PackSummary run_pack(const PackOptions& o, const std::function<void(const PackProgress&)>& progress) {
+  const RunConfig& config = o.config;
+  const QuantConfig& q = config.quant;
+  const formats::Checkpoint ckpt = formats::Checkpoint::open(o.checkpoint);
+  const std::vector<LinearLayer> linears = find_linear_layers(ckpt);
+  const Selection selection = select_layers(linears, config.selection, q.wbits_default);
+  DQ_CHECK(!selection.layers.empty(), no_match, "{}: the selection matches none of its {} linear layers (try `duquant list-linears`)",
+           o.checkpoint.string(), linears.size());
+  DQ_CHECK(o.max_shard_bytes > 0, usage, "--max-shard-size must be positive");
+  prepare_output(o, ckpt);
+  const fs::path work = o.output / kWorkDirName;
+
+  const json config_j = config_json(config);
+  const std::string config_text = config_j.dump();
+  PackSummary summary;
+  summary.layers = selection.layers.size();
+  std::uint64_t bytes_total = 0;
+  for (const auto& s : selection.layers)
+    bytes_total += s.layer->weight->nbytes + (s.layer->bias ? s.layer->bias->nbytes : 0);
+
+  std::vector<LayerRecord> records(selection.layers.size());
+  std::vector<std::string> weight_digests(selection.layers.size());
+  std::uint64_t bytes_done = 0;
+  for (std::size_t i = 0; i < selection.layers.size(); ++i) {
+    const SelectedLayer& sel = selection.layers[i];
+    const LinearLayer& layer = *sel.layer;
+    const std::string file = pack_file_name(layer.name);
+    weight_digests[i] = xxh128_hex(ckpt.bytes(*layer.weight));
+    const std::string bias_digest = layer.bias ? xxh128_hex(ckpt.bytes(*layer.bias)) : "none";
+    const std::string fingerprint = xxh128_hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}", DUQUANT_VERSION, config_text,
+                                                           layer.name, sel.wbits, weight_digests[i], bias_digest));
+    const fs::path npz_path = o.output / file;
+    const fs::path part_path = work / (file + ".part");
+    const fs::path record_path = work / (file + ".json");
+
+    std::optional<LayerRecord> record;
+    if (o.resume) {
+      record = load_record(record_path, fingerprint);
+      if (record && (!fs::exists(npz_path) || !fs::exists(part_path) || xxh128_file(npz_path) != record->npz_xxh128 ||
+                     xxh128_file(part_path) != record->part_xxh128))
+        record.reset();
+    }
+    const bool reused = record.has_value();
+    if (!record) {
+      const PackedLayer packed = pack_layer(ckpt, sel, q, npz_path);
+      LayerRecord r;
+      r.fingerprint = fingerprint;
+      r.npz_xxh128 = xxh128_file(npz_path);
+      r.part_xxh128 = xxh128_hex(packed.data);
+      r.part_bytes = packed.data.size();
+      r.quality = packed.quality;
+      write_text_atomic(part_path, packed.data);
+      write_text_atomic(record_path, record_text(r));  // last: its presence means the layer is complete
+      record = r;
+    }
+    records[i] = *record;
+    summary.reused += reused ? 1 : 0;
+    bytes_done += layer.weight->nbytes + (layer.bias ? layer.bias->nbytes : 0);
+    if (progress) {
+      PackProgress p;
+      p.index = i + 1;
+      p.total = selection.layers.size();
+      p.name = layer.name;
+      p.out_features = layer.out_features;
+      p.in_features = layer.in_features;
+      p.wbits = sel.wbits;
+      p.reused = reused;
+      p.bytes_done = bytes_done;
+      p.bytes_total = bytes_total;
+      p.sqnr_db = sqnr_db(record->quality.weight_norm2, record->quality.duquant_err2).value_or(
+          std::numeric_limits<double>::infinity());
+      progress(p);
+    }
+  }
+
+  // quantized.safetensors: layers are never split across shards.
+  std::vector<Shard> shards(1);
+  std::uint64_t shard_bytes = 0;
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    if (!shards.back().layers.empty() && shard_bytes + records[i].part_bytes > o.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().layers.push_back(i);
+    shard_bytes += records[i].part_bytes;
+  }
+  const int n = static_cast<int>(shards.size());
+  for (int s = 0; s < n; ++s) shards[s].name = n == 1 ? std::string(kQuantizedName) : quantized_shard_name(s + 1, n);
+
+  json files = json::array();
+  json weight_map = json::object();
+  std::vector<std::string> layer_shard(records.size());
+  std::uint64_t total_data = 0;
+  for (const Shard& shard : shards) {
+    std::vector<formats::TensorSpec> specs;
+    for (std::size_t i : shard.layers) {
+      const auto t = layer_tensor_specs(*selection.layers[i].layer, selection.layers[i].wbits, q);
+      for (const auto& spec : t) weight_map[spec.name] = shard.name;
+      specs.insert(specs.end(), t.begin(), t.end());
+      layer_shard[i] = shard.name;
+    }
+    const std::map<std::string, std::string> metadata{{"format", "pt"},
+                                                      {"duquant.format", std::string(kPackFormatName)},
+                                                      {"duquant.format_version", std::to_string(kPackFormatVersion)}};
+    const fs::path path = o.output / shard.name;
+    formats::SafetensorsWriter writer(path, specs, metadata);
+    Xxh128 hash;
+    const std::string header = formats::safetensors_header_bytes(specs, metadata);
+    hash.update(std::as_bytes(std::span(header.data(), header.size())));
+    for (std::size_t i : shard.layers) {
+      const fs::path part = work / (pack_file_name(selection.layers[i].layer->name) + ".part");
+      const std::string data = read_file_text(part);
+      DQ_CHECK(data.size() == records[i].part_bytes && xxh128_hex(data) == records[i].part_xxh128, io,
+               "{}: changed while the pack was being assembled", part.string());
+      const auto bytes = std::as_bytes(std::span(data.data(), data.size()));
+      writer.write(bytes);
+      hash.update(bytes);
+    }
+    writer.commit();
+    const std::uint64_t size = header.size() + writer.data_bytes();
+    total_data += writer.data_bytes();
+    summary.quantized_bytes += size;
+    files.push_back({{"name", shard.name}, {"size", size}, {"xxh128", hash.hex()}});
+  }
+  if (n > 1) {
+    json index;
+    index["metadata"] = {{"total_size", total_data}};
+    index["weight_map"] = weight_map;
+    const std::string text = index.dump(2) + "\n";
+    write_text_atomic(o.output / kQuantizedIndexName, text);
+    files.push_back({{"name", kQuantizedIndexName}, {"size", text.size()}, {"xxh128", xxh128_hex(text)}});
+  }
+
+  // manifest.json, last.
+  json m;
+  m["format"] = kPackFormatName;
+  m["format_version"] = kPackFormatVersion;
+  m["tool"] = {{"name", "duquant"}, {"version", DUQUANT_VERSION}};
+  m["config"] = config_j;
+  json ck;
+  ck["source"] = o.checkpoint.filename().string();
+  ck["files"] = json::array();
+  for (const auto& f : ckpt.files())
+    ck["files"].push_back({{"name", f.path.filename().string()}, {"size", f.size}, {"header_bytes", f.header_bytes}});
+  m["checkpoint"] = ck;
+  m["files"] = files;
+  json layers = json::array();
+  double sum_dq = 0, sum_rtn = 0;
+  std::size_t counted = 0;
+  summary.worst_sqnr_db = std::numeric_limits<double>::infinity();
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    const SelectedLayer& sel = selection.layers[i];
+    const LinearLayer& l = *sel.layer;
+    const LayerRecord& r = records[i];
+    const std::string file = pack_file_name(l.name);
+    const std::uint64_t npz_size = fs::file_size(o.output / file);
+    summary.npz_bytes += npz_size;
+    json e;
+    e["name"] = l.name;
+    e["shape"] = {l.out_features, l.in_features};
+    e["dtype"] = formats::dtype_name(l.weight->dtype);
+    e["wbits"] = sel.wbits;
+    e["abits"] = q.abits;
+    e["block"] = q.block;
+    e["block_out"] = q.block_out;
+    e["bias"] = l.bias != nullptr;
+    e["weight_xxh128"] = weight_digests[i];
+    e["npz"] = {{"name", file}, {"size", npz_size}, {"xxh128", r.npz_xxh128}};
+    e["quantized"] = {{"shard", layer_shard[i]}, {"bytes", r.part_bytes}, {"xxh128", r.part_xxh128}};
+    e["quality"] = {{"duquant", quality_json(r.quality.weight_norm2, r.quality.duquant_err2)},
+                    {"rtn", quality_json(r.quality.weight_norm2, r.quality.rtn_err2)}};
+    layers.push_back(std::move(e));
+    const auto dq = sqnr_db(r.quality.weight_norm2, r.quality.duquant_err2);
+    const auto rtn = sqnr_db(r.quality.weight_norm2, r.quality.rtn_err2);
+    if (dq && rtn) {
+      sum_dq += *dq;
+      sum_rtn += *rtn;
+      ++counted;
+      if (*dq < summary.worst_sqnr_db) {
+        summary.worst_sqnr_db = *dq;
+        summary.worst_layer = l.name;
+      }
+    }
+  }
+  m["layers"] = layers;
+  write_text_atomic(o.output / kManifestName, m.dump(2) + "\n");
+  fs::remove_all(work);
+
+  summary.weight_bytes = bytes_total;
+  summary.shards = n;
+  summary.mean_sqnr_db = counted ? sum_dq / static_cast<double>(counted) : 0;
+  summary.mean_rtn_sqnr_db = counted ? sum_rtn / static_cast<double>(counted) : 0;
+  if (counted == 0) summary.worst_sqnr_db = 0;
+  return summary;
+}
+
+}  // namespace duquant

@@ -1,0 +1,131 @@
+#include "duquant/pack_layer.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "duquant/duquant_math.hpp"
+#include "duquant/elementwise.hpp"
+#include "duquant/error.hpp"
+#include "duquant/pack_layout.hpp"
+#include "formats/npz.hpp"
+
+namespace duquant {
+namespace {
+
+using formats::DType;
+using formats::TensorSpec;
+
+void append(std::string& out, const void* p, std::size_t n) { out.append(static_cast<const char*>(p), n); }
+
+// Square blocks stacked into [count, width, width]; a shorter last block is padded with identity.
+void append_stacked(std::string& out, const std::vector<MatrixF>& blocks, std::int64_t width) {
+  MatrixF padded(width, width);
+  for (const MatrixF& r : blocks) {
+    padded.setIdentity();
+    padded.topLeftCorner(r.rows(), r.cols()) = r;
+    append(out, padded.data(), sizeof(float) * static_cast<std::size_t>(width * width));
+  }
+}
+
+}  // namespace
+
+std::vector<TensorSpec> layer_tensor_specs(const LinearLayer& l, int wbits, const QuantConfig& q) {
+  const std::uint64_t o = l.out_features, i = l.in_features;
+  std::vector<TensorSpec> t;
+  if (wbits <= 4)
+    t.push_back({l.name + ".qweight", DType::U8, {o, (i + 1) / 2}});
+  else
+    t.push_back({l.name + ".qweight", DType::I8, {o, i}});
+  t.push_back({l.name + ".scales", DType::F32, {o}});
+  if (q.permute) t.push_back({l.name + ".perm", DType::I64, {i}});
+  const auto b = static_cast<std::uint64_t>(q.block), bo = static_cast<std::uint64_t>(q.block_out);
+  t.push_back({l.name + ".R_in", DType::F32, {(i + b - 1) / b, b, b}});
+  if (q.row_rot != RowRot::off) t.push_back({l.name + ".R_out", DType::F32, {(o + bo - 1) / bo, bo, bo}});
+  if (l.bias) t.push_back({l.name + ".bias", l.bias->dtype, {o}});
+  return t;
+}
+
+std::vector<float> load_weight(const formats::Checkpoint& ckpt, const LinearLayer& layer) {
+  std::vector<float> w(layer.weight->numel);
+  ckpt.read_f32(*layer.weight, w);
+  for (std::size_t k = 0; k < w.size(); ++k) {
+    if (!std::isfinite(w[k]))
+      fail(ErrorKind::numeric, "layer '{}': weight [{}, {}] is {} (stage: reading the weight; shape [{}, {}])", layer.name,
+           k / layer.in_features, k % layer.in_features, w[k], layer.out_features, layer.in_features);
+  }
+  return w;
+}
+
+PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
+                       const std::filesystem::path& npz_path) {
+  const LinearLayer& layer = *selected.layer;
+  const std::vector<float> weights = load_weight(ckpt, layer);
+  const WeightView w{weights.data(), static_cast<std::int64_t>(layer.out_features),
+                     static_cast<std::int64_t>(layer.in_features)};
+
+  const LayerTransform t = compute_transform(w, q);
+  MatrixF w_t = apply_input_transform(w, t, q.block);
+  const std::vector<float> weight_scale = reference_weight_scale(w_t);
+  apply_output_rotation(w_t, t, q.block_out);
+  const QuantizedRows quant = quantize_rows(w_t, selected.wbits);
+
+  // The runtime's npz, members in its order.
+  formats::NpzWriter npz(npz_path);
+  npz.add("weight_scale", formats::npy_f32({layer.out_features}, weight_scale));
+  npz.add("meta", formats::npy_unicode_scalar(pack_meta_json(layer.in_features, layer.out_features, q)));
+  if (q.permute) npz.add("perm", formats::npy_i64({layer.in_features}, t.perm));
+  std::vector<std::int64_t> in_blocks, out_blocks;
+  for (std::size_t b = 0; b < t.r_in.size(); ++b) {
+    const auto s = static_cast<std::uint64_t>(t.r_in[b].rows());
+    npz.add(fmt::format("Rin_{}", b), formats::npy_f32({s, s}, std::span(t.r_in[b].data(), s * s)));
+    in_blocks.push_back(static_cast<std::int64_t>(b));
+  }
+  npz.add("R_in_blocks", formats::npy_i64({in_blocks.size()}, in_blocks));
+  for (std::size_t b = 0; b < t.r_out.size(); ++b) {
+    const auto s = static_cast<std::uint64_t>(t.r_out[b].rows());
+    npz.add(fmt::format("Rout_{}", b), formats::npy_f32({s, s}, std::span(t.r_out[b].data(), s * s)));
+    out_blocks.push_back(static_cast<std::int64_t>(b));
+  }
+  npz.add("R_out_blocks", formats::npy_i64({out_blocks.size()}, out_blocks));
+  npz.commit();
+
+  PackedLayer out;
+  out.tensors = layer_tensor_specs(layer, selected.wbits, q);
+  std::string& d = out.data;
+  const std::int64_t rows = w.rows, cols = w.cols;
+  if (selected.wbits <= 4) {
+    const std::int64_t packed_cols = (cols + 1) / 2;
+    std::string packed(static_cast<std::size_t>(rows * packed_cols), '\0');
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int8_t* c = quant.codes.data() + r * cols;
+      for (std::int64_t k = 0; k < packed_cols; ++k) {
+        const int hi = 2 * k + 1 < cols ? c[2 * k + 1] : 0;
+        packed[static_cast<std::size_t>(r * packed_cols + k)] = static_cast<char>(elementwise::pack_nibbles(c[2 * k], hi));
+      }
+    }
+    d += packed;
+  } else {
+    append(d, quant.codes.data(), quant.codes.size());
+  }
+  append(d, quant.scales.data(), quant.scales.size() * sizeof(float));
+  if (q.permute) append(d, t.perm.data(), t.perm.size() * sizeof(std::int64_t));
+  append_stacked(d, t.r_in, q.block);
+  if (q.row_rot != RowRot::off) append_stacked(d, t.r_out, q.block_out);
+  if (layer.bias) {
+    const auto bias = ckpt.bytes(*layer.bias);
+    append(d, bias.data(), bias.size());
+  }
+  std::uint64_t expected = 0;
+  for (const TensorSpec& s : out.tensors) expected += s.nbytes();
+  DQ_CHECK(expected == d.size(), internal, "layer '{}': {} bytes of tensors produced, {} declared", layer.name, d.size(),
+           expected);
+
+  for (float v : weights) out.quality.weight_norm2 += static_cast<double>(v) * v;
+  out.quality.duquant_err2 = quant.squared_error;
+  out.quality.rtn_err2 = rtn_squared_error(w, selected.wbits);
+  return out;
+}
+
+}  // namespace duquant
