@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <map>
 #include <string>
 
@@ -71,18 +73,24 @@ TEST(Counts, DefaultSelectionOnTheFixtureByHand) {
   EXPECT_NE(h.out.find("[DUQUANT] Dry-run total layers listed: 41\n"), std::string::npos);
 }
 
+// One synth checkpoint per test process (ctest runs the cases of this file in parallel processes),
+// made inside the test body so that a failure fails the test instead of skipping it.
 class SynthCounts : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = std::filesystem::temp_directory_path() / "duquant-tests" / "SynthCounts";
+  void SetUp() override {
+    if (made_) return;
+    dir_ = std::filesystem::temp_directory_path() / "duquant-tests" /
+           fmt::format("SynthCounts-{}", static_cast<long>(::getpid()));
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
-    const auto r = test::run_cli({"synth", "-o", (dir_ / "synth16.safetensors").string(), "--factor", "16"});
+    const auto r = test::run_cli({"synth", "-o", ckpt().string(), "--factor", "16"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
+    made_ = true;
   }
   static void TearDownTestSuite() { std::filesystem::remove_all(dir_); }
   static std::filesystem::path ckpt() { return dir_ / "synth16.safetensors"; }
   static inline std::filesystem::path dir_;
+  static inline bool made_ = false;
 };
 
 TEST_F(SynthCounts, PresetsOnAFullDepthSynth) {
