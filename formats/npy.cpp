@@ -247,13 +247,13 @@ NpyArray parse_npy(std::span<const std::byte> bytes, const std::string& label) {
            "{}: npy dtype '{}' is not accepted (only little-endian <f4 <f8 <i8 <i4 |i1 |u1 |b1 <U<n>; no object, "
            "structured or big-endian arrays)",
            label, *descr);
-  DQ_CHECK(!*fortran, format, "{}: Fortran-ordered arrays are not accepted", label);
 
   NpyArray a;
   a.type = d->type;
   a.descr = *descr;
   a.itemsize = d->itemsize;
   a.shape = *shape;
+  a.fortran_order = *fortran;
   a.numel = 1;
   for (std::uint64_t dim : a.shape)
     DQ_CHECK(!__builtin_mul_overflow(a.numel, dim, &a.numel), format, "{}: npy shape {} overflows 64 bits", label,
@@ -268,18 +268,46 @@ NpyArray parse_npy(std::span<const std::byte> bytes, const std::string& label) {
   return a;
 }
 
+namespace {
+
+// Copies the elements out in C order: element (i0, ..., ik) sits at sum i_d * stride_d, with
+// strides growing from the last axis (C order) or from the first (Fortran order).
+template <typename T>
+std::vector<T> to_c_order(const NpyArray& a) {
+  std::vector<T> v(a.numel);
+  if (!a.fortran_order || a.shape.size() < 2) {
+    std::memcpy(v.data(), a.data.data(), a.data.size());
+    return v;
+  }
+  const std::size_t rank = a.shape.size();
+  std::vector<std::uint64_t> stride(rank), index(rank, 0);
+  std::uint64_t s = 1;
+  for (std::size_t d = 0; d < rank; ++d) {
+    stride[d] = s;
+    s *= a.shape[d];
+  }
+  for (std::uint64_t k = 0; k < a.numel; ++k) {
+    std::uint64_t src = 0;
+    for (std::size_t d = 0; d < rank; ++d) src += index[d] * stride[d];
+    std::memcpy(&v[k], a.data.data() + src * sizeof(T), sizeof(T));
+    for (std::size_t d = rank; d-- > 0;) {  // next C-order index
+      if (++index[d] < a.shape[d]) break;
+      index[d] = 0;
+    }
+  }
+  return v;
+}
+
+}  // namespace
+
 std::vector<float> npy_to_f32(const NpyArray& a, const std::string& label) {
   DQ_CHECK(a.type == NpyType::f4, format, "{}: expected float32 (<f4), found {}", label, a.descr);
-  std::vector<float> v(a.numel);
-  std::memcpy(v.data(), a.data.data(), a.data.size());
-  return v;
+  return to_c_order<float>(a);
 }
 
 std::vector<std::int64_t> npy_to_i64(const NpyArray& a, const std::string& label) {
   DQ_CHECK(a.type == NpyType::i8, format, "{}: expected int64 (<i8), found {}", label, a.descr);
-  std::vector<std::int64_t> v(a.numel);
-  std::memcpy(v.data(), a.data.data(), a.data.size());
-  return v;
+  return to_c_order<std::int64_t>(a);
 }
 
 std::string npy_unicode_to_utf8(const NpyArray& a, const std::string& label) {

@@ -3,8 +3,8 @@
 // Layout: "\x93NUMPY" | major 1 | minor 0 | u16 LE header length | header | data, where the header
 // is a Python dict literal {'descr': '<f4', 'fortran_order': False, 'shape': (16, 16), } padded with
 // spaces and a final '\n' so that data starts at a multiple of 64. Only simple little-endian dtypes
-// are accepted when reading (no object arrays, no structured or big-endian dtypes, C order only);
-// versions 1.0, 2.0 and 3.0 headers are read.
+// are accepted when reading (no object arrays, no structured or big-endian dtypes); C and Fortran
+// order are both read (the typed accessors return C order); versions 1.0, 2.0 and 3.0 are read.
 #pragma once
 
 #include <cstddef>
@@ -25,6 +25,7 @@ struct NpyArray {
   std::uint64_t itemsize = 0;         // bytes per element (4 * n for <U{n})
   std::vector<std::uint64_t> shape;   // () for a scalar
   std::uint64_t numel = 1;
+  bool fortran_order = false;         // data stored column-major (numpy writes transposed views so)
   std::span<const std::byte> data;    // numel * itemsize bytes, inside the caller's buffer
 };
 
@@ -38,7 +39,8 @@ std::string npy_unicode_scalar(std::string_view utf8);
 // Parses one .npy file held in `bytes`. Throws duquant::Error (format) naming `label`.
 NpyArray parse_npy(std::span<const std::byte> bytes, const std::string& label);
 
-// Element access for parsed arrays (memcpy: npy data may sit at any alignment inside a zip).
+// Element access for parsed arrays, in C (row-major) order whatever the stored order (memcpy: npy
+// data may sit at any alignment inside a zip).
 std::vector<float> npy_to_f32(const NpyArray& a, const std::string& label);      // <f4 only
 std::vector<std::int64_t> npy_to_i64(const NpyArray& a, const std::string& label);  // <i8 only
 std::string npy_unicode_to_utf8(const NpyArray& a, const std::string& label);     // 0-d <U{n}

@@ -39,10 +39,11 @@ inline CliResult run_cli(const std::vector<std::string>& args, const std::vector
   const auto err_path = std::filesystem::temp_directory_path() /
                         ("duquant-cli-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".err");
   std::string cmd;
-  for (const auto& e : env) cmd += "export " + shell_quote(e) + "; ";
-  cmd += shell_quote(binary().string());
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  cmd += " 2>" + shell_quote(err_path.string());
+  // append() rather than operator+: GCC 12 warns falsely (-Wrestrict) on "literal" + std::string.
+  for (const auto& e : env) cmd.append("export ").append(shell_quote(e)).append("; ");
+  cmd.append(shell_quote(binary().string()));
+  for (const auto& a : args) cmd.append(" ").append(shell_quote(a));
+  cmd.append(" 2>").append(shell_quote(err_path.string()));
   CliResult r;
   FILE* pipe = ::popen(cmd.c_str(), "r");
   if (pipe == nullptr) return r;
