@@ -4,7 +4,9 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <csignal>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -145,6 +147,14 @@ struct Shard {
   std::vector<std::size_t> layers;
 };
 
+// Test seam for the interruption tests: DUQUANT_TEST_KILL_AT=layer:N sends SIGKILL to this process
+// right after the N-th newly packed layer is recorded; DUQUANT_TEST_KILL_AT=assembly does so after
+// the first quantized file is published and before the manifest. Never set in normal use.
+void maybe_kill(const std::string& point) {
+  const char* at = std::getenv("DUQUANT_TEST_KILL_AT");
+  if (at != nullptr && point == at) std::raise(SIGKILL);
+}
+
 }  // namespace
 
 PackSummary run_pack(const PackOptions& o, const std::function<void(const PackProgress&)>& progress) {
@@ -170,6 +180,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   std::vector<LayerRecord> records(selection.layers.size());
   std::vector<std::string> weight_digests(selection.layers.size());
   std::uint64_t bytes_done = 0;
+  std::size_t newly_packed = 0;
   for (std::size_t i = 0; i < selection.layers.size(); ++i) {
     const SelectedLayer& sel = selection.layers[i];
     const LinearLayer& layer = *sel.layer;
@@ -201,6 +212,8 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
       write_text_atomic(part_path, packed.data);
       write_text_atomic(record_path, record_text(r));  // last: its presence means the layer is complete
       record = r;
+      ++newly_packed;
+      maybe_kill(fmt::format("layer:{}", newly_packed));
     }
     records[i] = *record;
     summary.reused += reused ? 1 : 0;
@@ -270,6 +283,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     total_data += writer.data_bytes();
     summary.quantized_bytes += size;
     files.push_back({{"name", shard.name}, {"size", size}, {"xxh128", hash.hex()}});
+    maybe_kill("assembly");
   }
   if (n > 1) {
     json index;
