@@ -97,6 +97,7 @@ void Checkpoint::add_file(const fs::path& path, const std::string& label) {
 Checkpoint Checkpoint::open(const fs::path& path) {
   std::error_code ec;
   const auto status = fs::status(path, ec);
+  DQ_CHECK(!ec || ec == std::errc::no_such_file_or_directory, io, "{}: cannot access: {}", path.string(), ec.message());
   DQ_CHECK(fs::exists(status), io, "{}: no such file or folder", path.string());
 
   fs::path index;

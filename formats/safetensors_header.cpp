@@ -136,8 +136,8 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, cons
     fail(ErrorKind::format, "{}: {} trailing bytes after the last tensor (tensors cover {} of the {}-byte data region)",
          label, data_bytes - expected, expected, data_bytes);
   if (expected > data_bytes)
-    fail(ErrorKind::format, "{}: tensors need {} bytes of data but the file holds only {} ({} bytes short)",
-         label, expected, data_bytes, expected - data_bytes);
+    fail(ErrorKind::format, "{}: tensors need {} bytes of data but the file holds only {} ({} short)",
+         label, expected, data_bytes, expected - data_bytes == 1 ? std::string("1 byte") : fmt::format("{} bytes", expected - data_bytes));
   return h;
 }
 

@@ -4,6 +4,12 @@
 
 namespace duquant {
 
+bool is_embedding_table(std::string_view module) {
+  const std::size_t dot = module.rfind('.');
+  const std::string_view last = dot == std::string_view::npos ? module : module.substr(dot + 1);
+  return last.find("embed") != std::string_view::npos;
+}
+
 std::vector<LinearLayer> find_linear_layers(const formats::Checkpoint& checkpoint) {
   constexpr std::string_view kWeight = ".weight";
   std::vector<LinearLayer> found;
@@ -13,6 +19,7 @@ std::vector<LinearLayer> find_linear_layers(const formats::Checkpoint& checkpoin
       continue;
     LinearLayer layer;
     layer.name = t.name.substr(0, t.name.size() - kWeight.size());
+    if (is_embedding_table(layer.name)) continue;
     layer.weight = &t;
     layer.out_features = t.shape[0];
     layer.in_features = t.shape[1];

@@ -186,7 +186,7 @@ def single_files():
     st("no_tensors_trailing.safetensors", "format",
        "5 trailing bytes after the last tensor (tensors cover 0 of the 5-byte data region)", {}, bytes(5))
     st("data_one_byte_short.safetensors", "format",
-       "tensors need 8 bytes of data but the file holds only 7 (1 bytes short)", w8, bytes(7))
+       "tensors need 8 bytes of data but the file holds only 7 (1 byte short)", w8, bytes(7))
 
     # __metadata__.
     st("metadata_not_object.safetensors", "format", "__metadata__ must be an object of strings, found an array",
