@@ -18,6 +18,9 @@ void add_config_flags(CLI::App& c, ConfigFlags& f) {
   const char* sel = "Selection";
   const char* quant = "Quantization";
   c.add_option("--preset", f.preset, "Start from a named configuration (see `duquant presets`)")->group(sel);
+  c.add_option("--config", f.config_file,
+               "Configuration file: a pack's manifest.json (repeats its run) or its \"config\" object")
+      ->group(sel);
   c.add_option("--env-prefix", f.env_prefix,
                "Also read the runtime's variables: OPENPI_DUQUANT_ or GR00T_DUQUANT_ (flags win)")
       ->group(sel);
@@ -47,6 +50,7 @@ void add_config_flags(CLI::App& c, ConfigFlags& f) {
 RunConfig build_config(const ConfigFlags& f) {
   Settings settings;
   if (f.preset) apply_preset(find_preset(*f.preset), settings);
+  if (f.config_file) apply_config_file(*f.config_file, settings);
   if (f.env_prefix)
     for (const std::string& w : apply_environment(*f.env_prefix, environ, settings)) warn(w);
   auto flag = [&](Knob knob, const std::optional<std::string>& value) {

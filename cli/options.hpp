@@ -13,6 +13,7 @@ namespace duquant::cli {
 
 struct ConfigFlags {
   std::optional<std::string> preset;
+  std::optional<std::string> config_file;
   std::optional<std::string> env_prefix;
   std::optional<std::string> scope, include, exclude, layers, wbits, wbits_default, abits, block, block_out, permute,
       row_rot, lambda_smooth, act_pct, calib_steps;

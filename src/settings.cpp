@@ -8,6 +8,10 @@
 
 #include "duquant/error.hpp"
 #include "duquant/regex.hpp"
+#include "formats/strict_json.hpp"
+
+#include <fstream>
+#include <iterator>
 
 namespace duquant {
 namespace {
@@ -193,6 +197,60 @@ std::vector<std::string> apply_environment(std::string_view prefix, char** env, 
     }
   }
   return warnings;
+}
+
+void apply_config_file(const std::string& path, Settings& settings) {
+  std::ifstream in(path, std::ios::binary);
+  DQ_CHECK(in.good(), io, "--config {}: cannot open", path);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  DQ_CHECK(text.size() <= 100'000'000, format, "--config {}: larger than 100 MB", path);
+  nlohmann::json root = formats::parse_strict_json(text, path, 64);
+  DQ_CHECK(root.is_object(), format, "{}: a configuration must be a JSON object", path);
+  const nlohmann::json& c = root.contains("config") ? root["config"] : root;
+  DQ_CHECK(c.is_object(), format, "{}: \"config\" must be an object", path);
+  auto text_of = [&](const nlohmann::json& v, const std::string& key) -> std::string {
+    if (v.is_string()) return v.get<std::string>();
+    if (v.is_boolean()) return v.get<bool>() ? "1" : "0";
+    if (v.is_number_integer() || v.is_number_unsigned()) return std::to_string(v.get<long long>());
+    if (v.is_number_float()) return fmt::format("{}", v.get<double>());
+    fail(ErrorKind::format, "{}: \"{}\" must be a string, number or boolean, found {}", path, key, formats::json_kind(v));
+  };
+  static const std::map<std::string, Knob> keys{
+      {"scope", Knob::scope},          {"include", Knob::include},         {"exclude", Knob::exclude},
+      {"include_action_head", Knob::include_action_head},                  {"wbits_default", Knob::wbits_default},
+      {"abits", Knob::abits},          {"block", Knob::block},             {"block_out", Knob::block_out},
+      {"permute", Knob::permute},      {"row_rot", Knob::row_rot},         {"lambda_smooth", Knob::lambda_smooth},
+      {"act_pct", Knob::act_pct},      {"calib_steps", Knob::calib_steps}};
+  for (const auto& [key, value] : c.items()) {
+    const std::string source = path + ": " + key;
+    if (const auto k = keys.find(key); k != keys.end()) {
+      settings.set(k->second, text_of(value, key), source);
+    } else if (key == "layers") {
+      DQ_CHECK(value.is_array(), format, "{}: must be an array of names", source);
+      std::string joined;
+      for (const auto& v : value) joined += (joined.empty() ? "" : ",") + text_of(v, key);
+      if (!joined.empty()) settings.set(Knob::layers, joined, source);
+    } else if (key == "wbits") {
+      DQ_CHECK(value.is_object(), format, "{}: must be an object of layer: bits", source);
+      std::string joined;
+      for (const auto& [name, bits] : value.items()) joined += (joined.empty() ? "" : ",") + name + ":" + text_of(bits, key);
+      if (!joined.empty()) settings.set(Knob::wbits, joined, source);
+    } else if (key == "wbits_rules") {
+      DQ_CHECK(value.is_array(), format, "{}: must be an array of {{pattern, bits}}", source);
+      for (const auto& r : value) {
+        DQ_CHECK(r.is_object() && r.contains("pattern") && r.contains("bits"), format, "{}: each rule needs pattern and bits", source);
+        settings.add_wbits_rule(text_of(r["pattern"], key) + "=" + text_of(r["bits"], key), source);
+      }
+    } else if (key == "runtime") {
+      const std::string v = text_of(value, key);
+      DQ_CHECK(v == "openpi" || v == "gr00t", format, "{}: '{}' is not openpi or gr00t", source, v);
+      settings.runtime = v == "gr00t" ? Runtime::gr00t : Runtime::openpi;
+    } else if (key == "preset") {
+      if (!value.is_null()) settings.preset = text_of(value, key);  // informational: its knobs are listed too
+    } else {
+      fail(ErrorKind::usage, "{}: unknown configuration key '{}'", path, key);
+    }
+  }
 }
 
 RunConfig resolve(const Settings& settings) {

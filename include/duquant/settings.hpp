@@ -57,6 +57,11 @@ class Settings {
 // An unknown prefix throws duquant::Error (usage).
 std::vector<std::string> apply_environment(std::string_view prefix, char** environ, Settings& settings);
 
+// Applies a configuration file: the "config" object of a pack's manifest.json, or such an object
+// alone (keys as in `list-linears --json`'s config). Unknown keys are errors naming the file.
+// Sources read "<file>: <key>".
+void apply_config_file(const std::string& path, Settings& settings);
+
 // Parses and validates every value into a RunConfig (regular expressions are compiled to check
 // them). Throws duquant::Error (usage) naming the source and the value.
 RunConfig resolve(const Settings& settings);
