@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: installs what is missing, builds, writes the synthetic
-# pi0.5-shaped checkpoint (`duquant synth`) and lists what every preset selects from it.
+# pi0.5-shaped checkpoint (`duquant synth`), lists what every preset selects from it, and packs
+# its language model and action expert (preset openpi-full) into demo/pack.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-deps.sh"
@@ -18,3 +19,10 @@ for preset in openpi-dit-qkvo openpi-dit openpi-llm openpi-full openpi-llm-dit-m
   echo "   ... (all $(grep -c DRYRUN "$demo/list-$preset.txt") lines in demo/list-$preset.txt)"
   tail -n 1 "$demo/list-$preset.txt"
 done
+
+echo
+echo "== duquant pack demo/pi05_synth.safetensors -o demo/pack --preset openpi-full"
+"$dq" pack "$demo/pi05_synth.safetensors" -o "$demo/pack" --preset openpi-full --force > "$demo/pack.log"
+head -n 4 "$demo/pack.log"
+echo "   ... (every layer in demo/pack.log)"
+tail -n 5 "$demo/pack.log"
