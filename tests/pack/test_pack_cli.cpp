@@ -307,6 +307,20 @@ TEST(PackCliRefusals, OutputIsTheCheckpointOrInsideItsFolder) {
   EXPECT_EQ(fs::directory_iterator(ckdir)->path(), file);  // nothing else written there
 }
 
+// Known bug (reported, not fixed here: src/pack.cpp prepare_output): a checkpoint *file* whose
+// folder is the output and whose name is one of the pack's own (quantized.safetensors,
+// quantized-*.safetensors, *.npz) is deleted by --force and then replaced by the pack, exit 0.
+// Enable once prepare_output refuses an output folder that holds a checkpoint file.
+TEST(PackCliRefusals, DISABLED_ForceNeverDeletesTheCheckpointFile) {
+  const fs::path dir = test::temp_dir();
+  const fs::path file = dir / "quantized.safetensors";
+  fs::copy_file(test::tiny_checkpoint(), file);
+  const std::string before = test::read_text(file);
+  const CliResult r = pack(file, dir, {"--preset", "openpi-dit", "--force"});
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  EXPECT_TRUE(test::read_text(file) == before) << "the checkpoint was replaced";
+}
+
 TEST(PackCliRefusals, SelectionMatchingNothingExits5) {
   const fs::path out = test::temp_dir() / "out";
   const CliResult r = pack(test::tiny_checkpoint(), out, {"--scope", "no.such.module."});
