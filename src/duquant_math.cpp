@@ -6,6 +6,8 @@
 #include <cmath>
 #include <numeric>
 
+#include <omp.h>
+
 #include "duquant/elementwise.hpp"
 #include "duquant/error.hpp"
 
@@ -67,7 +69,31 @@ MatrixF eigen_rotation(const Eigen::MatrixXd& gram, Eigen::VectorXd* eigenvalues
   return r;
 }
 
-LayerTransform compute_transform(const WeightView& w, const QuantConfig& q) {
+namespace {
+
+using StridedBlock = Eigen::Map<const MatrixF, 0, Eigen::OuterStride<>>;
+using MatrixRowD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// W[:, perm] in one pass over the rows (each row gathered while it is in cache).
+MatrixF permute_columns(const WeightView& w, const std::vector<std::int64_t>& perm) {
+  MatrixF out(w.rows, w.cols);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t r = 0; r < w.rows; ++r) {
+    const float* src = w.data + r * w.cols;
+    float* dst = out.data() + r * w.cols;
+    for (std::int64_t c = 0; c < w.cols; ++c) dst[c] = src[perm[c]];
+  }
+  return out;
+}
+
+// Column block b of a row-major [rows, cols] matrix, without copying.
+StridedBlock column_block(const float* data, std::int64_t rows, std::int64_t cols, std::int64_t first, std::int64_t width) {
+  return StridedBlock(data + first, rows, width, Eigen::OuterStride<>(cols));
+}
+
+}  // namespace
+
+LayerTransform compute_transform(const WeightView& w, const QuantConfig& q, MatrixF* permuted_out) {
   LayerTransform t;
   if (q.permute) {
     t.perm = zigzag_permutation(channel_energy(w, q.lambda_smooth));
@@ -77,13 +103,39 @@ LayerTransform compute_transform(const WeightView& w, const QuantConfig& q) {
   }
   const std::int64_t nb = block_count(w.cols, q.block);
   t.r_in.resize(static_cast<std::size_t>(nb));
+  {
+    MatrixF permuted = permute_columns(w, t.perm);
+    // Gram matrices of all column blocks. Each thread takes a contiguous range of blocks and walks
+    // the rows in tiles, converting only its columns of each tile to double: memory is read row
+    // segment by row segment instead of column by column. Every Gram sums the same tiles in the
+    // same order whichever thread computes it, so the result does not depend on the thread count.
+    std::vector<Eigen::MatrixXd> grams(static_cast<std::size_t>(nb));
+#pragma omp parallel
+    {
+      const int threads = omp_get_num_threads(), me = omp_get_thread_num();
+      const std::int64_t b0 = nb * me / threads, b1 = nb * (me + 1) / threads;
+      if (b0 < b1) {
+        const std::int64_t c0 = b0 * q.block, c1 = std::min<std::int64_t>(w.cols, b1 * q.block);
+        for (std::int64_t b = b0; b < b1; ++b) {
+          const std::int64_t s = block_width(w.cols, q.block, b);
+          grams[b] = Eigen::MatrixXd::Zero(s, s);
+        }
+        constexpr std::int64_t kTile = 256;
+        MatrixRowD tile(kTile, c1 - c0);
+        for (std::int64_t r0 = 0; r0 < w.rows; r0 += kTile) {
+          const std::int64_t rows = std::min(kTile, w.rows - r0);
+          tile.topRows(rows) = permuted.block(r0, c0, rows, c1 - c0).cast<double>();
+          for (std::int64_t b = b0; b < b1; ++b) {
+            const std::int64_t s = block_width(w.cols, q.block, b);
+            const auto x = tile.block(0, b * q.block - c0, rows, s);
+            grams[b].noalias() += x.transpose() * x;
+          }
+        }
+      }
+    }
 #pragma omp parallel for schedule(dynamic)
-  for (std::int64_t b = 0; b < nb; ++b) {
-    const std::int64_t s = block_width(w.cols, q.block, b);
-    Eigen::MatrixXd cols(w.rows, s);
-    for (std::int64_t r = 0; r < w.rows; ++r)
-      for (std::int64_t c = 0; c < s; ++c) cols(r, c) = w.at(r, t.perm[b * q.block + c]);
-    t.r_in[b] = eigen_rotation(cols.transpose() * cols);
+    for (std::int64_t b = 0; b < nb; ++b) t.r_in[b] = eigen_rotation(grams[b]);
+    if (permuted_out != nullptr) *permuted_out = std::move(permuted);
   }
   if (q.row_rot != RowRot::off) {
     const std::int64_t nbo = block_count(w.rows, q.block_out);
@@ -93,24 +145,39 @@ LayerTransform compute_transform(const WeightView& w, const QuantConfig& q) {
       const std::int64_t s = block_width(w.rows, q.block_out, b);
       const Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> rows(
           w.data + b * q.block_out * w.cols, s, w.cols);
-      const Eigen::MatrixXd rd = rows.cast<double>();
+      const MatrixRowD rd = rows.cast<double>();
       t.r_out[b] = eigen_rotation(rd * rd.transpose());
     }
   }
   return t;
 }
 
-MatrixF apply_input_transform(const WeightView& w, const LayerTransform& t, std::int64_t block) {
-  MatrixF out(w.rows, w.cols);
+void rotate_column_blocks(MatrixF& permuted, const LayerTransform& t, std::int64_t block) {
   const std::int64_t nb = static_cast<std::int64_t>(t.r_in.size());
-#pragma omp parallel for schedule(dynamic)
-  for (std::int64_t b = 0; b < nb; ++b) {
-    const std::int64_t s = block_width(w.cols, block, b);
-    MatrixF cols(w.rows, s);
-    for (std::int64_t r = 0; r < w.rows; ++r)
-      for (std::int64_t c = 0; c < s; ++c) cols(r, c) = w.at(r, t.perm[b * block + c]);
-    out.middleCols(b * block, s).noalias() = cols * t.r_in[b];
+  const std::int64_t rows = permuted.rows(), cols = permuted.cols();
+  // As for the Gram matrices: each thread a contiguous range of blocks, rows in tiles kept in
+  // cache; every output row of a block is the same product whichever thread computes it.
+#pragma omp parallel
+  {
+    const int threads = omp_get_num_threads(), me = omp_get_thread_num();
+    const std::int64_t b0 = nb * me / threads, b1 = nb * (me + 1) / threads;
+    constexpr std::int64_t kTile = 256;
+    MatrixF rotated;
+    for (std::int64_t r0 = 0; r0 < rows; r0 += kTile) {
+      const std::int64_t n = std::min(kTile, rows - r0);
+      for (std::int64_t b = b0; b < b1; ++b) {
+        const std::int64_t s = block_width(cols, block, b);
+        auto x = permuted.block(r0, b * block, n, s);
+        rotated.noalias() = x * t.r_in[b];
+        x = rotated;
+      }
+    }
   }
+}
+
+MatrixF apply_input_transform(const WeightView& w, const LayerTransform& t, std::int64_t block) {
+  MatrixF out = permute_columns(w, t.perm);
+  rotate_column_blocks(out, t, block);
   return out;
 }
 
@@ -130,33 +197,62 @@ std::vector<float> reference_weight_scale(const MatrixF& m) {
   return s;
 }
 
+namespace {
+
+// Sums of squared errors of one row for several scales, in one pass. The order of additions is
+// fixed (8 float lanes, flushed into double every 512 elements, then lane by lane), so the result
+// does not depend on threads, and the lanes let the compiler vectorize.
+void row_errors(const float* w, std::int64_t n, const float* scales, int count, int bits, double* out) {
+  constexpr int kLanes = 8;
+  constexpr std::int64_t kFlush = 512;
+  const float hi = static_cast<float>(elementwise::qmax(bits)), lo = -hi - 1.0f;
+  for (int k = 0; k < count; ++k) {
+    const float s = scales[k];
+    double total = 0;
+    std::int64_t c = 0;
+    while (c + kLanes <= n) {
+      const std::int64_t end = std::min(n, c + kFlush) / kLanes * kLanes;
+      float lane[kLanes] = {};
+      for (; c < end; c += kLanes)
+        for (int j = 0; j < kLanes; ++j) lane[j] += elementwise::squared_error(w[c + j], s, lo, hi);
+      for (int j = 0; j < kLanes; ++j) total += lane[j];
+    }
+    for (; c < n; ++c) total += elementwise::squared_error(w[c], s, lo, hi);
+    out[k] = total;
+  }
+}
+
+float row_max_abs(const float* w, std::int64_t n) {
+  float m = 0;
+  for (std::int64_t c = 0; c < n; ++c) m = std::max(m, std::abs(w[c]));
+  return m;
+}
+
+}  // namespace
+
 QuantizedRows quantize_rows(const MatrixF& w_t, int bits) {
   const Eigen::Index rows = w_t.rows(), cols = w_t.cols();
   QuantizedRows out;
   out.scales.resize(static_cast<std::size_t>(rows));
   out.codes.resize(static_cast<std::size_t>(rows * cols));
   std::vector<double> row_error(static_cast<std::size_t>(rows));
+  const float hi = static_cast<float>(elementwise::qmax(bits)), lo = -hi - 1.0f;
 #pragma omp parallel for schedule(static)
   for (Eigen::Index r = 0; r < rows; ++r) {
     const float* w = w_t.data() + r * cols;
-    float max_abs = 0;
-    for (Eigen::Index c = 0; c < cols; ++c) max_abs = std::max(max_abs, std::abs(w[c]));
-    const float base = elementwise::base_scale(max_abs, bits);
-    float best_scale = base;
-    double best = 0;
-    for (int k = 0; k < elementwise::kScaleCandidates; ++k) {
-      const float s = base / elementwise::scale_alpha(k);
-      double err = 0;
-      for (Eigen::Index c = 0; c < cols; ++c) err += elementwise::squared_error(w[c], s, bits);
-      if (k == 0 || err < best) {
-        best = err;
-        best_scale = s;
-      }
-    }
-    out.scales[r] = best_scale;
+    const float base = elementwise::base_scale(row_max_abs(w, cols), bits);
+    float scales[elementwise::kScaleCandidates];
+    double errors[elementwise::kScaleCandidates];
+    for (int k = 0; k < elementwise::kScaleCandidates; ++k) scales[k] = base / elementwise::scale_alpha(k);
+    row_errors(w, cols, scales, elementwise::kScaleCandidates, bits, errors);
+    int best = 0;
+    for (int k = 1; k < elementwise::kScaleCandidates; ++k)
+      if (errors[k] < errors[best]) best = k;  // strict: the first smallest wins
+    const float s = scales[best];
+    out.scales[r] = s;
     std::int8_t* q = out.codes.data() + r * cols;
-    for (Eigen::Index c = 0; c < cols; ++c) q[c] = static_cast<std::int8_t>(elementwise::quantize(w[c], best_scale, bits));
-    row_error[r] = best;
+    for (Eigen::Index c = 0; c < cols; ++c) q[c] = static_cast<std::int8_t>(elementwise::quantize_code(w[c], s, lo, hi));
+    row_error[r] = errors[best];
   }
   for (double e : row_error) out.squared_error += e;  // fixed order: deterministic for any thread count
   return out;
@@ -167,12 +263,8 @@ double rtn_squared_error(const WeightView& w, int bits) {
 #pragma omp parallel for schedule(static)
   for (std::int64_t r = 0; r < w.rows; ++r) {
     const float* row = w.data + r * w.cols;
-    float max_abs = 0;
-    for (std::int64_t c = 0; c < w.cols; ++c) max_abs = std::max(max_abs, std::abs(row[c]));
-    const float s = elementwise::base_scale(max_abs, bits);
-    double e = 0;
-    for (std::int64_t c = 0; c < w.cols; ++c) e += elementwise::squared_error(row[c], s, bits);
-    row_error[r] = e;
+    const float s = elementwise::base_scale(row_max_abs(row, w.cols), bits);
+    row_errors(row, w.cols, &s, 1, bits, &row_error[r]);
   }
   double total = 0;
   for (double e : row_error) total += e;

@@ -65,8 +65,9 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
   const WeightView w{weights.data(), static_cast<std::int64_t>(layer.out_features),
                      static_cast<std::int64_t>(layer.in_features)};
 
-  const LayerTransform t = compute_transform(w, q);
-  MatrixF w_t = apply_input_transform(w, t, q.block);
+  MatrixF w_t;
+  const LayerTransform t = compute_transform(w, q, &w_t);
+  rotate_column_blocks(w_t, t, q.block);
   const std::vector<float> weight_scale = reference_weight_scale(w_t);
   apply_output_rotation(w_t, t, q.block_out);
   const QuantizedRows quant = quantize_rows(w_t, selected.wbits);

@@ -53,11 +53,15 @@ struct LayerTransform {
 };
 
 // Computes perm, Rin and Rout for `w` under `q` (block, block_out, permute, row_rot, lambda).
-LayerTransform compute_transform(const WeightView& w, const QuantConfig& q);
+// When `permuted` is given it receives W[:, perm], which the Gram matrices were built from.
+LayerTransform compute_transform(const WeightView& w, const QuantConfig& q, MatrixF* permuted = nullptr);
 
 // W[:, perm] with each column block multiplied by its Rin: the matrix the reference's
 // weight_scale is taken from.
 MatrixF apply_input_transform(const WeightView& w, const LayerTransform& t, std::int64_t block);
+// In place: multiplies each column block of W[:, perm] by its Rin (the fast path of
+// apply_input_transform when W[:, perm] is at hand).
+void rotate_column_blocks(MatrixF& permuted, const LayerTransform& t, std::int64_t block);
 // Multiplies each row block of `w_t` in place by its Rout (no-op when there are none).
 void apply_output_rotation(MatrixF& w_t, const LayerTransform& t, std::int64_t block_out);
 

@@ -101,18 +101,27 @@ DQ_HD float round_half_even(float x) {
   return (x < 4194304.0f && x > -4194304.0f) ? (x + magic) - magic : x;
 }
 
-// Code of one value: clamp(round_half_even(w / s), -qmax-1, qmax), with a true division.
-DQ_HD int quantize(float w, float s, int bits) {
-  const float r = round_half_even(w / s);
-  const float hi = static_cast<float>(qmax(bits)), lo = -hi - 1.0f;
-  return static_cast<int>(r < lo ? lo : (r > hi ? hi : r));
+// The code of one value as a float: clamp(round_half_even(w / s), lo, hi), with a true division
+// (lo = -qmax-1, hi = qmax). The magic-number rounding needs no range check here: any |x| too
+// large for it to round exactly still lands beyond the clamp on the correct side. Branch-free,
+// so loops over it vectorize.
+DQ_HD float quantize_code(float w, float s, float lo, float hi) {
+  const float magic = 12582912.0f;  // 1.5 * 2^23
+  const float r = (w / s + magic) - magic;
+  const float c = r < lo ? lo : r;
+  return c > hi ? hi : c;
 }
 
-// Squared error of one value quantized with scale s, in float32 steps as the runtime's
-// (q*s - w)^2, widened to double for accumulation.
-DQ_HD double squared_error(float w, float s, int bits) {
-  const float d = static_cast<float>(quantize(w, s, bits)) * s - w;
-  return static_cast<double>(d) * static_cast<double>(d);
+// Code of one value: clamp(round_half_even(w / s), -qmax-1, qmax), with a true division.
+DQ_HD int quantize(float w, float s, int bits) {
+  const float hi = static_cast<float>(qmax(bits));
+  return static_cast<int>(quantize_code(w, s, -hi - 1.0f, hi));
+}
+
+// Squared error of one value quantized with scale s: (q*s - w)^2 in float32, as the runtime.
+DQ_HD float squared_error(float w, float s, float lo, float hi) {
+  const float d = quantize_code(w, s, lo, hi) * s - w;
+  return d * d;
 }
 
 // quantized.safetensors stores 4-bit codes two per byte, q + 8 in each nibble:
