@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -40,6 +41,14 @@ MappedFile MappedFile::open(const std::filesystem::path& path) {
   }
   ::close(fd);  // the mapping keeps the file alive
   return file;
+}
+
+void MappedFile::release(std::uint64_t offset, std::uint64_t length) const noexcept {
+  if (data_ == nullptr || offset >= size_) return;
+  length = std::min<std::uint64_t>(length, size_ - offset);
+  const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const std::uint64_t first = (offset + page - 1) / page * page, last = (offset + length) / page * page;
+  if (first < last) ::madvise(const_cast<std::byte*>(data_) + first, last - first, MADV_DONTNEED);
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept

@@ -22,6 +22,10 @@ class MappedFile {
   ~MappedFile();
 
   std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+  // Tells the kernel the pages wholly inside [offset, offset + length) are not needed any more,
+  // so streaming through a large file keeps resident memory bounded. The data stays readable
+  // (it is paged in again from the file if touched).
+  void release(std::uint64_t offset, std::uint64_t length) const noexcept;
   std::uint64_t size() const noexcept { return size_; }
   const std::filesystem::path& path() const noexcept { return path_; }
 

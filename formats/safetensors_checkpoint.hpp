@@ -59,6 +59,8 @@ class Checkpoint {
   // Converts the tensor to float32 into `out` (out.size() must equal numel). F32/F16/BF16 only;
   // other dtypes throw duquant::Error (format) naming the tensor.
   void read_f32(const TensorRef& tensor, std::span<float> out) const;
+  // Drops the tensor's pages from this process's resident memory (see MappedFile::release).
+  void release(const TensorRef& tensor) const;
 
  private:
   void add_file(const std::filesystem::path& path, const std::string& label);

@@ -83,9 +83,13 @@ bool inside(const fs::path& child, const fs::path& parent) {
 void prepare_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
   const fs::path& out = o.output;
   DQ_CHECK(!out.empty(), usage, "-o: an output folder is required");
-  for (const auto& f : ckpt.files())
+  for (const auto& f : ckpt.files()) {
     DQ_CHECK(fs::weakly_canonical(f.path) != fs::weakly_canonical(out), usage,
              "-o {}: the output would replace the checkpoint file {}", out.string(), f.path.string());
+    // A pack folder is the pack's own: one holding the input could see it overwritten or removed.
+    DQ_CHECK(!inside(f.path, out), usage, "-o {}: the output folder holds the checkpoint file {}; pack into another folder",
+             out.string(), f.path.string());
+  }
   if (fs::is_directory(o.checkpoint))
     DQ_CHECK(!inside(out, o.checkpoint), usage, "-o {}: the output folder lies inside the input checkpoint folder {}",
              out.string(), o.checkpoint.string());
@@ -216,6 +220,8 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
       maybe_kill(fmt::format("layer:{}", newly_packed));
     }
     records[i] = *record;
+    ckpt.release(*layer.weight);  // bounded resident memory while streaming through the checkpoint
+    if (layer.bias) ckpt.release(*layer.bias);
     summary.reused += reused ? 1 : 0;
     bytes_done += layer.weight->nbytes + (layer.bias ? layer.bias->nbytes : 0);
     if (progress) {

@@ -307,11 +307,9 @@ TEST(PackCliRefusals, OutputIsTheCheckpointOrInsideItsFolder) {
   EXPECT_EQ(fs::directory_iterator(ckdir)->path(), file);  // nothing else written there
 }
 
-// Known bug (reported, not fixed here: src/pack.cpp prepare_output): a checkpoint *file* whose
-// folder is the output and whose name is one of the pack's own (quantized.safetensors,
-// quantized-*.safetensors, *.npz) is deleted by --force and then replaced by the pack, exit 0.
-// Enable once prepare_output refuses an output folder that holds a checkpoint file.
-TEST(PackCliRefusals, DISABLED_ForceNeverDeletesTheCheckpointFile) {
+// A checkpoint file named like one of the pack's own files (quantized.safetensors) inside the
+// output folder: --force must not delete or replace it; the output folder is refused.
+TEST(PackCliRefusals, ForceNeverDeletesTheCheckpointFile) {
   const fs::path dir = test::temp_dir();
   const fs::path file = dir / "quantized.safetensors";
   fs::copy_file(test::tiny_checkpoint(), file);
