@@ -25,8 +25,8 @@ run_ctest() {  # run_ctest BUILD_DIR LABEL
   if [ "$rc" -ne 0 ] || [ "$total" -eq 0 ]; then status=1; fi
 }
 
-echo "== build (Release, DUQUANT_CUDA=AUTO)"
-if "$root/scripts/build.sh" build -DDUQUANT_CUDA=AUTO > build.log 2>&1; then
+echo "== build (Release, DUQUANT_CUDA=AUTO, warnings are errors)"
+if "$root/scripts/build.sh" build -DDUQUANT_CUDA=AUTO -DDUQUANT_WERROR=ON > build.log 2>&1; then
   grep -E "^-- duquant:|warning" build.log | head -n 20
   run_ctest build "Release"
 else

@@ -71,7 +71,6 @@ MatrixF eigen_rotation(const Eigen::MatrixXd& gram, Eigen::VectorXd* eigenvalues
 
 namespace {
 
-using StridedBlock = Eigen::Map<const MatrixF, 0, Eigen::OuterStride<>>;
 using MatrixRowD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // W[:, perm] in one pass over the rows (each row gathered while it is in cache).
@@ -86,10 +85,6 @@ MatrixF permute_columns(const WeightView& w, const std::vector<std::int64_t>& pe
   return out;
 }
 
-// Column block b of a row-major [rows, cols] matrix, without copying.
-StridedBlock column_block(const float* data, std::int64_t rows, std::int64_t cols, std::int64_t first, std::int64_t width) {
-  return StridedBlock(data + first, rows, width, Eigen::OuterStride<>(cols));
-}
 
 }  // namespace
 

@@ -228,12 +228,13 @@ void apply_config_file(const std::string& path, Settings& settings) {
     } else if (key == "layers") {
       DQ_CHECK(value.is_array(), format, "{}: must be an array of names", source);
       std::string joined;
-      for (const auto& v : value) joined += (joined.empty() ? "" : ",") + text_of(v, key);
+      for (const auto& v : value) joined.append(joined.empty() ? "" : ",").append(text_of(v, key));
       if (!joined.empty()) settings.set(Knob::layers, joined, source);
     } else if (key == "wbits") {
       DQ_CHECK(value.is_object(), format, "{}: must be an object of layer: bits", source);
       std::string joined;
-      for (const auto& [name, bits] : value.items()) joined += (joined.empty() ? "" : ",") + name + ":" + text_of(bits, key);
+      for (const auto& [name, bits] : value.items())
+        joined.append(joined.empty() ? "" : ",").append(name).append(":").append(text_of(bits, key));
       if (!joined.empty()) settings.set(Knob::wbits, joined, source);
     } else if (key == "wbits_rules") {
       DQ_CHECK(value.is_array(), format, "{}: must be an array of {{pattern, bits}}", source);
