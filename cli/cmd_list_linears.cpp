@@ -26,11 +26,7 @@ struct ListLinears {
     const std::vector<LinearLayer> linears = find_linear_layers(ckpt);
     const Selection selection = select_layers(linears, config.selection, config.quant.wbits_default);
 
-    for (const auto& name : selection.layers_not_found) warn(fmt::format("--layers names '{}', which is no linear layer of the checkpoint", name));
-    for (const auto& name : selection.wbits_unused) warn(fmt::format("--wbits names '{}', which is not a selected layer", name));
-    for (const auto& name : selection.skipped_dtype)
-      warn(fmt::format("'{}' is selected but stored as {}, which is not quantized", name,
-                       formats::dtype_name(ckpt.find(name + ".weight")->dtype)));
+    warn_about_selection(selection, ckpt);
 
     if (json) {
       nlohmann::ordered_json j;

@@ -10,7 +10,9 @@
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
 #include "duquant/error.hpp"
+#include "duquant/linear_layers.hpp"
 #include "duquant/pack.hpp"
+#include "duquant/selection.hpp"
 
 namespace duquant::cli {
 namespace {
@@ -58,6 +60,11 @@ struct Pack {
     o.force = force;
     o.max_shard_bytes = parse_size(max_shard);
 
+    {  // the same warnings as list-linears, before the long part (opening reads headers only)
+      const formats::Checkpoint ckpt = formats::Checkpoint::open(checkpoint);
+      const std::vector<LinearLayer> linears = find_linear_layers(ckpt);
+      warn_about_selection(select_layers(linears, o.config.selection, o.config.quant.wbits_default), ckpt);
+    }
     const bool tty = ::isatty(STDERR_FILENO) != 0;
     const auto start = std::chrono::steady_clock::now();
     auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };

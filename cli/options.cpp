@@ -14,6 +14,15 @@ namespace duquant::cli {
 
 void warn(const std::string& text) { fmt::print(stderr, "duquant: warning: {}\n", text); }
 
+void warn_about_selection(const Selection& selection, const formats::Checkpoint& checkpoint) {
+  for (const auto& name : selection.layers_not_found)
+    warn(fmt::format("--layers names '{}', which is no linear layer of the checkpoint", name));
+  for (const auto& name : selection.wbits_unused) warn(fmt::format("--wbits names '{}', which is not a selected layer", name));
+  for (const auto& name : selection.skipped_dtype)
+    warn(fmt::format("'{}' is selected but stored as {}, which is not quantized", name,
+                     formats::dtype_name(checkpoint.find(name + ".weight")->dtype)));
+}
+
 void add_config_flags(CLI::App& c, ConfigFlags& f) {
   const char* sel = "Selection";
   const char* quant = "Quantization";

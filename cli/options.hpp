@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "duquant/quant_config.hpp"
+#include "duquant/selection.hpp"
+#include "formats/safetensors_checkpoint.hpp"
 
 namespace duquant::cli {
 
@@ -31,5 +33,9 @@ RunConfig build_config(const ConfigFlags& flags);
 
 // Prints "duquant: warning: <text>" to stderr.
 void warn(const std::string& text);
+
+// Warns about --layers names that are no linear layer, --wbits names that select nothing, and
+// selected layers whose dtype cannot be quantized.
+void warn_about_selection(const Selection& selection, const formats::Checkpoint& checkpoint);
 
 }  // namespace duquant::cli
