@@ -15,5 +15,7 @@ Action register_pack(CLI::App& app);
 Action register_presets(CLI::App& app);
 Action register_synth(CLI::App& app);
 Action register_version(CLI::App& app);
+Action register_verify(CLI::App& app);
+Action register_inspect(CLI::App& app);
 
 }  // namespace duquant::cli

@@ -15,7 +15,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("duquant ") + DUQUANT_VERSION);
   std::vector<duquant::cli::Action> actions{
-      duquant::cli::register_list_linears(app), duquant::cli::register_pack(app), duquant::cli::register_synth(app),
+      duquant::cli::register_list_linears(app), duquant::cli::register_pack(app), duquant::cli::register_verify(app),
+      duquant::cli::register_inspect(app), duquant::cli::register_synth(app),
       duquant::cli::register_presets(app), duquant::cli::register_version(app)};
   try {
     app.parse(argc, argv);

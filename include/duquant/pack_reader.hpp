@@ -1,0 +1,108 @@
+// Reading a pack directory back: ours (manifest.json, quantized.safetensors, one npz per layer) or
+// one the Python runtime wrote (npz files only).
+//
+// Decoding is strict (our own npz/npy reader: only simple little-endian dtypes, exact sizes) and
+// throws duquant::Error naming the file and member; semantic checks (is perm a permutation, are
+// the rotations orthogonal, ...) are left to verify, which reports every problem it finds.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "duquant/duquant_math.hpp"
+#include "formats/safetensors_checkpoint.hpp"
+
+namespace duquant {
+
+// The `meta` member: the six keys the runtime writes.
+struct PackMeta {
+  std::uint64_t in_features = 0;
+  std::uint64_t out_features = 0;
+  std::int64_t block_size = 0;
+  std::int64_t block_out_size = 0;
+  bool enable_permute = false;
+  double lambda_smooth = 0;
+};
+
+// Parses the meta JSON text: exactly the six keys, with the types the runtime writes
+// (integers >= 1 for sizes, a bool, a number). Throws duquant::Error (format) naming `label`.
+PackMeta parse_pack_meta(std::string_view text, const std::string& label);
+
+// One layer's npz, decoded. Arrays are kept as read (shapes unchecked beyond what decoding needs).
+struct NpzLayer {
+  std::string file;                          // file name inside the pack directory
+  std::vector<std::string> members;          // keys in archive order
+  std::string meta_text;
+  PackMeta meta;
+  std::vector<std::uint64_t> weight_scale_shape;
+  std::vector<float> weight_scale;
+  bool has_perm = false;
+  std::vector<std::int64_t> perm;
+  std::vector<std::int64_t> r_in_blocks, r_out_blocks;
+  std::vector<std::pair<std::int64_t, MatrixF>> r_in, r_out;  // (block index, matrix) as found: Rin_<b>
+};
+
+// Reads `path` (an .npz). Throws duquant::Error (format/io) naming the file and member.
+NpzLayer read_npz_layer(const std::filesystem::path& path);
+
+// One layer's tensors in quantized.safetensors, decoded (absent optional tensors stay empty).
+struct QuantizedLayerTensors {
+  int bits = 0;                              // 4 for packed nibbles (U8), else from the manifest
+  std::uint64_t out_features = 0, in_features = 0;
+  std::vector<std::int8_t> codes;            // [O * I] signed codes, row-major
+  std::vector<float> scales;                 // [O]
+  std::vector<std::int64_t> perm;            // [I] or empty
+  std::vector<MatrixF> r_in, r_out;          // per block, cut to the block's width (padding dropped)
+  std::vector<float> bias;                   // [O] as float32, or empty
+  std::vector<float> test_x, test_y_fp, test_y_q;  // conformance vectors, or empty
+  std::uint64_t test_rows = 0;
+};
+
+class PackDirectory {
+ public:
+  // Opens a directory. Throws duquant::Error (io) if it is not a readable directory and
+  // (format) if manifest.json exists but is not valid strict JSON.
+  static PackDirectory open(const std::filesystem::path& dir);
+
+  const std::filesystem::path& path() const noexcept { return dir_; }
+  // manifest.json (null when the directory has none: a pack the Python runtime wrote).
+  const nlohmann::json* manifest() const noexcept { return manifest_ ? &*manifest_ : nullptr; }
+  // *.npz file names in the directory, sorted.
+  const std::vector<std::string>& npz_files() const noexcept { return npz_files_; }
+  // The module name a file name stands for (file name without ".npz"; exact for pi0.5/GR00T
+  // names, which only use [A-Za-z0-9_.]).
+  static std::string layer_name_of(const std::string& npz_file);
+  // The manifest's entry for `layer`, or null.
+  const nlohmann::json* manifest_layer(const std::string& layer) const;
+
+  // quantized.safetensors (single file or shards + index), or nullopt when the directory has none.
+  // Opened on first use. Throws duquant::Error (format/io) for a broken file.
+  const formats::Checkpoint* quantized() const;
+  // Decodes `layer`'s tensors from quantized.safetensors (nullopt when it holds none for it).
+  // `bits` comes from the manifest entry (needed to read 5-8 bit I8 codes; U8 nibbles are 4).
+  std::optional<QuantizedLayerTensors> quantized_layer(const std::string& layer, int bits) const;
+
+ private:
+  std::filesystem::path dir_;
+  std::optional<nlohmann::json> manifest_;
+  std::vector<std::string> npz_files_;
+  mutable std::optional<formats::Checkpoint> quantized_;
+  mutable bool quantized_probed_ = false;
+};
+
+// The weight the pack reproduces, brought back to the checkpoint's basis ([O, I] row-major):
+// W_hat = unpermute( Rin_bᵀ-blocks applied on the right of (Rout_bᵀ · (codes × scales)) ).
+MatrixF dequantized_original_basis(const QuantizedLayerTensors& t);
+
+// For packs without quantized.safetensors (the Python runtime's): the runtime's own quantization
+// of the checkpoint weight `w` under the npz's perm and rotations, at `wbits`, in the checkpoint's
+// basis. Rotations are used as stored (the runtime does not re-orthogonalise them).
+MatrixF runtime_quantized_original_basis(const WeightView& w, const NpzLayer& npz, int wbits);
+
+}  // namespace duquant

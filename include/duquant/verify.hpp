@@ -1,0 +1,2 @@
+// `duquant verify`: (being written)
+#pragma once

@@ -1,0 +1,2 @@
+#include "duquant/pack_reader.hpp"
+namespace duquant {}
