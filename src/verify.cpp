@@ -1,2 +1,327 @@
-// (being written)
-namespace duquant {}
+#include "duquant/verify.hpp"
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "duquant/digest.hpp"
+#include "duquant/error.hpp"
+#include "duquant/linear_layers.hpp"
+#include "duquant/pack_layer.hpp"
+#include "duquant/pack_layout.hpp"
+#include "duquant/selection.hpp"
+#include "verify_checks.hpp"
+
+namespace duquant {
+namespace fs = std::filesystem;
+using namespace verify_detail;
+
+const char* level_name(Level level) noexcept {
+  switch (level) {
+    case Level::ok: return "OK";
+    case Level::info: return "INFO";
+    case Level::warn: return "WARN";
+    case Level::fail: return "FAIL";
+  }
+  return "?";
+}
+
+Level LayerVerdict::level() const {
+  Level worst = Level::ok;
+  for (const Finding& f : findings)
+    if (f.level != Level::info) worst = std::max(worst, f.level);
+  return worst;
+}
+
+std::size_t VerifyReport::count(Level level) const {
+  return static_cast<std::size_t>(
+      std::count_if(layers.begin(), layers.end(), [&](const LayerVerdict& l) { return l.level() == level; }));
+}
+
+Level VerifyReport::worst() const {
+  Level worst = Level::ok;
+  for (const Finding& f : pack_findings)
+    if (f.level != Level::info) worst = std::max(worst, f.level);
+  for (const LayerVerdict& l : layers) worst = std::max(worst, l.level());
+  return worst;
+}
+
+namespace {
+
+struct PackFindings {
+  std::vector<Finding>& out;
+  template <typename... Args>
+  void add(Level level, const char* reason, fmt::format_string<Args...> f, Args&&... args) {
+    out.push_back({level, reason, fmt::format(f, std::forward<Args>(args)...)});
+  }
+};
+
+// Manifest files list: sizes and digests.
+void check_files(const PackDirectory& pack, const Manifest& m, PackFindings& pf) {
+  for (const ManifestFile& f : m.files) {
+    const fs::path p = pack.path() / f.name;
+    std::error_code ec;
+    if (f.name.find('/') != std::string::npos || f.name.find('\\') != std::string::npos || f.name == ".." || f.name == ".") {
+      pf.add(Level::fail, "manifest", "files: '{}' is not a plain file name", f.name);
+      continue;
+    }
+    const auto size = fs::file_size(p, ec);
+    if (ec) {
+      pf.add(Level::fail, "missing-file", "{}: listed in the manifest but cannot be read: {}", f.name, ec.message());
+      continue;
+    }
+    if (size != f.size) {
+      pf.add(Level::fail, "checksum", "{}: {} bytes, the manifest says {}", f.name, size, f.size);
+      continue;
+    }
+    const std::string d = xxh128_file(p);
+    if (d != f.xxh128) pf.add(Level::fail, "checksum", "{}: xxh128 {}, the manifest says {}", f.name, d, f.xxh128);
+  }
+}
+
+struct CheckpointContext {
+  formats::Checkpoint ckpt;
+  std::vector<LinearLayer> linears;
+  std::map<std::string, const LinearLayer*> by_name;
+};
+
+void verify_layer(const PackDirectory& pack, const std::string& name, const std::string& file, const Manifest* manifest,
+                  const ManifestLayer* entry, CheckpointContext* ck, const PackDirectory* reference,
+                  const VerifyOptions& o, LayerVerdict& v) {
+  Sink sink{v};
+  v.name = name;
+  v.file = file;
+  const fs::path npz_path = pack.path() / file;
+  std::error_code ec;
+  if (!fs::exists(npz_path, ec)) {
+    sink.add(Level::fail, "missing-file", "{}: the manifest lists this layer but its npz is missing", file);
+    return;
+  }
+  if (entry != nullptr) {
+    const std::string d = xxh128_file(npz_path);
+    if (d != entry->npz.xxh128) sink.add(Level::fail, "checksum", "{}: xxh128 {}, the manifest says {}", file, d, entry->npz.xxh128);
+  }
+  std::optional<NpzLayer> npz;
+  try {
+    npz.emplace(read_npz_layer(npz_path));
+  } catch (const Error& e) {
+    sink.add(Level::fail, "npz", "{}", e.what());
+    return;
+  }
+  const int wbits = entry != nullptr ? entry->wbits : o.wbits_default;
+  Expectation expect{entry, manifest, std::nullopt, std::nullopt};
+  const LinearLayer* linear = nullptr;
+  if (ck != nullptr) {
+    const auto it = ck->by_name.find(name);
+    if (it == ck->by_name.end()) {
+      sink.add(Level::fail, "orphan", "the checkpoint has no linear layer '{}'", name);
+    } else {
+      linear = it->second;
+      expect.out_features = linear->out_features;
+      expect.in_features = linear->in_features;
+    }
+  }
+  const bool usable = check_npz_structure(*npz, expect, sink);
+  v.numbers["wbits"] = wbits;
+
+  std::optional<QuantizedLayerTensors> q;
+  if (manifest != nullptr) {
+    try {
+      q = pack.quantized_layer(name, wbits);
+      if (!q) sink.add(Level::fail, "quantized", "quantized.safetensors holds no tensors for this layer");
+    } catch (const Error& e) {
+      sink.add(Level::fail, "quantized", "{}", e.what());
+    }
+    if (q && usable) check_quantized(*q, *npz, manifest->config.quant.row_rot, sink);
+  }
+  const bool quantized_sound = q && !sink.failed("quantized") && !sink.failed("codes") && !sink.failed("scales") &&
+                               !sink.failed("quantized-npz");
+
+  std::optional<CheckpointFacts> facts;
+  std::vector<float> weights;
+  if (linear != nullptr && usable && !sink.failed("meta")) {
+    try {
+      weights = load_weight(ck->ckpt, *linear);
+      facts.emplace();
+      facts->w = WeightView{weights.data(), static_cast<std::int64_t>(linear->out_features),
+                            static_cast<std::int64_t>(linear->in_features)};
+      facts->weight_digest = xxh128_hex(ck->ckpt.bytes(*linear->weight));
+      if (linear->bias) {
+        facts->bias.resize(linear->bias->numel);
+        ck->ckpt.read_f32(*linear->bias, facts->bias);
+      }
+    } catch (const Error& e) {
+      sink.add(Level::fail, "checkpoint", "{}", e.what());
+      facts.reset();
+    }
+    if (facts) check_against_checkpoint(*npz, quantized_sound ? &*q : nullptr, expect, *facts, wbits, sink);
+    ck->ckpt.release(*linear->weight);
+  }
+
+  if (reference != nullptr) {
+    const fs::path ref_path = reference->path() / file;
+    if (!fs::exists(ref_path, ec)) {
+      sink.add(Level::fail, "reference-missing", "the reference pack has no {}", file);
+    } else {
+      try {
+        const NpzLayer ref = read_npz_layer(ref_path);
+        LayerVerdict ref_verdict;
+        Sink ref_sink{ref_verdict};
+        Expectation ref_expect{nullptr, nullptr, expect.out_features, expect.in_features};
+        const bool ref_usable = check_npz_structure(ref, ref_expect, ref_sink);
+        for (const Finding& f : ref_verdict.findings)
+          if (f.level == Level::fail) sink.add(Level::fail, "reference", "the reference's npz: {}: {}", f.reason, f.message);
+        if (usable && ref_usable && !sink.failed("stale"))
+          check_against_reference(*npz, quantized_sound ? &*q : nullptr, ref, facts ? &*facts : nullptr, wbits, sink);
+      } catch (const Error& e) {
+        sink.add(Level::fail, "reference", "{}", e.what());
+      }
+    }
+  }
+}
+
+}  // namespace
+
+VerifyReport run_verify(const VerifyOptions& o) {
+  VerifyReport report;
+  report.pack = o.pack;
+  const PackDirectory pack = PackDirectory::open(o.pack);
+  PackFindings pf{report.pack_findings};
+
+  std::optional<Manifest> manifest;
+  if (pack.manifest() != nullptr) {
+    report.has_manifest = true;
+    try {
+      manifest = parse_manifest(*pack.manifest(), (o.pack / std::string(kManifestName)).string());
+    } catch (const Error& e) {
+      pf.add(Level::fail, "manifest", "{}", e.what());
+    }
+  } else {
+    pf.add(Level::info, "no-manifest", "no manifest.json: a pack written by the Python runtime (no checksums, no weight "
+           "digests; staleness is judged from perm and rotations against --checkpoint)");
+  }
+  DQ_CHECK(report.has_manifest || !pack.npz_files().empty(), format,
+           "{}: not a pack directory (no manifest.json and no .npz files)", o.pack.string());
+  if (manifest) check_files(pack, *manifest, pf);
+
+  std::optional<CheckpointContext> ck;
+  if (o.checkpoint) {
+    ck.emplace(CheckpointContext{formats::Checkpoint::open(*o.checkpoint), {}, {}});
+    ck->linears = find_linear_layers(ck->ckpt);
+    for (const LinearLayer& l : ck->linears) ck->by_name.emplace(l.name, &l);
+  } else {
+    pf.add(Level::info, "no-checkpoint", "no --checkpoint: the weights, transforms and quality are not recomputed");
+  }
+  std::optional<PackDirectory> reference;
+  if (o.reference) {
+    reference.emplace(PackDirectory::open(*o.reference));
+    DQ_CHECK(!reference->npz_files().empty(), format, "--reference {}: holds no .npz files", o.reference->string());
+  }
+
+  // The layers: the manifest's, plus every npz in the folder.
+  std::map<std::string, const ManifestLayer*> entries;
+  std::map<std::string, std::string> files;  // layer -> npz file
+  if (manifest) {
+    for (const ManifestLayer& l : manifest->layers) {
+      if (entries.count(l.name)) pf.add(Level::fail, "manifest", "layer '{}' is listed twice", l.name);
+      entries[l.name] = &l;
+      files[l.name] = l.npz.name;
+      if (l.npz.name != pack_file_name(l.name))
+        pf.add(Level::fail, "manifest", "layer '{}': npz name '{}', the runtime looks for '{}'", l.name, l.npz.name,
+               pack_file_name(l.name));
+    }
+  }
+  std::set<std::string> listed_files;
+  for (const auto& [name, file] : files) listed_files.insert(file);
+  for (const std::string& f : pack.npz_files()) {
+    if (listed_files.count(f)) continue;
+    const std::string name = PackDirectory::layer_name_of(f);
+    files[name] = f;
+    if (manifest) {
+      LayerVerdict v;
+      v.name = name;
+      v.file = f;
+      v.findings.push_back({Level::fail, "unlisted", fmt::format("{} is not listed in the manifest", f)});
+      report.layers.push_back(std::move(v));
+      files.erase(name);
+    }
+  }
+
+  for (const auto& [name, file] : files) {
+    LayerVerdict v;
+    const auto it = entries.find(name);
+    verify_layer(pack, name, file, manifest ? &*manifest : nullptr, it == entries.end() ? nullptr : it->second,
+                 ck ? &*ck : nullptr, reference ? &*reference : nullptr, o, v);
+    report.layers.push_back(std::move(v));
+  }
+
+  // Layers the selection picks that the pack lacks; layers the reference has and we lack.
+  if (ck) {
+    const RunConfig* config = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
+    if (config != nullptr) {
+      const Selection s = select_layers(ck->linears, config->selection, config->quant.wbits_default);
+      for (const SelectedLayer& l : s.layers) {
+        if (files.count(l.layer->name) || std::any_of(report.layers.begin(), report.layers.end(),
+                                                      [&](const LayerVerdict& v) { return v.name == l.layer->name; }))
+          continue;
+        LayerVerdict v;
+        v.name = l.layer->name;
+        v.findings.push_back({Level::fail, "missing-layer",
+                              fmt::format("the {} selection picks this layer of the checkpoint, but the pack has no {}",
+                                          manifest ? "manifest's" : "given", pack_file_name(l.layer->name))});
+        report.layers.push_back(std::move(v));
+      }
+    } else {
+      pf.add(Level::info, "selection-unknown", "no manifest and no selection flags: layers missing from the pack are not "
+             "looked for (give --preset or --scope)");
+    }
+  }
+  if (reference) {
+    for (const std::string& f : reference->npz_files()) {
+      const std::string name = PackDirectory::layer_name_of(f);
+      if (files.count(name)) continue;
+      LayerVerdict v;
+      v.name = name;
+      v.findings.push_back({Level::fail, "reference-extra", fmt::format("the reference pack has {}, this pack does not", f)});
+      report.layers.push_back(std::move(v));
+    }
+  }
+  std::sort(report.layers.begin(), report.layers.end(),
+            [](const LayerVerdict& a, const LayerVerdict& b) { return a.name < b.name; });
+  return report;
+}
+
+nlohmann::ordered_json verify_report_json(const VerifyReport& r) {
+  using json = nlohmann::ordered_json;
+  auto findings = [](const std::vector<Finding>& fs) {
+    json a = json::array();
+    for (const Finding& f : fs) a.push_back({{"level", level_name(f.level)}, {"reason", f.reason}, {"message", f.message}});
+    return a;
+  };
+  json j;
+  j["pack"] = r.pack.string();
+  j["result"] = level_name(r.worst());
+  j["summary"] = {{"layers", r.layers.size()},
+                  {"ok", r.count(Level::ok)},
+                  {"warn", r.count(Level::warn)},
+                  {"fail", r.count(Level::fail)}};
+  j["pack_findings"] = findings(r.pack_findings);
+  j["layers"] = json::array();
+  for (const LayerVerdict& l : r.layers) {
+    json e;
+    e["name"] = l.name;
+    e["file"] = l.file;
+    e["result"] = level_name(l.level());
+    e["findings"] = findings(l.findings);
+    e["numbers"] = l.numbers.is_null() ? json::object() : l.numbers;
+    j["layers"].push_back(std::move(e));
+  }
+  j["tolerances"] = {{"orthogonality", kOrthogonalityTolerance}, {"transform", kTransformTolerance},
+                     {"conformance", kConformanceTolerance},     {"quality", kQualityTolerance},
+                     {"eigenbasis", kEigenbasisTolerance},       {"energy_tie", kEnergyTieTolerance},
+                     {"eigen_gap", kEigenGapTolerance},          {"subspace", kSubspaceTolerance},
+                     {"reference_quality_factor", kReferenceQualityFactor}};
+  return j;
+}
+
+}  // namespace duquant
