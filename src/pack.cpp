@@ -13,6 +13,7 @@
 #include <optional>
 #include <vector>
 
+#include "duquant/conformance.hpp"
 #include "duquant/digest.hpp"
 #include "duquant/dryrun_report.hpp"
 #include "duquant/error.hpp"
@@ -43,6 +44,17 @@ struct LayerRecord {
 std::optional<double> sqnr_db(double signal, double noise) {
   if (signal <= 0 || noise <= 0) return std::nullopt;
   return 10.0 * std::log10(signal / noise);
+}
+
+// The conformance vectors' entry: ‖test_y_q − test_y_fp‖ / ‖test_y_fp‖ (0 when both are zero,
+// null when only test_y_fp is).
+json conformance_json(const LayerQuality& q) {
+  json j;
+  j["rows"] = kConformanceRows;
+  j["rel_error_q_vs_fp"] = q.conformance_fp2 > 0 ? json(std::sqrt(q.conformance_err2 / q.conformance_fp2))
+                           : q.conformance_err2 == 0 ? json(0.0)
+                                                     : json(nullptr);
+  return j;
 }
 
 json quality_json(double signal, double noise) {
@@ -125,6 +137,8 @@ std::optional<LayerRecord> load_record(const fs::path& path, const std::string& 
     r.quality.weight_norm2 = j.at("weight_norm2").get<double>();
     r.quality.duquant_err2 = j.at("duquant_err2").get<double>();
     r.quality.rtn_err2 = j.at("rtn_err2").get<double>();
+    r.quality.conformance_fp2 = j.at("conformance_fp2").get<double>();
+    r.quality.conformance_err2 = j.at("conformance_err2").get<double>();
     return r;
   } catch (const Error&) {
     return std::nullopt;  // a damaged record only means the layer is packed again
@@ -143,6 +157,8 @@ std::string record_text(const LayerRecord& r) {
   j["weight_norm2"] = r.quality.weight_norm2;
   j["duquant_err2"] = r.quality.duquant_err2;
   j["rtn_err2"] = r.quality.rtn_err2;
+  j["conformance_fp2"] = r.quality.conformance_fp2;
+  j["conformance_err2"] = r.quality.conformance_err2;
   return j.dump(1) + "\n";
 }
 
@@ -338,6 +354,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     e["quantized"] = {{"shard", layer_shard[i]}, {"bytes", r.part_bytes}, {"xxh128", r.part_xxh128}};
     e["quality"] = {{"duquant", quality_json(r.quality.weight_norm2, r.quality.duquant_err2)},
                     {"rtn", quality_json(r.quality.weight_norm2, r.quality.rtn_err2)}};
+    e["conformance"] = conformance_json(r.quality);
     layers.push_back(std::move(e));
     const auto dq = sqnr_db(r.quality.weight_norm2, r.quality.duquant_err2);
     const auto rtn = sqnr_db(r.quality.weight_norm2, r.quality.rtn_err2);

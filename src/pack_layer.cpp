@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <span>
 
+#include "duquant/conformance.hpp"
 #include "duquant/duquant_math.hpp"
 #include "duquant/elementwise.hpp"
 #include "duquant/error.hpp"
@@ -29,6 +31,29 @@ void append_stacked(std::string& out, const std::vector<MatrixF>& blocks, std::i
   }
 }
 
+// test_x, test_y_fp and test_y_q (docs/pack-format.md, "Conformance vectors"), from the values
+// exactly as the pack stores them; their error figures go to `quality`.
+void append_conformance(std::string& out, LayerQuality& quality, const formats::Checkpoint& ckpt, const LinearLayer& layer,
+                        const WeightView& w, const LayerTransform& t, std::span<const std::int8_t> codes,
+                        std::span<const float> scales, const QuantConfig& q) {
+  std::vector<float> bias;
+  if (layer.bias) {
+    bias.resize(layer.bias->numel);
+    ckpt.read_f32(*layer.bias, bias);
+  }
+  const std::vector<float> x = conformance_inputs(kConformanceRows, w.cols);
+  const std::vector<float> y_fp = conformance_reference_output(x, kConformanceRows, w, bias);
+  const std::span<const std::int64_t> perm = q.permute ? std::span<const std::int64_t>(t.perm) : std::span<const std::int64_t>();
+  const std::vector<float> y_q =
+      conformance_pack_output(x, kConformanceRows, w.rows, w.cols, perm, t.r_in, codes, scales, t.r_out, q.row_rot, bias);
+  for (std::size_t k = 0; k < y_fp.size(); ++k) {
+    const double d = static_cast<double>(y_q[k]) - static_cast<double>(y_fp[k]);
+    quality.conformance_fp2 += static_cast<double>(y_fp[k]) * static_cast<double>(y_fp[k]);
+    quality.conformance_err2 += d * d;
+  }
+  for (const auto* v : {&x, &y_fp, &y_q}) append(out, v->data(), v->size() * sizeof(float));
+}
+
 }  // namespace
 
 std::vector<TensorSpec> layer_tensor_specs(const LinearLayer& l, int wbits, const QuantConfig& q) {
@@ -44,6 +69,10 @@ std::vector<TensorSpec> layer_tensor_specs(const LinearLayer& l, int wbits, cons
   t.push_back({l.name + ".R_in", DType::F32, {(i + b - 1) / b, b, b}});
   if (q.row_rot != RowRot::off) t.push_back({l.name + ".R_out", DType::F32, {(o + bo - 1) / bo, bo, bo}});
   if (l.bias) t.push_back({l.name + ".bias", l.bias->dtype, {o}});
+  const auto n = static_cast<std::uint64_t>(kConformanceRows);
+  t.push_back({l.name + ".test_x", DType::F32, {n, i}});
+  t.push_back({l.name + ".test_y_fp", DType::F32, {n, o}});
+  t.push_back({l.name + ".test_y_q", DType::F32, {n, o}});
   return t;
 }
 
@@ -96,6 +125,8 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
   out.tensors = layer_tensor_specs(layer, selected.wbits, q);
   std::string& d = out.data;
   const std::int64_t rows = w.rows, cols = w.cols;
+  // The codes as stored, read back for the conformance output.
+  std::vector<std::int8_t> stored_codes;
   if (selected.wbits <= 4) {
     const std::int64_t packed_cols = (cols + 1) / 2;
     std::string packed(static_cast<std::size_t>(rows * packed_cols), '\0');
@@ -107,7 +138,15 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
       }
     }
     d += packed;
+    stored_codes.resize(quant.codes.size());
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < cols; ++c) {
+        const auto byte = static_cast<unsigned char>(packed[static_cast<std::size_t>(r * packed_cols + c / 2)]);
+        stored_codes[r * cols + c] =
+            static_cast<std::int8_t>(c % 2 == 0 ? elementwise::unpack_low(byte) : elementwise::unpack_high(byte));
+      }
   } else {
+    stored_codes = quant.codes;
     append(d, quant.codes.data(), quant.codes.size());
   }
   append(d, quant.scales.data(), quant.scales.size() * sizeof(float));
@@ -118,6 +157,7 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
     const auto bias = ckpt.bytes(*layer.bias);
     append(d, bias.data(), bias.size());
   }
+  append_conformance(d, out.quality, ckpt, layer, w, t, stored_codes, quant.scales, q);
   std::uint64_t expected = 0;
   for (const TensorSpec& s : out.tensors) expected += s.nbytes();
   DQ_CHECK(expected == d.size(), internal, "layer '{}': {} bytes of tensors produced, {} declared", layer.name, d.size(),

@@ -7,8 +7,9 @@
 //                                 y_t = x_t · (codes × scales)ᵀ, then by row_rot mode:
 //                                 restore: y = y_t · Rout (per row block) + b;  0: y = y_t + b;
 //                                 propagate: y = y_t + b · Routᵀ (per row block, the rotated basis)
-// All sums are taken in double and rounded to float32 once at the end, so the values do not depend
-// on summation order or thread count.
+// All sums are taken in double and rounded to float32 once at the end; each output element is one
+// sum in a fixed order, so the values do not depend on the thread count. Shapes and indices are
+// checked (duquant::Error, kind format): the functions also run on pack files that are read back.
 #pragma once
 
 #include <cstdint>
@@ -20,9 +21,14 @@
 namespace duquant {
 
 inline constexpr std::int64_t kConformanceRows = 4;
+// Seed of the input generator: the ASCII bytes of "duquant" followed by a zero byte.
+inline constexpr std::uint64_t kConformanceSeed = 0x6475717561'6E7400ull;
 
-// Deterministic inputs [rows, in_features], row-major: standard normal values from a fixed
-// counter-based generator, rounded to float32 (the same for every layer of that width).
+// Deterministic inputs [rows, in_features], row-major: standard normal values, rounded to float32
+// (the same for every layer of that width). Element k (= r·in_features + c) takes outputs 2k and
+// 2k+1 of the standard SplitMix64 stream seeded with kConformanceSeed (output n = mix(seed +
+// (n+1)·0x9E3779B97F4A7C15)), u1 = ((out_2k >> 11) + 1)·2⁻⁵³ in (0, 1], u2 = (out_2k+1 >> 11)·2⁻⁵³,
+// and is sqrt(−2 ln u1)·cos(2π u2) computed in double (Box–Muller, first output only).
 std::vector<float> conformance_inputs(std::int64_t rows, std::int64_t in_features);
 
 // x Wᵀ + b, [rows, O]. `bias` may be empty.
@@ -30,7 +36,9 @@ std::vector<float> conformance_reference_output(std::span<const float> x, std::i
                                                 std::span<const float> bias);
 
 // What a pack defines for input x: see the header comment. `perm` may be empty (identity);
-// `r_out` is empty when row_rot is 0. Rotation blocks are at their true widths.
+// `r_out` is empty exactly when row_rot is 0. Rotation blocks are at their true widths (consecutive,
+// covering in_features / out_features). `codes` are unpacked, row-major [O, I]; codes × scales is
+// exact in double and each row's scale is applied after its sum.
 std::vector<float> conformance_pack_output(std::span<const float> x, std::int64_t rows, std::int64_t out_features,
                                            std::int64_t in_features, std::span<const std::int64_t> perm,
                                            const std::vector<MatrixF>& r_in, std::span<const std::int8_t> codes,

@@ -12,7 +12,11 @@ Runs the binary on FIXTURES_DIR/pi05_tiny.safetensors (preset openpi-dit, the ru
     `safetensors` package is importable, with it; nibbles unpacked; codes*scales reconstruct
     W_t = Rout.(W[:,perm].Rin) (computed here from the checkpoint's BF16 weight and the npz
     rotations) within half a step per element (clamped elements: code at the bound);
-  * manifest sizes against the files, and its quality figures recomputed here within 1e-3 relative.
+  * manifest sizes against the files, and its quality figures recomputed here within 1e-3 relative;
+  * the conformance vectors of every layer (also of two vision-tower packs with BF16 biases, row_rot
+    propagate and 0): test_y_fp == test_x @ W.T + b from the checkpoint, test_y_q from the unpacked
+    codes, scales, perm and rotations of quantized.safetensors, in float64 within 1e-5 relative;
+    test_x's first values pinned; the manifest's conformance figure recomputed.
 Exit 0: all checks passed; 1: a check failed; 77: python or numpy unusable here (CTest: skipped).
 """
 import json
@@ -245,7 +249,7 @@ def check_pack(binary, fixtures, work, label, extra_args, block, block_out, wbit
         check(np.array_equal(q[name + ".perm"], perm), f"{name}: safetensors perm != npz perm")
         check(np.array_equal(q[name + ".R_in"], stacked(rin, block)), f"{name}: R_in != npz Rin_* (identity padded)")
         check(np.array_equal(q[name + ".R_out"], stacked(rout, block_out)), f"{name}: R_out != npz Rout_*")
-        expected_tensors += 5
+        expected_tensors += 5 + 3  # qweight, scales, perm, R_in, R_out; test_x, test_y_fp, test_y_q
         if entry["bias"]:
             bdtype, bias = ckpt[name + ".bias"]
             check(np.array_equal(q[name + ".bias"].view(np.uint8), bias.view(np.uint8)), f"{name}: bias bytes")
@@ -289,6 +293,7 @@ def check_pack(binary, fixtures, work, label, extra_args, block, block_out, wbit
         dq_sqnr.append(10 * math.log10(norm2 / dq_err2))
         rtn_sqnr.append(10 * math.log10(norm2 / rtn_err2))
 
+    check_conformance(label, manifest, ckpt, q, qheader, "restore", wbits)
     check(len(q) == expected_tensors, f"{label}: {len(q)} tensors in quantized.safetensors, expected {expected_tensors}")
     check(worst_step <= 0.5 + 1e-3, f"{label}: worst error {worst_step} steps")
     print(f"{label}: {len(layers)} layers, {len(q)} tensors; orthogonality worst {worst_orth:.3g}; "
@@ -297,6 +302,99 @@ def check_pack(binary, fixtures, work, label, extra_args, block, block_out, wbit
           f"{clamped} clamped of {total_codes}; {code_mismatch} codes differ from numpy's rounding")
     print(f"{label}: quality figures agree with numpy within {worst_quality:.3g} relative; "
           f"mean SQNR duquant {np.mean(dq_sqnr):.3f} dB, rtn {np.mean(rtn_sqnr):.3f} dB")
+
+
+def unpack_codes(qheader, q, name, O, I):
+    qw = q[name + ".qweight"]
+    if qheader[name + ".qweight"]["dtype"] == "U8":
+        codes = np.empty((O, qw.shape[1] * 2), dtype=np.int64)
+        codes[:, 0::2] = (qw & 0x0F).astype(np.int64) - 8
+        codes[:, 1::2] = (qw >> 4).astype(np.int64) - 8
+        return codes[:, :I]
+    return qw.astype(np.int64)
+
+
+def block_diag(stacked_blocks, n):
+    """[nb, B, B] identity-padded blocks -> the n x n block-diagonal matrix of their true corners."""
+    out = np.zeros((n, n))
+    width = stacked_blocks.shape[1]
+    for b in range(stacked_blocks.shape[0]):
+        s = min(width, n - b * width)
+        out[b * width:b * width + s, b * width:b * width + s] = stacked_blocks[b, :s, :s]
+    return out
+
+
+# The first values of test_x, pinned (docs/pack-format.md, "Conformance vectors").
+GOLDEN_X = [-1.2457231, 1.3806328, 0.37807155, -0.44397888, -0.044396773, 0.7181927, -0.5002807, -1.023665]
+
+
+def check_conformance(label, manifest, ckpt, q, qheader, row_rot, wbits):
+    """test_x / test_y_fp / test_y_q of every layer, recomputed in float64 with numpy."""
+    worst_fp = worst_q = 0.0
+    biased = 0
+    for entry in manifest["layers"]:
+        name = entry["name"]
+        O, I = entry["shape"]
+        x, y_fp, y_q = (q[name + t] for t in (".test_x", ".test_y_fp", ".test_y_q"))
+        for t, a, shape in ((".test_x", x, (4, I)), (".test_y_fp", y_fp, (4, O)), (".test_y_q", y_q, (4, O))):
+            check(qheader[name + t]["dtype"] == "F32" and a.shape == shape, f"{name}{t}: {qheader[name + t]['dtype']} {a.shape}")
+        check(np.allclose(x.reshape(-1)[:min(8, x.size)], GOLDEN_X[:min(8, x.size)], rtol=1e-7, atol=0),
+              f"{name}: test_x starts {x.reshape(-1)[:8]}")
+        x = x.astype(np.float64)
+        _, W = ckpt[name + ".weight"]
+        b = np.zeros(O)
+        if name + ".bias" in ckpt:
+            bdtype, braw = ckpt[name + ".bias"]
+            check(bdtype == "BF16", f"{name}: bias dtype {bdtype}")
+            b = braw.astype(np.float64)
+            biased += 1
+        ref_fp = x @ W.astype(np.float64).T + b
+        e_fp = float(np.abs(y_fp - ref_fp).max() / max(np.abs(ref_fp).max(), 1e-30))
+        worst_fp = max(worst_fp, e_fp)
+        check(e_fp <= 1e-6, f"{name}: test_y_fp differs from x @ W.T + b by {e_fp:.3g} relative")
+
+        codes = unpack_codes(qheader, q, name, O, I)
+        QS = codes * q[name + ".scales"].astype(np.float64)[:, None]
+        perm = q[name + ".perm"] if name + ".perm" in q else np.arange(I)
+        xt = x[:, perm] @ block_diag(q[name + ".R_in"].astype(np.float64), I)
+        yt = xt @ QS.T
+        has_rout = name + ".R_out" in q
+        check(has_rout == (row_rot != "0"), f"{name}: R_out present {has_rout} with row_rot {row_rot}")
+        if row_rot == "restore":
+            yt = yt @ block_diag(q[name + ".R_out"].astype(np.float64), O)
+        elif row_rot == "propagate":
+            b = b @ block_diag(q[name + ".R_out"].astype(np.float64), O).T
+        ref_q = yt + b
+        e_q = float(np.abs(y_q - ref_q).max() / max(np.abs(ref_q).max(), 1e-30))
+        worst_q = max(worst_q, e_q)
+        check(e_q <= 1e-5, f"{name}: test_y_q differs from numpy's pack output by {e_q:.3g} relative")
+
+        conf = entry["conformance"]
+        yq64, yfp64 = y_q.astype(np.float64), y_fp.astype(np.float64)
+        rel_err = float(np.linalg.norm(yq64 - yfp64) / np.linalg.norm(yfp64))
+        check(conf["rows"] == 4 and rel(conf["rel_error_q_vs_fp"], rel_err) <= 1e-9,
+              f"{name}: manifest conformance {conf} vs numpy {rel_err}")
+        if row_rot != "propagate":
+            check(rel_err < (0.5 if wbits <= 4 else 0.05), f"{name}: test_y_q far from test_y_fp ({rel_err:.3g})")
+    print(f"{label}: conformance vectors of {len(manifest['layers'])} layers ({biased} with bias, row_rot {row_rot}): "
+          f"test_y_fp within {worst_fp:.3g}, test_y_q within {worst_q:.3g} of numpy (relative to max |y|)")
+    return biased
+
+
+def check_vision(binary, fixtures, work, label, extra_args, row_rot, wbits):
+    """A vision-tower pack (layers with BF16 biases): its conformance vectors only."""
+    out = os.path.join(work, label)
+    shutil.rmtree(out, ignore_errors=True)
+    ckpt_path = os.path.join(fixtures, "pi05_tiny.safetensors")
+    cmd = [binary, "pack", ckpt_path, "-o", out, "--scope", "paligemma_with_expert.paligemma.model.vision_tower."] + extra_args
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if not check(run.returncode == 0, f"{label}: {' '.join(cmd)} exited {run.returncode}: {run.stderr}"):
+        return
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    qheader, _, q, _ = read_safetensors(os.path.join(out, "quantized.safetensors"))
+    biased = check_conformance(label, manifest, load_checkpoint(ckpt_path), q, qheader, row_rot, wbits)
+    check(biased > 0, f"{label}: no layer with a bias")
 
 
 def main():
@@ -308,6 +406,9 @@ def main():
     check_pack(binary, fixtures, work, "b16-w4", [], 16, 16, 4, "openpi-pack-b16")
     check_pack(binary, fixtures, work, "b32-out16-w8", ["--block", "32", "--block-out", "16", "--wbits-default", "8"],
                32, 16, 8, "openpi-pack-b32-out16")
+    check_vision(binary, fixtures, work, "vision-propagate-b8", ["--row-rot", "propagate", "--block", "8"], "propagate", 4)
+    check_vision(binary, fixtures, work, "vision-rowrot0-noperm-w8",
+                 ["--row-rot", "0", "--no-permute", "--wbits-default", "8", "--block", "32"], "0", 8)
     if FAILURES:
         print(f"{len(FAILURES)} check(s) failed")
         return 1
