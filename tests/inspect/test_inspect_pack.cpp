@@ -1,0 +1,197 @@
+// inspect on pack directories: the quality table against the manifest (worst first), per-head
+// error against the layer's figures, runtime (npz-only) packs, and hostile manifests.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <functional>
+
+#include "inspect_test_util.hpp"
+
+namespace duquant::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(InspectPack, TableIsWorstFirstAndEqualsTheManifest) {
+  const fs::path pack = fixture_pack("openpi-dit");
+  const nlohmann::json m = read_json(pack / "manifest.json");
+  const nlohmann::json j = run_json({"inspect", pack.string(), "--json"});
+  EXPECT_EQ(j["kind"], "pack");
+  EXPECT_EQ(j["format"], "duquant-pack");
+  ASSERT_EQ(j["layers"].size(), 14u);
+  std::map<std::string, nlohmann::json> by_name;
+  for (const auto& l : m["layers"]) by_name[l["name"]] = l;
+  double previous = -1e300;
+  std::uint64_t packed = 0;
+  for (const auto& l : j["layers"]) {
+    const nlohmann::json& ml = by_name.at(l["name"]);
+    const double sqnr = l["quality"]["duquant"]["sqnr_db"].get<double>();
+    EXPECT_GE(sqnr, previous) << l["name"];
+    previous = sqnr;
+    EXPECT_EQ(l["quality"]["duquant"]["sqnr_db"], ml["quality"]["duquant"]["sqnr_db"]);
+    EXPECT_EQ(l["quality"]["rtn"]["sqnr_db"], ml["quality"]["rtn"]["sqnr_db"]);
+    EXPECT_EQ(l["quality"]["duquant"]["rel_fro_error"], ml["quality"]["duquant"]["rel_fro_error"]);
+    EXPECT_EQ(l["packed_bytes"], ml["quantized"]["bytes"]);
+    EXPECT_EQ(l["shape"], ml["shape"]);
+    EXPECT_EQ(l["group"], "action_expert");
+    packed += ml["quantized"]["bytes"].get<std::uint64_t>();
+  }
+  EXPECT_EQ(j["totals"]["packed_bytes"], packed);
+  EXPECT_EQ(j["totals"]["worst"]["name"], j["layers"][0]["name"]);
+  // bytes in: the checkpoint's BF16 weights (no biases in these layers)
+  EXPECT_EQ(j["totals"]["bytes_in"], 2u * 2 * (2 * 64 * 128 + 2 * 64 * 16 + 3 * 64 * 256));
+}
+
+TEST(InspectPack, TextShowsTheWorstLayerFirstWithinHundredColumns) {
+  const fs::path pack = fixture_pack("openpi-dit");
+  const nlohmann::json j = run_json({"inspect", pack.string(), "--json"});
+  const CliResult r = run_cli({"inspect", pack.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::vector<std::string> rows;
+  for (std::string line; std::getline(lines, line);) {
+    EXPECT_LE(line.size(), 100u) << line;
+    if (line.rfind("  1  ", 0) == 0 || line.rfind("  2  ", 0) == 0) rows.push_back(line);
+  }
+  ASSERT_EQ(rows.size(), 2u) << r.out;
+  const std::string worst = j["layers"][0]["name"], short_name = worst.substr(worst.find("layers.") + 7);
+  EXPECT_NE(rows[0].find(short_name), std::string::npos) << rows[0];
+  char expected[32];
+  std::snprintf(expected, sizeof expected, "%.2f", j["layers"][0]["quality"]["duquant"]["sqnr_db"].get<double>());
+  EXPECT_NE(rows[0].find(expected), std::string::npos) << rows[0];
+}
+
+TEST(InspectPack, PerHeadErrorAgreesWithTheLayer) {
+  const fs::path pack = fixture_pack("openpi-dit");
+  const nlohmann::json j = run_json(
+      {"inspect", pack.string(), "--checkpoint", tiny_checkpoint().string(), "--head-dim", "16", "--json"});
+  int checked = 0;
+  for (const auto& l : j["layers"]) {
+    const std::string name = l["name"];
+    const double layer_rel = l["quality"]["duquant"]["rel_fro_error"];
+    const bool attention = name.find("self_attn") != std::string::npos;
+    ASSERT_EQ(l["heads"].is_null(), !attention) << name;
+    if (!attention) continue;
+    const auto& all = l["heads"]["all"];
+    const bool kv = name.find("k_proj") != std::string::npos || name.find("v_proj") != std::string::npos;
+    const bool o = name.find("o_proj") != std::string::npos;
+    EXPECT_EQ(all.size(), kv ? 1u : 8u) << name;  // 1 KV head; q rows and o columns: 8 heads of 16
+    EXPECT_EQ(l["heads"]["axis"], o ? "columns" : "rows");
+    double lo = 1e300, hi = 0;
+    for (const auto& h : all) {
+      lo = std::min(lo, h["rel_fro_error"].get<double>());
+      hi = std::max(hi, h["rel_fro_error"].get<double>());
+    }
+    EXPECT_EQ(l["heads"]["worst"]["rel_fro_error"].get<double>(), hi);
+    if (kv) EXPECT_NEAR(all[0]["rel_fro_error"].get<double>(), layer_rel, 1e-5 * layer_rel) << name;
+    else {
+      EXPECT_LE(lo, layer_rel * (1 + 1e-6)) << name;
+      EXPECT_GE(hi, layer_rel * (1 - 1e-6)) << name;
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 8);
+}
+
+TEST(InspectPack, BlockOutThatSplitsHeadsIsWarned) {
+  const fs::path pack = fixture_pack("openpi-dit");
+  const CliResult r = run_cli({"inspect", pack.string(), "--checkpoint", tiny_checkpoint().string(), "--head-dim", "12"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("block_out 16 does not divide head_dim 12"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("head_dim 12 does not divide the 128 rows"), std::string::npos) << r.out;
+  const CliResult ok = run_cli({"inspect", pack.string(), "--head-dim", "32"});
+  EXPECT_EQ(ok.err.find("does not divide"), std::string::npos) << ok.err;
+  EXPECT_NE(ok.out.find("--checkpoint"), std::string::npos) << ok.out;  // per-head needs the checkpoint
+}
+
+TEST(InspectPack, RuntimePackShowsLayersAndMetaButNoQuality) {
+  const fs::path pack = fixtures() / "openpi-pack-b32-out16";
+  const nlohmann::json j = run_json({"inspect", pack.string(), "--json"});
+  EXPECT_EQ(j["format"], "runtime-npz");
+  ASSERT_EQ(j["layers"].size(), 14u);
+  for (const auto& l : j["layers"]) {
+    EXPECT_EQ(l["block"], 32);
+    EXPECT_EQ(l["block_out"], 16);
+    EXPECT_EQ(l["permute"], true);
+    EXPECT_TRUE(l["quality"].is_null());
+  }
+  EXPECT_NE(j["notes"][0].get<std::string>().find("manifest"), std::string::npos);
+  const CliResult r = run_cli({"inspect", (fixtures() / "openpi-pack-b8-noperm-ls0").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("manifest"), std::string::npos);
+  EXPECT_NE(r.out.find(" off "), std::string::npos);  // permute off
+}
+
+TEST(InspectPack, RuntimePackPerHeadErrorWithTheCheckpoint) {
+  const nlohmann::json j = run_json({"inspect", (fixtures() / "openpi-pack-b16").string(), "--checkpoint",
+                                     tiny_checkpoint().string(), "--head-dim", "16", "--json"});
+  int with_heads = 0;
+  for (const auto& l : j["layers"])
+    if (!l["heads"].is_null()) {
+      ++with_heads;
+      for (const auto& h : l["heads"]["all"]) {
+        EXPECT_GT(h["rel_fro_error"].get<double>(), 0.0);
+        EXPECT_LT(h["rel_fro_error"].get<double>(), 1.0);
+      }
+    }
+  EXPECT_EQ(with_heads, 8);
+}
+
+// A copy of the fixture pack's manifest with one value replaced.
+fs::path broken_pack(const std::function<void(nlohmann::json&)>& edit) {
+  const fs::path dir = temp_dir() / "pack";
+  fs::create_directories(dir);
+  nlohmann::json m = read_json(fixture_pack("openpi-dit") / "manifest.json");
+  edit(m);
+  std::ofstream(dir / "manifest.json") << m.dump(1);
+  return dir;
+}
+
+TEST(InspectPack, HostileManifestsAreFormatErrors) {
+  const std::vector<std::function<void(nlohmann::json&)>> edits = {
+      [](nlohmann::json& m) { m["layers"][0]["shape"] = "64x128"; },
+      [](nlohmann::json& m) { m["layers"][0]["shape"] = {64, -1}; },
+      [](nlohmann::json& m) { m["layers"][1]["quality"]["duquant"]["sqnr_db"] = "high"; },
+      [](nlohmann::json& m) { m["layers"][2]["wbits"] = 99; },
+      [](nlohmann::json& m) { m["layers"][2]["wbits"] = 4.5; },
+      [](nlohmann::json& m) { m["layers"][3]["dtype"] = "Q3"; },
+      [](nlohmann::json& m) { m["layers"][3]["name"] = nullptr; },
+      [](nlohmann::json& m) { m["layers"][4]["quantized"] = {{"bytes", "many"}}; },
+      [](nlohmann::json& m) { m["layers"][0] = 7; },
+      [](nlohmann::json& m) { m["layers"] = {{"a", 1}}; },
+      [](nlohmann::json& m) { m["layers"] = nlohmann::json::array(); },
+      [](nlohmann::json& m) { m["config"] = "x"; },
+      [](nlohmann::json& m) { m["format"] = "other"; },
+      [](nlohmann::json& m) { m["format_version"] = 2; },
+      [](nlohmann::json& m) { m["files"] = {{{"name", 3}}}; },
+      [](nlohmann::json& m) { m = nlohmann::json::array(); },
+  };
+  for (std::size_t i = 0; i < edits.size(); ++i) {
+    const fs::path dir = broken_pack(edits[i]);
+    for (const char* json : {"", "--json"}) {
+      std::vector<std::string> args{"inspect", dir.string()};
+      if (*json) args.push_back(json);
+      const CliResult r = run_cli(args);
+      EXPECT_EQ(r.exit_code, 3) << "edit " << i << ": " << r.err;
+      EXPECT_NE(r.err.find("manifest.json"), std::string::npos) << "edit " << i << ": " << r.err;
+      EXPECT_EQ(r.err.find("internal"), std::string::npos) << r.err;
+    }
+  }
+}
+
+TEST(InspectPack, HostileFilesAreFormatOrIoErrors) {
+  const fs::path dir = temp_dir();
+  std::ofstream(dir / "manifest.json") << R"({"format": "duquant-pack", "format_version": 1, "lay)";
+  EXPECT_EQ(run_cli({"inspect", dir.string()}).exit_code, 3);
+  std::ofstream(dir / "manifest.json", std::ios::trunc) << "";
+  const int empty = run_cli({"inspect", dir.string()}).exit_code;
+  EXPECT_TRUE(empty == 3 || empty == 4) << empty;
+  fs::remove(dir / "manifest.json");
+  std::ofstream(dir / "a.npz") << "PK not a zip";
+  EXPECT_EQ(run_cli({"inspect", dir.string()}).exit_code, 3);
+  EXPECT_EQ(run_cli({"inspect", (dir / "nothing-here").string()}).exit_code, 4);
+}
+
+}  // namespace
+}  // namespace duquant::test
