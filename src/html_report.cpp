@@ -58,6 +58,7 @@ std::string sqnr_chart(const PackReport& r) {
     for (const auto& q : {l.duquant, l.rtn})
       if (q && q->sqnr_db) max_db = std::max(max_db, *q->sqnr_db);
   }
+  const std::string prefix = common_name_prefix(r.layers);
   const double axis_max = std::max(5.0, std::ceil(max_db / 5.0) * 5.0);
   const int label_w = 340, bar_w = 560, width = label_w + bar_w + 80, row = 26, group_h = 30, top = 40;
   int height = top + 10;
@@ -89,7 +90,7 @@ std::string sqnr_chart(const PackReport& r) {
     std::vector<const PackLayerInfo*> sorted = layers;
     std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->name < b->name; });
     for (const PackLayerInfo* l : sorted) {
-      std::string label = l->name;
+      std::string label = l->name.substr(prefix.size());
       if (label.size() > 52) label = label.substr(0, 16).append("..").append(label.substr(label.size() - 34));
       svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n", label_w - 8, y + 15,
                          html_escape(label));
@@ -176,7 +177,11 @@ std::string pack_html(const PackReport& r) {
   for (const std::string& w : r.warnings) out += fmt::format("<p class=\"note\">warning: {}</p>\n", html_escape(w));
   const bool any_quality = std::any_of(r.layers.begin(), r.layers.end(), [](const auto& l) { return l.duquant.has_value(); });
   out += "<h2>Per-layer SQNR by block type</h2>\n";
-  if (any_quality) out += sqnr_chart(r);
+  if (any_quality) {
+    const std::string prefix = common_name_prefix(r.layers);
+    if (!prefix.empty()) out += fmt::format("<p class=\"meta\">names after '{}'</p>\n", html_escape(prefix));
+    out += sqnr_chart(r);
+  }
   else out += "<p class=\"note\">No quality figures: they need the manifest.json that duquant pack writes.</p>\n";
   out += "<h2>Layers, worst DuQuant SQNR first</h2>\n";
   out += pack_table(r);

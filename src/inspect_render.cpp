@@ -33,19 +33,6 @@ std::string fit(const std::string& s, std::size_t width) {
   return s.substr(0, head) + ".." + s.substr(s.size() - (keep - head));
 }
 
-// The longest common prefix of the names that ends at a '.', so names can be shown without it.
-std::string common_prefix(const std::vector<PackLayerInfo>& layers) {
-  if (layers.empty()) return {};
-  std::string p = layers.front().name;
-  for (const auto& l : layers) {
-    std::size_t n = 0;
-    while (n < p.size() && n < l.name.size() && p[n] == l.name[n]) ++n;
-    p.resize(n);
-  }
-  const auto dot = p.rfind('.');
-  return dot == std::string::npos ? std::string() : p.substr(0, dot + 1);
-}
-
 // Word-wraps `text` to `width` columns, every line starting with `indent`.
 std::string wrap(const std::string& text, const std::string& indent, std::size_t width) {
   std::string out, line = indent;
@@ -114,6 +101,18 @@ std::string config_value(const ojson& c, const char* key) {
 }
 
 }  // namespace
+
+std::string common_name_prefix(const std::vector<PackLayerInfo>& layers) {
+  if (layers.empty()) return {};
+  std::string p = layers.front().name;
+  for (const auto& l : layers) {
+    std::size_t n = 0;
+    while (n < p.size() && n < l.name.size() && p[n] == l.name[n]) ++n;
+    p.resize(n);
+  }
+  const auto dot = p.rfind('.');
+  return dot == std::string::npos ? std::string() : p.substr(0, dot + 1);
+}
 
 std::string human_bytes(std::uint64_t b) {
   const double v = static_cast<double>(b);
@@ -255,7 +254,7 @@ std::string pack_text(const PackReport& r) {
   }
   for (const std::string& n : r.notes) out += wrap(fmt::format("note: {}", n), "  ", 98);
 
-  const std::string prefix = common_prefix(r.layers);
+  const std::string prefix = common_name_prefix(r.layers);
   const bool any_heads = std::any_of(r.layers.begin(), r.layers.end(), [](const auto& l) { return !l.heads.empty(); });
   const std::size_t name_width = any_heads ? 34 : 44;
   std::size_t width = 5;

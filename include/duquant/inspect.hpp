@@ -176,6 +176,9 @@ nlohmann::ordered_json checkpoint_json(const CheckpointReport& report);
 std::string pack_text(const PackReport& report);
 nlohmann::ordered_json pack_json(const PackReport& report);
 
+// The longest common prefix of the layers' names that ends at a '.' (names are shown without it).
+std::string common_name_prefix(const std::vector<PackLayerInfo>& layers);
+
 // "1.23 MB", "456 B", ...
 std::string human_bytes(std::uint64_t bytes);
 

@@ -29,7 +29,8 @@ std::string chromium() {
 
 // Runs chromium-headless-shell with every host name unresolvable (no network).
 CliResult run_chromium(const std::vector<std::string>& args) {
-  std::string cmd = shell_quote(chromium());
+  std::string cmd = "timeout 120 ";  // a hung browser fails the test instead of stalling it
+  cmd.append(shell_quote(chromium()));
   for (const char* a : {"--no-sandbox", "--disable-gpu", "--headless", "--host-resolver-rules=MAP * ~NOTFOUND",
                         "--disable-background-networking", "--no-first-run"})
     cmd.append(" ").append(shell_quote(a));
