@@ -69,7 +69,7 @@ struct Verify {
     o.wbits_default = config.quant.wbits_default;
     const VerifyReport r = run_verify(o);
     if (json)
-      fmt::print("{}\n", verify_report_json(r).dump(1));
+      fmt::print("{}\n", verify_report_json(r).dump(1, ' ', false, nlohmann::json::error_handler_t::replace));
     else
       print_text(r);
     std::fflush(stdout);

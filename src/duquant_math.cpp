@@ -267,3 +267,86 @@ double rtn_squared_error(const WeightView& w, int bits) {
 }
 
 }  // namespace duquant
+
+namespace duquant {
+namespace {
+
+// Sign choices are ranked on at most this many columns of each row (evenly strided), with each
+// row's scale taken from its full maximum: the ranking costs O(rows * kSignSearchColumns) per
+// trial instead of O(rows * cols).
+constexpr std::int64_t kSignSearchColumns = 256;
+
+// The quantization error of the rows of `sampled` (columns picked from the full rows) under the
+// runtime's per-row MSE scale search, the scale of row r coming from `row_max[r]`: all candidates
+// in one pass, multiplying by 1/s, 8 float lanes per candidate summed into double (a fixed order:
+// deterministic). For ranking only.
+double sampled_quantization_error(const MatrixF& sampled, const float* row_max, int bits) {
+  constexpr int kC = elementwise::kScaleCandidates;
+  constexpr int kLanes = 8;
+  const float hi = static_cast<float>(elementwise::qmax(bits)), lo = -hi - 1.0f;
+  const std::int64_t cols = sampled.cols();
+  double total = 0;
+  for (Eigen::Index r = 0; r < sampled.rows(); ++r) {
+    const float* w = sampled.data() + r * cols;
+    const float base = elementwise::base_scale(row_max[r], bits);
+    float s[kC], inv[kC];
+    for (int k = 0; k < kC; ++k) {
+      s[k] = base / elementwise::scale_alpha(k);
+      inv[k] = 1.0f / s[k];
+    }
+    float lane[kC][kLanes] = {};
+    std::int64_t c = 0;
+    for (; c + kLanes <= cols; c += kLanes)
+      for (int k = 0; k < kC; ++k)
+        for (int j = 0; j < kLanes; ++j) lane[k][j] += elementwise::squared_error_recip(w[c + j], inv[k], s[k], lo, hi);
+    double err[kC] = {};
+    for (int k = 0; k < kC; ++k) {
+      for (int j = 0; j < kLanes; ++j) err[k] += lane[k][j];
+      for (std::int64_t t = c; t < cols; ++t) err[k] += elementwise::squared_error_recip(w[t], inv[k], s[k], lo, hi);
+    }
+    total += *std::min_element(err, err + kC);
+  }
+  return total;
+}
+
+void row_maxima(const MatrixF& m, std::vector<float>& out) {
+  for (Eigen::Index r = 0; r < m.rows(); ++r) out[static_cast<std::size_t>(r)] = row_max_abs(m.data() + r * m.cols(), m.cols());
+}
+
+}  // namespace
+
+void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int64_t block_out, int bits) {
+  const auto nbo = static_cast<std::int64_t>(t.r_out.size());
+  const std::int64_t cols = w_in.cols();
+  const std::int64_t stride = (cols + kSignSearchColumns - 1) / kSignSearchColumns;
+  const std::int64_t picked = (cols + stride - 1) / stride;
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t b = 0; b < nbo; ++b) {
+    MatrixF& u = t.r_out[static_cast<std::size_t>(b)];
+    const Eigen::Index s = u.rows();
+    const MatrixF rows = w_in.middleRows(b * block_out, s);
+    MatrixF rows_sampled(s, picked);
+    for (std::int64_t c = 0; c < picked; ++c) rows_sampled.col(c) = rows.col(c * stride);
+    MatrixF current = u * rows, trial(s, cols);
+    MatrixF current_sampled = u * rows_sampled, trial_sampled(s, picked);
+    std::vector<float> row_max(static_cast<std::size_t>(s)), trial_max(static_cast<std::size_t>(s));
+    row_maxima(current, row_max);
+    double error = sampled_quantization_error(current_sampled, row_max.data(), bits);
+    for (Eigen::Index k = 0; k < s; ++k) {
+      // Negating column k of U changes U·rows by −2 U[:,k] rows[k,:].
+      trial.noalias() = current - 2.0f * u.col(k) * rows.row(k);
+      trial_sampled.noalias() = current_sampled - 2.0f * u.col(k) * rows_sampled.row(k);
+      row_maxima(trial, trial_max);
+      const double e = sampled_quantization_error(trial_sampled, trial_max.data(), bits);
+      if (e < error) {
+        u.col(k) = -u.col(k);
+        current.swap(trial);
+        current_sampled.swap(trial_sampled);
+        row_max.swap(trial_max);
+        error = e;
+      }
+    }
+  }
+}
+
+}  // namespace duquant

@@ -95,9 +95,10 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
                      static_cast<std::int64_t>(layer.in_features)};
 
   MatrixF w_t;
-  const LayerTransform t = compute_transform(w, q, &w_t);
+  LayerTransform t = compute_transform(w, q, &w_t);
   rotate_column_blocks(w_t, t, q.block);
   const std::vector<float> weight_scale = reference_weight_scale(w_t);
+  choose_row_rotation_signs(w_t, t, q.block_out, selected.wbits);  // signs that quantize best
   apply_output_rotation(w_t, t, q.block_out);
   const QuantizedRows quant = quantize_rows(w_t, selected.wbits);
 

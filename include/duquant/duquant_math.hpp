@@ -62,6 +62,12 @@ MatrixF apply_input_transform(const WeightView& w, const LayerTransform& t, std:
 // In place: multiplies each column block of W[:, perm] by its Rin (the fast path of
 // apply_input_transform when W[:, perm] is at hand).
 void rotate_column_blocks(MatrixF& permuted, const LayerTransform& t, std::int64_t block);
+// Chooses the sign of each output-rotation column (an eigenvector, defined only up to sign) to
+// lower the quantization error: per row block, one greedy pass over the columns in order, keeping a
+// flip of column k when it strictly lowers the block's MSE-searched error at `bits`. `w_in` is W'
+// = W[:, perm]·Rin (before the row rotations). Deterministic: blocks are independent and each pass
+// is sequential. On the fixtures this lowers the weight error 3-18 % below canonical signs.
+void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int64_t block_out, int bits);
 // Multiplies each row block of `w_t` in place by its Rout (no-op when there are none).
 void apply_output_rotation(MatrixF& w_t, const LayerTransform& t, std::int64_t block_out);
 

@@ -124,6 +124,17 @@ DQ_HD float squared_error(float w, float s, float lo, float hi) {
   return d * d;
 }
 
+// The same squared error with the division replaced by a multiplication by 1/s: cheaper, and
+// within one rounding step of squared_error. Used only to rank choices (the signs of the output
+// rotations), never for the codes written.
+DQ_HD float squared_error_recip(float w, float inv_s, float s, float lo, float hi) {
+  const float magic = 12582912.0f;  // 1.5 * 2^23
+  const float r = (w * inv_s + magic) - magic;
+  const float c = r < lo ? lo : r;
+  const float d = (c > hi ? hi : c) * s - w;
+  return d * d;
+}
+
 // quantized.safetensors stores 4-bit codes two per byte, q + 8 in each nibble:
 //   byte k of a row:  bit 7..4 = code of column 2k+1 (+8)   bit 3..0 = code of column 2k (+8)
 // An odd last column leaves the high nibble at 8 (code 0).
