@@ -623,6 +623,43 @@ TEST(VerifyBroken, ManifestWrongTypes) {
   }
 }
 
+// Well-typed manifest values that contradict the pack, its checkpoint or the documented ranges.
+// A runtime trusting them would read the pack wrongly (wbits 5 means I8 codes, but the qweight is
+// U8 nibbles; a bias the layer does not have; a shard that does not exist), so verify must FAIL.
+// KNOWN VERIFY GAPS (reported to the verify owner; found by the fuzz test and a field-by-field
+// sweep): every variant below verifies clean (exit 0) when this was written.
+TEST(VerifyBroken, ManifestValuesContradictingThePack) {
+  const fs::path dir = good_ours();
+  const json good = json::parse(read_file(dir / "manifest.json"));
+  struct Variant {
+    const char* what;
+    std::function<void(json&)> edit;
+  };
+  const std::vector<Variant> variants{
+      {"a 4-bit (U8) layer's wbits says 5", [](json& m) { m["layers"][0]["wbits"] = 5; }},
+      {"a layer without bias says bias true", [](json& m) { m["layers"][0]["bias"] = true; }},
+      {"a layer's dtype is no dtype", [](json& m) { m["layers"][0]["dtype"] = "BF17"; }},
+      {"a layer's dtype is not the checkpoint's", [](json& m) { m["layers"][0]["dtype"] = "F32"; }},
+      {"a layer's npz size is wrong", [](json& m) { m["layers"][0]["npz"]["size"] = m["layers"][0]["npz"]["size"].get<int>() + 1; }},
+      {"a layer's quantized shard does not exist", [](json& m) { m["layers"][0]["quantized"]["shard"] = "quantized-x.safetensors"; }},
+      {"a layer's quantized digest is wrong", [](json& m) { m["layers"][0]["quantized"]["xxh128"] = std::string(32, '0'); }},
+      {"a layer's quantized byte count is wrong", [](json& m) { m["layers"][0]["quantized"]["bytes"] = 1; }},
+      {"config.block contradicts every layer's block", [](json& m) { m["config"]["block"] = 32; }},
+      {"config.act_pct outside (0, 100]", [](json& m) { m["config"]["act_pct"] = 150.0; }},
+      {"config.abits outside 2..16", [](json& m) { m["config"]["abits"] = 99; }},
+      {"conformance.rows is not the vectors' row count", [](json& m) { m["layers"][0]["conformance"]["rows"] = 5; }},
+      {"the conformance figure is not the vectors'", [](json& m) { m["layers"][0]["conformance"]["rel_error_q_vs_fp"] = 0.5; }},
+  };
+  for (const Variant& x : variants) {
+    SCOPED_TRACE(x.what);
+    json m = good;
+    x.edit(m);
+    write_file(dir / "manifest.json", m.dump(1));
+    const VerifyRun v = verify(dir, {"-c", kCkpt});
+    EXPECT_EQ(v.exit_code(), 1) << x.what << "\n" << describe(v);
+  }
+}
+
 // Not JSON at all, or JSON of the wrong kind. The brief for verify: a pack-level `manifest` FAIL
 // (exit 1), never a crash.
 // KNOWN VERIFY MISBEHAVIOUR (reported to the verify owner): PackDirectory::open parses
