@@ -4,6 +4,7 @@
 
 #include "duquant/error.hpp"
 #include "duquant/pack_layout.hpp"
+#include "formats/dtype.hpp"
 #include "formats/strict_json.hpp"
 
 namespace duquant {
@@ -87,30 +88,33 @@ RunConfig read_config(const Reader& r, const json& c) {
   }
   s.include_action_head = r.flag(c, p, "include_action_head");
   QuantConfig& q = config.quant;
-  q.wbits_default = r.small_int(c, p, "wbits_default", 0, 16);
+  q.wbits_default = r.small_int(c, p, "wbits_default", 2, 8);
   const json& wbits = r.field(c, p, "wbits");
   DQ_CHECK(wbits.is_object(), format, "{}: config.wbits: expected an object", r.label);
   for (const auto& [name, bits] : wbits.items()) {
-    DQ_CHECK(bits.is_number_integer() && bits.get<std::int64_t>() >= 0 && bits.get<std::int64_t>() <= 16, format,
-             "{}: config.wbits['{}']: expected bits in [0, 16], found {}", r.label, name, bits.dump());
+    DQ_CHECK(bits.is_number_integer() && bits.get<std::int64_t>() >= 2 && bits.get<std::int64_t>() <= 8, format,
+             "{}: config.wbits['{}']: expected bits in [2, 8], found {}", r.label, name, bits.dump());
     s.wbits.emplace_back(name, static_cast<int>(bits.get<std::int64_t>()));
   }
   std::size_t k = 0;
   for (const json& rule : r.array(c, p, "wbits_rules")) {
     const std::string rp = fmt::format("config.wbits_rules[{}]", k++);
-    s.wbits_rules.emplace_back(r.text(rule, rp, "pattern"), r.small_int(rule, rp, "bits", 0, 16));
+    s.wbits_rules.emplace_back(r.text(rule, rp, "pattern"), r.small_int(rule, rp, "bits", 2, 8));
   }
-  q.abits = r.small_int(c, p, "abits", 0, 16);
-  q.block = r.small_int(c, p, "block", 1, 1 << 20);
-  q.block_out = r.small_int(c, p, "block_out", 1, 1 << 20);
+  q.abits = r.small_int(c, p, "abits", 2, 16);
+  q.block = r.small_int(c, p, "block", 1, 4096);
+  q.block_out = r.small_int(c, p, "block_out", 1, 4096);
   q.permute = r.flag(c, p, "permute");
   const std::string row_rot = r.text(c, p, "row_rot");
   DQ_CHECK(row_rot == "restore" || row_rot == "0" || row_rot == "propagate", format,
            "{}: config.row_rot: expected restore, 0 or propagate, found '{}'", r.label, row_rot);
   q.row_rot = row_rot == "restore" ? RowRot::restore : row_rot == "0" ? RowRot::off : RowRot::propagate;
   q.lambda_smooth = r.number(c, p, "lambda_smooth");
+  DQ_CHECK(q.lambda_smooth >= 0 && q.lambda_smooth <= 1, format, "{}: config.lambda_smooth: {} is outside [0, 1]", r.label,
+           q.lambda_smooth);
   q.act_pct = r.number(c, p, "act_pct");
-  q.calib_steps = r.small_int(c, p, "calib_steps", 0, 1 << 30);
+  DQ_CHECK(q.act_pct > 0 && q.act_pct <= 100, format, "{}: config.act_pct: {} is outside (0, 100]", r.label, q.act_pct);
+  q.calib_steps = r.small_int(c, p, "calib_steps", 1, 1'000'000);
   return config;
 }
 
@@ -145,10 +149,15 @@ Manifest parse_manifest(const json& j, const std::string& label) {
     l.out_features = shape[0].get<std::uint64_t>();
     l.in_features = shape[1].get<std::uint64_t>();
     l.dtype = r.text(e, p, "dtype");
-    l.wbits = r.small_int(e, p, "wbits", 1, 16);
-    l.abits = r.small_int(e, p, "abits", 0, 16);
-    l.block = r.small_int(e, p, "block", 1, 1 << 20);
-    l.block_out = r.small_int(e, p, "block_out", 1, 1 << 20);
+    DQ_CHECK(formats::parse_dtype(l.dtype).has_value(), format, "{}: {}.dtype: '{}' is not a safetensors dtype", label, p,
+             l.dtype);
+    l.wbits = r.small_int(e, p, "wbits", 2, 8);
+    l.abits = r.small_int(e, p, "abits", 2, 16);
+    l.block = r.small_int(e, p, "block", 1, 4096);
+    l.block_out = r.small_int(e, p, "block_out", 1, 4096);
+    DQ_CHECK(l.block == m.config.quant.block && l.block_out == m.config.quant.block_out && l.abits == m.config.quant.abits,
+             format, "{}: {}: block {} / block_out {} / abits {} contradict the configuration's {} / {} / {}", label, p,
+             l.block, l.block_out, l.abits, m.config.quant.block, m.config.quant.block_out, m.config.quant.abits);
     l.bias = r.flag(e, p, "bias");
     l.weight_xxh128 = r.digest(e, p, "weight_xxh128");
     const json& npz = r.field(e, p, "npz");
@@ -164,6 +173,9 @@ Manifest parse_manifest(const json& j, const std::string& label) {
     l.duquant_sqnr_db = r.optional_number(dq, p + ".quality.duquant", "sqnr_db");
     l.rtn_rel_error = r.optional_number(rtn, p + ".quality.rtn", "rel_fro_error");
     l.rtn_sqnr_db = r.optional_number(rtn, p + ".quality.rtn", "sqnr_db");
+    const json& conf = r.field(e, p, "conformance");
+    l.conformance_rows = r.count(conf, p + ".conformance", "rows", 1);
+    l.conformance_rel_error = r.optional_number(conf, p + ".conformance", "rel_error_q_vs_fp");
     m.layers.push_back(std::move(l));
   }
   return m;

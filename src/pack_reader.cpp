@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "duquant/digest.hpp"
 #include "duquant/elementwise.hpp"
 #include "duquant/error.hpp"
 #include "duquant/pack_layout.hpp"
@@ -200,7 +201,7 @@ NpzLayer read_npz_layer(const fs::path& path) {
   return l;
 }
 
-PackDirectory PackDirectory::open(const fs::path& dir) {
+PackDirectory PackDirectory::open(const fs::path& dir, bool tolerate_bad_manifest) {
   std::error_code ec;
   DQ_CHECK(fs::is_directory(dir, ec), io, "{}: not a pack directory (no such folder)", dir.string());
   PackDirectory p;
@@ -213,9 +214,14 @@ PackDirectory PackDirectory::open(const fs::path& dir) {
   std::sort(p.npz_files_.begin(), p.npz_files_.end());
   const fs::path manifest = dir / std::string(kManifestName);
   if (fs::exists(manifest, ec)) {
-    p.manifest_ = formats::parse_strict_json(read_text(manifest, kMaxManifestBytes), manifest.string(), 16);
-    DQ_CHECK(p.manifest_->is_object(), format, "{}: must be a JSON object, found {}", manifest.string(),
-             formats::json_kind(*p.manifest_));
+    try {
+      nlohmann::json j = formats::parse_strict_json(read_text(manifest, kMaxManifestBytes), manifest.string(), 16);
+      DQ_CHECK(j.is_object(), format, "{}: must be a JSON object, found {}", manifest.string(), formats::json_kind(j));
+      p.manifest_ = std::move(j);
+    } catch (const Error& e) {
+      if (!tolerate_bad_manifest) throw;
+      p.manifest_error_ = e.what();
+    }
   }
   return p;
 }
@@ -262,13 +268,14 @@ std::optional<QuantizedLayerTensors> PackDirectory::quantized_layer(const std::s
   const formats::TensorRef* tx = q->find(layer + ".test_x");
   // in_features: I8 codes say it; nibbles give ceil(I/2), so it comes from the manifest's shape,
   // else from another tensor of the layer.
+  DQ_CHECK(bits >= 2 && bits <= 8, format, "{}: layer '{}': {} weight bits (expected 2 to 8)", label, layer, bits);
+  const formats::DType want = bits <= 4 ? formats::DType::U8 : formats::DType::I8;
+  DQ_CHECK(qw->dtype == want, format, "{}: tensor '{}' is {}, but {}-bit codes are stored as {}", label, qw->name,
+           formats::dtype_name(qw->dtype), bits, formats::dtype_name(want));
+  t.bits = bits;
   if (qw->dtype == formats::DType::I8) {
-    t.bits = bits > 4 ? bits : 8;
     t.in_features = qw->shape[1];
   } else {
-    DQ_CHECK(qw->dtype == formats::DType::U8, format, "{}: tensor '{}' must be U8 (4-bit nibbles) or I8, found {}", label,
-             qw->name, formats::dtype_name(qw->dtype));
-    t.bits = 4;
     std::uint64_t in = 0;
     if (const nlohmann::json* e = manifest_layer(layer);
         e != nullptr && e->contains("shape") && e->at("shape").is_array() && e->at("shape").size() == 2 &&
@@ -328,6 +335,31 @@ std::optional<QuantizedLayerTensors> PackDirectory::quantized_layer(const std::s
              yq->shape[0]);
   }
   return t;
+}
+
+std::optional<PackDirectory::LayerBytes> PackDirectory::quantized_layer_bytes(const std::string& layer) const {
+  const formats::Checkpoint* q = quantized();
+  if (q == nullptr) return std::nullopt;
+  std::vector<const formats::TensorRef*> mine;
+  const std::string prefix = layer + ".";
+  for (const formats::TensorRef& t : q->tensors())
+    if (t.name.size() > prefix.size() && t.name.compare(0, prefix.size(), prefix) == 0 &&
+        t.name.find('.', prefix.size()) == std::string::npos)
+      mine.push_back(&t);
+  if (mine.empty()) return std::nullopt;
+  // tensors() is in storage order (file, then offset).
+  LayerBytes out;
+  out.file = q->files()[mine.front()->file].path.filename().string();
+  Xxh128 hash;
+  for (std::size_t k = 0; k < mine.size(); ++k) {
+    const formats::TensorRef& t = *mine[k];
+    if (k > 0 && (t.file != mine[k - 1]->file || t.offset != mine[k - 1]->offset + mine[k - 1]->nbytes)) out.contiguous = false;
+    hash.update(q->bytes(t));
+    out.bytes += t.nbytes;
+    out.tensors.push_back(t.name);
+  }
+  out.xxh128 = hash.hex();
+  return out;
 }
 
 MatrixF dequantized_original_basis(const QuantizedLayerTensors& t) {

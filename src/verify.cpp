@@ -1,6 +1,7 @@
 #include "duquant/verify.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -85,6 +86,37 @@ struct CheckpointContext {
   std::map<std::string, const LinearLayer*> by_name;
 };
 
+// The manifest's figures about a layer's tensors: where they are, their digest, bias, conformance.
+void check_manifest_entry(const PackDirectory& pack, const ManifestLayer& e, const QuantizedLayerTensors& q, Sink& sink) {
+  if (const auto b = pack.quantized_layer_bytes(e.name)) {
+    if (b->file != e.quantized_shard)
+      sink.add(Level::fail, "manifest", "the layer's tensors are in {}, the manifest says {}", b->file, e.quantized_shard);
+    if (!b->contiguous) sink.add(Level::fail, "quantized", "the layer's tensors are not back to back in {}", b->file);
+    if (b->bytes != e.quantized_bytes)
+      sink.add(Level::fail, "checksum", "the layer's tensors hold {} bytes, the manifest says {}", b->bytes, e.quantized_bytes);
+    else if (b->xxh128 != e.quantized_xxh128)
+      sink.add(Level::fail, "checksum", "the layer's tensors have xxh128 {}, the manifest says {}", b->xxh128, e.quantized_xxh128);
+  }
+  if (e.bias != !q.bias.empty())
+    sink.add(Level::fail, "manifest", "the manifest says bias {}, quantized.safetensors has {}", e.bias,
+             q.bias.empty() ? "none" : "one");
+  if (q.test_x.empty()) return;
+  if (e.conformance_rows != q.test_rows)
+    sink.add(Level::fail, "conformance", "the manifest says {} conformance rows, the vectors have {}", e.conformance_rows,
+             q.test_rows);
+  double err2 = 0, fp2 = 0;
+  for (std::size_t k = 0; k < q.test_y_fp.size() && k < q.test_y_q.size(); ++k) {
+    const double d = static_cast<double>(q.test_y_q[k]) - q.test_y_fp[k];
+    err2 += d * d;
+    fp2 += static_cast<double>(q.test_y_fp[k]) * q.test_y_fp[k];
+  }
+  const double rel = fp2 > 0 ? std::sqrt(err2 / fp2) : 0.0;
+  sink.v.numbers["conformance_rel_error"] = rel;
+  if (!e.conformance_rel_error || !(std::abs(*e.conformance_rel_error - rel) <= kQualityTolerance * rel + 1e-12))
+    sink.add(Level::fail, "conformance", "the manifest says ‖y_q − y_fp‖/‖y_fp‖ = {}, the vectors give {:.6g}",
+             e.conformance_rel_error ? fmt::format("{:.6g}", *e.conformance_rel_error) : std::string("null"), rel);
+}
+
 void verify_layer(const PackDirectory& pack, const std::string& name, const std::string& file, const Manifest* manifest,
                   const ManifestLayer* entry, CheckpointContext* ck, const PackDirectory* reference,
                   const VerifyOptions& o, LayerVerdict& v) {
@@ -98,6 +130,9 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
     return;
   }
   if (entry != nullptr) {
+    const auto size = fs::file_size(npz_path, ec);
+    if (!ec && size != entry->npz.size)
+      sink.add(Level::fail, "checksum", "{}: {} bytes, the manifest says {}", file, size, entry->npz.size);
     const std::string d = xxh128_file(npz_path);
     if (d != entry->npz.xxh128) sink.add(Level::fail, "checksum", "{}: xxh128 {}, the manifest says {}", file, d, entry->npz.xxh128);
   }
@@ -119,6 +154,14 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
       linear = it->second;
       expect.out_features = linear->out_features;
       expect.in_features = linear->in_features;
+      if (entry != nullptr) {
+        const std::string_view dtype = formats::dtype_name(linear->weight->dtype);
+        if (entry->dtype != dtype)
+          sink.add(Level::fail, "manifest", "the manifest says the weight is {}, the checkpoint's is {}", entry->dtype, dtype);
+        if (entry->bias != (linear->bias != nullptr))
+          sink.add(Level::fail, "manifest", "the manifest says bias {}, the checkpoint's layer has {}", entry->bias,
+                   linear->bias != nullptr ? "one" : "none");
+      }
     }
   }
   const bool usable = check_npz_structure(*npz, expect, sink);
@@ -133,6 +176,7 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
       sink.add(Level::fail, "quantized", "{}", e.what());
     }
     if (q && usable) check_quantized(*q, *npz, manifest->config.quant.row_rot, sink);
+    if (q && entry != nullptr) check_manifest_entry(pack, *entry, *q, sink);
   }
   const bool quantized_sound = q && !sink.failed("quantized") && !sink.failed("codes") && !sink.failed("scales") &&
                                !sink.failed("quantized-npz");
@@ -185,11 +229,14 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
 VerifyReport run_verify(const VerifyOptions& o) {
   VerifyReport report;
   report.pack = o.pack;
-  const PackDirectory pack = PackDirectory::open(o.pack);
+  const PackDirectory pack = PackDirectory::open(o.pack, /*tolerate_bad_manifest=*/true);
   PackFindings pf{report.pack_findings};
 
   std::optional<Manifest> manifest;
-  if (pack.manifest() != nullptr) {
+  if (!pack.manifest_error().empty()) {
+    report.has_manifest = true;
+    pf.add(Level::fail, "manifest", "{}", pack.manifest_error());
+  } else if (pack.manifest() != nullptr) {
     report.has_manifest = true;
     try {
       manifest = parse_manifest(*pack.manifest(), (o.pack / std::string(kManifestName)).string());
@@ -261,6 +308,13 @@ VerifyReport run_verify(const VerifyOptions& o) {
     if (config != nullptr) {
       const Selection s = select_layers(ck->linears, config->selection, config->quant.wbits_default);
       for (const SelectedLayer& l : s.layers) {
+        if (const auto e = entries.find(l.layer->name); e != entries.end() && e->second->wbits != l.wbits) {
+          for (LayerVerdict& v : report.layers)
+            if (v.name == l.layer->name)
+              v.findings.push_back({Level::fail, "manifest",
+                                    fmt::format("the manifest says W{}, its configuration gives this layer W{}",
+                                                e->second->wbits, l.wbits)});
+        }
         if (files.count(l.layer->name) || std::any_of(report.layers.begin(), report.layers.end(),
                                                       [&](const LayerVerdict& v) { return v.name == l.layer->name; }))
           continue;

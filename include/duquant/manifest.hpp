@@ -36,6 +36,8 @@ struct ManifestLayer {
   std::string quantized_xxh128;     // digest of the layer's tensor bytes, back to back
   std::optional<double> duquant_rel_error, rtn_rel_error;  // null in the file: no figure
   std::optional<double> duquant_sqnr_db, rtn_sqnr_db;
+  std::uint64_t conformance_rows = 0;             // rows of test_x / test_y_*
+  std::optional<double> conformance_rel_error;    // ‖test_y_q − test_y_fp‖ / ‖test_y_fp‖
 };
 
 struct Manifest {
@@ -47,7 +49,8 @@ struct Manifest {
   std::vector<ManifestLayer> layers;
 };
 
-// Validates and converts a parsed manifest. `label` names the file in messages.
+// Validates and converts a parsed manifest: types, and values within what `duquant pack` accepts
+// (bits 2-8 for weights and 2-16 for activations, blocks 1-4096, 0 < act_pct <= 100, ...). `label` names the file in messages.
 Manifest parse_manifest(const nlohmann::json& j, const std::string& label);
 
 }  // namespace duquant

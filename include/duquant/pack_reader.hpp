@@ -67,8 +67,10 @@ struct QuantizedLayerTensors {
 class PackDirectory {
  public:
   // Opens a directory. Throws duquant::Error (io) if it is not a readable directory and
-  // (format) if manifest.json exists but is not valid strict JSON.
-  static PackDirectory open(const std::filesystem::path& dir);
+  // (format) if manifest.json exists but is not valid strict JSON — unless `tolerate_bad_manifest`,
+  // when the reason is kept in manifest_error() and manifest() is null (verify reports it).
+  static PackDirectory open(const std::filesystem::path& dir, bool tolerate_bad_manifest = false);
+  const std::string& manifest_error() const noexcept { return manifest_error_; }
 
   const std::filesystem::path& path() const noexcept { return dir_; }
   // manifest.json (null when the directory has none: a pack the Python runtime wrote).
@@ -85,12 +87,26 @@ class PackDirectory {
   // Opened on first use. Throws duquant::Error (format/io) for a broken file.
   const formats::Checkpoint* quantized() const;
   // Decodes `layer`'s tensors from quantized.safetensors (nullopt when it holds none for it).
-  // `bits` comes from the manifest entry (needed to read 5-8 bit I8 codes; U8 nibbles are 4).
+  // `bits` comes from the manifest entry: 2-4 bit codes are U8 nibbles, 5-8 bit codes I8; a
+  // qweight of the other dtype is a format error.
   std::optional<QuantizedLayerTensors> quantized_layer(const std::string& layer, int bits) const;
+
+  // Where `layer`'s tensors sit in quantized.safetensors: the file, their byte count and the
+  // XXH3-128 of their bytes in storage order (as the manifest records them), and whether they are
+  // back to back in one file. nullopt when the file holds no tensor of the layer.
+  struct LayerBytes {
+    std::string file;
+    std::uint64_t bytes = 0;
+    std::string xxh128;
+    bool contiguous = true;
+    std::vector<std::string> tensors;  // names in storage order
+  };
+  std::optional<LayerBytes> quantized_layer_bytes(const std::string& layer) const;
 
  private:
   std::filesystem::path dir_;
   std::optional<nlohmann::json> manifest_;
+  std::string manifest_error_;
   std::vector<std::string> npz_files_;
   mutable std::optional<formats::Checkpoint> quantized_;
   mutable bool quantized_probed_ = false;
