@@ -16,6 +16,11 @@
 namespace duquant::cli {
 namespace {
 
+// Names come from file names too, which need not be UTF-8: replace what is not, never throw.
+std::string dump(const nlohmann::ordered_json& j) {
+  return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
 struct Inspect {
   std::string target;
   std::optional<std::string> checkpoint;
@@ -45,7 +50,7 @@ struct Inspect {
     const CheckpointReport report = inspect_checkpoint(ckpt, head_dims(target));
     for (const std::string& w : report.warnings) warn(w);
     if (html) write_html_file(*html, checkpoint_html(report));
-    if (json) fmt::print("{}\n", checkpoint_json(report).dump(2));
+    if (json) fmt::print("{}\n", dump(checkpoint_json(report)));
     else fmt::print("{}", checkpoint_text(report));
     return 0;
   }
@@ -64,7 +69,7 @@ struct Inspect {
     }
     for (const std::string& w : report.warnings) warn(w);
     if (html) write_html_file(*html, pack_html(report));
-    if (json) fmt::print("{}\n", pack_json(report).dump(2));
+    if (json) fmt::print("{}\n", dump(pack_json(report)));
     else fmt::print("{}", pack_text(report));
     return 0;
   }

@@ -103,7 +103,7 @@ PackLayerInfo read_manifest_layer(const json& entry, std::size_t index, const st
          formats::json_kind(shape));
   l.out_features = shape[0].get<std::uint64_t>();
   l.in_features = shape[1].get<std::uint64_t>();
-  DQ_CHECK(l.out_features > 0 && l.in_features > 0 && l.out_features < (1ull << 32) && l.in_features < (1ull << 32),
+  DQ_CHECK(l.out_features > 0 && l.in_features > 0 && l.out_features <= (1ull << 24) && l.in_features <= (1ull << 24),
            format, "{}: shape [{}, {}] is out of range", f.where, l.out_features, l.in_features);
   l.dtype = f.str("dtype");
   l.wbits = static_cast<int>(f.int_in("wbits", 2, 8));
@@ -194,7 +194,7 @@ void read_npz_only(const fs::path& dir, PackReport& r) {
     l.npz_bytes = fs::file_size(path);
     l.in_features = f.u64("in_features");
     l.out_features = f.u64("out_features");
-    DQ_CHECK(l.out_features > 0 && l.in_features > 0 && l.out_features < (1ull << 32) && l.in_features < (1ull << 32),
+    DQ_CHECK(l.out_features > 0 && l.in_features > 0 && l.out_features <= (1ull << 24) && l.in_features <= (1ull << 24),
              format, "{}: shape [{}, {}] is out of range", f.where, l.out_features, l.in_features);
     l.block = f.int_in("block_size", 1, 1 << 20);
     l.block_out = f.int_in("block_out_size", 1, 1 << 20);

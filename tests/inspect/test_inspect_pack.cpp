@@ -6,12 +6,30 @@
 #include <fstream>
 #include <functional>
 
+#include "duquant/inspect.hpp"
 #include "inspect_test_util.hpp"
 
 namespace duquant::test {
 namespace {
 
 namespace fs = std::filesystem;
+
+TEST(InspectHeads, RowsAndColumnsOfEachHead) {
+  // W [4, 6] all ones; W_hat halves rows 2-3 (head 1 of q/k/v with hd 2) and is exact elsewhere.
+  std::vector<float> w(24, 1.0f), w_hat(24, 1.0f);
+  for (int c = 0; c < 6; ++c) w_hat[2 * 6 + c] = w_hat[3 * 6 + c] = 0.5f;
+  const auto rows = head_errors(w.data(), w_hat.data(), 4, 6, HeadAxis::rows, 2);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].rel_fro_error, 0.0);
+  EXPECT_FALSE(rows[0].sqnr_db.has_value());  // exact
+  EXPECT_DOUBLE_EQ(rows[1].rel_fro_error, 0.5);
+  EXPECT_NEAR(*rows[1].sqnr_db, 20 * std::log10(2.0), 1e-12);
+  // o_proj: heads are columns; each of the 3 column heads sees half its rows halved
+  const auto cols = head_errors(w.data(), w_hat.data(), 4, 6, HeadAxis::columns, 2);
+  ASSERT_EQ(cols.size(), 3u);
+  for (const auto& h : cols) EXPECT_DOUBLE_EQ(h.rel_fro_error, std::sqrt(0.5 * 0.25));
+  EXPECT_TRUE(head_errors(w.data(), w_hat.data(), 4, 6, HeadAxis::columns, 4).empty());  // 4 does not divide 6
+}
 
 TEST(InspectPack, TableIsWorstFirstAndEqualsTheManifest) {
   const fs::path pack = fixture_pack("openpi-dit");
@@ -152,6 +170,7 @@ TEST(InspectPack, HostileManifestsAreFormatErrors) {
   const std::vector<std::function<void(nlohmann::json&)>> edits = {
       [](nlohmann::json& m) { m["layers"][0]["shape"] = "64x128"; },
       [](nlohmann::json& m) { m["layers"][0]["shape"] = {64, -1}; },
+      [](nlohmann::json& m) { m["layers"][0]["shape"] = {1ull << 40, 4}; },
       [](nlohmann::json& m) { m["layers"][1]["quality"]["duquant"]["sqnr_db"] = "high"; },
       [](nlohmann::json& m) { m["layers"][2]["wbits"] = 99; },
       [](nlohmann::json& m) { m["layers"][2]["wbits"] = 4.5; },
@@ -178,6 +197,29 @@ TEST(InspectPack, HostileManifestsAreFormatErrors) {
       EXPECT_EQ(r.err.find("internal"), std::string::npos) << r.err;
     }
   }
+}
+
+TEST(InspectPack, ExactLayersAreListedLast) {
+  const fs::path dir = broken_pack([](nlohmann::json& m) {
+    m["layers"][0]["quality"]["duquant"] = {{"rel_fro_error", 0.0}, {"sqnr_db", nullptr}};
+  });
+  const std::string exact = read_json(dir / "manifest.json")["layers"][0]["name"];
+  const nlohmann::json j = run_json({"inspect", dir.string(), "--json"});
+  ASSERT_EQ(j["layers"].size(), 14u);
+  EXPECT_EQ(j["layers"][13]["name"], exact);
+  EXPECT_TRUE(j["layers"][13]["quality"]["gain_db"].is_null());
+  const CliResult r = run_cli({"inspect", dir.string(), "--html", (dir / "r.html").string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("exact"), std::string::npos);
+}
+
+TEST(InspectPack, NamesThatAreNotUtf8DoNotBreakJson) {
+  const fs::path dir = temp_dir();
+  fs::copy_file(fixtures() / "openpi-pack-b16" / "paligemma_with_expert.gemma_expert.model.layers.0.mlp.up_proj.npz",
+                dir / "layer\xff.q_proj.npz");
+  const nlohmann::json j = run_json({"inspect", dir.string(), "--json"});
+  ASSERT_EQ(j["layers"].size(), 1u);
+  EXPECT_EQ(run_cli({"inspect", dir.string(), "--html", (dir / "r.html").string()}).exit_code, 0);
 }
 
 TEST(InspectPack, HostileFilesAreFormatOrIoErrors) {
