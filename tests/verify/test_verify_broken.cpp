@@ -32,7 +32,7 @@ const std::string kUp1 = layer(1, "mlp.up_proj");
 
 // A fresh good pack of ours in the test's temp folder (verified clean first).
 fs::path good_ours(const std::vector<std::string>& extra = {}) {
-  const fs::path dir = test::temp_dir() / "ours";
+  const fs::path dir = vtest::temp_dir() / "ours";
   const auto p = pack(kCkpt, dir, extra);
   EXPECT_EQ(p.exit_code, 0) << p.out << p.err;
   expect_clean(verify(dir, {"-c", kCkpt}));
@@ -41,7 +41,7 @@ fs::path good_ours(const std::vector<std::string>& extra = {}) {
 
 // A writable copy of one of the runtime's fixture packs (verified clean first).
 fs::path good_python(const std::string& config = "b16") {
-  const fs::path dir = test::temp_dir() / config;
+  const fs::path dir = vtest::temp_dir() / config;
   copy_pack(fixture_pack(config), dir);
   expect_clean(verify(dir, {"-c", kCkpt}));
   return dir;
@@ -444,9 +444,8 @@ TEST(VerifyBroken, CodeOutOfRange) {
 }
 
 // 3-bit codes are stored as 4-bit nibbles (q + 8) and hold [-4, 3]; nibble 15 is code 7.
-// KNOWN VERIFY GAP (reported to the verify owner): PackDirectory::quantized_layer sets bits = 4
-// for every U8 qweight, so check_quantized tests nibble codes against [-8, 7] whatever the layer's
-// wbits; a 2- or 3-bit layer's out-of-range code is only caught indirectly (`conformance`).
+// Regression: verify once read every U8 qweight as 4 bits and checked nibble codes against [-8, 7]
+// whatever the layer's wbits, so this code was only caught indirectly (`conformance`, `quality`).
 TEST(VerifyBroken, CodeOutOfRangeBelowFourBits) {
   const fs::path dir = good_ours({"--wbits-rule", "k_proj=3"});
   edit_tensor(dir / "quantized.safetensors", kK0 + ".qweight", [](std::string& bytes, const StTensor& t) {
@@ -469,7 +468,7 @@ fs::path synth_checkpoint(const fs::path& dir) {
 }
 
 TEST(VerifyBroken, StaleOursFromAnotherCheckpoint) {
-  const fs::path dir = test::temp_dir();
+  const fs::path dir = vtest::temp_dir();
   const fs::path synth = synth_checkpoint(dir);
   const fs::path p = dir / "from-synth";
   const auto r = pack(synth, p);
@@ -481,7 +480,7 @@ TEST(VerifyBroken, StaleOursFromAnotherCheckpoint) {
 }
 
 TEST(VerifyBroken, StalePythonPackAgainstAnotherCheckpoint) {
-  const fs::path synth = synth_checkpoint(test::temp_dir());
+  const fs::path synth = synth_checkpoint(vtest::temp_dir());
   // With perm (judged from perm and rotations) and without (rotations alone).
   for (const char* config : {"b16", "b8-noperm-ls0", "b32-out16"}) {
     SCOPED_TRACE(config);
@@ -494,7 +493,7 @@ TEST(VerifyBroken, StalePythonPackAgainstAnotherCheckpoint) {
 // One layer of ours swapped for the same layer of a pack of another checkpoint (its npz and the
 // manifest entry stay consistent with each other, so only the weight digest can tell).
 TEST(VerifyBroken, StaleSingleLayer) {
-  const fs::path dir = test::temp_dir();
+  const fs::path dir = vtest::temp_dir();
   const fs::path synth = synth_checkpoint(dir);
   const fs::path other = dir / "from-synth";
   ASSERT_EQ(pack(synth, other).exit_code, 0);
@@ -583,7 +582,7 @@ void expect_manifest_fail(const fs::path& dir, const std::string& text, const st
   write_file(dir / "manifest.json", text);
   const VerifyRun v = verify(dir, {"-c", kCkpt});
   EXPECT_EQ(v.exit_code(), 1) << what << "\n" << describe(v);
-  if (v.j.is_object()) expect_pack_finding(v, "manifest");
+  expect_pack_finding(v, "manifest");
 }
 
 TEST(VerifyBroken, ManifestWrongTypes) {
@@ -626,8 +625,8 @@ TEST(VerifyBroken, ManifestWrongTypes) {
 // Well-typed manifest values that contradict the pack, its checkpoint or the documented ranges.
 // A runtime trusting them would read the pack wrongly (wbits 5 means I8 codes, but the qweight is
 // U8 nibbles; a bias the layer does not have; a shard that does not exist), so verify must FAIL.
-// KNOWN VERIFY GAPS (reported to the verify owner; found by the fuzz test and a field-by-field
-// sweep): every variant below verifies clean (exit 0) when this was written.
+// Regression: every variant but `abits` verified clean (exit 0) before verify checked the
+// manifest's values against the pack (found by the fuzz test and a field-by-field sweep).
 TEST(VerifyBroken, ManifestValuesContradictingThePack) {
   const fs::path dir = good_ours();
   const json good = json::parse(read_file(dir / "manifest.json"));
@@ -660,10 +659,8 @@ TEST(VerifyBroken, ManifestValuesContradictingThePack) {
   }
 }
 
-// Not JSON at all, or JSON of the wrong kind. The brief for verify: a pack-level `manifest` FAIL
-// (exit 1), never a crash.
-// KNOWN VERIFY MISBEHAVIOUR (reported to the verify owner): PackDirectory::open parses
-// manifest.json itself and throws a format error, so these end with exit 3 and no report.
+// Not JSON at all, or JSON of the wrong kind: a pack-level `manifest` FAIL (exit 1), never a crash.
+// Regression: these once ended with exit 3 and no report (PackDirectory::open threw on them).
 TEST(VerifyBroken, ManifestInvalidJson) {
   const fs::path dir = good_ours();
   const std::string good = read_file(dir / "manifest.json");
@@ -692,7 +689,7 @@ void expect_exit(const std::vector<std::string>& args, int code, const std::stri
 }
 
 TEST(VerifyUnusable, ExitCodes) {
-  const fs::path dir = test::temp_dir();
+  const fs::path dir = vtest::temp_dir();
   const fs::path empty = dir / "empty";
   fs::create_directories(empty);
   const fs::path other = dir / "other";

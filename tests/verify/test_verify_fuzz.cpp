@@ -192,9 +192,11 @@ class Fuzz {
   Fuzz(fs::path pack, std::vector<std::string> verify_extra, std::uint64_t salt)
       : pack_(std::move(pack)), extra_(std::move(verify_extra)), rng_(base_seed() ^ salt), salt_(salt) {}
 
-  // Runs `n` iterations; `mutate(bytes, rng, log)` changes the chosen file's bytes.
+  // Runs `n` iterations; `mutate(bytes, rng, log)` changes the chosen file's bytes (repeated until
+  // they differ). `checksummed`: the manifest holds the files' digests, so any change must fail.
   void run(const std::vector<std::string>& files, int n,
-           const std::function<void(const std::string& file, std::string& bytes, Rng& rng, std::string& log)>& mutate) {
+           const std::function<void(const std::string& file, std::string& bytes, Rng& rng, std::string& log)>& mutate,
+           bool checksummed = false) {
     std::map<std::string, std::string> original;
     for (const auto& f : files) original[f] = read_file(pack_ / f);
     std::map<int, int> codes;
@@ -202,7 +204,8 @@ class Fuzz {
       const std::string& f = files[static_cast<std::size_t>(i) % files.size()];
       std::string bytes = original[f];
       std::string log;
-      mutate(f, bytes, rng_, log);
+      for (int attempt = 0; attempt < 20 && bytes == original[f]; ++attempt) mutate(f, bytes, rng_, log);
+      if (bytes == original[f]) continue;
       write_file(pack_ / f, bytes);
       std::vector<std::string> args{"verify", pack_.string(), "-j", "1"};
       if (i % 2 == 0) args.insert(args.end(), {"-c", kCkpt});
@@ -214,6 +217,7 @@ class Fuzz {
       bool ok = code_ok && r.err.find("Sanitizer") == std::string::npos && r.err.find("runtime error:") == std::string::npos;
       if (ok && (r.exit_code == 3 || r.exit_code == 4)) ok = r.err.find("duquant: error:") != std::string::npos;
       if (ok && (r.exit_code == 0 || r.exit_code == 1) && i % 3 != 2) ok = !json::parse(r.out, nullptr, false).is_discarded();
+      if (ok && checksummed) ok = r.exit_code != 0;  // a changed file whose digest the manifest holds
       if (!ok) {
         const fs::path keep = pack_.parent_path() / fmt::format("failure-{}-{}", i, f);
         write_file(keep, bytes);
@@ -247,7 +251,7 @@ const std::vector<std::string> kLayers{layer(0, "self_attn.k_proj"), layer(0, "m
 
 // A small pack of ours: three layers (one at 5 bits, I8 codes), verified clean.
 fs::path small_pack() {
-  const fs::path dir = test::temp_dir() / "pack";
+  const fs::path dir = vtest::temp_dir() / "pack";
   std::string layers;
   for (const auto& l : kLayers) layers.append(layers.empty() ? "" : ",").append(l);
   std::string wbits = kLayers[1];
@@ -327,13 +331,13 @@ void mutate_npz(const std::string&, std::string& bytes, Rng& rng, std::string& l
 TEST(VerifyFuzz, OursNpz) {
   const fs::path dir = small_pack();
   ASSERT_TRUE(fs::exists(dir / "manifest.json"));
-  Fuzz(dir, {}, 1).run(npz_files(), iterations(), mutate_npz);
+  Fuzz(dir, {}, 1).run(npz_files(), iterations(), mutate_npz, true);
 }
 
 // The runtime's npz files (no manifest, no checksums: every mutation reaches the decoder and the
 // checks), with the selection known.
 TEST(VerifyFuzz, PythonNpz) {
-  const fs::path dir = test::temp_dir() / "b16";
+  const fs::path dir = vtest::temp_dir() / "b16";
   fs::create_directories(dir);
   for (const auto& f : npz_files()) {
     fs::copy_file(fixture_pack("b16") / f, dir / f);
@@ -387,7 +391,7 @@ TEST(VerifyFuzz, QuantizedSafetensors) {
         mutate_bytes(bytes, rng, log);
         break;
     }
-  });
+  }, true);
 }
 
 }  // namespace

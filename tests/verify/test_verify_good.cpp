@@ -14,7 +14,7 @@ using namespace vtest;
 const std::string kCkpt = test::tiny_checkpoint().string();
 
 TEST(VerifyGood, OursOpenpiDitAgainstCheckpoint) {
-  const fs::path dir = test::temp_dir() / "ours";
+  const fs::path dir = vtest::temp_dir() / "ours";
   const auto p = pack(kCkpt, dir);
   ASSERT_EQ(p.exit_code, 0) << p.out << p.err;
   const VerifyRun v = verify(dir, {"-c", kCkpt});
@@ -37,7 +37,7 @@ TEST(VerifyGood, OursOpenpiDitAgainstCheckpoint) {
 }
 
 TEST(VerifyGood, OursOpenpiDitWithoutCheckpoint) {
-  const fs::path dir = test::temp_dir() / "ours";
+  const fs::path dir = vtest::temp_dir() / "ours";
   ASSERT_EQ(pack(kCkpt, dir).exit_code, 0);
   const VerifyRun v = verify(dir);
   expect_clean(v);
@@ -50,9 +50,9 @@ TEST(VerifyGood, OursOpenpiDitWithoutCheckpoint) {
 }
 
 // The reference-quality comparison: ours must be no worse than the runtime's pack (× 1.01) on every
-// layer. (Written before the sign-fixing change of the rotations landed; it passed when written.)
+// layer. (It passed before and after the change that chooses the output rotations' signs.)
 TEST(VerifyGood, OursOpenpiDitAgainstReferenceB16) {
-  const fs::path dir = test::temp_dir() / "ours";
+  const fs::path dir = vtest::temp_dir() / "ours";
   ASSERT_EQ(pack(kCkpt, dir).exit_code, 0);
   const VerifyRun v = verify(dir, {"-c", kCkpt, "--reference", fixture_pack("b16").string()});
   expect_clean(v);
@@ -68,7 +68,7 @@ TEST(VerifyGood, OursOpenpiDitAgainstReferenceB16) {
 
 // Our packs in the fixtures' other two configurations against the runtime's packs of them.
 TEST(VerifyGood, OursOtherConfigurationsAgainstTheirReferences) {
-  const fs::path dir = test::temp_dir();
+  const fs::path dir = vtest::temp_dir();
   struct Case {
     const char* reference;
     std::vector<std::string> flags;
@@ -86,7 +86,7 @@ TEST(VerifyGood, OursOtherConfigurationsAgainstTheirReferences) {
 
 // Layers at 3, 5, 7 and 8 bits (U8 nibbles below 5 bits, I8 codes from 5) verify clean too.
 TEST(VerifyGood, OursMixedBitWidths) {
-  const fs::path dir = test::temp_dir() / "bits";
+  const fs::path dir = vtest::temp_dir() / "bits";
   const auto p = pack(kCkpt, dir,
                       {"--wbits-rule", "down_proj=5", "--wbits-rule", "up_proj=8", "--wbits-rule", "gate_proj=7",
                        "--wbits-rule", "k_proj=3"});
@@ -129,7 +129,7 @@ TEST(VerifyGood, PythonFixturePacks) {
 
 // A copy of a fixture pack (what the breakage tests start from) is as good as the original.
 TEST(VerifyGood, CopiedPythonPack) {
-  const fs::path dir = test::temp_dir() / "b16";
+  const fs::path dir = vtest::temp_dir() / "b16";
   copy_pack(fixture_pack("b16"), dir);
   expect_clean(verify(dir, {"-c", kCkpt, "--preset", "openpi-dit"}));
 }
