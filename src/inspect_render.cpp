@@ -26,8 +26,29 @@ ojson opt(const std::optional<double>& v) { return v ? ojson(*v) : ojson(nullptr
 
 std::string db(const std::optional<double>& v) { return v ? fmt::format("{:.2f}", *v) : std::string("exact"); }
 
-// Shortens a name to `width` by eliding its middle.
-std::string fit(const std::string& s, std::size_t width) {
+// Shortens a module name to `width` for display: first drops path parts that are just "model",
+// then abbreviates the long words of pi0.5/GR00T names, and only then elides the middle.
+std::string fit(const std::string& name, std::size_t width) {
+  std::string s = name;
+  if (s.size() <= width) return s;
+  std::string dropped;
+  std::size_t pos = 0;
+  while (pos <= s.size()) {
+    std::size_t end = s.find('.', pos);
+    if (end == std::string::npos) end = s.size();
+    const std::string part = s.substr(pos, end - pos);
+    if (part != "model") dropped.append(dropped.empty() ? "" : ".").append(part);
+    pos = end + 1;
+  }
+  s = dropped;
+  static const std::pair<const char*, const char*> words[] = {
+      {"language_model", "lm"}, {"gemma_expert", "expert"}, {"vision_tower", "vision"}, {"vision_model.", ""},
+      {"self_attn", "attn"},    {"paligemma.", ""},        {"encoder.", ""},            {"layers.", "L"}};
+  for (const auto& [from, to] : words) {
+    if (s.size() <= width) return s;
+    for (std::size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + std::string_view(to).size()))
+      s.replace(at, std::string_view(from).size(), to);
+  }
   if (s.size() <= width) return s;
   const std::size_t keep = width - 2, head = keep / 3;
   return s.substr(0, head) + ".." + s.substr(s.size() - (keep - head));
