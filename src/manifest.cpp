@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+#include <tuple>
+
 #include "duquant/error.hpp"
 #include "duquant/pack_layout.hpp"
 #include "formats/dtype.hpp"
@@ -132,6 +135,11 @@ Manifest parse_manifest(const json& j, const std::string& label) {
   m.config = read_config(r, r.field(j, "manifest", "config"));
   const json& ck = r.field(j, "manifest", "checkpoint");
   m.checkpoint_source = r.text(ck, "checkpoint", "source");
+  std::size_t kf = 0;
+  for (const json& f : r.array(ck, "checkpoint", "files")) {
+    const std::string p = fmt::format("checkpoint.files[{}]", kf++);
+    m.checkpoint_files.push_back({r.text(f, p, "name"), r.count(f, p, "size"), r.count(f, p, "header_bytes")});
+  }
   std::size_t k = 0;
   for (const json& f : r.array(j, "manifest", "files")) {
     const std::string p = fmt::format("files[{}]", k++);
@@ -173,6 +181,16 @@ Manifest parse_manifest(const json& j, const std::string& label) {
     l.duquant_sqnr_db = r.optional_number(dq, p + ".quality.duquant", "sqnr_db");
     l.rtn_rel_error = r.optional_number(rtn, p + ".quality.rtn", "rel_fro_error");
     l.rtn_sqnr_db = r.optional_number(rtn, p + ".quality.rtn", "sqnr_db");
+    for (const auto& [rel, sqnr, what] : {std::tuple{l.duquant_rel_error, l.duquant_sqnr_db, "duquant"},
+                                          std::tuple{l.rtn_rel_error, l.rtn_sqnr_db, "rtn"}}) {
+      // sqnr_db = -20 log10(rel_fro_error); both null for an exact layer.
+      const bool consistent = rel && sqnr ? std::abs(*sqnr + 20.0 * std::log10(*rel)) <= 1e-6 * std::max(1.0, std::abs(*sqnr))
+                                          : (!sqnr && (!rel || *rel == 0.0));
+      DQ_CHECK(consistent && (!rel || *rel >= 0), format,
+               "{}: {}.quality.{}: sqnr_db {} does not match rel_fro_error {} (sqnr_db = -20 log10 rel_fro_error)", label,
+               p, what, sqnr ? fmt::format("{}", *sqnr) : std::string("null"),
+               rel ? fmt::format("{}", *rel) : std::string("null"));
+    }
     const json& conf = r.field(e, p, "conformance");
     l.conformance_rows = r.count(conf, p + ".conformance", "rows", 1);
     l.conformance_rel_error = r.optional_number(conf, p + ".conformance", "rel_error_q_vs_fp");

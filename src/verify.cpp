@@ -256,6 +256,18 @@ VerifyReport run_verify(const VerifyOptions& o) {
     ck.emplace(CheckpointContext{formats::Checkpoint::open(*o.checkpoint), {}, {}});
     ck->linears = find_linear_layers(ck->ckpt);
     for (const LinearLayer& l : ck->linears) ck->by_name.emplace(l.name, &l);
+    if (manifest) {  // the files the pack was made from (the weight digests decide; this is a hint)
+      for (const Manifest::CheckpointFile& f : manifest->checkpoint_files) {
+        const auto it = std::find_if(ck->ckpt.files().begin(), ck->ckpt.files().end(),
+                                     [&](const formats::CheckpointFile& c) { return c.path.filename().string() == f.name; });
+        if (it == ck->ckpt.files().end())
+          pf.add(Level::warn, "checkpoint-files", "the pack was made from {} ({} bytes), which --checkpoint does not hold",
+                 f.name, f.size);
+        else if (it->size != f.size || it->header_bytes != f.header_bytes)
+          pf.add(Level::warn, "checkpoint-files", "{}: {} bytes with a {}-byte header; the pack was made from {} / {}", f.name,
+                 it->size, it->header_bytes, f.size, f.header_bytes);
+      }
+    }
   } else {
     pf.add(Level::info, "no-checkpoint", "no --checkpoint: the weights, transforms and quality are not recomputed");
   }
@@ -307,6 +319,12 @@ VerifyReport run_verify(const VerifyOptions& o) {
     const RunConfig* config = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
     if (config != nullptr) {
       const Selection s = select_layers(ck->linears, config->selection, config->quant.wbits_default);
+      std::set<std::string> picked;
+      for (const SelectedLayer& l : s.layers) picked.insert(l.layer->name);
+      for (LayerVerdict& v : report.layers)
+        if (!picked.count(v.name) && ck->by_name.count(v.name))
+          v.findings.push_back({Level::fail, manifest ? "manifest" : "selection",
+                                fmt::format("the {} selection does not pick this layer", manifest ? "manifest's" : "given")});
       for (const SelectedLayer& l : s.layers) {
         if (const auto e = entries.find(l.layer->name); e != entries.end() && e->second->wbits != l.wbits) {
           for (LayerVerdict& v : report.layers)

@@ -411,6 +411,15 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
       if (!(std::abs(rel - claimed) <= kQualityTolerance * claimed + 1e-9))
         sink.add(Level::fail, "quality", "the manifest claims rel. error {:.6g}; the pack's codes give {:.6g}", claimed, rel);
     }
+    // The round-to-nearest baseline the manifest compares with.
+    double norm2 = 0;
+    for (std::int64_t k = 0; k < w.rows * w.cols; ++k) norm2 += static_cast<double>(w.data[k]) * w.data[k];
+    const double rtn = norm2 > 0 ? std::sqrt(rtn_squared_error(w, wbits) / norm2) : 0.0;
+    sink.v.numbers["rtn_rel_fro_error"] = rtn;
+    const double claimed_rtn = e.entry->rtn_rel_error.value_or(-1.0);
+    if (!(std::abs(rtn - claimed_rtn) <= kQualityTolerance * rtn + 1e-9))
+      sink.add(Level::fail, "quality", "the manifest claims a round-to-nearest rel. error of {:.6g}; recomputed {:.6g}",
+               claimed_rtn, rtn);
   }
   // test_y_fp from the checkpoint.
   if (q != nullptr && !q->test_x.empty()) {

@@ -45,6 +45,11 @@ struct Manifest {
   std::string tool_version;
   RunConfig config;
   std::string checkpoint_source;
+  struct CheckpointFile {
+    std::string name;
+    std::uint64_t size = 0, header_bytes = 0;
+  };
+  std::vector<CheckpointFile> checkpoint_files;
   std::vector<ManifestFile> files;
   std::vector<ManifestLayer> layers;
 };

@@ -648,6 +648,12 @@ TEST(VerifyBroken, ManifestValuesContradictingThePack) {
       {"config.abits outside 2..16", [](json& m) { m["config"]["abits"] = 99; }},
       {"conformance.rows is not the vectors' row count", [](json& m) { m["layers"][0]["conformance"]["rows"] = 5; }},
       {"the conformance figure is not the vectors'", [](json& m) { m["layers"][0]["conformance"]["rel_error_q_vs_fp"] = 0.5; }},
+      {"the selection no longer picks the pack's layers", [](json& m) { m["config"]["include"] = ".*q_proj.*"; }},
+      {"sqnr_db contradicts rel_fro_error", [](json& m) { m["layers"][0]["quality"]["duquant"]["sqnr_db"] = 30.0; }},
+      {"the round-to-nearest figure is not recomputable", [](json& m) {
+         m["layers"][0]["quality"]["rtn"]["rel_fro_error"] = 0.9;
+         m["layers"][0]["quality"]["rtn"]["sqnr_db"] = -20.0 * std::log10(0.9);
+       }},
   };
   for (const Variant& x : variants) {
     SCOPED_TRACE(x.what);
