@@ -362,6 +362,16 @@ std::optional<PackDirectory::LayerBytes> PackDirectory::quantized_layer_bytes(co
   return out;
 }
 
+void PackDirectory::release_quantized_layer(const std::string& layer) const {
+  const formats::Checkpoint* q = quantized();
+  if (q == nullptr) return;
+  const std::string prefix = layer + ".";
+  for (const formats::TensorRef& t : q->tensors())
+    if (t.name.size() > prefix.size() && t.name.compare(0, prefix.size(), prefix) == 0 &&
+        t.name.find('.', prefix.size()) == std::string::npos)
+      q->release(t);
+}
+
 MatrixF dequantized_original_basis(const QuantizedLayerTensors& t) {
   const auto o = static_cast<Eigen::Index>(t.out_features), i = static_cast<Eigen::Index>(t.in_features);
   MatrixF wq(o, i);

@@ -202,6 +202,8 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
     ck->ckpt.release(*linear->weight);
   }
 
+  if (q) pack.release_quantized_layer(name);  // keep resident memory to one layer
+
   if (reference != nullptr) {
     const fs::path ref_path = reference->path() / file;
     if (!fs::exists(ref_path, ec)) {

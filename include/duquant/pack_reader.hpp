@@ -102,6 +102,8 @@ class PackDirectory {
     std::vector<std::string> tensors;  // names in storage order
   };
   std::optional<LayerBytes> quantized_layer_bytes(const std::string& layer) const;
+  // Drops the pages of `layer`'s tensors from resident memory (they stay readable).
+  void release_quantized_layer(const std::string& layer) const;
 
  private:
   std::filesystem::path dir_;
