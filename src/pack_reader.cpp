@@ -131,6 +131,18 @@ MatrixF to_original_basis(MatrixF w_t, std::span<const std::int64_t> perm, const
   return w;
 }
 
+// The tensors `<layer>.<name>` of quantized.safetensors (one name part after the layer's), in
+// storage order.
+std::vector<const formats::TensorRef*> layer_tensors(const formats::Checkpoint& q, const std::string& layer) {
+  std::vector<const formats::TensorRef*> out;
+  const std::string prefix = layer + ".";
+  for (const formats::TensorRef& t : q.tensors())
+    if (t.name.size() > prefix.size() && t.name.compare(0, prefix.size(), prefix) == 0 &&
+        t.name.find('.', prefix.size()) == std::string::npos)
+      out.push_back(&t);
+  return out;
+}
+
 }  // namespace
 
 PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
@@ -340,12 +352,7 @@ std::optional<QuantizedLayerTensors> PackDirectory::quantized_layer(const std::s
 std::optional<PackDirectory::LayerBytes> PackDirectory::quantized_layer_bytes(const std::string& layer) const {
   const formats::Checkpoint* q = quantized();
   if (q == nullptr) return std::nullopt;
-  std::vector<const formats::TensorRef*> mine;
-  const std::string prefix = layer + ".";
-  for (const formats::TensorRef& t : q->tensors())
-    if (t.name.size() > prefix.size() && t.name.compare(0, prefix.size(), prefix) == 0 &&
-        t.name.find('.', prefix.size()) == std::string::npos)
-      mine.push_back(&t);
+  const std::vector<const formats::TensorRef*> mine = layer_tensors(*q, layer);
   if (mine.empty()) return std::nullopt;
   // tensors() is in storage order (file, then offset).
   LayerBytes out;
@@ -365,11 +372,7 @@ std::optional<PackDirectory::LayerBytes> PackDirectory::quantized_layer_bytes(co
 void PackDirectory::release_quantized_layer(const std::string& layer) const {
   const formats::Checkpoint* q = quantized();
   if (q == nullptr) return;
-  const std::string prefix = layer + ".";
-  for (const formats::TensorRef& t : q->tensors())
-    if (t.name.size() > prefix.size() && t.name.compare(0, prefix.size(), prefix) == 0 &&
-        t.name.find('.', prefix.size()) == std::string::npos)
-      q->release(t);
+  for (const formats::TensorRef* t : layer_tensors(*q, layer)) q->release(*t);
 }
 
 MatrixF dequantized_original_basis(const QuantizedLayerTensors& t) {
