@@ -1,0 +1,52 @@
+// Static activation scales from calibration calls (docs/calibration.md).
+//
+// Per layer and per call: x (the layer's input, [tokens, I]) is divided by the smoothing scale when
+// there is one, transformed exactly as the runtime does (x_t = x[:, perm], then each column block
+// times its Rin), and each channel's `act_pct` percentile of |x_t| is taken with linear
+// interpolation (as torch.quantile) and clamped at 1e-6; the running value is the element-wise max
+// over the first `calib_steps` calls. Finally act_scale = max(p / qmax(abits), 1e-6).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "duquant/duquant_math.hpp"
+
+namespace duquant {
+
+// The q-quantile (0 ≤ q ≤ 1) of `values` with linear interpolation between the two closest ranks,
+// as torch.quantile(..., interpolation="linear"): position q·(n−1), computed in double. Reorders
+// `values` (selection, not a full sort). `values` must not be empty.
+float quantile_linear(std::span<float> values, double q);
+
+// x_t = (x / smooth)[:, perm] with every column block multiplied by its Rin, [rows, I] row-major.
+// Each element is one sum in double over the block, rounded to float32 once. `perm` and `smooth`
+// may be empty (identity, no smoothing).
+std::vector<float> transform_activations(std::span<const float> x, std::int64_t rows, std::int64_t in_features,
+                                         std::span<const std::int64_t> perm, const std::vector<MatrixF>& r_in,
+                                         std::span<const float> smooth);
+
+// Fake-quantizes transformed activations in place: round-half-even(x_t / s_a) clamped to
+// [−qmax−1, qmax], times s_a (float32, a true division), per channel.
+void fake_quantize_activations(std::span<float> x_t, std::int64_t rows, std::span<const float> act_scale, int abits);
+
+// The running calibration statistics of one layer.
+class ActivationCalibrator {
+ public:
+  ActivationCalibrator(std::int64_t in_features, double act_pct, int abits);
+  // One call's transformed activations, [rows, I].
+  void add_call(std::span<const float> x_t, std::int64_t rows);
+  int steps() const { return steps_; }
+  // max(p / qmax(abits), 1e-6) per channel; requires at least one call.
+  std::vector<float> act_scale() const;
+
+ private:
+  std::int64_t in_features_;
+  double q_;
+  int abits_;
+  int steps_ = 0;
+  std::vector<float> running_;  // element-wise max over calls of max(percentile, 1e-6)
+};
+
+}  // namespace duquant

@@ -1,0 +1,1 @@
+#include "duquant/calibration.hpp"
