@@ -1,1 +1,118 @@
 #include "duquant/calibration.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "duquant/elementwise.hpp"
+#include "duquant/error.hpp"
+
+namespace duquant {
+
+float quantile_linear(std::span<float> values, double q) {
+  DQ_CHECK(!values.empty(), internal, "quantile of no values");
+  DQ_CHECK(q >= 0.0 && q <= 1.0, internal, "quantile {} outside [0, 1]", q);
+  const auto n = static_cast<std::int64_t>(values.size());
+  const double pos = q * static_cast<double>(n - 1);
+  const auto lo = static_cast<std::int64_t>(std::floor(pos));
+  const std::int64_t hi = std::min(lo + 1, n - 1);
+  std::nth_element(values.begin(), values.begin() + lo, values.end());
+  const double v_lo = values[static_cast<std::size_t>(lo)];
+  // After nth_element everything past `lo` is >= values[lo]: the next rank is their minimum.
+  const double v_hi = hi == lo ? v_lo : *std::min_element(values.begin() + lo + 1, values.end());
+  const double w = pos - static_cast<double>(lo);
+  return static_cast<float>(v_lo + (v_hi - v_lo) * w);
+}
+
+std::vector<float> transform_activations(std::span<const float> x, std::int64_t rows, std::int64_t in_features,
+                                         std::span<const std::int64_t> perm, const std::vector<MatrixF>& r_in,
+                                         std::span<const float> smooth) {
+  const std::int64_t n = in_features;
+  DQ_CHECK(rows >= 0 && n >= 1 && static_cast<std::int64_t>(x.size()) == rows * n, internal,
+           "activations: {} values for [{}, {}]", x.size(), rows, n);
+  DQ_CHECK(perm.empty() || static_cast<std::int64_t>(perm.size()) == n, format, "activations: perm of {} for {} inputs",
+           perm.size(), n);
+  DQ_CHECK(smooth.empty() || static_cast<std::int64_t>(smooth.size()) == n, format,
+           "activations: smooth_scale of {} for {} inputs", smooth.size(), n);
+  for (std::int64_t p : perm) DQ_CHECK(p >= 0 && p < n, format, "activations: perm entry {} outside [0, {})", p, n);
+  std::int64_t covered = 0;
+  for (const MatrixF& r : r_in) {
+    DQ_CHECK(r.rows() == r.cols() && r.rows() >= 1, format, "activations: Rin block of shape [{}, {}]", r.rows(), r.cols());
+    covered += r.rows();
+  }
+  DQ_CHECK(covered == n, format, "activations: Rin blocks cover {} of {} inputs", covered, n);
+
+  std::vector<float> out(x.size());
+#pragma omp parallel
+  {
+    std::vector<double> v(static_cast<std::size_t>(n));
+#pragma omp for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const float* xr = x.data() + r * n;
+      for (std::int64_t j = 0; j < n; ++j) {
+        const std::int64_t src = perm.empty() ? j : perm[j];
+        // x / s is a float32 division, as a runtime dividing its float32 activations would do it.
+        v[j] = smooth.empty() ? xr[src] : static_cast<double>(xr[src] / smooth[src]);
+      }
+      float* yr = out.data() + r * n;
+      std::int64_t off = 0;
+      for (const MatrixF& rot : r_in) {
+        const std::int64_t s = rot.rows();
+        for (std::int64_t c = 0; c < s; ++c) {
+          double acc = 0;
+          for (std::int64_t k = 0; k < s; ++k) acc += v[off + k] * static_cast<double>(rot(k, c));
+          yr[off + c] = static_cast<float>(acc);
+        }
+        off += s;
+      }
+    }
+  }
+  return out;
+}
+
+void fake_quantize_activations(std::span<float> x_t, std::int64_t rows, std::span<const float> act_scale, int abits) {
+  const auto n = static_cast<std::int64_t>(act_scale.size());
+  DQ_CHECK(abits >= 2 && abits <= 16, internal, "activation bits {} outside 2-16", abits);
+  DQ_CHECK(static_cast<std::int64_t>(x_t.size()) == rows * n, format, "activations: {} values for [{}, {}] with {} scales",
+           x_t.size(), rows, n, act_scale.size());
+  const auto hi = static_cast<float>(elementwise::qmax(abits));
+  const float lo = -hi - 1.0f;
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t j = 0; j < n; ++j) {
+      float& v = x_t[static_cast<std::size_t>(r * n + j)];
+      v = elementwise::quantize_code(v, act_scale[j], lo, hi) * act_scale[j];
+    }
+}
+
+ActivationCalibrator::ActivationCalibrator(std::int64_t in_features, double act_pct, int abits)
+    : in_features_(in_features), q_(act_pct / 100.0), abits_(abits), running_(static_cast<std::size_t>(in_features), 0.0f) {
+  DQ_CHECK(in_features >= 1, internal, "calibration of a layer with {} inputs", in_features);
+  DQ_CHECK(act_pct > 0 && act_pct <= 100, usage, "--act-pct {} outside (0, 100]", act_pct);
+  DQ_CHECK(abits >= 2 && abits <= 16, usage, "--abits {} outside 2-16", abits);
+}
+
+void ActivationCalibrator::add_call(std::span<const float> x_t, std::int64_t rows) {
+  const std::int64_t n = in_features_;
+  DQ_CHECK(rows >= 1 && static_cast<std::int64_t>(x_t.size()) == rows * n, internal,
+           "calibration: {} values for [{}, {}]", x_t.size(), rows, n);
+#pragma omp parallel
+  {
+    std::vector<float> column(static_cast<std::size_t>(rows));
+#pragma omp for schedule(static)
+    for (std::int64_t j = 0; j < n; ++j) {
+      for (std::int64_t r = 0; r < rows; ++r) column[static_cast<std::size_t>(r)] = std::fabs(x_t[r * n + j]);
+      const float p = std::max(quantile_linear(column, q_), 1e-6f);
+      running_[static_cast<std::size_t>(j)] = std::max(running_[static_cast<std::size_t>(j)], p);
+    }
+  }
+  ++steps_;
+}
+
+std::vector<float> ActivationCalibrator::act_scale() const {
+  DQ_CHECK(steps_ > 0, internal, "activation scales requested before any calibration call");
+  const auto qm = static_cast<float>(elementwise::qmax(abits_));
+  std::vector<float> s(running_.size());
+  for (std::size_t j = 0; j < s.size(); ++j) s[j] = std::max(running_[j] / qm, 1e-6f);
+  return s;
+}
+
+}  // namespace duquant
