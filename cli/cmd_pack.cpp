@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <optional>
 
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
@@ -47,6 +48,9 @@ struct Pack {
   bool resume = false, force = false;
   int threads = 0;
   std::string max_shard = "4GB";
+  std::string calib, fold_smoothing;
+  std::optional<double> smooth_alpha;
+  bool strict = false;
 
   int run() {
     DQ_CHECK(!(resume && force), usage, "--resume and --force exclude each other");
@@ -59,6 +63,11 @@ struct Pack {
     o.resume = resume;
     o.force = force;
     o.max_shard_bytes = parse_size(max_shard);
+    o.calib = calib;
+    o.smooth_alpha = smooth_alpha;
+    o.fold_smoothing = fold_smoothing;
+    o.strict = strict;
+    o.warn = [](const std::string& text) { fmt::print(stderr, "duquant: warning: {}\n", text); };
 
     {  // the same warnings as list-linears, before the long part (opening reads headers only)
       const formats::Checkpoint ckpt = formats::Checkpoint::open(checkpoint);
@@ -94,6 +103,17 @@ struct Pack {
                s.quantized_bytes ? static_cast<double>(s.weight_bytes) / static_cast<double>(s.quantized_bytes) : 0.0);
     fmt::print("  SQNR: mean {:.2f} dB (round-to-nearest {:.2f} dB), worst {:.2f} dB ({})\n", s.mean_sqnr_db,
                s.mean_rtn_sqnr_db, s.worst_sqnr_db, s.worst_layer);
+    if (!calib.empty()) {
+      fmt::print("  calibration: {} of {} layers from {}{}\n", s.calibrated, s.layers, calib,
+                 s.smoothed ? fmt::format(", {} smoothed (alpha {})", s.smoothed, *smooth_alpha) : std::string());
+      if (s.held_out_layers > 0)
+        fmt::print("  output error on held-out calls (W{} A{}): mean {:.4f}, worst {:.4f} ({})\n", o.config.quant.wbits_default,
+                   o.config.quant.abits, s.mean_output_rel_error, s.worst_output_rel_error, s.worst_output_layer);
+      else
+        fmt::print("  output error: not measured (the dump has no calls beyond --calib-steps {})\n",
+                   o.config.quant.calib_steps);
+      if (!fold_smoothing.empty()) fmt::print("  folded checkpoint: {}\n", fold_smoothing);
+    }
     fmt::print("  wall time {:.2f} s\n", t);
     return 0;
   }
@@ -110,6 +130,15 @@ Action register_pack(CLI::App& app) {
   c->add_flag("--force", cmd->force, "Replace the pack files of a non-empty output folder");
   c->add_option("--threads", cmd->threads, "Threads (default: all cores); the output does not depend on it");
   c->add_option("--max-shard-size", cmd->max_shard, "Shard quantized.safetensors past this size (default 4GB)");
+  c->add_option("--calib", cmd->calib, "Calibration activation dump (HDF5 or safetensors; docs/calibration-dumps.md)")
+      ->group("Calibration");
+  c->add_option("--smooth-alpha", cmd->smooth_alpha,
+                "Smoothing strength 0-1: s_j = max|X_j|^a / max|W_j|^(1-a), stored as smooth_scale (needs --calib)")
+      ->group("Calibration");
+  c->add_option("--fold-smoothing", cmd->fold_smoothing,
+                "Write the checkpoint with 1/s folded into its norms to this .safetensors file")
+      ->group("Calibration");
+  c->add_flag("--strict", cmd->strict, "Selected layers missing from the dump are an error, not a warning")->group("Calibration");
   add_config_flags(*c, cmd->flags);
   return [cmd, c]() { return c->parsed() ? cmd->run() : -1; };
 }

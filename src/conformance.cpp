@@ -3,6 +3,7 @@
 #include <cmath>
 #include <numbers>
 
+#include "duquant/calibration.hpp"
 #include "duquant/error.hpp"
 
 namespace duquant {
@@ -93,7 +94,8 @@ std::vector<float> conformance_pack_output(std::span<const float> x, std::int64_
                                            std::int64_t in_features, std::span<const std::int64_t> perm,
                                            const std::vector<MatrixF>& r_in, std::span<const std::int8_t> codes,
                                            std::span<const float> scales, const std::vector<MatrixF>& r_out,
-                                           RowRot row_rot, std::span<const float> bias) {
+                                           RowRot row_rot, std::span<const float> bias,
+                                           const ActivationContract& act) {
   const std::int64_t o_n = out_features, i_n = in_features;
   DQ_CHECK(rows >= 0 && o_n >= 0 && i_n >= 0 && static_cast<std::int64_t>(x.size()) == rows * i_n, format,
            "conformance: {} input values for [{}, {}]", x.size(), rows, i_n);
@@ -109,9 +111,17 @@ std::vector<float> conformance_pack_output(std::span<const float> x, std::int64_
            r_out.size(), row_rot_name(row_rot));
   const std::vector<std::int64_t> out_off = r_out.empty() ? std::vector<std::int64_t>{} : block_offsets(r_out, o_n, "R_out");
 
-  // x_t = x[:, perm] · Rin (per block), kept in double.
+  // x_t = x[:, perm] · Rin (per block), kept in double; with an activation contract, as the
+  // calibrated runtime computes it (float32, smoothed and fake-quantized).
   std::vector<double> xt(static_cast<std::size_t>(rows * i_n));
-  for (std::int64_t r = 0; r < rows; ++r) {
+  if (!act.empty()) {
+    DQ_CHECK(act.act_scale.empty() || static_cast<std::int64_t>(act.act_scale.size()) == i_n, format,
+             "conformance: act_scale of {} for {} inputs", act.act_scale.size(), i_n);
+    std::vector<float> xf = transform_activations(x, rows, i_n, perm, r_in, act.smooth);
+    if (!act.act_scale.empty()) fake_quantize_activations(xf, rows, act.act_scale, act.abits);
+    std::copy(xf.begin(), xf.end(), xt.begin());
+  }
+  for (std::int64_t r = 0; r < rows && act.empty(); ++r) {
     std::vector<double> v(static_cast<std::size_t>(i_n));
     for (std::int64_t j = 0; j < i_n; ++j) v[j] = x[r * i_n + (perm.empty() ? j : perm[j])];
     rotate_blocks(v, r_in, in_off, false);

@@ -13,6 +13,7 @@
 #include <optional>
 #include <vector>
 
+#include "duquant/calibration_plan.hpp"
 #include "duquant/conformance.hpp"
 #include "duquant/digest.hpp"
 #include "duquant/dryrun_report.hpp"
@@ -39,6 +40,8 @@ struct LayerRecord {
   std::string part_xxh128;
   std::uint64_t part_bytes = 0;
   LayerQuality quality;
+  CalibrationFigures calibration;
+  bool smoothed = false;
 };
 
 std::optional<double> sqnr_db(double signal, double noise) {
@@ -139,6 +142,15 @@ std::optional<LayerRecord> load_record(const fs::path& path, const std::string& 
     r.quality.rtn_err2 = j.at("rtn_err2").get<double>();
     r.quality.conformance_fp2 = j.at("conformance_fp2").get<double>();
     r.quality.conformance_err2 = j.at("conformance_err2").get<double>();
+    const nlohmann::json& c = j.at("calibration");
+    r.calibration.steps = c.at("steps").get<int>();
+    r.calibration.tokens = c.at("tokens").get<std::uint64_t>();
+    r.calibration.held_out_calls = c.at("held_out_calls").get<int>();
+    r.calibration.held_out_rows = c.at("held_out_rows").get<std::uint64_t>();
+    r.calibration.output_fp2 = c.at("output_fp2").get<double>();
+    r.calibration.output_err2 = c.at("output_err2").get<double>();
+    r.calibration.input_xxh128 = c.at("input_xxh128").get<std::string>();
+    r.smoothed = j.at("smoothed").get<bool>();
     return r;
   } catch (const Error&) {
     return std::nullopt;  // a damaged record only means the layer is packed again
@@ -159,6 +171,14 @@ std::string record_text(const LayerRecord& r) {
   j["rtn_err2"] = r.quality.rtn_err2;
   j["conformance_fp2"] = r.quality.conformance_fp2;
   j["conformance_err2"] = r.quality.conformance_err2;
+  j["calibration"] = {{"steps", r.calibration.steps},
+                      {"tokens", r.calibration.tokens},
+                      {"held_out_calls", r.calibration.held_out_calls},
+                      {"held_out_rows", r.calibration.held_out_rows},
+                      {"output_fp2", r.calibration.output_fp2},
+                      {"output_err2", r.calibration.output_err2},
+                      {"input_xxh128", r.calibration.input_xxh128}};
+  j["smoothed"] = r.smoothed;
   return j.dump(1) + "\n";
 }
 
@@ -186,8 +206,15 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   DQ_CHECK(!selection.layers.empty(), no_match, "{}: the selection matches none of its {} linear layers (try `duquant list-linears`)",
            o.checkpoint.string(), linears.size());
   DQ_CHECK(o.max_shard_bytes > 0, usage, "--max-shard-size must be positive");
+  const CalibrationPlan plan = plan_calibration(o, ckpt, linears, selection);
   prepare_output(o, ckpt);
   const fs::path work = o.output / kWorkDirName;
+  if (!o.fold_smoothing.empty()) {
+    std::map<std::string, std::vector<float>> foldable;
+    for (const SmoothGroup& g : plan.groups)
+      if (g.norm && plan.scales.count(g.key)) foldable[g.key] = plan.scales.at(g.key);
+    write_folded_checkpoint(ckpt, plan.groups, foldable, o.fold_smoothing);
+  }
 
   const json config_j = config_json(config);
   const std::string config_text = config_j.dump();
@@ -207,14 +234,20 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     const std::string file = pack_file_name(layer.name);
     weight_digests[i] = xxh128_hex(ckpt.bytes(*layer.weight));
     const std::string bias_digest = layer.bias ? xxh128_hex(ckpt.bytes(*layer.bias)) : "none";
-    const std::string fingerprint = xxh128_hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}", DUQUANT_VERSION, config_text,
-                                                           layer.name, sel.wbits, weight_digests[i], bias_digest));
+    const LayerCalibration calib = plan.for_layer(layer);
+    // The layer's identity: tool, configuration, weights and every calibration value it uses.
+    auto fingerprint_with = [&](const std::string& calib_digest) {
+      return xxh128_hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}\n{}", DUQUANT_VERSION, config_text, layer.name, sel.wbits,
+                                    weight_digests[i], bias_digest, calib_digest));
+    };
     const fs::path npz_path = o.output / file;
     const fs::path part_path = work / (file + ".part");
     const fs::path record_path = work / (file + ".json");
 
     std::optional<LayerRecord> record;
     if (o.resume) {
+      const std::string fingerprint =
+          fingerprint_with(calib.has_calls() ? calibration_input_digest(calib, q.calib_steps) : std::string("none"));
       record = load_record(record_path, fingerprint);
       if (record && (!fs::exists(npz_path) || !fs::exists(part_path) || xxh128_file(npz_path) != record->npz_xxh128 ||
                      xxh128_file(part_path) != record->part_xxh128))
@@ -222,9 +255,11 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     }
     const bool reused = record.has_value();
     if (!record) {
-      const PackedLayer packed = pack_layer(ckpt, sel, q, npz_path);
+      const PackedLayer packed = pack_layer(ckpt, sel, q, npz_path, calib);
       LayerRecord r;
-      r.fingerprint = fingerprint;
+      r.fingerprint = fingerprint_with(calib.has_calls() ? packed.calibration.input_xxh128 : std::string("none"));
+      r.calibration = packed.calibration;
+      r.smoothed = !calib.smooth.empty();
       r.npz_xxh128 = xxh128_file(npz_path);
       r.part_xxh128 = xxh128_hex(packed.data);
       r.part_bytes = packed.data.size();
@@ -278,7 +313,8 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   for (const Shard& shard : shards) {
     std::vector<formats::TensorSpec> specs;
     for (std::size_t i : shard.layers) {
-      const auto t = layer_tensor_specs(*selection.layers[i].layer, selection.layers[i].wbits, q);
+      const auto t = layer_tensor_specs(*selection.layers[i].layer, selection.layers[i].wbits, q,
+                                        records[i].calibration.steps > 0, records[i].smoothed);
       for (const auto& spec : t) weight_map[spec.name] = shard.name;
       specs.insert(specs.end(), t.begin(), t.end());
       layer_shard[i] = shard.name;
@@ -329,7 +365,29 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     ck["files"].push_back({{"name", f.path.filename().string()}, {"size", f.size}, {"header_bytes", f.header_bytes}});
   m["checkpoint"] = ck;
   m["files"] = files;
+  if (plan.dump) {
+    json c;
+    c["dump"] = o.calib.filename().string();
+    c["container"] = std::string(plan.dump->container());
+    c["dump_layers"] = plan.dump->layers().size();
+    c["held_out_calls_max"] = kHeldOutCalls;
+    c["held_out_rows_per_call_max"] = kHeldOutRowsPerCall;
+    c["missing_layers"] = plan.missing;
+    m["calibration"] = c;
+  } else {
+    m["calibration"] = nullptr;
+  }
+  if (o.smooth_alpha) {
+    json sm;
+    sm["alpha"] = *o.smooth_alpha;
+    sm["folded_checkpoint"] = o.fold_smoothing.empty() ? json(nullptr) : json(o.fold_smoothing.filename().string());
+    sm["runtime_contract"] = "divide the layer's input by smooth_scale before the input transform";
+    m["smoothing"] = sm;
+  } else {
+    m["smoothing"] = nullptr;
+  }
   json layers = json::array();
+  double sum_out = 0;
   double sum_dq = 0, sum_rtn = 0;
   std::size_t counted = 0;
   summary.worst_sqnr_db = std::numeric_limits<double>::infinity();
@@ -355,6 +413,38 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     e["quality"] = {{"duquant", quality_json(r.quality.weight_norm2, r.quality.duquant_err2)},
                     {"rtn", quality_json(r.quality.weight_norm2, r.quality.rtn_err2)}};
     e["conformance"] = conformance_json(r.quality);
+    if (r.calibration.steps > 0) {
+      const CalibrationFigures& f = r.calibration;
+      json c;
+      c["source"] = plan.source_of.at(l.name);
+      c["steps"] = f.steps;
+      c["tokens"] = f.tokens;
+      c["held_out_calls"] = f.held_out_calls;
+      c["held_out_rows"] = f.held_out_rows;
+      const bool measured = f.held_out_rows > 0 && f.output_fp2 > 0;
+      const double rel = measured ? std::sqrt(f.output_err2 / f.output_fp2) : 0.0;
+      c["output_rel_error"] = measured ? json(rel) : json(nullptr);
+      c["input_xxh128"] = f.input_xxh128;
+      e["calibration"] = c;
+      ++summary.calibrated;
+      if (measured) {
+        ++summary.held_out_layers;
+        sum_out += rel;
+        if (rel > summary.worst_output_rel_error) {
+          summary.worst_output_rel_error = rel;
+          summary.worst_output_layer = l.name;
+        }
+      }
+    } else {
+      e["calibration"] = nullptr;
+    }
+    if (r.smoothed) {
+      const SmoothGroup* g = plan.smoothing_group(l.name);
+      e["smoothing"] = {{"group", g ? g->key : l.name}, {"folded", !o.fold_smoothing.empty()}};
+      ++summary.smoothed;
+    } else {
+      e["smoothing"] = nullptr;
+    }
     layers.push_back(std::move(e));
     const auto dq = sqnr_db(r.quality.weight_norm2, r.quality.duquant_err2);
     const auto rtn = sqnr_db(r.quality.weight_norm2, r.quality.rtn_err2);
@@ -377,6 +467,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   summary.mean_sqnr_db = counted ? sum_dq / static_cast<double>(counted) : 0;
   summary.mean_rtn_sqnr_db = counted ? sum_rtn / static_cast<double>(counted) : 0;
   if (counted == 0) summary.worst_sqnr_db = 0;
+  summary.mean_output_rel_error = summary.held_out_layers ? sum_out / static_cast<double>(summary.held_out_layers) : 0;
   return summary;
 }
 

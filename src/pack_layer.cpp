@@ -3,10 +3,14 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <span>
 
+#include "duquant/calibration.hpp"
 #include "duquant/conformance.hpp"
+#include "duquant/digest.hpp"
+#include "duquant/smoothing.hpp"
 #include "duquant/duquant_math.hpp"
 #include "duquant/elementwise.hpp"
 #include "duquant/error.hpp"
@@ -32,20 +36,15 @@ void append_stacked(std::string& out, const std::vector<MatrixF>& blocks, std::i
 }
 
 // test_x, test_y_fp and test_y_q (docs/pack-format.md, "Conformance vectors"), from the values
-// exactly as the pack stores them; their error figures go to `quality`.
-void append_conformance(std::string& out, LayerQuality& quality, const formats::Checkpoint& ckpt, const LinearLayer& layer,
-                        const WeightView& w, const LayerTransform& t, std::span<const std::int8_t> codes,
-                        std::span<const float> scales, const QuantConfig& q) {
-  std::vector<float> bias;
-  if (layer.bias) {
-    bias.resize(layer.bias->numel);
-    ckpt.read_f32(*layer.bias, bias);
-  }
-  const std::vector<float> x = conformance_inputs(kConformanceRows, w.cols);
-  const std::vector<float> y_fp = conformance_reference_output(x, kConformanceRows, w, bias);
+// exactly as the pack stores them; their error figures go to `quality`. `x` holds the inputs
+// (kConformanceRows rows); y_fp uses the checkpoint's own weight `w_fp`.
+void append_conformance(std::string& out, LayerQuality& quality, std::span<const float> bias, const std::vector<float>& x,
+                        const WeightView& w_fp, const LayerTransform& t, std::span<const std::int8_t> codes,
+                        std::span<const float> scales, const QuantConfig& q, const ActivationContract& act) {
+  const std::vector<float> y_fp = conformance_reference_output(x, kConformanceRows, w_fp, bias);
   const std::span<const std::int64_t> perm = q.permute ? std::span<const std::int64_t>(t.perm) : std::span<const std::int64_t>();
-  const std::vector<float> y_q =
-      conformance_pack_output(x, kConformanceRows, w.rows, w.cols, perm, t.r_in, codes, scales, t.r_out, q.row_rot, bias);
+  const std::vector<float> y_q = conformance_pack_output(x, kConformanceRows, w_fp.rows, w_fp.cols, perm, t.r_in, codes,
+                                                         scales, t.r_out, q.row_rot, bias, act);
   for (std::size_t k = 0; k < y_fp.size(); ++k) {
     const double d = static_cast<double>(y_q[k]) - static_cast<double>(y_fp[k]);
     quality.conformance_fp2 += static_cast<double>(y_fp[k]) * static_cast<double>(y_fp[k]);
@@ -54,9 +53,50 @@ void append_conformance(std::string& out, LayerQuality& quality, const formats::
   for (const auto* v : {&x, &y_fp, &y_q}) append(out, v->data(), v->size() * sizeof(float));
 }
 
+// Rows `take` of a [rows, cols] call, appended to `dst`.
+void append_rows(std::vector<float>& dst, const std::vector<float>& call, std::int64_t cols,
+                 const std::vector<std::int64_t>& take) {
+  for (std::int64_t r : take) dst.insert(dst.end(), call.begin() + r * cols, call.begin() + (r + 1) * cols);
+}
+
+// `n` evenly spaced row indices of a call of `rows` rows (repeating rows when it has fewer).
+std::vector<std::int64_t> spaced_rows(std::int64_t rows, std::int64_t n) {
+  std::vector<std::int64_t> out;
+  for (std::int64_t k = 0; k < n; ++k) out.push_back(rows >= n ? k * rows / n : k % rows);
+  return out;
+}
+
+// The calls a layer's calibration reads: the first calib_steps, then up to kHeldOutCalls more.
+struct CallPlan {
+  std::size_t steps = 0, held_out = 0;
+};
+CallPlan plan_calls(const LayerCalibration& c, int calib_steps) {
+  CallPlan p;
+  const std::size_t n = c.calls->size();
+  p.steps = std::min(n, static_cast<std::size_t>(calib_steps));
+  p.held_out = std::min(n - p.steps, static_cast<std::size_t>(kHeldOutCalls));
+  return p;
+}
+
+void hash_floats(Xxh128& h, const std::vector<float>& v) { h.update(std::as_bytes(std::span(v.data(), v.size()))); }
+
 }  // namespace
 
-std::vector<TensorSpec> layer_tensor_specs(const LinearLayer& l, int wbits, const QuantConfig& q) {
+std::string calibration_input_digest(const LayerCalibration& c, int calib_steps) {
+  DQ_CHECK(c.has_calls(), internal, "calibration digest of a layer without calls");
+  const CallPlan p = plan_calls(c, calib_steps);
+  Xxh128 h;
+  std::vector<float> x;
+  for (std::size_t k = 0; k < p.steps + p.held_out; ++k) {
+    c.dump->read(c.name, (*c.calls)[k], x);
+    hash_floats(h, x);
+  }
+  hash_floats(h, c.smooth);
+  return h.hex();
+}
+
+std::vector<TensorSpec> layer_tensor_specs(const LinearLayer& l, int wbits, const QuantConfig& q, bool act_scale,
+                                           bool smooth_scale) {
   const std::uint64_t o = l.out_features, i = l.in_features;
   std::vector<TensorSpec> t;
   if (wbits <= 4)
@@ -73,6 +113,8 @@ std::vector<TensorSpec> layer_tensor_specs(const LinearLayer& l, int wbits, cons
   t.push_back({l.name + ".test_x", DType::F32, {n, i}});
   t.push_back({l.name + ".test_y_fp", DType::F32, {n, o}});
   t.push_back({l.name + ".test_y_q", DType::F32, {n, o}});
+  if (act_scale) t.push_back({l.name + ".act_scale", DType::F32, {i}});
+  if (smooth_scale) t.push_back({l.name + ".smooth_scale", DType::F32, {i}});
   return t;
 }
 
@@ -88,11 +130,19 @@ std::vector<float> load_weight(const formats::Checkpoint& ckpt, const LinearLaye
 }
 
 PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
-                       const std::filesystem::path& npz_path) {
+                       const std::filesystem::path& npz_path, const LayerCalibration& calib) {
   const LinearLayer& layer = *selected.layer;
   const std::vector<float> weights = load_weight(ckpt, layer);
-  const WeightView w{weights.data(), static_cast<std::int64_t>(layer.out_features),
-                     static_cast<std::int64_t>(layer.in_features)};
+  const std::int64_t rows = static_cast<std::int64_t>(layer.out_features), cols = static_cast<std::int64_t>(layer.in_features);
+  const WeightView w_fp{weights.data(), rows, cols};
+  const bool calibrated = calib.has_calls();
+  const bool smoothed = !calib.smooth.empty();
+  DQ_CHECK(!smoothed || (calibrated && static_cast<std::int64_t>(calib.smooth.size()) == cols), internal,
+           "layer '{}': smoothing scale of {} without calibration calls", layer.name, calib.smooth.size());
+  // With smoothing the pack is computed from W·diag(s), rounded to the checkpoint's dtype.
+  const std::vector<float> smoothed_w =
+      smoothed ? smoothed_weight(weights, rows, cols, calib.smooth, layer.weight->dtype) : std::vector<float>{};
+  const WeightView w{smoothed ? smoothed_w.data() : weights.data(), rows, cols};
 
   MatrixF w_t;
   LayerTransform t = compute_transform(w, q, &w_t);
@@ -101,8 +151,50 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
   choose_row_rotation_signs(w_t, t, q.block_out, selected.wbits);  // signs that quantize best
   apply_output_rotation(w_t, t, q.block_out);
   const QuantizedRows quant = quantize_rows(w_t, selected.wbits);
+  const std::span<const std::int64_t> perm = q.permute ? std::span<const std::int64_t>(t.perm) : std::span<const std::int64_t>();
 
-  // The runtime's npz, members in its order.
+  std::vector<float> bias;
+  if (layer.bias) {
+    bias.resize(layer.bias->numel);
+    ckpt.read_f32(*layer.bias, bias);
+  }
+
+  // Calibration: act_scale over the first calib_steps calls, then the held-out calls. The
+  // conformance inputs are rows of the first held-out call (else of the first call).
+  PackedLayer out;
+  std::vector<float> act_scale, test_x, held_x;
+  if (calibrated) {
+    const CallPlan plan = plan_calls(calib, q.calib_steps);
+    CalibrationFigures& f = out.calibration;
+    Xxh128 h;
+    ActivationCalibrator calibrator(cols, q.act_pct, q.abits);
+    std::vector<float> x;
+    for (std::size_t k = 0; k < plan.steps + plan.held_out; ++k) {
+      const formats::DumpCall& call = (*calib.calls)[k];
+      DQ_CHECK(call.cols == layer.in_features, format, "{}: layer '{}' call {} has width {}, the layer's weight [{}, {}] reads {}",
+               calib.dump->path().string(), calib.name, call.name, call.cols, rows, cols, cols);
+      calib.dump->read(calib.name, call, x);
+      hash_floats(h, x);
+      const auto n = static_cast<std::int64_t>(call.rows);
+      if (k < plan.steps) {
+        calibrator.add_call(transform_activations(x, n, cols, perm, t.r_in, calib.smooth), n);
+        f.tokens += call.rows;
+      } else {
+        append_rows(held_x, x, cols, spaced_rows(n, std::min(n, kHeldOutRowsPerCall)));
+        ++f.held_out_calls;
+      }
+      if (k == (plan.held_out > 0 ? plan.steps : 0)) append_rows(test_x, x, cols, spaced_rows(n, kConformanceRows));
+    }
+    hash_floats(h, calib.smooth);
+    f.steps = calibrator.steps();
+    f.input_xxh128 = h.hex();
+    act_scale = calibrator.act_scale();
+  } else {
+    test_x = conformance_inputs(kConformanceRows, cols);
+  }
+  const ActivationContract contract{calib.smooth, act_scale, q.abits};
+
+  // The runtime's npz, members in its order; then ours, which its loader ignores.
   formats::NpzWriter npz(npz_path);
   npz.add("weight_scale", formats::npy_f32({layer.out_features}, weight_scale));
   npz.add("meta", formats::npy_unicode_scalar(pack_meta_json(layer.in_features, layer.out_features, q)));
@@ -120,12 +212,12 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
     out_blocks.push_back(static_cast<std::int64_t>(b));
   }
   npz.add("R_out_blocks", formats::npy_i64({out_blocks.size()}, out_blocks));
+  if (calibrated) npz.add("act_scale", formats::npy_f32({layer.in_features}, act_scale));
+  if (smoothed) npz.add("smooth_scale", formats::npy_f32({layer.in_features}, calib.smooth));
   npz.commit();
 
-  PackedLayer out;
-  out.tensors = layer_tensor_specs(layer, selected.wbits, q);
+  out.tensors = layer_tensor_specs(layer, selected.wbits, q, calibrated, smoothed);
   std::string& d = out.data;
-  const std::int64_t rows = w.rows, cols = w.cols;
   // The codes as stored, read back for the conformance output.
   std::vector<std::int8_t> stored_codes;
   if (selected.wbits <= 4) {
@@ -155,16 +247,33 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
   append_stacked(d, t.r_in, q.block);
   if (q.row_rot != RowRot::off) append_stacked(d, t.r_out, q.block_out);
   if (layer.bias) {
-    const auto bias = ckpt.bytes(*layer.bias);
-    append(d, bias.data(), bias.size());
+    const auto bytes = ckpt.bytes(*layer.bias);
+    append(d, bytes.data(), bytes.size());
   }
-  append_conformance(d, out.quality, ckpt, layer, w, t, stored_codes, quant.scales, q);
+  append_conformance(d, out.quality, bias, test_x, w_fp, t, stored_codes, quant.scales, q, contract);
+  if (calibrated) append(d, act_scale.data(), act_scale.size() * sizeof(float));
+  if (smoothed) append(d, calib.smooth.data(), calib.smooth.size() * sizeof(float));
   std::uint64_t expected = 0;
   for (const TensorSpec& s : out.tensors) expected += s.nbytes();
   DQ_CHECK(expected == d.size(), internal, "layer '{}': {} bytes of tensors produced, {} declared", layer.name, d.size(),
            expected);
 
-  for (float v : weights) out.quality.weight_norm2 += static_cast<double>(v) * v;
+  // The output error users feel: held-out dumped rows through the whole contract against x Wᵀ + b.
+  if (!held_x.empty()) {
+    const auto n = static_cast<std::int64_t>(held_x.size()) / cols;
+    const std::vector<float> y_fp = conformance_reference_output(held_x, n, w_fp, bias);
+    const std::vector<float> y_q = conformance_pack_output(held_x, n, rows, cols, perm, t.r_in, stored_codes, quant.scales,
+                                                           t.r_out, q.row_rot, bias, contract);
+    for (std::size_t k = 0; k < y_fp.size(); ++k) {
+      const double e = static_cast<double>(y_q[k]) - static_cast<double>(y_fp[k]);
+      out.calibration.output_fp2 += static_cast<double>(y_fp[k]) * static_cast<double>(y_fp[k]);
+      out.calibration.output_err2 += e * e;
+    }
+    out.calibration.held_out_rows = static_cast<std::uint64_t>(n);
+  }
+
+  // Weight error of the matrix packed (W·diag(s) with smoothing).
+  for (std::int64_t k = 0; k < rows * cols; ++k) out.quality.weight_norm2 += static_cast<double>(w.data[k]) * w.data[k];
   out.quality.duquant_err2 = quant.squared_error;
   out.quality.rtn_err2 = rtn_squared_error(w, selected.wbits);
   return out;

@@ -39,10 +39,22 @@ std::vector<float> conformance_reference_output(std::span<const float> x, std::i
 // `r_out` is empty exactly when row_rot is 0. Rotation blocks are at their true widths (consecutive,
 // covering in_features / out_features). `codes` are unpacked, row-major [O, I]; codes × scales is
 // exact in double and each row's scale is applied after its sum.
+// The activation side of the contract of a calibrated pack (docs/calibration.md): x is divided by
+// `smooth` (when not empty) before the transform, x_t is computed as calibration.hpp's
+// transform_activations does (rounded to float32) and, when `act_scale` is not empty,
+// fake-quantized with it at `abits`; the weight side then proceeds from those float32 values.
+struct ActivationContract {
+  std::span<const float> smooth;
+  std::span<const float> act_scale;
+  int abits = 8;
+  bool empty() const { return smooth.empty() && act_scale.empty(); }
+};
+
 std::vector<float> conformance_pack_output(std::span<const float> x, std::int64_t rows, std::int64_t out_features,
                                            std::int64_t in_features, std::span<const std::int64_t> perm,
                                            const std::vector<MatrixF>& r_in, std::span<const std::int8_t> codes,
                                            std::span<const float> scales, const std::vector<MatrixF>& r_out,
-                                           RowRot row_rot, std::span<const float> bias);
+                                           RowRot row_rot, std::span<const float> bias,
+                                           const ActivationContract& activations = {});
 
 }  // namespace duquant

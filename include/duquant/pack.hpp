@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "duquant/quant_config.hpp"
@@ -22,6 +23,12 @@ struct PackOptions {
   bool resume = false;
   bool force = false;
   std::uint64_t max_shard_bytes = 4'000'000'000;  // quantized.safetensors is sharded past this
+  // Calibration (docs/calibration.md): an activation dump, smoothing, folding.
+  std::filesystem::path calib;                 // empty: no calibration
+  std::optional<double> smooth_alpha;          // smoothing strength α in [0, 1]; needs `calib`
+  std::filesystem::path fold_smoothing;        // write the checkpoint with 1/s folded into its norms here
+  bool strict = false;                         // selected layers missing from the dump are an error
+  std::function<void(const std::string&)> warn;  // one-line warnings (missing layers, ...)
 };
 
 struct PackProgress {
@@ -45,6 +52,10 @@ struct PackSummary {
   double mean_sqnr_db = 0, worst_sqnr_db = 0, mean_rtn_sqnr_db = 0;
   std::string worst_layer;
   int shards = 0;
+  // Calibration
+  std::size_t calibrated = 0, smoothed = 0, held_out_layers = 0;
+  double mean_output_rel_error = 0, worst_output_rel_error = 0;  // over layers with held-out calls
+  std::string worst_output_layer;
 };
 
 // Runs the pack. `progress` is called after each layer. Throws duquant::Error.

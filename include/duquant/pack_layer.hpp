@@ -9,6 +9,7 @@
 
 #include "duquant/quant_config.hpp"
 #include "duquant/selection.hpp"
+#include "formats/calib_dump.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "formats/safetensors_writer.hpp"
 
@@ -23,24 +24,59 @@ struct LayerQuality {
   double conformance_err2 = 0;  // ||test_y_q - test_y_fp||^2
 };
 
+// A layer's calibration input (docs/calibration.md). Without calls the layer is packed as before:
+// no act_scale, synthetic conformance inputs.
+struct LayerCalibration {
+  const formats::CalibDump* dump = nullptr;
+  std::string name;                                       // the layer's group in the dump
+  const std::vector<formats::DumpCall>* calls = nullptr;  // null: the layer is not in the dump
+  std::vector<float> smooth;                              // empty: no smoothing
+  bool has_calls() const { return dump != nullptr && calls != nullptr && !calls->empty(); }
+};
+
+// At most this many calls after the first calib_steps are held out to measure the output error,
+// with at most kHeldOutRowsPerCall evenly spaced rows of each.
+inline constexpr int kHeldOutCalls = 4;
+inline constexpr std::int64_t kHeldOutRowsPerCall = 16;
+
+// What calibration measured for a layer.
+struct CalibrationFigures {
+  int steps = 0;                   // calls the act_scale was taken over
+  std::uint64_t tokens = 0;        // rows of those calls
+  int held_out_calls = 0;
+  std::uint64_t held_out_rows = 0;
+  double output_fp2 = 0;           // ||y_fp||^2 over the held-out rows
+  double output_err2 = 0;          // ||y_q - y_fp||^2, the pack's contract with quantized activations
+  std::string input_xxh128;        // digest of every dump value read and of the smoothing scale
+};
+
+// Reads the calls a layer's calibration uses and returns their digest (CalibrationFigures::input_xxh128)
+// without computing anything else: how --resume recognises a finished layer.
+std::string calibration_input_digest(const LayerCalibration& c, int calib_steps);
+
 struct PackedLayer {
   std::vector<formats::TensorSpec> tensors;  // in quantized.safetensors order
   std::string data;                          // their bytes, back to back
   LayerQuality quality;
+  CalibrationFigures calibration;  // steps == 0 without calibration
 };
 
 // Tensors a layer contributes to quantized.safetensors (known before packing: the header is
 // written first): L.qweight, L.scales, L.perm (if permuting), L.R_in, L.R_out (unless row_rot is
 // 0), L.bias (if any, in its stored dtype), then the conformance vectors L.test_x [4, I],
-// L.test_y_fp [4, O] and L.test_y_q [4, O] (F32).
-std::vector<formats::TensorSpec> layer_tensor_specs(const LinearLayer& layer, int wbits, const QuantConfig& q);
+// L.test_y_fp [4, O] and L.test_y_q [4, O] (F32); with calibration L.act_scale [I] (F32), and with
+// smoothing L.smooth_scale [I] (F32).
+std::vector<formats::TensorSpec> layer_tensor_specs(const LinearLayer& layer, int wbits, const QuantConfig& q,
+                                                    bool act_scale = false, bool smooth_scale = false);
 
 // Converts the layer's weight to float32 and checks it: NaN or Inf is duquant::Error (numeric)
 // naming the layer and the first bad [row, column].
 std::vector<float> load_weight(const formats::Checkpoint& ckpt, const LinearLayer& layer);
 
-// Packs the layer: writes `npz_path` (atomically) and returns its safetensors tensors.
+// Packs the layer: writes `npz_path` (atomically) and returns its safetensors tensors. With
+// calibration calls the npz gains `act_scale` (and `smooth_scale` with smoothing) after the
+// reference members, the conformance inputs are dumped rows and the output error is measured.
 PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
-                       const std::filesystem::path& npz_path);
+                       const std::filesystem::path& npz_path, const LayerCalibration& calibration = {});
 
 }  // namespace duquant
