@@ -194,6 +194,22 @@ Manifest parse_manifest(const json& j, const std::string& label) {
     const json& conf = r.field(e, p, "conformance");
     l.conformance_rows = r.count(conf, p + ".conformance", "rows", 1);
     l.conformance_rel_error = r.optional_number(conf, p + ".conformance", "rel_error_q_vs_fp");
+    // Calibration and smoothing (absent or null: neither).
+    if (e.contains("calibration") && !e.at("calibration").is_null()) {
+      const json& c = e.at("calibration");
+      DQ_CHECK(c.is_object(), format, "{}: {}.calibration: expected an object or null", label, p);
+      l.calibrated = true;
+      l.calib_steps = r.count(c, p + ".calibration", "steps", 1);
+      DQ_CHECK(l.calib_steps <= static_cast<std::uint64_t>(m.config.quant.calib_steps), format,
+               "{}: {}.calibration.steps: {} calls, more than config.calib_steps {}", label, p, l.calib_steps,
+               m.config.quant.calib_steps);
+      l.output_rel_error = r.optional_number(c, p + ".calibration", "output_rel_error");
+    }
+    if (e.contains("smoothing") && !e.at("smoothing").is_null()) {
+      DQ_CHECK(e.at("smoothing").is_object(), format, "{}: {}.smoothing: expected an object or null", label, p);
+      DQ_CHECK(l.calibrated, format, "{}: {}: smoothed but not calibrated", label, p);
+      l.smoothed = true;
+    }
     m.layers.push_back(std::move(l));
   }
   return m;

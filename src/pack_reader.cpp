@@ -207,6 +207,12 @@ NpzLayer read_npz_layer(const fs::path& path) {
     if (parse_block_key(key, "Rin_", b)) l.r_in.emplace_back(b, matrix_of(npz.at(key), member_label(key)));
     if (parse_block_key(key, "Rout_", b)) l.r_out.emplace_back(b, matrix_of(npz.at(key), member_label(key)));
   }
+  for (auto [key, shape, values] : {std::tuple{"act_scale", &l.act_scale_shape, &l.act_scale},
+                                    std::tuple{"smooth_scale", &l.smooth_scale_shape, &l.smooth_scale}}) {
+    if (!npz.contains(key)) continue;
+    *shape = npz.at(key).shape;
+    *values = formats::npy_to_f32(npz.at(key), member_label(key));
+  }
   auto by_index = [](const auto& a, const auto& b) { return a.first < b.first; };
   std::sort(l.r_in.begin(), l.r_in.end(), by_index);
   std::sort(l.r_out.begin(), l.r_out.end(), by_index);
@@ -346,6 +352,8 @@ std::optional<QuantizedLayerTensors> PackDirectory::quantized_layer(const std::s
              "{}: layer '{}': test_x has {} rows, test_y_fp {}, test_y_q {}", label, layer, t.test_rows, yf->shape[0],
              yq->shape[0]);
   }
+  if (const formats::TensorRef* a = q->find(layer + ".act_scale")) t.act_scale = read_vector_f32(*q, *a, i, label);
+  if (const formats::TensorRef* sm = q->find(layer + ".smooth_scale")) t.smooth_scale = read_vector_f32(*q, *sm, i, label);
   return t;
 }
 

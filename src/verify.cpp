@@ -11,6 +11,7 @@
 #include "duquant/pack_layer.hpp"
 #include "duquant/pack_layout.hpp"
 #include "duquant/selection.hpp"
+#include "duquant/smoothing.hpp"
 #include "verify_checks.hpp"
 
 namespace duquant {
@@ -175,20 +176,25 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
     } catch (const Error& e) {
       sink.add(Level::fail, "quantized", "{}", e.what());
     }
-    if (q && usable) check_quantized(*q, *npz, manifest->config.quant.row_rot, sink);
+    if (q && usable) check_quantized(*q, *npz, manifest->config.quant.row_rot, manifest->config.quant.abits, sink);
     if (q && entry != nullptr) check_manifest_entry(pack, *entry, *q, sink);
   }
   const bool quantized_sound = q && !sink.failed("quantized") && !sink.failed("codes") && !sink.failed("scales") &&
                                !sink.failed("quantized-npz");
 
   std::optional<CheckpointFacts> facts;
-  std::vector<float> weights;
+  std::vector<float> weights, smoothed;
   if (linear != nullptr && usable && !sink.failed("meta")) {
     try {
       weights = load_weight(ck->ckpt, *linear);
       facts.emplace();
       facts->w = WeightView{weights.data(), static_cast<std::int64_t>(linear->out_features),
                             static_cast<std::int64_t>(linear->in_features)};
+      facts->w_fp = facts->w;
+      if (!npz->smooth_scale.empty() && npz->smooth_scale.size() == linear->in_features) {
+        smoothed = smoothed_weight(weights, facts->w.rows, facts->w.cols, npz->smooth_scale, linear->weight->dtype);
+        facts->w.data = smoothed.data();
+      }
       facts->weight_digest = xxh128_hex(ck->ckpt.bytes(*linear->weight));
       if (linear->bias) {
         facts->bias.resize(linear->bias->numel);

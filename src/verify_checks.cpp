@@ -293,10 +293,40 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
     usable = false;
   }
   sink.v.numbers["max_orthogonality_error"] = worst;
+
+  // Calibration members: [I], finite, positive (act_scale is floored at 1e-6 by construction).
+  for (auto [key, shape, values] : {std::tuple{"act_scale", &npz.act_scale_shape, &npz.act_scale},
+                                    std::tuple{"smooth_scale", &npz.smooth_scale_shape, &npz.smooth_scale}}) {
+    if (shape->empty() && values->empty()) continue;
+    if (*shape != std::vector<std::uint64_t>{m.in_features}) {
+      sink.add(Level::fail, "calibration", "{} has {} values in {} dimension(s); expected ({},)", key, values->size(),
+               shape->size(), m.in_features);
+      usable = false;
+      continue;
+    }
+    for (std::size_t j = 0; j < values->size(); ++j)
+      if (!(std::isfinite((*values)[j]) && (*values)[j] > 0)) {
+        sink.add(Level::fail, "calibration", "{}[{}] is {}; scales must be finite and positive", key, j, (*values)[j]);
+        usable = false;
+        break;
+      }
+  }
+  if (!npz.smooth_scale.empty()) {
+    if (npz.act_scale.empty()) sink.add(Level::fail, "calibration", "smooth_scale without act_scale");
+    sink.add(Level::warn, "smooth-scale",
+             "the layer carries smooth_scale, which the Python runtime ignores: give it the checkpoint written by "
+             "--fold-smoothing, or use a runtime that divides activations by smooth_scale");
+  }
+  if (e.entry != nullptr && e.entry->calibrated != !npz.act_scale.empty())
+    sink.add(Level::fail, "calibration", "the manifest says the layer is {}calibrated, the npz {} act_scale",
+             e.entry->calibrated ? "" : "not ", npz.act_scale.empty() ? "has no" : "has");
+  if (e.entry != nullptr && e.entry->smoothed != !npz.smooth_scale.empty())
+    sink.add(Level::fail, "calibration", "the manifest says the layer is {}smoothed, the npz {} smooth_scale",
+             e.entry->smoothed ? "" : "not ", npz.smooth_scale.empty() ? "has no" : "has");
   return usable;
 }
 
-void check_quantized(const QuantizedLayerTensors& q, const NpzLayer& npz, RowRot row_rot, Sink& sink) {
+void check_quantized(const QuantizedLayerTensors& q, const NpzLayer& npz, RowRot row_rot, int abits, Sink& sink) {
   if (q.out_features != npz.meta.out_features || q.in_features != npz.meta.in_features) {
     sink.add(Level::fail, "quantized", "quantized tensors are [{}, {}], meta says [{}, {}]", q.out_features, q.in_features,
              npz.meta.out_features, npz.meta.in_features);
@@ -333,17 +363,26 @@ void check_quantized(const QuantizedLayerTensors& q, const NpzLayer& npz, RowRot
   if (!same_blocks(q.r_out, npz.r_out))
     sink.add(Level::fail, "quantized-npz", "R_out in quantized.safetensors differs from the npz's Rout_*");
 
+  if (q.act_scale != npz.act_scale)
+    sink.add(Level::fail, "quantized-npz", "act_scale in quantized.safetensors ({} values) differs from the npz's ({})",
+             q.act_scale.size(), npz.act_scale.size());
+  if (q.smooth_scale != npz.smooth_scale)
+    sink.add(Level::fail, "quantized-npz", "smooth_scale in quantized.safetensors ({} values) differs from the npz's ({})",
+             q.smooth_scale.size(), npz.smooth_scale.size());
+
   if (q.test_x.empty()) {
     sink.add(Level::warn, "conformance", "no conformance vectors (test_x, test_y_fp, test_y_q)");
     return;
   }
   const auto rows = static_cast<std::int64_t>(q.test_rows);
-  if (conformance_inputs(rows, static_cast<std::int64_t>(q.in_features)) != q.test_x)
+  // Calibrated packs take their conformance inputs from the dump.
+  if (q.act_scale.empty() && conformance_inputs(rows, static_cast<std::int64_t>(q.in_features)) != q.test_x)
     sink.add(Level::warn, "conformance", "test_x is not duquant's deterministic input (recomputing from it anyway)");
-  if (sink.failed("codes") || sink.failed("scales") || sink.failed("quantized-npz")) return;
+  if (sink.failed("codes") || sink.failed("scales") || sink.failed("quantized-npz") || sink.failed("calibration")) return;
   const std::vector<float> y = conformance_pack_output(q.test_x, rows, static_cast<std::int64_t>(q.out_features),
                                                        static_cast<std::int64_t>(q.in_features), q.perm, q.r_in, q.codes,
-                                                       q.scales, q.r_out, row_rot, q.bias);
+                                                       q.scales, q.r_out, row_rot, q.bias,
+                                                       ActivationContract{q.smooth_scale, q.act_scale, abits});
   const double d = max_relative_difference(y, q.test_y_q);
   sink.v.numbers["test_y_q_max_rel_diff"] = d;
   if (!(d <= kConformanceTolerance))
@@ -436,7 +475,8 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
   }
   // test_y_fp from the checkpoint.
   if (q != nullptr && !q->test_x.empty()) {
-    const std::vector<float> y = conformance_reference_output(q->test_x, static_cast<std::int64_t>(q->test_rows), w, ck.bias);
+    const std::vector<float> y =
+        conformance_reference_output(q->test_x, static_cast<std::int64_t>(q->test_rows), ck.w_fp, ck.bias);
     const double d = max_relative_difference(y, q->test_y_fp);
     sink.v.numbers["test_y_fp_max_rel_diff"] = d;
     if (!(d <= kConformanceTolerance))
@@ -447,6 +487,11 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
 void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* q, const NpzLayer& ref,
                              const CheckpointFacts* ck, int wbits, Sink& sink) {
   const PackMeta &a = ours.meta, &b = ref.meta;
+  if (!ours.smooth_scale.empty()) {
+    sink.add(Level::info, "reference-smoothed",
+             "the layer is smoothed: its transform is computed from W·diag(s), so it is not compared with the reference's");
+    return;
+  }
   if (a.in_features != b.in_features || a.out_features != b.out_features || a.block_size != b.block_size ||
       a.block_out_size != b.block_out_size || a.enable_permute != b.enable_permute || a.lambda_smooth != b.lambda_smooth) {
     sink.add(Level::fail, "reference-meta", "meta differs: ours {}, the reference's {}", ours.meta_text, ref.meta_text);

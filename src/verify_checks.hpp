@@ -37,12 +37,13 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink);
 
 // quantized.safetensors against itself and the npz: code range, scales, same perm and rotations,
 // conformance vectors recomputed from the stored tensors.
-void check_quantized(const QuantizedLayerTensors& q, const NpzLayer& npz, RowRot row_rot, Sink& sink);
+void check_quantized(const QuantizedLayerTensors& q, const NpzLayer& npz, RowRot row_rot, int abits, Sink& sink);
 
 // Against the checkpoint's weight `w` (float32) and bias: digest, perm and rotations fitting the
 // weight, exact transform, quality, test_y_fp.
 struct CheckpointFacts {
-  WeightView w;
+  WeightView w;      // the weight the pack was computed from: W·diag(smooth_scale) for smoothed layers
+  WeightView w_fp;   // the checkpoint's weight, for test_y_fp
   std::vector<float> bias;
   std::string weight_digest;
 };

@@ -38,6 +38,10 @@ struct ManifestLayer {
   std::optional<double> duquant_sqnr_db, rtn_sqnr_db;
   std::uint64_t conformance_rows = 0;             // rows of test_x / test_y_*
   std::optional<double> conformance_rel_error;    // ‖test_y_q − test_y_fp‖ / ‖test_y_fp‖
+  bool calibrated = false;                        // "calibration" is an object: act_scale expected
+  std::uint64_t calib_steps = 0;
+  std::optional<double> output_rel_error;         // on held-out calls, null when not measured
+  bool smoothed = false;                          // "smoothing" is an object: smooth_scale expected
 };
 
 struct Manifest {

@@ -46,6 +46,9 @@ struct NpzLayer {
   std::vector<std::int64_t> perm;
   std::vector<std::int64_t> r_in_blocks, r_out_blocks;
   std::vector<std::pair<std::int64_t, MatrixF>> r_in, r_out;  // (block index, matrix) as found: Rin_<b>
+  // Calibration members (docs/calibration.md), empty when absent; shapes as found.
+  std::vector<float> act_scale, smooth_scale;
+  std::vector<std::uint64_t> act_scale_shape, smooth_scale_shape;
 };
 
 // Reads `path` (an .npz). Throws duquant::Error (format/io) naming the file and member.
@@ -61,6 +64,7 @@ struct QuantizedLayerTensors {
   std::vector<MatrixF> r_in, r_out;          // per block, cut to the block's width (padding dropped)
   std::vector<float> bias;                   // [O] as float32, or empty
   std::vector<float> test_x, test_y_fp, test_y_q;  // conformance vectors, or empty
+  std::vector<float> act_scale, smooth_scale;      // [I] (calibrated / smoothed packs), or empty
   std::uint64_t test_rows = 0;
 };
 
