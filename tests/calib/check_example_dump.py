@@ -10,10 +10,13 @@
    contiguous layout, and the values.
 3. `duquant pack --calib <dump> --calib-steps 3`: every layer's act_scale is recomputed in numpy
    (x[:, perm], blocks times Rin_b in float64, 99.9 % quantile with linear interpolation, running
-   max, / 127) and must agree to 1e-5 relative; the manifest records the calibration; a
-   safetensors dump of the same data gives the same act_scale.
-4. Hostile dumps: a layer of the wrong width (exit 3, the message names the layer and both
-   widths); a layer missing from the dump (a warning naming it; an error with --strict).
+   max over the calls, / 127) and must agree to 1e-5 relative; the manifest records the
+   calibration (source, steps, tokens, held-out calls and rows, output error); `duquant verify
+   --checkpoint` accepts the pack; a safetensors dump of the same data gives the same act_scale.
+4. Hostile dumps: a layer of the wrong width (exit 3 before any work, the message names the layer
+   and both widths); a layer missing from the dump (a warning naming it, no act_scale, listed in
+   the manifest; exit 3 with --strict); a missing layer whose input siblings are dumped (k_proj
+   next to q/v_proj) uses a sibling's calls without a warning.
 
 Exit 0 pass, 1 fail, 77 skip (no numpy/h5py, or a duquant without --calib).
 """
@@ -330,14 +333,28 @@ entries = {e["name"]: e for e in manifest["layers"]}
 check(sorted(entries) == sorted(layers), f"manifest layers {sorted(entries)}")
 if layers[0] in entries:
     print("manifest calibration entry:", json.dumps(entries[layers[0]].get("calibration")))
+top = manifest.get("calibration")
+if check(isinstance(top, dict), f"manifest: top-level calibration is {top!r}"):
+    check(top.get("dump") == os.path.basename(dump) and top.get("container") == "hdf5" and
+          top.get("missing_layers") == [], f"manifest: top-level calibration {json.dumps(top)}")
+held_max = (top or {}).get("held_out_calls_max", 4)
+rows_max = (top or {}).get("held_out_rows_per_call_max", 16)
 for name in layers:
     cal = entries.get(name, {}).get("calibration")
     if not check(isinstance(cal, dict), f"manifest: {name} has no calibration object"):
         continue
-    check(cal.get("steps") == STEPS, f"manifest: {name}: calibration.steps = {cal.get('steps')}, expected {STEPS}")
-    if "held_out_calls" in cal:
-        check(cal["held_out_calls"] == N_CALLS - STEPS,
-              f"manifest: {name}: held_out_calls = {cal['held_out_calls']}, expected {N_CALLS - STEPS}")
+    calls = expected[name]
+    held = calls[STEPS:STEPS + held_max]
+    want = {"source": name, "steps": STEPS, "tokens": sum(v.shape[0] for _, v in calls[:STEPS]),
+            "held_out_calls": len(held), "held_out_rows": sum(min(rows_max, v.shape[0]) for _, v in held)}
+    got = {k: cal.get(k) for k in want}
+    check(got == want, f"manifest: {name}: calibration {got}, expected {want}")
+    err_q = cal.get("output_rel_error")
+    check(isinstance(err_q, float) and 0 < err_q < 1,
+          f"manifest: {name}: output_rel_error {err_q!r} (held-out calls exist, so it must be measured)")
+
+rc, out, err = run(["verify", pack, "--checkpoint", CKPT])
+check(rc == 0, f"duquant verify of the calibrated pack exited {rc}:\n{out[-2000:]}\n{err[-2000:]}")
 
 # The same activations as safetensors give the same act_scale.
 pack_st = fresh(os.path.join(WORK, "pack-st"))
@@ -351,44 +368,68 @@ if check(rc == 0, f"duquant pack --calib <safetensors dump> exited {rc}:\n{err}"
 # ------------------------------------------------------------------------------------------------
 # 4. Hostile dumps
 # ------------------------------------------------------------------------------------------------
-def write_plain(path, skip=None, wide=None, calls=3):
+def write_plain(path, skip=(), wide=None, calls=3):
+    """Plain h5py dump, 3 float32 calls of 20 rows per layer; returns layer -> calls as stored."""
+    data = {}
     with h5py.File(fresh(path), "w") as f:
         for name in layers:
-            if name == skip:
+            if name in skip:
                 continue
             width = widths[name] + (1 if name == wide else 0)
+            data[name] = []
             for c in range(calls):
-                f.create_dataset(f"{name}/x_%04d" % c, data=rng.standard_normal((20, width)).astype(np.float32))
-    return path
+                x = (rng.standard_normal((20, width)) * rng.uniform(0.5, 3.0, size=width)).astype(np.float32)
+                f.create_dataset(f"{name}/x_%04d" % c, data=x)
+                data[name].append(("float32", x))
+    return path, data
 
 
-wide = layers[3]
-bad = write_plain(os.path.join(WORK, "wide.h5"), wide=wide)
-rc, out, err = run(["pack", CKPT, "-o", fresh(os.path.join(WORK, "pack-wide")), "--scope", SCOPE, "--calib", bad,
-                    "--calib-steps", "3"])
+wide = f"{SCOPE}layers.1.mlp.up_proj"
+bad, _ = write_plain(os.path.join(WORK, "wide.h5"), wide=wide)
+pack_wide = fresh(os.path.join(WORK, "pack-wide"))
+rc, out, err = run(["pack", CKPT, "-o", pack_wide, "--scope", SCOPE, "--calib", bad, "--calib-steps", "3"])
 msg = [line for line in err.splitlines() if "error" in line]
 print("wrong width:", rc, msg[:1])
 check(rc == 3, f"a dump with a wrong width must exit 3, got {rc}: {err.strip()}")
 check(any(wide in line and str(widths[wide]) in line and str(widths[wide] + 1) in line for line in msg),
       f"the error must name {wide}, {widths[wide]} and {widths[wide] + 1}: {err.strip()}")
+check(not os.path.exists(pack_wide) or not any(f.endswith(".npz") for f in os.listdir(pack_wide)),
+      "a width error must stop the run before any layer is written")
 
-missing = layers[5]
-partial = write_plain(os.path.join(WORK, "missing.h5"), skip=missing)
-rc, out, err = run(["pack", CKPT, "-o", fresh(os.path.join(WORK, "pack-missing")), "--scope", SCOPE, "--calib",
-                    partial, "--calib-steps", "3"])
+# o_proj reads its own input: missing from the dump, it gets no act_scale (a warning; --strict:
+# exit 3). k_proj shares its input with q_proj and v_proj: it uses a sibling's calls, silently.
+missing = f"{SCOPE}layers.0.self_attn.o_proj"
+shared = f"{SCOPE}layers.1.self_attn.k_proj"
+partial, plain = write_plain(os.path.join(WORK, "missing.h5"), skip=(missing, shared))
+pack_missing = fresh(os.path.join(WORK, "pack-missing"))
+rc, out, err = run(["pack", CKPT, "-o", pack_missing, "--scope", SCOPE, "--calib", partial, "--calib-steps", "3"])
 warn = [line for line in err.splitlines() if "warning" in line and missing in line]
 print("missing layer:", rc, warn[:1])
 check(rc == 0, f"a dump lacking a layer must still pack (with a warning), got {rc}: {err.strip()}")
 check(bool(warn), f"no warning naming {missing}: {err.strip()}")
+check(not any(shared in line for line in err.splitlines() if "warning" in line),
+      f"{shared} has dumped siblings and must not be reported missing: {err.strip()}")
 if rc == 0:
-    with np.load(os.path.join(WORK, "pack-missing", missing + ".npz")) as npz:
-        print(f"  {missing}.npz members without calibration: {npz.files}")
-if lists_option(help_out + help_err, "--strict"):
-    rc, out, err = run(["pack", CKPT, "-o", fresh(os.path.join(WORK, "pack-missing-strict")), "--scope", SCOPE,
-                        "--calib", partial, "--calib-steps", "3", "--strict"])
-    print("missing layer, --strict:", rc, [l for l in err.splitlines() if "error" in l][:1])
-    check(rc != 0 and missing in err, f"--strict with a layer missing from the dump must fail naming it: {rc} {err.strip()}")
-else:
-    fail("`duquant pack --help` does not list --strict")
+    with np.load(os.path.join(pack_missing, missing + ".npz")) as npz:
+        check("act_scale" not in npz.files, f"{missing}: act_scale without calls ({npz.files})")
+    with open(os.path.join(pack_missing, "manifest.json")) as f:
+        m = json.load(f)
+    check((m.get("calibration") or {}).get("missing_layers") == [missing],
+          f"manifest missing_layers {(m.get('calibration') or {}).get('missing_layers')!r}, expected [{missing}]")
+    ents = {e["name"]: e for e in m["layers"]}
+    check(ents[missing].get("calibration") is None, f"{missing}: calibration {ents[missing].get('calibration')!r}")
+    source = (ents[shared].get("calibration") or {}).get("source")
+    siblings = [shared.replace("k_proj", "q_proj"), shared.replace("k_proj", "v_proj")]
+    if check(source in siblings, f"{shared}: calibration.source {source!r}, expected one of {siblings}"):
+        with np.load(os.path.join(pack_missing, shared + ".npz")) as npz:
+            want = expected_act_scale(npz, plain[source])
+            got = npz["act_scale"].astype(np.float64)
+        rel = float(np.max(np.abs(got - want) / want))
+        print(f"  {shared}: act_scale from {source.rsplit('.', 2)[-2:]} calls, worst relative difference {rel:.3g}")
+        check(rel <= REL_TOL, f"{shared}: act_scale from its sibling's calls differs by {rel:.3g}")
+rc, out, err = run(["pack", CKPT, "-o", fresh(os.path.join(WORK, "pack-missing-strict")), "--scope", SCOPE,
+                    "--calib", partial, "--calib-steps", "3", "--strict"])
+print("missing layer, --strict:", rc, [line for line in err.splitlines() if "error" in line][:1])
+check(rc == 3 and missing in err, f"--strict with a layer missing from the dump must exit 3 naming it: {rc} {err.strip()}")
 
 finish()
