@@ -2,7 +2,9 @@
 # The main job on the embedded default: installs what is missing, builds, writes the synthetic
 # pi0.5-shaped checkpoint (`duquant synth`), lists what every preset selects from it, and packs
 # its language model and action expert (preset openpi-full) into demo/pack, verifies the pack
-# against the checkpoint and writes its inspection report (demo/report.html).
+# against the checkpoint and writes its inspection report (demo/report.html); then calibrates the
+# action expert from a synthetic activation dump (static activation scales, smoothing folded into
+# a copy of the checkpoint, the W4A8 output error on held-out calls).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-deps.sh"
@@ -37,3 +39,14 @@ echo "== duquant inspect demo/pack --html demo/report.html (the layers that hurt
 "$dq" inspect "$demo/pack" --checkpoint "$demo/pi05_synth.safetensors" --html "$demo/report.html" > "$demo/inspect.txt"
 head -n 24 "$demo/inspect.txt"
 echo "   ... (all of it in demo/inspect.txt; the chart in demo/report.html)"
+
+echo
+echo "== duquant pack demo/pi05_synth.safetensors -o demo/pack-a8 --preset openpi-dit --calib demo/acts.h5 --smooth-alpha 0.5"
+/usr/bin/python3 "$root/examples/synthetic_dump.py" "$demo/pi05_synth.safetensors" "$demo/acts.h5" \
+  --scope paligemma_with_expert.gemma_expert.model. --calls 12 --rows 256
+"$dq" pack "$demo/pi05_synth.safetensors" -o "$demo/pack-a8" --preset openpi-dit --calib "$demo/acts.h5" \
+  --calib-steps 8 --smooth-alpha 0.5 --fold-smoothing "$demo/pi05_synth-smoothed.safetensors" --force > "$demo/pack-a8.log"
+tail -n 8 "$demo/pack-a8.log"
+echo "== duquant verify demo/pack-a8 --checkpoint demo/pi05_synth.safetensors (WARN: smooth_scale needs the folded checkpoint)"
+"$dq" verify "$demo/pack-a8" --checkpoint "$demo/pi05_synth.safetensors" --quiet > "$demo/verify-a8.txt"
+tail -n 1 "$demo/verify-a8.txt"

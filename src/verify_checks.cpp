@@ -314,8 +314,7 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
   if (!npz.smooth_scale.empty()) {
     if (npz.act_scale.empty()) sink.add(Level::fail, "calibration", "smooth_scale without act_scale");
     sink.add(Level::warn, "smooth-scale",
-             "the layer carries smooth_scale, which the Python runtime ignores: give it the checkpoint written by "
-             "--fold-smoothing, or use a runtime that divides activations by smooth_scale");
+             "smooth_scale is ignored by the Python runtime (load the --fold-smoothing checkpoint with this pack)");
   }
   if (e.entry != nullptr && e.entry->calibrated != !npz.act_scale.empty())
     sink.add(Level::fail, "calibration", "the manifest says the layer is {}calibrated, the npz {} act_scale",
