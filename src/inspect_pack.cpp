@@ -125,6 +125,13 @@ PackLayerInfo read_manifest_layer(const json& entry, std::size_t index, const st
     l.duquant = read_quality(q.object("duquant"));
     l.rtn = read_quality(q.object("rtn"));
   }
+  if (const json* c = f.find("calibration"); c != nullptr && !c->is_null()) {
+    if (!c->is_object()) f.wrong("calibration", *c, "an object or null");
+    l.calibrated = true;
+    const auto e = c->find("output_rel_error");
+    if (e != c->end() && e->is_number()) l.output_rel_error = e->get<double>();
+  }
+  if (const json* sm = f.find("smoothing"); sm != nullptr && !sm->is_null()) l.smoothed = true;
   const json& config = report.config;
   if (const auto p = config.find("permute"); p != config.end() && p->is_boolean()) l.permute = p->get<bool>();
   if (const auto s = config.find("lambda_smooth"); s != config.end() && s->is_number()) l.lambda_smooth = s->get<double>();

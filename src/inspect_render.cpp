@@ -278,16 +278,17 @@ std::string pack_text(const PackReport& r) {
   const std::string prefix = common_name_prefix(r.layers);
   const bool any_heads = std::any_of(r.layers.begin(), r.layers.end(), [](const auto& l) { return !l.heads.empty(); });
   const std::size_t name_width = any_heads ? 34 : 44;
+  const bool any_calib = std::any_of(r.layers.begin(), r.layers.end(), [](const PackLayerInfo& l) { return l.calibrated; });
   std::size_t width = 5;
   for (const auto& l : r.layers) width = std::max(width, std::min(name_width, l.name.size() - prefix.size()));
   out += "\n";
   if (r.has_manifest) {
     out += "per-layer quality, worst DuQuant SQNR first";
     out += prefix.empty() ? std::string(":\n") : fmt::format("; names after\n'{}':\n", prefix);
-    out += fmt::format("{:>3}  {:<{}}  {:>10} {:>2} {:>8} {:>8} {:>7} {:>7}{}\n", "#", "layer", width, "shape", "W",
-                       "DuQuant", "RTN", "gain", "rel.err", any_heads ? "  worst head" : "");
-    out += fmt::format("{:>3}  {:<{}}  {:>10} {:>2} {:>8} {:>8} {:>7} {:>7}{}\n", "", "", width, "[out x in]", "",
-                       "dB", "dB", "dB", "", any_heads ? "  (rel.err, dB)" : "");
+    out += fmt::format("{:>3}  {:<{}}  {:>10} {:>2} {:>8} {:>8} {:>7} {:>7}{}{}\n", "#", "layer", width, "shape", "W",
+                       "DuQuant", "RTN", "gain", "rel.err", any_calib ? "  out.err" : "", any_heads ? "  worst head" : "");
+    out += fmt::format("{:>3}  {:<{}}  {:>10} {:>2} {:>8} {:>8} {:>7} {:>7}{}{}\n", "", "", width, "[out x in]", "",
+                       "dB", "dB", "dB", "", any_calib ? "  W·A    " : "", any_heads ? "  (rel.err, dB)" : "");
   } else {
     out += prefix.empty() ? std::string("layers:\n") : fmt::format("layers; names after '{}':\n", prefix);
     out += fmt::format("{:>3}  {:<{}}  {:>10} {:>6} {:>6} {:>5} {:>7} {:>10}{}\n", "#", "layer", width, "shape",
@@ -311,8 +312,12 @@ std::string pack_text(const PackReport& r) {
         if (l.duquant->sqnr_db && l.rtn->sqnr_db) gain = fmt::format("{:+.2f}", *l.duquant->sqnr_db - *l.rtn->sqnr_db);
         rel = fmt::format("{:.4f}", l.duquant->rel_fro_error);
       }
-      out += fmt::format("{:>3}  {:<{}}  {:>10} {:>2} {:>8} {:>8} {:>7} {:>7}{}\n", i, name, width, shape, l.wbits, dq,
-                         rtn, gain, rel, head);
+      std::string calib;
+      if (any_calib)
+        calib = fmt::format("  {:>7}{}", l.output_rel_error ? fmt::format("{:.4f}", *l.output_rel_error) : std::string("-"),
+                            l.smoothed ? "s" : " ");
+      out += fmt::format("{:>3}  {:<{}}  {:>10} {:>2} {:>8} {:>8} {:>7} {:>7}{}{}\n", i, name, width, shape, l.wbits, dq,
+                         rtn, gain, rel, calib, head);
     } else {
       out += fmt::format("{:>3}  {:<{}}  {:>10} {:>6} {:>6} {:>5} {:>7} {:>10}{}\n", i, name, width, shape, l.block,
                          l.block_out, l.permute ? "on" : "off", fmt::format("{:g}", l.lambda_smooth),
@@ -373,6 +378,8 @@ ojson pack_json(const PackReport& r) {
     } else {
       e["quality"] = nullptr;
     }
+    e["calibration"] = l.calibrated ? ojson{{"output_rel_error", opt(l.output_rel_error)}, {"smoothed", l.smoothed}}
+                                    : ojson(nullptr);
     if (!l.heads.empty()) {
       ojson h;
       h["head_dim"] = l.head_dim;

@@ -131,6 +131,9 @@ struct PackLayerInfo {
   std::uint64_t npz_bytes = 0;
   std::string weight_xxh128;
   std::optional<Quality> duquant, rtn;
+  // Calibrated packs: the output error on held-out calls (null: not measured) and smoothing.
+  bool calibrated = false, smoothed = false;
+  std::optional<double> output_rel_error;
   // Per-head error (inspect --checkpoint with a known head dimension).
   std::int64_t head_dim = 0;
   std::vector<HeadError> heads;
