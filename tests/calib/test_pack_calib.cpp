@@ -146,6 +146,12 @@ TEST_F(PackCalib, HeldOutCallsGiveTheOutputErrorAndDumpedConformanceRows) {
   }
   const auto v = test::run_cli({"verify", (dir_ / "pack").string(), "--checkpoint", test::tiny_checkpoint().string(), "--strict"});
   EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
+  // inspect shows the output error column, with the manifest's figure of each layer.
+  const auto in = test::run_cli({"inspect", (dir_ / "pack").string()});
+  ASSERT_EQ(in.exit_code, 0) << in.err;
+  EXPECT_NE(in.out.find("out.err"), std::string::npos) << in.out;
+  const double first = manifest_layer(m, layers_[0]->name).at("calibration").at("output_rel_error").get<double>();
+  EXPECT_NE(in.out.find(fmt::format("{:.4f}", first)), std::string::npos) << in.out;
 }
 
 TEST_F(PackCalib, MissingLayersWarnOrFailWithStrict) {
