@@ -66,6 +66,36 @@ DQ_HD std::uint16_t f32_to_bf16(float f) {
   return static_cast<std::uint16_t>((bits + rounding) >> 16);
 }
 
+// binary32 -> IEEE binary16 with round-to-nearest-even: |f| ≥ 65520 (halfway past the largest
+// half, 65504) becomes ±Inf, magnitudes down to 2^-25 become subnormals (exactly 2^-25 is a tie
+// and rounds to ±0), NaN becomes a quiet NaN keeping the sign and the top 10 payload bits.
+DQ_HD std::uint16_t f32_to_f16(float f) {
+  const std::uint32_t bits = f32_to_bits(f);
+  const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+  const std::uint32_t mag = bits & 0x7fffffffu;
+  if (mag > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u | ((mag >> 13) & 0x3ffu));  // NaN
+  if (mag >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // ≥ 65520 (incl. Inf): ±Inf
+  if (mag >= 0x38800000u) {
+    // Normal: rebias the exponent (127 - 15 = 112) and drop 13 mantissa bits, rounding to nearest
+    // even; a carry out of the mantissa correctly bumps the exponent (at most to 0x7bff + 1 = Inf,
+    // excluded above).
+    const std::uint32_t rebased = mag - (112u << 23);
+    const std::uint32_t rounding = 0xfffu + ((rebased >> 13) & 1u);
+    return static_cast<std::uint16_t>(sign | ((rebased + rounding) >> 13));
+  }
+  if (mag <= 0x33000000u) return sign;  // ≤ 2^-25: rounds to ±0 (2^-25 itself is a tie, to even)
+  // Subnormal result: the value is significand · 2^(e - 150) = (significand >> (126 - e)) units of
+  // 2^-24; shift 14..24. A result of 0x400 is the smallest normal, encoded correctly as is.
+  const std::uint32_t e = mag >> 23;
+  const std::uint32_t significand = (mag & 0x7fffffu) | 0x800000u;
+  const std::uint32_t shift = 126u - e;
+  std::uint32_t q = significand >> shift;
+  const std::uint32_t rem = significand & ((1u << shift) - 1u);
+  const std::uint32_t half = 1u << (shift - 1u);
+  if (rem > half || (rem == half && (q & 1u) != 0)) ++q;
+  return static_cast<std::uint16_t>(sign | q);
+}
+
 }  // namespace duquant::elementwise
 
 // ---------------------------------------------------------------------------------------------

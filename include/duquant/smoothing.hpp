@@ -35,7 +35,8 @@ struct SmoothGroup {
   std::vector<std::string> layers;  // every linear of the checkpoint that reads this input, in
                                     // checkpoint order, selected or not
   std::optional<NormKind> norm;     // set when 1/s can be folded (the norm's tensors exist and fit)
-  std::string norm_weight, norm_bias;  // tensor names; norm_bias empty when the kind has none
+  std::string norm_weight, norm_bias;  // tensor names; norm_bias empty when the kind has none (or, for
+                                       // layer_norm, when the checkpoint stores no bias)
 };
 
 // The groups of the selected layers, in the order of their first selected member: q/k/v of one
@@ -44,14 +45,30 @@ struct SmoothGroup {
 // (`….mlp.{gate,up}_proj`, norm `….post_attention_layernorm`), SigLIP `….mlp.fc1` (norm
 // `….layer_norm2`); every other layer alone, without a norm. Members of a group have the same
 // in_features (otherwise duquant::Error, format).
+//
+// In detail (`<block>` is the name before `.self_attn.` / `.mlp.`, and must not be empty):
+//  - q/k/v: key `<block>.layer_norm1` when the checkpoint has `<block>.layer_norm1.weight` or
+//    `.bias` (SigLIP), else `<block>.input_layernorm`. gate/up: key `<block>.post_attention_layernorm`,
+//    or `<block>.pre_feedforward_layernorm` when the block has one (Gemma 2/3 layout, where
+//    post_attention_layernorm normalises the attention output). fc1: key `<block>.layer_norm2`.
+//  - The norm kind from the tensors under the key, each F32/F16/BF16 (I = the members' in_features):
+//    gemma_rms: `<key>.weight` [I]; ada_rms: `<key>.dense.weight` [3I, C] and `<key>.dense.bias`
+//    [3I]; layer_norm (layer_norm1/2 keys): `<key>.weight` [I] and, if present, `<key>.bias` [I].
+//    Missing, misshapen or non-float tensors, or both `<key>.weight` and `<key>.dense.*`: no norm
+//    (the group still exists; the runtime can still divide its input by s).
+//  - Members: every sibling linear (q/k/v, gate/up, fc1) present in `linears`, in `linears` order.
+//  - A layer selected twice, or two selected members of one group, yield the group once.
 std::vector<SmoothGroup> smoothing_groups(const formats::Checkpoint& ckpt, const std::vector<LinearLayer>& linears,
                                           const std::vector<SelectedLayer>& selected);
 
 // s_j = max(act_absmax_j^α / max(weight_absmax_j, 1e-5)^(1−α), 1e-5), in double, rounded to float32.
+// weight_absmax_j is max |W[r, j]| over every member of the group. Sizes must match (Error,
+// internal); α must lie in [0, 1] (usage); NaN, infinite or negative maxima are Error, numeric.
 std::vector<float> smoothing_scales(std::span<const float> act_absmax, std::span<const float> weight_absmax, double alpha);
 
 // W·diag(s) ([rows, cols] row-major float32), each product rounded to `dtype` (F32, F16 or BF16)
-// and returned as float32: the weight the pack quantizes and --fold-smoothing writes.
+// and returned as float32: the weight the pack quantizes and --fold-smoothing writes. Sizes must
+// match and the dtype be one of the three (otherwise Error, internal).
 std::vector<float> smoothed_weight(std::span<const float> w, std::int64_t rows, std::int64_t cols,
                                    std::span<const float> s, formats::DType dtype);
 
@@ -60,6 +77,19 @@ std::vector<float> smoothed_weight(std::span<const float> w, std::int64_t rows, 
 // and every member's weight is smoothed_weight(W, s). Every other tensor is copied byte for byte,
 // with its name, dtype and shape; the metadata is kept. Groups without a norm must not appear in
 // `scales` (duquant::Error, internal).
+//
+// Details: tensors are written in the input's order (Checkpoint::tensors(): shards by file name,
+// then data offset); for a sharded input the metadata is the union of the shards' (the first
+// shard wins a key that differs). New values are computed in float32 from the float32 value and
+// rounded to the tensor's own dtype; the gate rows of an ada_rms dense keep their bytes. Memory
+// stays bounded (tensors are copied from the mapping and released one by one, modified ones are
+// recomputed in chunks of rows). Errors (duquant::Error; no file is left under `out`): `out`
+// naming an input file or the checkpoint's index (usage); a key of `scales` that is no group, a
+// group without a norm, a scale count other than the members' in_features, groups that do not
+// match the checkpoint (internal); a scale that is not positive and finite (numeric); a member
+// weight that is not F32/F16/BF16 (format) -- all before the output is created; and a finite
+// value that would overflow its dtype once folded, e.g. an F16 norm weight divided by a tiny s
+// (numeric, found while writing; the partial output is removed).
 void write_folded_checkpoint(const formats::Checkpoint& ckpt, const std::vector<SmoothGroup>& groups,
                              const std::map<std::string, std::vector<float>>& scales, const std::filesystem::path& out);
 
