@@ -7,6 +7,11 @@
 #include "duquant/error.hpp"
 
 namespace duquant {
+namespace {
+// Below this many multiply-adds a parallel region costs more than it saves (threads waking and
+// meeting at the barrier for every call of a small layer).
+constexpr std::int64_t kParallelWork = std::int64_t{1} << 20;
+}  // namespace
 
 float quantile_linear(std::span<float> values, double q) {
   DQ_CHECK(!values.empty(), internal, "quantile of no values");
@@ -42,7 +47,9 @@ std::vector<float> transform_activations(std::span<const float> x, std::int64_t 
   DQ_CHECK(covered == n, format, "activations: Rin blocks cover {} of {} inputs", covered, n);
 
   std::vector<float> out(x.size());
-#pragma omp parallel
+  std::int64_t widest = 1;
+  for (const MatrixF& r : r_in) widest = std::max<std::int64_t>(widest, r.rows());
+#pragma omp parallel if (rows * n * widest >= kParallelWork)
   {
     std::vector<double> v(static_cast<std::size_t>(n));
 #pragma omp for schedule(static)
@@ -94,7 +101,7 @@ void ActivationCalibrator::add_call(std::span<const float> x_t, std::int64_t row
   const std::int64_t n = in_features_;
   DQ_CHECK(rows >= 1 && static_cast<std::int64_t>(x_t.size()) == rows * n, internal,
            "calibration: {} values for [{}, {}]", x_t.size(), rows, n);
-#pragma omp parallel
+#pragma omp parallel if (rows * n >= kParallelWork / 16)
   {
     std::vector<float> column(static_cast<std::size_t>(rows));
 #pragma omp for schedule(static)

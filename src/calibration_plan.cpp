@@ -105,6 +105,13 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
   std::vector<float> x;
   for (const SmoothGroup& g : plan.groups) {
     if (!o.fold_smoothing.empty() && !g.norm) continue;  // nothing to fold 1/s into: s = 1
+    if (!o.fold_smoothing.empty() && *g.norm == NormKind::ada_rms && plan.group_of.count(g.key + ".dense")) {
+      // The fold would change a layer this pack quantizes from the original weights.
+      if (o.warn)
+        o.warn(fmt::format("{}: not smoothed: its adaptive norm's dense layer is selected too, and folding would change it",
+                           g.key));
+      continue;
+    }
     std::string source;
     for (const std::string& m : g.layers)
       if (has_calls(dump, m)) {

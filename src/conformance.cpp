@@ -76,7 +76,7 @@ std::vector<float> conformance_reference_output(std::span<const float> x, std::i
            bias.size(), o_n);
   std::vector<float> y(static_cast<std::size_t>(rows * o_n));
   // Each output element is one sum in a fixed order, whichever thread computes it.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * o_n * i_n >= (1 << 20))
   for (std::int64_t o = 0; o < o_n; ++o) {
     const float* wr = w.data + o * i_n;
     for (std::int64_t r = 0; r < rows; ++r) {
@@ -129,7 +129,7 @@ std::vector<float> conformance_pack_output(std::span<const float> x, std::int64_
   }
   // y_t[r, o] = Σ_j x_t[r, j] · q[o, j] · s[o]; q·s is exact in double, s is applied after the sum.
   std::vector<double> yt(static_cast<std::size_t>(rows * o_n));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * o_n * i_n >= (1 << 20))
   for (std::int64_t o = 0; o < o_n; ++o) {
     const std::int8_t* q = codes.data() + o * i_n;
     for (std::int64_t r = 0; r < rows; ++r) {
