@@ -1,20 +1,37 @@
 // Calibration activation dumps (docs/calibration-dumps.md): the inputs some linear layers saw
 // during real forward calls, one [tokens, in_features] matrix per call.
 //
-// Two containers:
+// Two containers, told apart by the first bytes (the HDF5 signature at offset 0; anything else,
+// or a folder, goes to the safetensors reader):
 //  - HDF5: one group per layer, named exactly as the module; inside it one dataset per recorded
 //    call, `x_0000`, `x_0001`, … (`x_` and at least 4 decimal digits), float32 or float16, or
-//    bfloat16 stored as uint16 with the string attribute `dtype = "bfloat16"`. Rank 2 or more;
-//    leading dims are flattened into tokens.
-//  - safetensors: keys `<layer>.x_0000`, … (F32, F16 or BF16), read with the strict reader.
+//    bfloat16 stored as uint16 with the string attribute `dtype = "bfloat16"`. Rank 2 to 8;
+//    leading dims are flattened into tokens. An empty layer group is allowed (no calls); a file
+//    with no layer group at all is not.
+//  - safetensors: keys `<layer>.x_0000`, … (F32, F16 or BF16), read with the strict reader;
+//    any other key is refused.
 //
 // Dumps are untrusted and large. `open` validates the whole structure before any data is read:
-// only hard links to groups and datasets (no external or soft links), rank, dims (overflow-checked,
-// at most kMaxCallElements per call), dtype class and size, contiguous or chunked layout only (no
-// external storage, no virtual datasets), only the built-in deflate/shuffle/fletcher32 filters
-// (filter plugins are never loaded), and for contiguous data, storage that holds exactly the
-// declared bytes. Violations are duquant::Error (format) naming the file, the object and the
-// numbers. Data is read one call at a time, so memory does not grow with the dump.
+// only hard links to groups and datasets (no external, soft or user-defined links, no second name
+// for one object), rank, dims (overflow-checked, at most kMaxCallElements per call), dtype class
+// and size, compact, contiguous or chunked layout only (no external storage, no virtual
+// datasets), only deflate/shuffle/fletcher32 filters (plugins are never loaded), for contiguous
+// and compact data storage that holds exactly the declared bytes inside the file, and for chunked
+// data every chunk present, inside the file and of a plausible stored size. Violations are
+// duquant::Error (format) naming the file, the object and the numbers; a missing file is io.
+//
+// Reading: one call at a time, so memory does not grow with the dump. Chunks are decoded by
+// duquant (HDF5 1.10's own filters over-allocate and over-read on crafted chunks), so a read holds
+// the call plus at most three chunk-sized buffers; a chunk is at most max(call, 64 MiB).
+// Every HDF5 call goes through one process-wide lock: read() may be called from several threads
+// (safetensors reads run in parallel, HDF5 reads one after the other). The HDF5 file stays open
+// for the object's lifetime and must not change meanwhile.
+//
+// HDF5 1.10 itself can crash on corrupt metadata (fuzzing found crashes in its global-heap reader,
+// reached through h5py's variable-length string attributes), so `open` first scans an HDF5 file in
+// a forked child process: a crash or a hang (600 s) there is a format error. The scan then runs
+// again in this process, so `open` costs twice the scan: about 30-50 µs per dataset, i.e. about
+// 2 s for 30,000 calls, plus one chunk-index lookup per chunk.
 #pragma once
 
 #include <cstdint>
