@@ -7,17 +7,22 @@
 //  - its fletcher32 filter reads far out of bounds on a stored chunk shorter than 4 bytes;
 //  - a chunk whose stored (or decoded) size is smaller than the chunk is over-read on the heap,
 //    filtered or not.
-// Built-in filters cannot be replaced (H5Zregister refuses "predefined filters"), so chunked data
-// never goes through HDF5's filter pipeline here: every chunk is checked against the chunk index
-// (present, inside the file, plausible size), fetched raw with H5Dread_chunk and decoded by the
-// code below with buffers bounded by the validated chunk size. H5Dread is used only for
-// contiguous and compact data, whose stored size is checked to equal the declared size first.
+//  - on a corrupt chunk index, H5Dread_chunk may write more bytes than the chunk size
+//    H5Dget_chunk_info_by_coord reported for the same chunk;
+//  - corrupt metadata can crash or hang it (fuzzing: inside its global-heap reader).
+// Built-in filters cannot be replaced (H5Zregister refuses "predefined filters"), so HDF5 reads
+// only metadata here: every chunk's index entry is checked (present, inside the file, a plausible
+// size, no two chunks overlapping) and its bytes are read with pread and decoded by the code below
+// with buffers bounded by the validated chunk size; contiguous data is read with pread at its
+// checked offset; only compact data (inside the object header, size checked) goes through
+// H5Dread. The structure is scanned in a forked child first (see probe_hdf5).
 #include "formats/calib_dump.hpp"
 
 #include <fcntl.h>
 #include <hdf5.h>
 #include <poll.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -29,7 +34,6 @@
 #include <csignal>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -359,14 +363,40 @@ void convert_run(const unsigned char* src, std::size_t n, Elem elem, bool big_en
   }
 }
 
-// `out` holds n little-endian 16-bit values in its first 2n bytes: widens them in place, from the
-// back (float i overwrites the bytes of 16-bit values 2i and 2i+1, both already converted).
-void widen_in_place(std::vector<float>& out, Elem elem) {
+// `out` holds its n elements as stored (4 or 2 bytes each, in the file's byte order) in its first
+// n * esize bytes: converts them to float32 in place. 16-bit values are widened from the back
+// (float i overwrites the bytes of 16-bit values 2i and 2i+1, both already converted).
+void decode_in_place(std::vector<float>& out, Elem elem, bool big_endian) {
   auto* base = reinterpret_cast<unsigned char*>(out.data());
+  if (elem == Elem::f32) {
+    if (!big_endian && std::endian::native == std::endian::little) return;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      const float f = elementwise::f32_from_bits(load_u32(base + 4 * i, big_endian));
+      std::memcpy(base + 4 * i, &f, sizeof f);
+    }
+    return;
+  }
   for (std::size_t i = out.size(); i-- > 0;) {
-    const std::uint16_t h = load_u16(base + 2 * i, false);
+    const std::uint16_t h = load_u16(base + 2 * i, big_endian);
     const float f = elem == Elem::f16 ? elementwise::f16_to_f32(h) : elementwise::bf16_to_f32(h);
     std::memcpy(base + 4 * i, &f, sizeof f);
+  }
+}
+
+// Reads `size` bytes at `offset` of the dump (bounds checked by the caller).
+void pread_exact(int fd, unsigned char* dst, std::uint64_t size, std::uint64_t offset, const std::string& where,
+                 std::string_view what) {
+  while (size > 0) {
+    const std::size_t step = static_cast<std::size_t>(std::min<std::uint64_t>(size, std::uint64_t{1} << 30));
+    const ssize_t n = ::pread(fd, dst, step, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      fail(ErrorKind::io, "{}: cannot read {} ({} bytes at offset {}): {}", where, what, size, offset,
+           std::strerror(errno));
+    if (n == 0) bad(where, "{}: the file ends before offset {} (was it truncated meanwhile?)", what, offset);
+    dst += n;
+    size -= static_cast<std::uint64_t>(n);
+    offset += static_cast<std::uint64_t>(n);
   }
 }
 
@@ -668,9 +698,26 @@ DatasetInfo inspect(hid_t dset, const std::string& where, std::uint64_t file_siz
     if ((opts & H5D_CHUNK_DONT_FILTER_PARTIAL_CHUNKS) && nfilters > 0)
       bad(where, "uses the chunk option 'do not filter partial edge chunks', which is not supported");
     if (check_chunks) {
+      // Each chunk where the index says, and no two chunks sharing bytes (a corrupt index can
+      // point several chunks at one place).
+      struct Extent {
+        haddr_t addr;
+        hsize_t size;
+        std::vector<hsize_t> offset;
+      };
+      std::vector<Extent> extents;
+      extents.reserve(static_cast<std::size_t>(count));
       for_each_chunk(info, [&](std::span<const hsize_t> offset) {
-        check_chunk(info, chunk_entry(dset, offset, where), offset, file_size, where);
+        const ChunkEntry c = chunk_entry(dset, offset, where);
+        check_chunk(info, c, offset, file_size, where);
+        extents.push_back({c.addr, c.size, {offset.begin(), offset.end()}});
       });
+      std::sort(extents.begin(), extents.end(), [](const Extent& x, const Extent& y) { return x.addr < y.addr; });
+      for (std::size_t i = 1; i < extents.size(); ++i)
+        if (extents[i].addr < extents[i - 1].addr + extents[i - 1].size)
+          bad(where, "chunks at {} and {} overlap in the file (offsets {} and {}): a corrupt chunk index",
+              dims_text(std::span<const hsize_t>(extents[i - 1].offset)),
+              dims_text(std::span<const hsize_t>(extents[i].offset)), extents[i - 1].addr, extents[i].addr);
     }
   } else {
     const hsize_t stored = H5Dget_storage_size(dset);
@@ -756,7 +803,7 @@ std::size_t inflate_bounded(std::span<const unsigned char> in, std::vector<unsig
     if (status == Z_STREAM_END) return produced;
     if (status == Z_OK) continue;
     if (status == Z_BUF_ERROR && inf.z.avail_in == 0 && in_left == 0)
-      bad(where, "{}: the deflate stream ends early, after {} of its data bytes", chunk, produced);
+      bad(where, "{}: the deflate stream ends early, after {} bytes of output", chunk, produced);
     if (status == Z_MEM_ERROR) throw std::bad_alloc();
     bad(where, "{}: corrupt deflate stream ({})", chunk, inf.z.msg ? printable(inf.z.msg) : std::to_string(status));
   }
@@ -859,41 +906,40 @@ class Unlocked {
 };
 
 // Called with the HDF5 lock held once.
-void read_chunked(hid_t dset, const DatasetInfo& info, std::uint64_t file_size, const std::string& where,
+// The chunk's stored bytes are read with pread at the address and size the index gave (checked
+// against the file), never with H5Dread_chunk: on a corrupt index HDF5 1.10.8 looks the chunk up
+// again and may write more bytes than the size it reported for it.
+void read_chunked(hid_t dset, const DatasetInfo& info, int fd, std::uint64_t file_size, const std::string& where,
                   std::vector<float>& out) {
   std::vector<unsigned char> stored, a, b;
   for_each_chunk(info, [&](std::span<const hsize_t> offset) {
     const ChunkEntry c = chunk_entry(dset, offset, where);
     check_chunk(info, c, offset, file_size, where);
+    const Unlocked unlocked;
     const std::string chunk = fmt::format("chunk at {}", dims_text(offset));
     stored.resize(c.size);
-    std::uint32_t mask = 0;
-    h5_ok(H5Dread_chunk(dset, H5P_DEFAULT, offset.data(), &mask, stored.data()), where,
-          "reading a chunk (H5Dread_chunk)");
-    if (mask != c.mask) bad(where, "{}: filter mask {} differs from the index's {}", chunk, mask, c.mask);
-    const Unlocked unlocked;
-    const auto data = decode_chunk(info, mask, stored, a, b, where, chunk);
+    pread_exact(fd, stored.data(), c.size, c.addr, where, chunk);
+    const auto data = decode_chunk(info, c.mask, stored, a, b, where, chunk);
     scatter_chunk(info, offset, data.data(), out.data());
   });
 }
 
-// Contiguous or compact data (sizes checked by inspect): HDF5 reads it into `out`.
-void read_plain(hid_t dset, const DatasetInfo& info, const std::string& where, std::vector<float>& out) {
-  if (info.elem == Elem::f32) {
-    h5_ok(H5Dread(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), where, "reading data (H5Dread)");
-    return;
-  }
-  // 16-bit values as stored (little-endian), into the first half of `out`, then widened.
-  H5Type mem;
-  if (info.elem == Elem::f16) {
-    const H5Type file_type(h5_id(H5Dget_type(dset), where, "H5Dget_type"));
-    mem = H5Type(h5_id(H5Tcopy(file_type.get()), where, "H5Tcopy"));
-    h5_ok(H5Tset_order(mem.get(), H5T_ORDER_LE), where, "H5Tset_order");
-  } else {
-    mem = H5Type(h5_id(H5Tcopy(H5T_STD_U16LE), where, "H5Tcopy"));
-  }
+// Compact data (inside the object header; its size was checked by inspect): read by HDF5, as
+// stored, then converted. open() reads it once too, so the check process goes through this.
+void read_compact(hid_t dset, const DatasetInfo& info, const std::string& where, std::vector<float>& out) {
+  const H5Type file_type(h5_id(H5Dget_type(dset), where, "H5Dget_type"));
+  const H5Type mem(h5_id(H5Tcopy(file_type.get()), where, "H5Tcopy"));
   h5_ok(H5Dread(dset, mem.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), where, "reading data (H5Dread)");
-  widen_in_place(out, info.elem);
+  decode_in_place(out, info.elem, info.big_endian);
+}
+
+// Contiguous data: its offset and size inside the file were checked by inspect; read directly.
+void read_contiguous(hid_t dset, const DatasetInfo& info, int fd, const std::string& where, std::vector<float>& out) {
+  const haddr_t offset = H5Dget_offset(dset);
+  if (offset == HADDR_UNDEF) bad(where, "contiguous data has no address in the file (never written)");
+  pread_exact(fd, reinterpret_cast<unsigned char*>(out.data()), info.shape.numel * info.esize, offset, where,
+              "the data");
+  decode_in_place(out, info.elem, info.big_endian);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -953,6 +999,7 @@ struct State {
   std::uint64_t file_size = 0;
   std::map<std::string, Layer, std::less<>> layers;
   hid_t h5file = -1;
+  int fd = -1;  // the HDF5 file, for raw data reads
   std::optional<Checkpoint> checkpoint;
 
   State() = default;
@@ -963,6 +1010,7 @@ struct State {
       const std::lock_guard<std::recursive_mutex> lock(hdf5_mutex());
       H5Fclose(h5file);
     }
+    if (fd >= 0) ::close(fd);
   }
 };
 
@@ -986,6 +1034,13 @@ void scan_hdf5(State& impl) {
   h5_ok(H5Fget_filesize(impl.h5file, &h5size), file, "H5Fget_filesize");
   if (h5size > impl.file_size)
     bad(file, "truncated file: HDF5 expects {} bytes, the file holds {}", h5size, impl.file_size);
+  {  // raw data is read at HDF5's addresses: they must be file offsets (base address 0)
+    const H5Plist fcpl(h5_id(H5Fget_create_plist(impl.h5file), file, "H5Fget_create_plist"));
+    hsize_t userblock = 0;
+    h5_ok(H5Pget_userblock(fcpl.get(), &userblock), file, "H5Pget_userblock");
+    if (userblock != 0)
+      bad(file, "HDF5 file with a {}-byte user block (base address); write the dump without a user block", userblock);
+  }
 
   const H5Group root(h5_id(H5Gopen2(impl.h5file, "/", H5P_DEFAULT), file, "opening the root group"));
   std::unordered_map<haddr_t, std::string> seen;  // object address -> its first path: one name per object
@@ -1026,6 +1081,10 @@ void scan_hdf5(State& impl) {
       note(ei.addr, path, at);
       const H5Dataset dset(h5_id(H5Dopen2(group.get(), entry.name.c_str(), H5P_DEFAULT), at, "H5Dopen2"));
       const DatasetInfo info = inspect(dset.get(), at, impl.file_size, true);
+      if (info.layout == H5D_COMPACT) {  // small (inside the object header): read once, so the check process does
+        std::vector<float> scratch(info.shape.numel);
+        read_compact(dset.get(), info, at, scratch);
+      }
       layer.calls.push_back({index, entry.name, info.shape.rows, info.shape.cols, elem_name(info.elem)});
       layer.refs.push_back(ei.addr);
     }
@@ -1045,7 +1104,11 @@ void scan_hdf5(State& impl) {
 // deterministic code, so it succeeds too). Reading data afterwards touches only metadata the scan
 // already went through.
 
-constexpr int kProbeSeconds = 600;
+// The check process may take 60 s plus 30 s per GiB of file (a real scan takes about 1 s per
+// 30,000 calls); longer is taken for a hang.
+std::int64_t probe_seconds(std::uint64_t file_size) {
+  return 60 + 30 * static_cast<std::int64_t>((file_size + (std::uint64_t{1} << 30) - 1) >> 30);
+}
 
 void write_all(int fd, const std::string& text) noexcept {
   std::size_t done = 0;
@@ -1101,7 +1164,8 @@ void probe_hdf5(const State& impl) {
   ::close(fds[1]);
   std::string report;
   bool timed_out = false;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kProbeSeconds);
+  const std::int64_t seconds = probe_seconds(impl.file_size);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
   char buf[4096];
   while (true) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
@@ -1131,7 +1195,7 @@ void probe_hdf5(const State& impl) {
   } while (waited < 0 && errno == EINTR);
   if (timed_out)
     bad(file, "HDF5 did not finish reading the file's structure within {} s (checked in a separate process); the "
-              "file is corrupt or crafted", kProbeSeconds);
+              "file is corrupt or crafted", seconds);
   if (waited == pid && WIFSIGNALED(status))
     bad(file, "HDF5 crashed (signal {}) reading the file's structure (checked in a separate process); the file is "
               "corrupt or crafted, and HDF5 1.10 does not survive every such file", WTERMSIG(status));
@@ -1183,13 +1247,11 @@ void open_safetensors(State& impl) {
 }
 
 // Where the HDF5 signature sits (offset 0, or a user block of 512, 1024, ... bytes), if anywhere.
-std::optional<std::uint64_t> hdf5_signature_at(std::ifstream& in, std::uint64_t size) {
+std::optional<std::uint64_t> hdf5_signature_at(int fd, std::uint64_t size, const std::string& file) {
   for (std::uint64_t offset = 0; offset + 8 <= size; offset = offset ? offset * 2 : 512) {
     unsigned char head[8] = {};
-    in.clear();
-    in.seekg(static_cast<std::streamoff>(offset));
-    in.read(reinterpret_cast<char*>(head), 8);
-    if (in.gcount() == 8 && std::memcmp(head, kHdf5Signature, 8) == 0) return offset;
+    pread_exact(fd, head, 8, offset, file, "the first bytes");
+    if (std::memcmp(head, kHdf5Signature, 8) == 0) return offset;
     if (offset >= (std::uint64_t{1} << 40)) break;
   }
   return std::nullopt;
@@ -1223,20 +1285,22 @@ CalibDump CalibDump::open(const fs::path& path) {
     return CalibDump(std::move(impl));
   }
   DQ_CHECK(fs::is_regular_file(status), io, "{}: not a regular file", file);
-  st.file_size = fs::file_size(path, ec);
-  DQ_CHECK(!ec, io, "{}: cannot read the size: {}", file, ec.message());
+  st.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // never blocks, even if swapped for a FIFO
+  DQ_CHECK(st.fd >= 0, io, "{}: cannot open for reading: {}", file, std::strerror(errno));
+  struct stat info {};
+  DQ_CHECK(::fstat(st.fd, &info) == 0, io, "{}: cannot read the size: {}", file, std::strerror(errno));
+  DQ_CHECK(S_ISREG(info.st_mode), io, "{}: not a regular file", file);
+  st.file_size = static_cast<std::uint64_t>(info.st_size);
   if (st.file_size == 0) bad(file, "empty file (0 bytes); a calibration dump is an HDF5 or safetensors file");
 
-  std::ifstream in(path, std::ios::binary);
-  DQ_CHECK(in.good(), io, "{}: cannot open for reading: {}", file, std::strerror(errno));
-  const auto signature = hdf5_signature_at(in, st.file_size);
-  in.close();
+  const auto signature = hdf5_signature_at(st.fd, st.file_size, file);
   if (signature && *signature > 0)
     bad(file, "HDF5 file with a {}-byte user block; write the dump without a user block", *signature);
   if (signature) {
     st.container = "hdf5";
     open_hdf5(st);
   } else {
+    ::close(std::exchange(st.fd, -1));  // the safetensors reader maps the file itself
     st.container = "safetensors";
     open_safetensors(st);
   }
@@ -1292,9 +1356,11 @@ void CalibDump::read(std::string_view layer, const DumpCall& call, std::vector<f
       bad(where, "changed since the dump was opened");
     out.resize(info.shape.numel);
     if (info.layout == H5D_CHUNKED) {
-      read_chunked(dset.get(), info, impl.file_size, where, out);
+      read_chunked(dset.get(), info, impl.fd, impl.file_size, where, out);
+    } else if (info.layout == H5D_CONTIGUOUS) {
+      read_contiguous(dset.get(), info, impl.fd, where, out);
     } else {
-      read_plain(dset.get(), info, where, out);
+      read_compact(dset.get(), info, where, out);
     }
   }
   check_finite(out, call.cols, where);

@@ -17,21 +17,23 @@
 // and size, compact, contiguous or chunked layout only (no external storage, no virtual
 // datasets), only deflate/shuffle/fletcher32 filters (plugins are never loaded), for contiguous
 // and compact data storage that holds exactly the declared bytes inside the file, and for chunked
-// data every chunk present, inside the file and of a plausible stored size. Violations are
-// duquant::Error (format) naming the file, the object and the numbers; a missing file is io.
+// data every chunk present, inside the file, of a plausible stored size and overlapping no other.
+// Violations are duquant::Error (format) naming the file, the object and the numbers; a missing
+// file is io.
 //
-// Reading: one call at a time, so memory does not grow with the dump. Chunks are decoded by
-// duquant (HDF5 1.10's own filters over-allocate and over-read on crafted chunks), so a read holds
-// the call plus at most three chunk-sized buffers; a chunk is at most max(call, 64 MiB).
+// Reading: one call at a time, so memory does not grow with the dump. HDF5 is used for metadata
+// only: contiguous data and chunks are read with pread at checked offsets, and chunks are decoded
+// by duquant (HDF5 1.10's own filters over-allocate and over-read on crafted chunks), so a read
+// holds the call plus at most three chunk-sized buffers; a chunk is at most max(call, 64 MiB).
 // Every HDF5 call goes through one process-wide lock: read() may be called from several threads
 // (safetensors reads run in parallel, HDF5 reads one after the other). The HDF5 file stays open
 // for the object's lifetime and must not change meanwhile.
 //
 // HDF5 1.10 itself can crash on corrupt metadata (fuzzing found crashes in its global-heap reader,
 // reached through h5py's variable-length string attributes), so `open` first scans an HDF5 file in
-// a forked child process: a crash or a hang (600 s) there is a format error. The scan then runs
-// again in this process, so `open` costs twice the scan: about 30-50 µs per dataset, i.e. about
-// 2 s for 30,000 calls, plus one chunk-index lookup per chunk.
+// a forked child process: a crash or a hang (60 s + 30 s per GiB) there is a format error. The
+// scan then runs again in this process, so `open` costs twice the scan: measured 1.6 s for 30,000
+// contiguous calls, 0.7 s for 10,000 chunked ones (plus one chunk-index lookup per chunk).
 #pragma once
 
 #include <cstdint>
