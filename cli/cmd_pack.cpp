@@ -1,4 +1,4 @@
-// duquant pack CKPT -o DIR [configuration]: DuQuant packing on the CPU.
+// duquant pack CKPT -o DIR [configuration]: DuQuant packing on the CPU or CUDA devices.
 #include <fmt/format.h>
 #include <omp.h>
 #include <unistd.h>
@@ -51,6 +51,7 @@ struct Pack {
   std::string calib, fold_smoothing;
   std::optional<double> smooth_alpha;
   bool strict = false;
+  std::string device = "auto";
 
   int run() {
     DQ_CHECK(!(resume && force), usage, "--resume and --force exclude each other");
@@ -68,6 +69,8 @@ struct Pack {
     o.fold_smoothing = fold_smoothing;
     o.strict = strict;
     o.warn = [](const std::string& text) { fmt::print(stderr, "duquant: warning: {}\n", text); };
+    o.device = device;
+    o.notice = [](const std::string& text) { fmt::print(stderr, "duquant: notice: {}\n", text); };
 
     {  // the same warnings as list-linears, before the long part (opening reads headers only)
       const formats::Checkpoint ckpt = formats::Checkpoint::open(checkpoint);
@@ -114,7 +117,8 @@ struct Pack {
                    o.config.quant.calib_steps);
       if (!fold_smoothing.empty()) fmt::print("  folded checkpoint: {}\n", fold_smoothing);
     }
-    fmt::print("  wall time {:.2f} s\n", t);
+    fmt::print("  wall time {:.2f} s on {} (reading {:.2f} s, computing {:.2f} s, writing {:.2f} s)\n", t, s.device,
+               s.read_seconds, s.compute_seconds, s.finish_seconds);
     return 0;
   }
 };
@@ -130,6 +134,9 @@ Action register_pack(CLI::App& app) {
   c->add_flag("--force", cmd->force, "Replace the pack files of a non-empty output folder");
   c->add_option("--threads", cmd->threads, "Threads (default: all cores); the output does not depend on it");
   c->add_option("--max-shard-size", cmd->max_shard, "Shard quantized.safetensors past this size (default 4GB)");
+  c->add_option("--device", cmd->device,
+                "auto (a GPU when present, else the CPU), cpu, cuda, or cuda:N[,M...] to split the layers between GPUs")
+      ->capture_default_str();
   c->add_option("--calib", cmd->calib, "Calibration activation dump (HDF5 or safetensors; docs/calibration-dumps.md)")
       ->group("Calibration");
   c->add_option("--smooth-alpha", cmd->smooth_alpha,

@@ -4,14 +4,7 @@
 
 #include "duquant/elementwise.hpp"
 #include "duquant/error.hpp"
-
-#define DQ_CUDA_CHECK(call, what)                                                                 \
-  do {                                                                                            \
-    const cudaError_t status_ = (call);                                                           \
-    if (status_ != cudaSuccess)                                                                   \
-      ::duquant::fail(::duquant::ErrorKind::io, "CUDA {}: {} ({})", what, cudaGetErrorString(status_), \
-                      static_cast<int>(status_));                                                 \
-  } while (0)
+#include "kernels/cuda_check.hpp"
 
 namespace duquant::kernels {
 namespace {
@@ -40,11 +33,11 @@ std::string compiled_architectures() { return DUQUANT_CUDA_ARCHS; }
 void convert_16bit_to_f32(bool is_bf16, const std::uint16_t* host_in, std::size_t count, float* host_out) {
   std::uint16_t* d_in = nullptr;
   float* d_out = nullptr;
-  DQ_CUDA_CHECK(cudaMalloc(&d_in, count * sizeof(std::uint16_t)), "allocating the 16-bit input");
+  check(cudaMalloc(&d_in, count * sizeof(std::uint16_t)), Stage{nullptr, "allocating the 16-bit input"});
   const cudaError_t out_status = cudaMalloc(&d_out, count * sizeof(float));
   if (out_status != cudaSuccess) {
     cudaFree(d_in);
-    DQ_CUDA_CHECK(out_status, "allocating the float32 output");
+    check(out_status, Stage{nullptr, "allocating the float32 output"});
   }
   cudaError_t status = cudaMemcpy(d_in, host_in, count * sizeof(std::uint16_t), cudaMemcpyHostToDevice);
   if (status == cudaSuccess) {
@@ -56,7 +49,7 @@ void convert_16bit_to_f32(bool is_bf16, const std::uint16_t* host_in, std::size_
   if (status == cudaSuccess) status = cudaMemcpy(host_out, d_out, count * sizeof(float), cudaMemcpyDeviceToHost);
   cudaFree(d_in);
   cudaFree(d_out);
-  DQ_CUDA_CHECK(status, "converting 16-bit values to float32");
+  check(status, Stage{nullptr, "converting 16-bit values to float32"});
 }
 
 }  // namespace duquant::kernels

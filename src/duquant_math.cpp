@@ -20,21 +20,22 @@ std::int64_t block_width(std::int64_t n, std::int64_t block, std::int64_t b) {
 }
 
 std::vector<float> channel_energy(const WeightView& w, double lambda_smooth) {
+  // Row by row for the cache; each column's sum still runs over the rows in order (elementwise.hpp).
   std::vector<double> sum(static_cast<std::size_t>(w.cols), 0.0);
   for (std::int64_t r = 0; r < w.rows; ++r) {
     const float* row = w.data + r * w.cols;
-    for (std::int64_t c = 0; c < w.cols; ++c) sum[c] += static_cast<double>(row[c]) * row[c];
+    for (std::int64_t c = 0; c < w.cols; ++c) sum[c] = elementwise::energy_add(sum[c], row[c]);
   }
   std::vector<float> e(sum.size());
   double total = 0;
   for (std::size_t c = 0; c < e.size(); ++c) {
-    e[c] = static_cast<float>(sum[c] / static_cast<double>(std::max<std::int64_t>(w.rows, 1)));
+    e[c] = elementwise::energy_mean(sum[c], w.rows);
     total += e[c];
   }
   if (lambda_smooth > 0) {
     const float lam = static_cast<float>(lambda_smooth);
     const float mean = static_cast<float>(total / static_cast<double>(std::max<std::size_t>(e.size(), 1)));
-    for (float& v : e) v = (1.0f - lam) * v + lam * mean;
+    for (float& v : e) v = elementwise::smoothed_energy(v, mean, lam);
   }
   return e;
 }
@@ -59,10 +60,7 @@ MatrixF eigen_rotation(const Eigen::MatrixXd& gram, Eigen::VectorXd* eigenvalues
   for (Eigen::Index j = 0; j < n; ++j) {
     const Eigen::Index src = n - 1 - j;  // Eigen sorts ascending
     Eigen::VectorXd v = solver.eigenvectors().col(src);
-    Eigen::Index largest = 0;
-    for (Eigen::Index i = 1; i < n; ++i)
-      if (std::abs(v[i]) > std::abs(v[largest])) largest = i;
-    if (v[largest] < 0) v = -v;
+    if (v[elementwise::largest_magnitude_index(v.data(), static_cast<int>(n), 1)] < 0) v = -v;
     r.col(j) = v.cast<float>();
     if (eigenvalues) (*eigenvalues)[j] = solver.eigenvalues()[src];
   }
@@ -195,11 +193,12 @@ std::vector<float> reference_weight_scale(const MatrixF& m) {
 namespace {
 
 // Sums of squared errors of one row for several scales, in one pass. The order of additions is
-// fixed (8 float lanes, flushed into double every 512 elements, then lane by lane), so the result
-// does not depend on threads, and the lanes let the compiler vectorize.
+// elementwise.hpp's (kErrorLanes float lanes, flushed into double every kErrorFlush columns, then
+// the tail one by one), so the result does not depend on threads, the lanes let the compiler
+// vectorize, and the CUDA kernel's lane groups reproduce it bit for bit.
 void row_errors(const float* w, std::int64_t n, const float* scales, int count, int bits, double* out) {
-  constexpr int kLanes = 8;
-  constexpr std::int64_t kFlush = 512;
+  constexpr int kLanes = elementwise::kErrorLanes;  // the order of elementwise.hpp, lanes side by side
+  constexpr std::int64_t kFlush = elementwise::kErrorFlush;
   const float hi = static_cast<float>(elementwise::qmax(bits)), lo = -hi - 1.0f;
   for (int k = 0; k < count; ++k) {
     const float s = scales[k];
@@ -271,41 +270,17 @@ double rtn_squared_error(const WeightView& w, int bits) {
 namespace duquant {
 namespace {
 
-// Sign choices are ranked on at most this many columns of each row (evenly strided), with each
-// row's scale taken from its full maximum: the ranking costs O(rows * kSignSearchColumns) per
-// trial instead of O(rows * cols).
-constexpr std::int64_t kSignSearchColumns = 256;
+// Sign choices are ranked on at most elementwise::kSignSearchColumns columns of each row (evenly
+// strided), with each row's scale taken from its full maximum: the ranking costs
+// O(rows * kSignSearchColumns) per trial instead of O(rows * cols).
 
 // The quantization error of the rows of `sampled` (columns picked from the full rows) under the
-// runtime's per-row MSE scale search, the scale of row r coming from `row_max[r]`: all candidates
-// in one pass, multiplying by 1/s, 8 float lanes per candidate summed into double (a fixed order:
-// deterministic). For ranking only.
+// runtime's per-row MSE scale search, the scale of row r coming from `row_max[r]`, summed over the
+// rows in order (elementwise::sampled_row_error: a fixed order, deterministic). For ranking only.
 double sampled_quantization_error(const MatrixF& sampled, const float* row_max, int bits) {
-  constexpr int kC = elementwise::kScaleCandidates;
-  constexpr int kLanes = 8;
-  const float hi = static_cast<float>(elementwise::qmax(bits)), lo = -hi - 1.0f;
-  const std::int64_t cols = sampled.cols();
   double total = 0;
-  for (Eigen::Index r = 0; r < sampled.rows(); ++r) {
-    const float* w = sampled.data() + r * cols;
-    const float base = elementwise::base_scale(row_max[r], bits);
-    float s[kC], inv[kC];
-    for (int k = 0; k < kC; ++k) {
-      s[k] = base / elementwise::scale_alpha(k);
-      inv[k] = 1.0f / s[k];
-    }
-    float lane[kC][kLanes] = {};
-    std::int64_t c = 0;
-    for (; c + kLanes <= cols; c += kLanes)
-      for (int k = 0; k < kC; ++k)
-        for (int j = 0; j < kLanes; ++j) lane[k][j] += elementwise::squared_error_recip(w[c + j], inv[k], s[k], lo, hi);
-    double err[kC] = {};
-    for (int k = 0; k < kC; ++k) {
-      for (int j = 0; j < kLanes; ++j) err[k] += lane[k][j];
-      for (std::int64_t t = c; t < cols; ++t) err[k] += elementwise::squared_error_recip(w[t], inv[k], s[k], lo, hi);
-    }
-    total += *std::min_element(err, err + kC);
-  }
+  for (Eigen::Index r = 0; r < sampled.rows(); ++r)
+    total += elementwise::sampled_row_error(sampled.data() + r * sampled.cols(), sampled.cols(), row_max[r], bits);
   return total;
 }
 
@@ -318,8 +293,8 @@ void row_maxima(const MatrixF& m, std::vector<float>& out) {
 void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int64_t block_out, int bits) {
   const auto nbo = static_cast<std::int64_t>(t.r_out.size());
   const std::int64_t cols = w_in.cols();
-  const std::int64_t stride = (cols + kSignSearchColumns - 1) / kSignSearchColumns;
-  const std::int64_t picked = (cols + stride - 1) / stride;
+  const std::int64_t stride = elementwise::sign_search_stride(cols);
+  const std::int64_t picked = elementwise::sign_search_picked(cols);
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t b = 0; b < nbo; ++b) {
     MatrixF& u = t.r_out[static_cast<std::size_t>(b)];

@@ -9,6 +9,7 @@ int exit_code(ErrorKind kind) noexcept {
     case ErrorKind::io: return 4;
     case ErrorKind::no_match: return 5;
     case ErrorKind::numeric: return 6;
+    case ErrorKind::device: return 7;
     case ErrorKind::internal: return 70;
   }
   return 70;
@@ -21,6 +22,7 @@ const char* kind_name(ErrorKind kind) noexcept {
     case ErrorKind::io: return "io";
     case ErrorKind::no_match: return "no-match";
     case ErrorKind::numeric: return "numeric";
+    case ErrorKind::device: return "device";
     case ErrorKind::internal: return "internal";
   }
   return "internal";

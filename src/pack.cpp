@@ -4,10 +4,12 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <limits>
 #include <map>
 #include <optional>
@@ -18,6 +20,7 @@
 #include "duquant/digest.hpp"
 #include "duquant/dryrun_report.hpp"
 #include "duquant/error.hpp"
+#include "duquant/layer_engine.hpp"
 #include "duquant/linear_layers.hpp"
 #include "duquant/pack_layer.hpp"
 #include "duquant/pack_layout.hpp"
@@ -195,6 +198,77 @@ void maybe_kill(const std::string& point) {
   if (at != nullptr && point == at) std::raise(SIGKILL);
 }
 
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// A layer's weight and what the engine computed from it.
+struct ComputedLayer {
+  LayerInput input;
+  LayerMath math;
+  double read_seconds = 0, compute_seconds = 0;
+};
+
+// Reads and computes the layers to pack, handing them out in order. On the CPU each layer is read
+// and computed when asked for (the math uses every core). With N devices, up to N layers are
+// computed at once (layer k on engine k mod N) while the next one is read; the results do not
+// depend on this, since each layer's math depends on that layer alone.
+class LayerPipeline {
+ public:
+  LayerPipeline(std::vector<std::function<LayerInput()>> readers, DevicePlan& devices, const QuantConfig& q,
+                std::vector<std::pair<int, std::string>> layers)
+      : readers_(std::move(readers)), devices_(devices), q_(q), layers_(std::move(layers)),
+        reads_(readers_.size()), computes_(readers_.size()) {}
+  LayerPipeline(const LayerPipeline&) = delete;
+  LayerPipeline& operator=(const LayerPipeline&) = delete;
+  ~LayerPipeline() {  // never leave a task running on engines about to be destroyed
+    for (auto& f : computes_)
+      if (f.valid()) f.wait();
+    for (auto& f : reads_)
+      if (f.valid()) f.wait();
+  }
+
+  // The k-th layer to pack (k = 0, 1, ... in order).
+  ComputedLayer take(std::size_t k) {
+    if (!devices_.cuda) return compute(k, read(k));
+    const std::size_t n = devices_.engines.size(), total = readers_.size();
+    for (; reads_launched_ < std::min(total, k + n + 1); ++reads_launched_) {
+      const std::size_t j = reads_launched_;
+      reads_[j] = std::async(std::launch::async, [this, j] { return read(j); });
+    }
+    for (; computes_launched_ < std::min(total, k + n); ++computes_launched_) {
+      const std::size_t j = computes_launched_;  // engine j mod n is free: layer j - n was taken
+      computes_[j] = std::async(std::launch::async, [this, j] { return compute(j, reads_[j].get()); });
+    }
+    return computes_[k].get();
+  }
+
+ private:
+  std::pair<LayerInput, double> read(std::size_t k) {
+    const auto start = std::chrono::steady_clock::now();
+    LayerInput in = readers_[k]();
+    return {std::move(in), seconds_since(start)};
+  }
+  ComputedLayer compute(std::size_t k, std::pair<LayerInput, double> read) {
+    ComputedLayer c;
+    c.input = std::move(read.first);
+    c.read_seconds = read.second;
+    const auto start = std::chrono::steady_clock::now();
+    LayerEngine& engine = *devices_.engines[k % devices_.engines.size()];
+    c.math = engine.compute(c.input.packed_view(), q_, layers_[k].first, layers_[k].second);
+    c.compute_seconds = seconds_since(start);
+    return c;
+  }
+
+  std::vector<std::function<LayerInput()>> readers_;
+  DevicePlan& devices_;
+  const QuantConfig& q_;
+  std::vector<std::pair<int, std::string>> layers_;  // bits, name
+  std::vector<std::future<std::pair<LayerInput, double>>> reads_;
+  std::vector<std::future<ComputedLayer>> computes_;
+  std::size_t reads_launched_ = 0, computes_launched_ = 0;
+};
+
 }  // namespace
 
 PackSummary run_pack(const PackOptions& o, const std::function<void(const PackProgress&)>& progress) {
@@ -207,6 +281,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
            o.checkpoint.string(), linears.size());
   DQ_CHECK(o.max_shard_bytes > 0, usage, "--max-shard-size must be positive");
   const CalibrationPlan plan = plan_calibration(o, ckpt, linears, selection);
+  DevicePlan devices = open_devices(o.device, o.notice);  // before anything is written
   prepare_output(o, ckpt);
   const fs::path work = o.output / kWorkDirName;
   if (!o.fold_smoothing.empty()) {
@@ -220,44 +295,82 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   const std::string config_text = config_j.dump();
   PackSummary summary;
   summary.layers = selection.layers.size();
+  summary.device = devices.description;
   std::uint64_t bytes_total = 0;
   for (const auto& s : selection.layers)
     bytes_total += s.layer->weight->nbytes + (s.layer->bias ? s.layer->bias->nbytes : 0);
 
-  std::vector<LayerRecord> records(selection.layers.size());
-  std::vector<std::string> weight_digests(selection.layers.size());
+  const std::size_t count = selection.layers.size();
+  std::vector<LayerRecord> records(count);
+  std::vector<std::string> weight_digests(count), bias_digests(count);
+  auto digest = [&](std::size_t i) {
+    const LinearLayer& layer = *selection.layers[i].layer;
+    if (weight_digests[i].empty()) {
+      weight_digests[i] = xxh128_hex(ckpt.bytes(*layer.weight));
+      bias_digests[i] = layer.bias ? xxh128_hex(ckpt.bytes(*layer.bias)) : "none";
+    }
+  };
+  // The layer's identity: tool, configuration, weights and every calibration value it uses.
+  auto fingerprint_with = [&](std::size_t i, const std::string& calib_digest) {
+    const SelectedLayer& sel = selection.layers[i];
+    return xxh128_hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}\n{}", DUQUANT_VERSION, config_text, sel.layer->name, sel.wbits,
+                                  weight_digests[i], bias_digests[i], calib_digest));
+  };
+  auto release = [&](std::size_t i) {  // bounded resident memory while streaming through the checkpoint
+    const LinearLayer& layer = *selection.layers[i].layer;
+    ckpt.release(*layer.weight);
+    if (layer.bias) ckpt.release(*layer.bias);
+  };
+
+  // --resume: the layers an earlier run finished, recognised by fingerprint and file digests.
+  std::vector<std::optional<LayerRecord>> earlier(count);
+  for (std::size_t i = 0; o.resume && i < count; ++i) {
+    const LinearLayer& layer = *selection.layers[i].layer;
+    const std::string file = pack_file_name(layer.name);
+    const LayerCalibration calib = plan.for_layer(layer);
+    digest(i);
+    const std::string fingerprint =
+        fingerprint_with(i, calib.has_calls() ? calibration_input_digest(calib, q.calib_steps) : std::string("none"));
+    std::optional<LayerRecord> record = load_record(work / (file + ".json"), fingerprint);
+    const fs::path npz_path = o.output / file, part_path = work / (file + ".part");
+    if (record && (!fs::exists(npz_path) || !fs::exists(part_path) || xxh128_file(npz_path) != record->npz_xxh128 ||
+                   xxh128_file(part_path) != record->part_xxh128))
+      record.reset();
+    earlier[i] = std::move(record);
+    release(i);
+  }
+
+  // The rest is computed by the devices, in order.
+  std::vector<std::function<LayerInput()>> readers;
+  std::vector<std::pair<int, std::string>> to_pack;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (earlier[i]) continue;
+    const SelectedLayer* sel = &selection.layers[i];
+    readers.push_back([&ckpt, &plan, sel] { return load_layer_input(ckpt, *sel, plan.for_layer(*sel->layer)); });
+    to_pack.emplace_back(sel->wbits, sel->layer->name);
+  }
+  LayerPipeline pipeline(std::move(readers), devices, q, std::move(to_pack));
+
   std::uint64_t bytes_done = 0;
   std::size_t newly_packed = 0;
-  for (std::size_t i = 0; i < selection.layers.size(); ++i) {
+  for (std::size_t i = 0; i < count; ++i) {
     const SelectedLayer& sel = selection.layers[i];
     const LinearLayer& layer = *sel.layer;
     const std::string file = pack_file_name(layer.name);
-    weight_digests[i] = xxh128_hex(ckpt.bytes(*layer.weight));
-    const std::string bias_digest = layer.bias ? xxh128_hex(ckpt.bytes(*layer.bias)) : "none";
-    const LayerCalibration calib = plan.for_layer(layer);
-    // The layer's identity: tool, configuration, weights and every calibration value it uses.
-    auto fingerprint_with = [&](const std::string& calib_digest) {
-      return xxh128_hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}\n{}", DUQUANT_VERSION, config_text, layer.name, sel.wbits,
-                                    weight_digests[i], bias_digest, calib_digest));
-    };
     const fs::path npz_path = o.output / file;
     const fs::path part_path = work / (file + ".part");
     const fs::path record_path = work / (file + ".json");
+    digest(i);
 
-    std::optional<LayerRecord> record;
-    if (o.resume) {
-      const std::string fingerprint =
-          fingerprint_with(calib.has_calls() ? calibration_input_digest(calib, q.calib_steps) : std::string("none"));
-      record = load_record(record_path, fingerprint);
-      if (record && (!fs::exists(npz_path) || !fs::exists(part_path) || xxh128_file(npz_path) != record->npz_xxh128 ||
-                     xxh128_file(part_path) != record->part_xxh128))
-        record.reset();
-    }
+    std::optional<LayerRecord> record = std::move(earlier[i]);
     const bool reused = record.has_value();
     if (!record) {
-      const PackedLayer packed = pack_layer(ckpt, sel, q, npz_path, calib);
+      const LayerCalibration calib = plan.for_layer(layer);
+      const ComputedLayer computed = pipeline.take(newly_packed);
+      const auto finish_start = std::chrono::steady_clock::now();
+      const PackedLayer packed = finish_layer(ckpt, sel, q, npz_path, calib, computed.input, computed.math);
       LayerRecord r;
-      r.fingerprint = fingerprint_with(calib.has_calls() ? packed.calibration.input_xxh128 : std::string("none"));
+      r.fingerprint = fingerprint_with(i, calib.has_calls() ? packed.calibration.input_xxh128 : std::string("none"));
       r.calibration = packed.calibration;
       r.smoothed = !calib.smooth.empty();
       r.npz_xxh128 = xxh128_file(npz_path);
@@ -268,17 +381,19 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
       write_text_atomic(record_path, record_text(r));  // last: its presence means the layer is complete
       record = r;
       ++newly_packed;
+      summary.read_seconds += computed.read_seconds;
+      summary.compute_seconds += computed.compute_seconds;
+      summary.finish_seconds += seconds_since(finish_start);
       maybe_kill(fmt::format("layer:{}", newly_packed));
     }
     records[i] = *record;
-    ckpt.release(*layer.weight);  // bounded resident memory while streaming through the checkpoint
-    if (layer.bias) ckpt.release(*layer.bias);
+    release(i);
     summary.reused += reused ? 1 : 0;
     bytes_done += layer.weight->nbytes + (layer.bias ? layer.bias->nbytes : 0);
     if (progress) {
       PackProgress p;
       p.index = i + 1;
-      p.total = selection.layers.size();
+      p.total = count;
       p.name = layer.name;
       p.out_features = layer.out_features;
       p.in_features = layer.in_features;

@@ -129,29 +129,47 @@ std::vector<float> load_weight(const formats::Checkpoint& ckpt, const LinearLaye
   return w;
 }
 
-PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
-                       const std::filesystem::path& npz_path, const LayerCalibration& calib) {
+LayerInput load_layer_input(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const LayerCalibration& calib) {
   const LinearLayer& layer = *selected.layer;
-  const std::vector<float> weights = load_weight(ckpt, layer);
-  const std::int64_t rows = static_cast<std::int64_t>(layer.out_features), cols = static_cast<std::int64_t>(layer.in_features);
-  const WeightView w_fp{weights.data(), rows, cols};
-  const bool calibrated = calib.has_calls();
+  LayerInput in;
+  in.weights = load_weight(ckpt, layer);
+  in.rows = static_cast<std::int64_t>(layer.out_features);
+  in.cols = static_cast<std::int64_t>(layer.in_features);
   const bool smoothed = !calib.smooth.empty();
-  DQ_CHECK(!smoothed || (calibrated && static_cast<std::int64_t>(calib.smooth.size()) == cols), internal,
+  DQ_CHECK(!smoothed || (calib.has_calls() && static_cast<std::int64_t>(calib.smooth.size()) == in.cols), internal,
            "layer '{}': smoothing scale of {} without calibration calls", layer.name, calib.smooth.size());
   // With smoothing the pack is computed from W·diag(s), rounded to the checkpoint's dtype.
-  const std::vector<float> smoothed_w =
-      smoothed ? smoothed_weight(weights, rows, cols, calib.smooth, layer.weight->dtype) : std::vector<float>{};
-  const WeightView w{smoothed ? smoothed_w.data() : weights.data(), rows, cols};
+  if (smoothed) in.smoothed = smoothed_weight(in.weights, in.rows, in.cols, calib.smooth, layer.weight->dtype);
+  return in;
+}
 
-  MatrixF w_t;
-  LayerTransform t = compute_transform(w, q, &w_t);
-  rotate_column_blocks(w_t, t, q.block);
-  const std::vector<float> weight_scale = reference_weight_scale(w_t);
-  choose_row_rotation_signs(w_t, t, q.block_out, selected.wbits);  // signs that quantize best
-  apply_output_rotation(w_t, t, q.block_out);
-  const QuantizedRows quant = quantize_rows(w_t, selected.wbits);
+PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
+                       const std::filesystem::path& npz_path, const LayerCalibration& calib, LayerEngine* engine) {
+  const LayerInput in = load_layer_input(ckpt, selected, calib);
+  const LayerMath math = engine ? engine->compute(in.packed_view(), q, selected.wbits, selected.layer->name)
+                                : compute_layer_math(in.packed_view(), q, selected.wbits);
+  return finish_layer(ckpt, selected, q, npz_path, calib, in, math);
+}
+
+PackedLayer finish_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
+                         const std::filesystem::path& npz_path, const LayerCalibration& calib, const LayerInput& in,
+                         const LayerMath& math) {
+  const LinearLayer& layer = *selected.layer;
+  const std::int64_t rows = in.rows, cols = in.cols;
+  const WeightView w_fp = in.checkpoint_view();
+  const WeightView w = in.packed_view();
+  const bool calibrated = calib.has_calls();
+  const bool smoothed = !calib.smooth.empty();
+  const LayerTransform& t = math.t;
+  const std::vector<float>& weight_scale = math.weight_scale;
+  const QuantizedRows& quant = math.quant;
   const std::span<const std::int64_t> perm = q.permute ? std::span<const std::int64_t>(t.perm) : std::span<const std::int64_t>();
+  DQ_CHECK(static_cast<std::int64_t>(quant.scales.size()) == rows && static_cast<std::int64_t>(weight_scale.size()) == rows &&
+               static_cast<std::int64_t>(t.perm.size()) == cols &&
+               (math.packed.empty() ? static_cast<std::int64_t>(quant.codes.size()) == rows * cols
+                                    : selected.wbits <= 4 && static_cast<std::int64_t>(math.packed.size()) == rows * ((cols + 1) / 2)),
+           internal, "layer '{}': the compute backend returned {} scales, {} codes, {} packed bytes for [{}, {}]", layer.name,
+           quant.scales.size(), quant.codes.size(), math.packed.size(), rows, cols);
 
   std::vector<float> bias;
   if (layer.bias) {
@@ -222,8 +240,9 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
   std::vector<std::int8_t> stored_codes;
   if (selected.wbits <= 4) {
     const std::int64_t packed_cols = (cols + 1) / 2;
-    std::string packed(static_cast<std::size_t>(rows * packed_cols), '\0');
-    for (std::int64_t r = 0; r < rows; ++r) {
+    std::string packed = math.packed;  // a device packs its codes itself
+    if (packed.empty()) packed.resize(static_cast<std::size_t>(rows * packed_cols), '\0');
+    for (std::int64_t r = 0; math.packed.empty() && r < rows; ++r) {
       const std::int8_t* c = quant.codes.data() + r * cols;
       for (std::int64_t k = 0; k < packed_cols; ++k) {
         const int hi = 2 * k + 1 < cols ? c[2 * k + 1] : 0;
@@ -231,7 +250,7 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
       }
     }
     d += packed;
-    stored_codes.resize(quant.codes.size());
+    stored_codes.resize(static_cast<std::size_t>(rows * cols));
     for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t c = 0; c < cols; ++c) {
         const auto byte = static_cast<unsigned char>(packed[static_cast<std::size_t>(r * packed_cols + c / 2)]);
@@ -275,7 +294,7 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
   // Weight error of the matrix packed (W·diag(s) with smoothing).
   for (std::int64_t k = 0; k < rows * cols; ++k) out.quality.weight_norm2 += static_cast<double>(w.data[k]) * w.data[k];
   out.quality.duquant_err2 = quant.squared_error;
-  out.quality.rtn_err2 = rtn_squared_error(w, selected.wbits);
+  out.quality.rtn_err2 = math.rtn_err2;
   return out;
 }
 

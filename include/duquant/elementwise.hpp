@@ -178,4 +178,95 @@ DQ_HD int unpack_high(unsigned char byte) { return (byte >> 4) - 8; }
 // order[n - 1 - k / 2] (odd k), where `order` lists channels by descending energy.
 DQ_HD long long zigzag_rank(long long k, long long n) { return (k % 2 == 0) ? k / 2 : n - 1 - k / 2; }
 
+// ---------------------------------------------------------------------------------------------
+// Channel energies (reference section 3): e_j = mean_i W_ij^2, smoothed (1-λ) e + λ mean(e).
+//
+// Each column's sum of squares runs over the rows in order, in double. A product of two floats is
+// exact in double, so the sum is the same with or without fused multiply-add: a GPU thread that
+// walks its column top to bottom gets the CPU's bits.
+DQ_HD double energy_add(double sum, float w) { return sum + static_cast<double>(w) * static_cast<double>(w); }
+// The column's mean square in float32: float(sum / rows) (rows floored at 1).
+DQ_HD float energy_mean(double sum, long long rows) {
+  return static_cast<float>(sum / static_cast<double>(rows > 1 ? rows : 1));
+}
+// The smoothed energy in float32; `mean` is float(Σ_j e_j / n) with the sum in double, in column order.
+DQ_HD float smoothed_energy(float e, float mean, float lambda) { return (1.0f - lambda) * e + lambda * mean; }
+
+// ---------------------------------------------------------------------------------------------
+// Eigenvector signs: each rotation column is fixed so that its entry of largest magnitude is
+// positive. This is the index of that entry among v[0], v[stride], ..., v[(n-1)·stride]: the first
+// one on ties.
+DQ_HD int largest_magnitude_index(const double* v, int n, long long stride) {
+  int largest = 0;
+  double best = v[0] < 0 ? -v[0] : v[0];
+  for (int i = 1; i < n; ++i) {
+    const double a = v[i * stride] < 0 ? -v[i * stride] : v[i * stride];
+    if (a > best) {
+      best = a;
+      largest = i;
+    }
+  }
+  return largest;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The order of the MSE search's error sums, which both backends follow so that they choose the
+// same scale from the same row bit for bit:
+//   the row is cut into chunks of kErrorFlush columns (the last chunk ends at the last multiple of
+//   kErrorLanes); within a chunk, lane j (0..kErrorLanes-1) sums in float32 the errors of columns
+//   begin+j, begin+j+kErrorLanes, ...; at the end of the chunk the lanes are added to a double total
+//   in lane order; the columns past the last multiple of kErrorLanes are added to the total one by
+//   one. The CPU runs the lanes side by side (vector registers), a GPU as kErrorLanes threads.
+inline constexpr int kErrorLanes = 8;
+inline constexpr long long kErrorFlush = 512;
+
+// End of the chunk that starts at `begin` (a multiple of kErrorFlush) in a row of n columns.
+DQ_HD long long error_chunk_end(long long begin, long long n) {
+  const long long end = begin + kErrorFlush < n ? begin + kErrorFlush : n;
+  return end / kErrorLanes * kErrorLanes;
+}
+
+// Lane `lane`'s float32 sum over the chunk [begin, end) for scale s.
+DQ_HD float error_lane_sum(const float* w, long long begin, long long end, int lane, float s, float lo, float hi) {
+  float sum = 0.0f;
+  for (long long c = begin + lane; c < end; c += kErrorLanes) sum += squared_error(w[c], s, lo, hi);
+  return sum;
+}
+
+// The sign search ranks its choices on at most kSignSearchColumns columns of each row, every
+// sign_search_stride-th column from the first.
+inline constexpr long long kSignSearchColumns = 256;
+DQ_HD long long sign_search_stride(long long cols) { return (cols + kSignSearchColumns - 1) / kSignSearchColumns; }
+DQ_HD long long sign_search_picked(long long cols) {
+  const long long stride = sign_search_stride(cols);
+  return (cols + stride - 1) / stride;
+}
+
+// The sign search's error of one sampled row (a ranking figure, never written): the smallest over
+// the MSE candidates of the summed squared_error_recip, the scale taken from the full row's maximum
+// `row_max`. Lanes as above without flushing (a sampled row is short), then the tail one by one.
+DQ_HD double sampled_row_error(const float* w, long long cols, float row_max, int bits) {
+  constexpr int kC = kScaleCandidates;
+  const float hi = static_cast<float>(qmax(bits)), lo = -hi - 1.0f;
+  const float base = base_scale(row_max, bits);
+  float s[kC], inv[kC];
+  for (int k = 0; k < kC; ++k) {
+    s[k] = base / scale_alpha(k);
+    inv[k] = 1.0f / s[k];
+  }
+  float lane[kC][kErrorLanes] = {};
+  long long c = 0;
+  for (; c + kErrorLanes <= cols; c += kErrorLanes)
+    for (int k = 0; k < kC; ++k)
+      for (int j = 0; j < kErrorLanes; ++j) lane[k][j] += squared_error_recip(w[c + j], inv[k], s[k], lo, hi);
+  double best = 0;
+  for (int k = 0; k < kC; ++k) {
+    double err = 0;
+    for (int j = 0; j < kErrorLanes; ++j) err += lane[k][j];
+    for (long long t = c; t < cols; ++t) err += squared_error_recip(w[t], inv[k], s[k], lo, hi);
+    if (k == 0 || err < best) best = err;
+  }
+  return best;
+}
+
 }  // namespace duquant::elementwise

@@ -18,6 +18,7 @@ enum class ErrorKind {
   io,        // a file cannot be found, opened, mapped, read or written         -> exit 4
   no_match,  // the selection picks no layer                                    -> exit 5
   numeric,   // a value makes the math impossible (NaN/Inf in a weight, ...)    -> exit 6
+  device,    // the compute device asked for is missing or failed (CUDA error)  -> exit 7
   internal,  // a broken invariant of duquant itself: a bug                     -> exit 70
 };
 

@@ -1,7 +1,7 @@
 // `duquant pack`: the whole pipeline from a checkpoint to a pack directory.
 //
 // Layers are packed one at a time (each with every core), so memory is bounded by the largest
-// layer. Every file is written under a temporary name and renamed; per-layer results are kept in
+// layer; with CUDA devices, one layer per device is computed while the next one is read. Every file is written under a temporary name and renamed; per-layer results are kept in
 // `<out>/.duquant-work/` until quantized.safetensors and, last, manifest.json are written, so an
 // interrupted run continues with --resume and ends with the same bytes as an uninterrupted one.
 #pragma once
@@ -29,6 +29,9 @@ struct PackOptions {
   std::filesystem::path fold_smoothing;        // write the checkpoint with 1/s folded into its norms here
   bool strict = false;                         // selected layers missing from the dump are an error
   std::function<void(const std::string&)> warn;  // one-line warnings (missing layers, ...)
+  // Compute device (layer_engine.hpp, docs/cuda-backend.md): "cpu", "auto", "cuda", "cuda:0,1".
+  std::string device = "cpu";
+  std::function<void(const std::string&)> notice;  // one-line notices (auto fell back to the CPU)
 };
 
 struct PackProgress {
@@ -56,6 +59,12 @@ struct PackSummary {
   std::size_t calibrated = 0, smoothed = 0, held_out_layers = 0;
   double mean_output_rel_error = 0, worst_output_rel_error = 0;  // over layers with held-out calls
   std::string worst_output_layer;
+  // Where the time went, summed over the layers packed in this run (with a GPU reading the next
+  // layer overlaps computing the current one, so the sum can exceed the wall time).
+  std::string device;             // the engines used: "cpu", "cuda:0,1"
+  double read_seconds = 0;        // weights read and converted to float32 (and smoothed)
+  double compute_seconds = 0;     // transform, sign choice, scale search, codes (the engine)
+  double finish_seconds = 0;      // npz, conformance vectors, calibration, records
 };
 
 // Runs the pack. `progress` is called after each layer. Throws duquant::Error.

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "duquant/layer_engine.hpp"
 #include "duquant/quant_config.hpp"
 #include "duquant/selection.hpp"
 #include "formats/calib_dump.hpp"
@@ -73,10 +74,29 @@ std::vector<formats::TensorSpec> layer_tensor_specs(const LinearLayer& layer, in
 // naming the layer and the first bad [row, column].
 std::vector<float> load_weight(const formats::Checkpoint& ckpt, const LinearLayer& layer);
 
-// Packs the layer: writes `npz_path` (atomically) and returns its safetensors tensors. With
-// calibration calls the npz gains `act_scale` (and `smooth_scale` with smoothing) after the
-// reference members, the conformance inputs are dumped rows and the output error is measured.
+// The weight a layer is packed from: the checkpoint's values in float32 and, with smoothing,
+// W·diag(s) rounded to the checkpoint's dtype (the matrix the transform is computed from).
+struct LayerInput {
+  std::vector<float> weights;
+  std::vector<float> smoothed;  // empty without smoothing
+  std::int64_t rows = 0, cols = 0;
+  WeightView checkpoint_view() const { return {weights.data(), rows, cols}; }
+  WeightView packed_view() const { return {smoothed.empty() ? weights.data() : smoothed.data(), rows, cols}; }
+};
+LayerInput load_layer_input(const formats::Checkpoint& ckpt, const SelectedLayer& selected,
+                            const LayerCalibration& calibration = {});
+
+// Writes `npz_path` (atomically) from the computed `math` and returns the layer's safetensors
+// tensors. With calibration calls the npz gains `act_scale` (and `smooth_scale` with smoothing)
+// after the reference members, the conformance inputs are dumped rows and the output error is
+// measured.
+PackedLayer finish_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
+                         const std::filesystem::path& npz_path, const LayerCalibration& calibration,
+                         const LayerInput& input, const LayerMath& math);
+
+// load_layer_input, the engine's compute (the CPU reference when `engine` is null), finish_layer.
 PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
-                       const std::filesystem::path& npz_path, const LayerCalibration& calibration = {});
+                       const std::filesystem::path& npz_path, const LayerCalibration& calibration = {},
+                       LayerEngine* engine = nullptr);
 
 }  // namespace duquant

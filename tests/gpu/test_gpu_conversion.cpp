@@ -7,17 +7,11 @@
 #include <vector>
 
 #include "duquant/elementwise.hpp"
+#include "gpu/gpu_test_util.hpp"
 #include "kernels/cuda_runtime_info.hpp"
 
 namespace duquant {
 namespace {
-
-// GTEST_SKIP must run in the test body itself: it returns from the enclosing function only.
-#define DQ_REQUIRE_GPU()                                                               \
-  do {                                                                                 \
-    std::string why_;                                                                  \
-    if (kernels::device_count(why_) == 0) GTEST_SKIP() << "no CUDA device: " << why_; \
-  } while (0)
 
 void compare_all(bool is_bf16) {
   std::vector<std::uint16_t> in(65536);

@@ -1,0 +1,198 @@
+// The CUDA engine against the CPU reference (docs/cuda-backend.md, "Tolerances"): stage by stage
+// where the result is defined bit for bit (energies, permutation, the MSE search and codes from the
+// same transformed weight, the nibble packing), and whole layers where cuSOLVER's eigenvectors and
+// cuBLAS's sums make rotations and scales agree within tolerances: synthetic layers of every block
+// size 8-128, odd widths, fewer rows than a block, 4 and 8 bits, and the fixture's layers.
+#include <gtest/gtest.h>
+
+#include <Eigen/Eigenvalues>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/test_paths.hpp"
+#include "duquant/duquant_math.hpp"
+#include "duquant/elementwise.hpp"
+#include "duquant/layer_engine.hpp"
+#include "duquant/linear_layers.hpp"
+#include "duquant/pack_layer.hpp"
+#include "formats/safetensors_checkpoint.hpp"
+#include "gpu/gpu_test_util.hpp"
+#include "kernels/cuda_layer_engine.hpp"
+
+namespace duquant {
+namespace {
+
+MatrixF random_matrix(std::int64_t rows, std::int64_t cols, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 0.02f);
+  std::uniform_real_distribution<float> u(0.3f, 3.0f);
+  std::vector<float> col(static_cast<std::size_t>(cols));
+  for (float& s : col) s = u(rng) * u(rng);
+  MatrixF m(rows, cols);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) m(r, c) = g(rng) * col[static_cast<std::size_t>(c)];
+  return m;
+}
+
+TEST(GpuEngine, ChannelEnergyAndZigzagAreTheCpuBits) {
+  DQ_REQUIRE_GPU();
+  for (const auto& [rows, cols] : std::vector<std::pair<int, int>>{{1, 1}, {5, 33}, {300, 129}, {64, 2048}}) {
+    const MatrixF w = random_matrix(rows, cols, 7u + static_cast<unsigned>(cols));
+    const WeightView v{w.data(), rows, cols};
+    for (double lambda : {0.0, 0.15}) {
+      const std::vector<float> cpu = channel_energy(v, lambda);
+      const std::vector<float> gpu = kernels::cuda_channel_energy(0, v, lambda);
+      ASSERT_EQ(gpu.size(), cpu.size());
+      for (std::size_t c = 0; c < cpu.size(); ++c)
+        ASSERT_EQ(elementwise::f32_to_bits(gpu[c]), elementwise::f32_to_bits(cpu[c])) << rows << "x" << cols << " c" << c;
+      EXPECT_EQ(kernels::cuda_zigzag_permutation(0, cpu), zigzag_permutation(cpu));
+    }
+  }
+  const std::vector<float> ties = {1, 3, 3, 2, 3, 1, 0, 2, 3, 3};  // the stable sort's tie rule
+  EXPECT_EQ(kernels::cuda_zigzag_permutation(0, ties), zigzag_permutation(ties));
+}
+
+TEST(GpuEngine, QuantizeRowsFromTheSameWeightIsTheCpuBits) {
+  DQ_REQUIRE_GPU();
+  for (std::int64_t cols : {1, 7, 9, 511, 513, 2051}) {
+    const MatrixF w = random_matrix(37, cols, static_cast<unsigned>(cols));
+    for (int bits : {2, 3, 4, 5, 8}) {
+      const QuantizedRows cpu = quantize_rows(w, bits);
+      std::string packed;
+      const QuantizedRows gpu = kernels::cuda_quantize_rows(0, w, bits, &packed);
+      ASSERT_EQ(gpu.scales.size(), cpu.scales.size());
+      for (std::size_t r = 0; r < cpu.scales.size(); ++r)
+        ASSERT_EQ(elementwise::f32_to_bits(gpu.scales[r]), elementwise::f32_to_bits(cpu.scales[r])) << cols << " row " << r;
+      ASSERT_EQ(gpu.codes, cpu.codes) << cols << " columns, " << bits << " bits";
+      EXPECT_EQ(gpu.squared_error, cpu.squared_error);
+      if (bits <= 4) {
+        const std::int64_t bytes = (cols + 1) / 2;
+        ASSERT_EQ(static_cast<std::int64_t>(packed.size()), 37 * bytes);
+        for (std::int64_t r = 0; r < 37; ++r)
+          for (std::int64_t k = 0; k < bytes; ++k) {
+            const int odd = 2 * k + 1 < cols ? cpu.codes[r * cols + 2 * k + 1] : 0;
+            ASSERT_EQ(static_cast<unsigned char>(packed[r * bytes + k]), elementwise::pack_nibbles(cpu.codes[r * cols + 2 * k], odd));
+          }
+      }
+    }
+  }
+}
+
+// Whole layers: the documented tolerances.
+void expect_equivalent(const LayerMath& cpu, const LayerMath& gpu, const MatrixF& w, const QuantConfig& q, int bits,
+                       const std::string& what) {
+  const std::int64_t rows = w.rows(), cols = w.cols();
+  ASSERT_EQ(gpu.t.perm, cpu.t.perm) << what;  // bit for bit
+  ASSERT_EQ(gpu.t.r_in.size(), cpu.t.r_in.size()) << what;
+  ASSERT_EQ(gpu.t.r_out.size(), cpu.t.r_out.size()) << what;
+  // Rotations: orthogonal to 1e-5 and, column by column where the eigenvalue is distinct, the
+  // same eigenvector (|cos| within 1e-4; Rin's signs are canonical on both, Rout's are chosen).
+  auto compare = [&](const MatrixF& a, const MatrixF& b, const Eigen::MatrixXd& gram, bool signs, const std::string& where) {
+    ASSERT_EQ(a.rows(), b.rows()) << where;
+    const Eigen::MatrixXd ad = a.cast<double>();
+    EXPECT_LT((ad.transpose() * ad - Eigen::MatrixXd::Identity(a.rows(), a.rows())).cwiseAbs().maxCoeff(), 1e-5) << where;
+    const Eigen::VectorXd ev = Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>(gram).eigenvalues().reverse();
+    const double scale = std::max(ev.cwiseAbs().maxCoeff(), 1e-30);
+    for (Eigen::Index j = 0; j < a.cols(); ++j) {
+      const bool distinct = (j == 0 || ev[j - 1] - ev[j] > 1e-3 * scale) && (j + 1 == a.cols() || ev[j] - ev[j + 1] > 1e-3 * scale);
+      if (!distinct) continue;
+      const double dot = ad.col(j).dot(b.col(j).cast<double>());
+      EXPECT_NEAR(signs ? dot : std::abs(dot), 1.0, 1e-4) << where << " column " << j;
+    }
+  };
+  MatrixF permuted(rows, cols);
+  for (std::int64_t c = 0; c < cols; ++c) permuted.col(c) = w.col(cpu.t.perm[static_cast<std::size_t>(c)]);
+  for (std::size_t b = 0; b < cpu.t.r_in.size(); ++b) {
+    const std::int64_t s = block_width(cols, q.block, static_cast<std::int64_t>(b));
+    const Eigen::MatrixXd x = permuted.middleCols(static_cast<Eigen::Index>(b) * q.block, s).cast<double>();
+    compare(gpu.t.r_in[b], cpu.t.r_in[b], x.transpose() * x, true, what + " Rin_" + std::to_string(b));
+  }
+  for (std::size_t b = 0; b < cpu.t.r_out.size(); ++b) {
+    const std::int64_t s = block_width(rows, q.block_out, static_cast<std::int64_t>(b));
+    const Eigen::MatrixXd x = w.middleRows(static_cast<Eigen::Index>(b) * q.block_out, s).cast<double>();
+    compare(gpu.t.r_out[b], cpu.t.r_out[b], x * x.transpose(), false, what + " Rout_" + std::to_string(b));
+  }
+  for (std::int64_t r = 0; r < rows; ++r) {
+    EXPECT_NEAR(gpu.weight_scale[r], cpu.weight_scale[r], 1e-5 * cpu.weight_scale[r]) << what << " weight_scale " << r;
+  }
+  // The quantization error and the baseline: the same figure within 1e-3 (the sign choice may
+  // break a near-tie the other way on one block).
+  EXPECT_NEAR(gpu.quant.squared_error, cpu.quant.squared_error, 1e-3 * cpu.quant.squared_error) << what;
+  EXPECT_EQ(gpu.rtn_err2, cpu.rtn_err2) << what;  // same input, same order: bit for bit
+  // Codes: at most 1 % differ (elements at a rounding tie, rows whose candidate was a near-tie).
+  std::vector<std::int8_t> codes = gpu.quant.codes;
+  if (!gpu.packed.empty()) {
+    const std::int64_t bytes = (cols + 1) / 2;
+    codes.assign(static_cast<std::size_t>(rows * cols), 0);
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < cols; ++c) {
+        const auto byte = static_cast<unsigned char>(gpu.packed[static_cast<std::size_t>(r * bytes + c / 2)]);
+        codes[r * cols + c] = static_cast<std::int8_t>(c % 2 ? elementwise::unpack_high(byte) : elementwise::unpack_low(byte));
+      }
+  }
+  ASSERT_EQ(codes.size(), cpu.quant.codes.size()) << what;
+  std::size_t differ = 0;
+  for (std::size_t k = 0; k < codes.size(); ++k) differ += codes[k] != cpu.quant.codes[k];
+  EXPECT_LE(static_cast<double>(differ), 0.01 * static_cast<double>(codes.size())) << what << ": " << differ << " codes differ";
+  (void)bits;
+}
+
+struct Shape {
+  std::int64_t rows, cols;
+  int block, block_out;
+};
+
+class GpuLayers : public ::testing::TestWithParam<std::tuple<Shape, int>> {};
+
+TEST_P(GpuLayers, MatchTheCpuWithinTheTolerances) {
+  DQ_REQUIRE_GPU();
+  const auto [shape, bits] = GetParam();
+  const MatrixF w = random_matrix(shape.rows, shape.cols, static_cast<unsigned>(shape.rows * 31 + shape.cols + bits));
+  auto engine = kernels::make_cuda_engine(0);
+  for (RowRot rr : {RowRot::restore, RowRot::off})
+    for (bool permute : {true, false}) {
+      QuantConfig q;
+      q.block = shape.block;
+      q.block_out = shape.block_out;
+      q.row_rot = rr;
+      q.permute = permute;
+      const WeightView v{w.data(), shape.rows, shape.cols};
+      const std::string what = std::to_string(shape.rows) + "x" + std::to_string(shape.cols) + " b" + std::to_string(shape.block) +
+                               "/" + std::to_string(shape.block_out) + " W" + std::to_string(bits) +
+                               (permute ? " perm" : "") + (rr == RowRot::off ? " row_rot=0" : "");
+      expect_equivalent(compute_layer_math(v, q, bits), engine->compute(v, q, bits, what), w, q, bits, what);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, GpuLayers,
+    ::testing::Combine(::testing::Values(Shape{64, 128, 8, 8}, Shape{96, 256, 16, 16}, Shape{128, 320, 32, 16},
+                                         Shape{256, 512, 64, 64}, Shape{256, 384, 128, 128},  // the syevBatched path
+                                         Shape{77, 203, 16, 32},                               // odd widths, tail blocks
+                                         Shape{5, 96, 32, 16},                                 // O < block
+                                         Shape{130, 1, 8, 8}),                                 // a single column
+                       ::testing::Values(4, 8)));
+
+TEST(GpuEngine, FixtureLayersMatchTheCpu) {
+  DQ_REQUIRE_GPU();
+  const formats::Checkpoint ckpt = formats::Checkpoint::open(test::tiny_checkpoint());
+  const std::vector<LinearLayer> linears = find_linear_layers(ckpt);
+  auto engine = kernels::make_cuda_engine(0);
+  int checked = 0;
+  for (const LinearLayer& l : linears) {
+    if (l.name.find("gemma_expert") == std::string::npos || l.name.find("layernorm") != std::string::npos) continue;
+    const SelectedLayer sel{&l, 4};
+    const LayerInput in = load_layer_input(ckpt, sel);
+    const QuantConfig q;
+    const MatrixF w = Eigen::Map<const MatrixF>(in.weights.data(), in.rows, in.cols);
+    expect_equivalent(compute_layer_math(in.packed_view(), q, 4), engine->compute(in.packed_view(), q, 4, l.name), w, q, 4, l.name);
+    ++checked;
+  }
+  EXPECT_EQ(checked, 14);
+}
+
+}  // namespace
+}  // namespace duquant

@@ -1,0 +1,89 @@
+// `duquant pack --device`: the spellings it accepts, the refusals (exit 2 for a malformed value,
+// exit 7 for a device this build or machine does not have), all before anything is written, and
+// `auto` without a GPU falling back to the CPU with a notice and the CPU's bytes.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/run_cli.hpp"
+#include "common/test_paths.hpp"
+#include "duquant/device.hpp"
+
+namespace duquant {
+namespace {
+
+namespace fs = std::filesystem;
+using test::CliResult;
+
+CliResult pack_with(const fs::path& out, const std::string& device) {
+  return test::run_cli({"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit", "--device", device});
+}
+
+std::map<std::string, std::string> files_of(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) files[fs::relative(e.path(), dir).string()] = test::read_text(e.path());
+  return files;
+}
+
+bool has_gpu() { return probe_devices().cuda_devices > 0; }
+
+TEST(PackDevice, MalformedValuesExit2BeforeAnythingIsWritten) {
+  const fs::path dir = test::temp_dir();
+  for (const std::string bad : {"gpu", "cuda:", "cuda:x", "cuda:0,", "cuda:0,0", "cuda:-1", "CPU", ""}) {
+    const fs::path out = dir / "out";
+    const CliResult r = pack_with(out, bad);
+    EXPECT_EQ(r.exit_code, 2) << "'" << bad << "'\n" << r.err;
+    EXPECT_NE(r.err.find("--device"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(out)) << "'" << bad << "' created the output folder";
+  }
+}
+
+TEST(PackDevice, MissingCudaDeviceExits7NamingTheReason) {
+  if (has_gpu()) GTEST_SKIP() << "a CUDA device is present: nothing is missing";
+  const fs::path dir = test::temp_dir();
+  for (const std::string device : {"cuda", "cuda:0", "cuda:1,3"}) {
+    const CliResult r = pack_with(dir / "out", device);
+    EXPECT_EQ(r.exit_code, 7) << device << "\n" << r.err;
+    EXPECT_NE(r.err.find("--device " + device), std::string::npos) << r.err;
+    const bool built = probe_devices().cuda_built;
+    EXPECT_NE(r.err.find(built ? "no CUDA device" : "no CUDA backend"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir / "out")) << device << " created the output folder";
+  }
+}
+
+TEST(PackDevice, AutoWithoutAGpuIsTheCpuWithANotice) {
+  if (has_gpu()) GTEST_SKIP() << "a CUDA device is present: auto uses it";
+  const fs::path dir = test::temp_dir();
+  const CliResult cpu = pack_with(dir / "cpu", "cpu");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  EXPECT_EQ(cpu.err.find("notice"), std::string::npos) << cpu.err;
+  EXPECT_NE(cpu.out.find("on cpu ("), std::string::npos) << cpu.out;
+  const CliResult automatic = pack_with(dir / "auto", "auto");
+  ASSERT_EQ(automatic.exit_code, 0) << automatic.err;
+  EXPECT_NE(automatic.err.find("duquant: notice: "), std::string::npos) << automatic.err;
+  EXPECT_NE(automatic.err.find("packing on the CPU"), std::string::npos) << automatic.err;
+  const auto a = files_of(dir / "cpu"), b = files_of(dir / "auto");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, bytes] : a) EXPECT_TRUE(b.count(name) && b.at(name) == bytes) << name << " differs";
+}
+
+TEST(PackDevice, CudaPackVerifiesCleanAgainstTheCheckpoint) {
+  if (!has_gpu()) GTEST_SKIP() << "no CUDA device: " << probe_devices().cuda_status;
+  const fs::path dir = test::temp_dir();
+  const CliResult r = pack_with(dir / "gpu", "cuda");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("on cuda:"), std::string::npos) << r.out;
+  const CliResult v = test::run_cli({"verify", (dir / "gpu").string(), "-c", test::tiny_checkpoint().string()});
+  EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
+  // The same pack twice: a device run is deterministic too.
+  ASSERT_EQ(pack_with(dir / "gpu2", "cuda").exit_code, 0);
+  const auto a = files_of(dir / "gpu"), b = files_of(dir / "gpu2");
+  for (const auto& [name, bytes] : a) EXPECT_TRUE(b.count(name) && b.at(name) == bytes) << name << " differs";
+}
+
+}  // namespace
+}  // namespace duquant
