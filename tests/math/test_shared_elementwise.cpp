@@ -4,6 +4,8 @@
 // eigenvector) with the very functions the kernel calls, and requires the CPU reference's bits.
 #include <gtest/gtest.h>
 
+#include <Eigen/Eigenvalues>
+
 #include <cmath>
 #include <cstring>
 #include <random>
