@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
@@ -41,34 +42,33 @@ class CudaEngine final : public LayerEngine {
  public:
   explicit CudaEngine(int device) : device_(device) {
     const Stage s{nullptr, "setting up the device"};
-    check(cudaSetDevice(device_), s);
-    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), s);
-    check(cublasCreate(&blas_), s);
-    check(cublasSetStream(blas_, stream_), s);
-    // No TF32 or other reduced-precision paths: float GEMMs accumulate in float, as the CPU.
-    check(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH), s);
-    check(cusolverDnCreate(&solver_), s);
-    check(cusolverDnSetStream(solver_, stream_), s);
-    check(cusolverDnCreateSyevjInfo(&syevj_), s);
-    check(cusolverDnXsyevjSetTolerance(syevj_, 0.0), s);  // 0: machine precision
-    check(cusolverDnXsyevjSetMaxSweeps(syevj_, 100), s);
-    check(cusolverDnXsyevjSetSortEig(syevj_, 1), s);     // ascending, as syevBatched
-    check(cusolverDnCreateParams(&params_), s);
+    try {
+      check(cudaSetDevice(device_), s);
+      check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), s);
+      check(cublasCreate(&blas_), s);
+      check(cublasSetStream(blas_, stream_), s);
+      // No TF32 or other reduced-precision paths: float GEMMs accumulate in float, as the CPU.
+      check(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH), s);
+      check(cusolverDnCreate(&solver_), s);
+      check(cusolverDnSetStream(solver_, stream_), s);
+      check(cusolverDnCreateSyevjInfo(&syevj_), s);
+      // The tolerance stays cuSOLVER's default, machine accuracy.
+      check(cusolverDnXsyevjSetMaxSweeps(syevj_, 100), s);
+      check(cusolverDnXsyevjSetSortEig(syevj_, 1), s);     // ascending, as syevBatched
+      check(cusolverDnCreateParams(&params_), s);
+    } catch (...) {
+      release();  // a throwing constructor runs no destructor
+      throw;
+    }
   }
   CudaEngine(const CudaEngine&) = delete;
   CudaEngine& operator=(const CudaEngine&) = delete;
-  ~CudaEngine() override {
-    cudaSetDevice(device_);
-    if (params_) cusolverDnDestroyParams(params_);
-    if (syevj_) cusolverDnDestroySyevjInfo(syevj_);
-    if (solver_) cusolverDnDestroy(solver_);
-    if (blas_) cublasDestroy(blas_);
-    if (stream_) cudaStreamDestroy(stream_);
-  }
+  ~CudaEngine() override { release(); }
 
   std::string name() const override { return "cuda:" + std::to_string(device_); }
 
   LayerMath compute(const WeightView& w, const QuantConfig& q, int bits, const std::string& layer) override {
+    const Unwind unwind(*this);
     layer_ = &layer;
     check(cudaSetDevice(device_), at("selecting the device"));
     const std::int64_t rows = w.rows, cols = w.cols, n = rows * cols;
@@ -91,11 +91,9 @@ class CudaEngine final : public LayerEngine {
     if (q.permute) {
       float* d_energy = energy_.reserve(static_cast<std::size_t>(cols), at("allocating the energies"));
       double* d_sums = sums_.reserve(static_cast<std::size_t>(cols), at("allocating the energies"));
-      launch_channel_energy(d_w, rows, cols, static_cast<float>(q.lambda_smooth), d_sums, d_energy, stream_);
+      launch_channel_energy(d_w, rows, cols, q.lambda_smooth, d_sums, d_energy, stream_);
       launched("channel energies");
-      void* scratch = sort_.reserve(zigzag_scratch_bytes(cols), at("allocating the sort"));
-      launch_zigzag_permutation(d_energy, cols, scratch, d_perm, stream_);
-      launched("sorting the channels (zigzag)");
+      zigzag(d_energy, cols, d_perm);
     } else {
       launch_identity(cols, d_perm, stream_);
       launched("the identity permutation");
@@ -173,12 +171,12 @@ class CudaEngine final : public LayerEngine {
     check(cudaStreamSynchronize(stream_), at("finishing the layer"));
     for (std::int64_t r = 0; r < rows; ++r) m.quant.squared_error += errors[r];  // in row order, as the CPU
     for (std::int64_t r = 0; r < rows; ++r) m.rtn_err2 += errors[rows + r];
-    layer_ = nullptr;
     return m;
   }
 
   // Test seams (cuda_layer_engine.hpp).
   std::vector<float> energy_only(const WeightView& w, double lambda) {
+    const Unwind unwind(*this);
     const std::string name = "(test)";
     layer_ = &name;
     check(cudaSetDevice(device_), at("selecting the device"));
@@ -186,32 +184,32 @@ class CudaEngine final : public LayerEngine {
     float* d_w = w_.reserve(static_cast<std::size_t>(n), at("allocating"));
     upload(d_w, w.data, static_cast<std::size_t>(n));
     float* d_energy = energy_.reserve(static_cast<std::size_t>(w.cols), at("allocating"));
-    launch_channel_energy(d_w, w.rows, w.cols, static_cast<float>(lambda), sums_.reserve(static_cast<std::size_t>(w.cols), at("allocating")),
-                          d_energy, stream_);
+    launch_channel_energy(d_w, w.rows, w.cols, lambda, sums_.reserve(static_cast<std::size_t>(w.cols), at("allocating")), d_energy,
+                          stream_);
     launched("channel energies");
     std::vector<float> e(static_cast<std::size_t>(w.cols));
     download(e.data(), d_energy, e.size());
     check(cudaStreamSynchronize(stream_), at("finishing"));
-    layer_ = nullptr;
     return e;
   }
   std::vector<std::int64_t> zigzag_only(const std::vector<float>& energy) {
+    const Unwind unwind(*this);
     const std::string name = "(test)";
     layer_ = &name;
     check(cudaSetDevice(device_), at("selecting the device"));
     const auto cols = static_cast<std::int64_t>(energy.size());
+    as_int(cols, at("the channels"));
     float* d_energy = energy_.reserve(energy.size(), at("allocating"));
     upload(d_energy, energy.data(), energy.size());
     std::int64_t* d_perm = perm_.reserve(energy.size(), at("allocating"));
-    launch_zigzag_permutation(d_energy, cols, sort_.reserve(zigzag_scratch_bytes(cols), at("allocating")), d_perm, stream_);
-    launched("sorting the channels (zigzag)");
+    zigzag(d_energy, cols, d_perm);
     std::vector<std::int64_t> perm(energy.size());
     download(perm.data(), d_perm, perm.size());
     check(cudaStreamSynchronize(stream_), at("finishing"));
-    layer_ = nullptr;
     return perm;
   }
   QuantizedRows quantize_only(const MatrixF& w_t, int bits, std::string* packed_out) {
+    const Unwind unwind(*this);
     const std::string name = "(test)";
     layer_ = &name;
     check(cudaSetDevice(device_), at("selecting the device"));
@@ -247,12 +245,47 @@ class CudaEngine final : public LayerEngine {
             static_cast<std::int8_t>(c % 2 == 0 ? elementwise::unpack_low(byte) : elementwise::unpack_high(byte));
       }
     if (packed_out && nibbles) *packed_out = std::move(bytes);
-    layer_ = nullptr;
     return out;
   }
 
  private:
+  // On every way out of a computation: the stream drained (nothing queued may still read the
+  // staging memory or write results when the next layer starts) and no dangling layer name.
+  struct Unwind {
+    CudaEngine& e;
+    explicit Unwind(CudaEngine& engine) : e(engine) {}
+    Unwind(const Unwind&) = delete;
+    Unwind& operator=(const Unwind&) = delete;
+    ~Unwind() {
+      if (e.stream_) cudaStreamSynchronize(e.stream_);
+      e.layer_ = nullptr;
+    }
+  };
+
+  void release() noexcept {
+    cudaSetDevice(device_);
+    if (params_) cusolverDnDestroyParams(params_);
+    if (syevj_) cusolverDnDestroySyevjInfo(syevj_);
+    if (solver_) cusolverDnDestroy(solver_);
+    if (blas_) cublasDestroy(blas_);
+    if (stream_) cudaStreamDestroy(stream_);
+    params_ = nullptr;
+    syevj_ = nullptr;
+    solver_ = nullptr;
+    blas_ = nullptr;
+    stream_ = nullptr;
+  }
+
   Stage at(const char* what) const { return Stage{layer_, what}; }
+
+  void zigzag(const float* d_energy, std::int64_t cols, std::int64_t* d_perm) {
+    const Stage s = at("sorting the channels (CUB DeviceRadixSort, zigzag)");
+    cudaError_t status = cudaSuccess;
+    const std::size_t bytes = zigzag_scratch_bytes(cols, status);
+    check(status, s);
+    check(launch_zigzag_permutation(d_energy, cols, sort_.reserve(bytes, s), d_perm, stream_), s);
+    check(cudaGetLastError(), s);
+  }
   void launched(const char* what) { check(cudaGetLastError(), at(what)); }
 
   template <typename T, typename U>
@@ -305,7 +338,17 @@ class CudaEngine final : public LayerEngine {
 
   // Eigenvectors of `batch` symmetric n×n matrices in place (ascending eigenvalues): the batched
   // Jacobi solver up to its size limit of 32, the batched QR-based syevBatched beyond.
-  void eigen(double* a, double* w, std::int64_t n64, std::int64_t batch64, const char* what) {
+  // Matrices [first, first + batch64) of the layer's `total` blocks, in chunks small enough for
+  // cuSOLVER's 32-bit bound on n·n·batch.
+  void eigen(double* a, double* w, std::int64_t n64, std::int64_t batch64, std::int64_t first, std::int64_t total,
+             const char* what) {
+    const std::int64_t chunk = std::max<std::int64_t>(1, INT_MAX / (n64 * n64));
+    for (std::int64_t k = 0; k < batch64; k += chunk)
+      eigen_chunk(a + k * n64 * n64, w + k * n64, n64, std::min(chunk, batch64 - k), first + k, total, what);
+  }
+
+  void eigen_chunk(double* a, double* w, std::int64_t n64, std::int64_t batch64, std::int64_t first, std::int64_t total,
+                   const char* what) {
     const Stage s = at(what);
     const int n = as_int(n64, s), batch = as_int(batch64, s);
     int* d_info = info_.reserve(static_cast<std::size_t>(batch), s);
@@ -335,22 +378,22 @@ class CudaEngine final : public LayerEngine {
     check(cudaStreamSynchronize(stream_), s);
     for (int k = 0; k < batch; ++k)
       if (info[static_cast<std::size_t>(k)] != 0)
-        fail(ErrorKind::numeric, "layer '{}': {}: matrix {} of {} ({}x{}) did not converge (info {})", *layer_, what, k, batch,
-             n, n, info[static_cast<std::size_t>(k)]);
+        fail(ErrorKind::numeric, "layer '{}': {}: block {} of {} ({}x{} Gram matrix) did not converge (cuSOLVER info {})",
+             *layer_, what, first + k, total, n, n, info[static_cast<std::size_t>(k)]);
   }
 
   void rotations(BlockSet& set, const Blocks& b, const char* what) {
     const Stage s = at(what);
     if (b.full > 0) {
       double* w = set.eig_full.reserve(static_cast<std::size_t>(b.full * b.block), s);
-      eigen(set.gram_full.get(), w, b.block, b.full, what);
+      eigen(set.gram_full.get(), w, b.block, b.full, 0, b.count(), what);
       float* r = set.rot_full.reserve(static_cast<std::size_t>(b.full * b.block * b.block), s);
       launch_canonical_rotations(set.gram_full.get(), static_cast<int>(b.block), b.full, r, stream_);
       launched(what);
     }
     if (b.tail > 0) {
       double* w = set.eig_tail.reserve(static_cast<std::size_t>(b.tail), s);
-      eigen(set.gram_tail.get(), w, b.tail, 1, what);
+      eigen(set.gram_tail.get(), w, b.tail, 1, b.full, b.count(), what);
       float* r = set.rot_tail.reserve(static_cast<std::size_t>(b.tail * b.tail), s);
       launch_canonical_rotations(set.gram_tail.get(), static_cast<int>(b.tail), 1, r, stream_);
       launched(what);
@@ -359,6 +402,7 @@ class CudaEngine final : public LayerEngine {
 
   std::vector<MatrixF> host_rotations(const BlockSet& set, const Blocks& b) {
     std::vector<MatrixF> out;
+    out.reserve(static_cast<std::size_t>(b.count()));  // the copies target these matrices' storage
     for (std::int64_t k = 0; k < b.full; ++k) {
       out.emplace_back(b.block, b.block);
       download(out.back().data(), set.rot_full.get() + k * b.block * b.block, static_cast<std::size_t>(b.block * b.block));

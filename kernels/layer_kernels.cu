@@ -69,15 +69,15 @@ struct SortScratch {
 
 std::size_t align_up(std::size_t n) { return (n + 255) / 256 * 256; }
 
-std::size_t cub_temp_bytes(std::int64_t cols) {
+std::size_t cub_temp_bytes(std::int64_t cols, cudaError_t& status) {
   std::size_t bytes = 0;
-  cub::DeviceRadixSort::SortPairsDescending(nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
-                                            static_cast<const std::int64_t*>(nullptr), static_cast<std::int64_t*>(nullptr),
-                                            static_cast<int>(cols));
+  status = cub::DeviceRadixSort::SortPairsDescending(nullptr, bytes, static_cast<const float*>(nullptr),
+                                                     static_cast<float*>(nullptr), static_cast<const std::int64_t*>(nullptr),
+                                                     static_cast<std::int64_t*>(nullptr), static_cast<int>(cols));
   return bytes;
 }
 
-SortScratch carve(void* scratch, std::int64_t cols) {
+SortScratch carve(void* scratch, std::int64_t cols, cudaError_t& status) {
   auto* base = static_cast<unsigned char*>(scratch);
   const auto n = static_cast<std::size_t>(cols);
   SortScratch s{};
@@ -89,7 +89,7 @@ SortScratch carve(void* scratch, std::int64_t cols) {
   s.values_out = reinterpret_cast<std::int64_t*>(base + at);
   at += align_up(n * sizeof(std::int64_t));
   s.temp = base + at;
-  s.temp_bytes = cub_temp_bytes(cols);
+  s.temp_bytes = cub_temp_bytes(cols, status);
   return s;
 }
 
@@ -290,25 +290,30 @@ __global__ void quantize_rows_kernel(const float* w_all, std::int64_t rows, std:
 
 }  // namespace
 
-void launch_channel_energy(const float* w, std::int64_t rows, std::int64_t cols, float lambda, double* sums, float* energy,
+void launch_channel_energy(const float* w, std::int64_t rows, std::int64_t cols, double lambda, double* sums, float* energy,
                            cudaStream_t stream) {
   column_energy_kernel<<<grid_for(cols), kThreads, 0, stream>>>(w, rows, cols, sums, energy);
-  if (lambda > 0) smooth_energy_kernel<<<1, kThreads, 0, stream>>>(cols, lambda, energy);
+  // The CPU's test, on the double, then the float32 lambda.
+  if (lambda > 0) smooth_energy_kernel<<<1, kThreads, 0, stream>>>(cols, static_cast<float>(lambda), energy);
 }
 
-std::size_t zigzag_scratch_bytes(std::int64_t cols) {
+std::size_t zigzag_scratch_bytes(std::int64_t cols, cudaError_t& status) {
   const auto n = static_cast<std::size_t>(cols);
-  return align_up(n * sizeof(float)) + 2 * align_up(n * sizeof(std::int64_t)) + align_up(cub_temp_bytes(cols));
+  return align_up(n * sizeof(float)) + 2 * align_up(n * sizeof(std::int64_t)) + align_up(cub_temp_bytes(cols, status));
 }
 
-void launch_zigzag_permutation(const float* energy, std::int64_t cols, void* scratch, std::int64_t* perm,
-                               cudaStream_t stream) {
-  SortScratch s = carve(scratch, cols);
+cudaError_t launch_zigzag_permutation(const float* energy, std::int64_t cols, void* scratch, std::int64_t* perm,
+                                      cudaStream_t stream) {
+  cudaError_t status = cudaSuccess;
+  SortScratch s = carve(scratch, cols, status);
+  if (status != cudaSuccess) return status;
   iota_kernel<<<grid_for(cols), kThreads, 0, stream>>>(cols, s.values_in);
   // Radix sort is stable: equal energies keep the lower channel index first, as std::stable_sort.
-  cub::DeviceRadixSort::SortPairsDescending(s.temp, s.temp_bytes, energy, s.keys_out, s.values_in, s.values_out,
-                                            static_cast<int>(cols), 0, static_cast<int>(sizeof(float) * 8), stream);
+  status = cub::DeviceRadixSort::SortPairsDescending(s.temp, s.temp_bytes, energy, s.keys_out, s.values_in, s.values_out,
+                                                     static_cast<int>(cols), 0, static_cast<int>(sizeof(float) * 8), stream);
+  if (status != cudaSuccess) return status;
   zigzag_kernel<<<grid_for(cols), kThreads, 0, stream>>>(s.values_out, cols, perm);
+  return cudaSuccess;
 }
 
 void launch_identity(std::int64_t cols, std::int64_t* perm, cudaStream_t stream) {

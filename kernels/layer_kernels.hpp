@@ -12,15 +12,15 @@ namespace duquant::kernels {
 
 // energy[c] = the reference's smoothed channel energy of column c (bit for bit the CPU's).
 // `sums` holds `cols` doubles of scratch.
-void launch_channel_energy(const float* w, std::int64_t rows, std::int64_t cols, float lambda, double* sums,
+void launch_channel_energy(const float* w, std::int64_t rows, std::int64_t cols, double lambda, double* sums,
                            float* energy, cudaStream_t stream);
 
-// Bytes of scratch launch_zigzag_permutation needs for `cols` channels.
-std::size_t zigzag_scratch_bytes(std::int64_t cols);
+// Bytes of scratch launch_zigzag_permutation needs for `cols` channels (CUB's status in `status`).
+std::size_t zigzag_scratch_bytes(std::int64_t cols, cudaError_t& status);
 // perm = the zigzag over channels sorted by descending energy, ties by lower index (a stable radix
-// sort); `scratch` holds zigzag_scratch_bytes(cols) bytes.
-void launch_zigzag_permutation(const float* energy, std::int64_t cols, void* scratch, std::int64_t* perm,
-                               cudaStream_t stream);
+// sort); `scratch` holds zigzag_scratch_bytes(cols) bytes. Returns CUB's status.
+cudaError_t launch_zigzag_permutation(const float* energy, std::int64_t cols, void* scratch, std::int64_t* perm,
+                                      cudaStream_t stream);
 void launch_identity(std::int64_t cols, std::int64_t* perm, cudaStream_t stream);
 
 // out = w[:, perm]

@@ -1,6 +1,7 @@
 #include "duquant/layer_engine.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <set>
 
 #include "duquant/device.hpp"
@@ -66,7 +67,17 @@ DevicePlan open_devices(const std::string& spec, const std::function<void(const 
     plan.description = "cpu";
     return std::move(plan);
   };
-  if (spec == "cpu") return cpu();
+  if (spec == "cpu") {
+    if (const char* seam = std::getenv("DUQUANT_TEST_PIPELINE"); seam != nullptr) {
+      const int n = std::atoi(seam);
+      DQ_CHECK(n >= 1 && n <= 8, usage, "DUQUANT_TEST_PIPELINE={}: expected 1-8 engines", seam);
+      for (int k = 0; k < n; ++k) plan.engines.push_back(make_cpu_engine());
+      plan.overlap = true;
+      plan.description = fmt::format("cpu (pipeline of {})", n);
+      return plan;
+    }
+    return cpu();
+  }
   const bool is_auto = spec == "auto";
   DQ_CHECK(is_auto || spec == "cuda" || spec.rfind("cuda:", 0) == 0, usage,
            "--device {}: expected auto, cpu, cuda or cuda:N[,M...]", spec);
@@ -87,7 +98,7 @@ DevicePlan open_devices(const std::string& spec, const std::function<void(const 
     DQ_CHECK(d < report.cuda_devices, device, "--device {}: there is no CUDA device {} ({} found)", spec, d,
              report.cuda_devices);
 #if defined(DUQUANT_HAVE_CUDA)
-  plan.cuda = true;
+  plan.cuda = plan.overlap = true;
   plan.description = "cuda:";
   for (std::size_t k = 0; k < wanted.size(); ++k) {
     plan.engines.push_back(kernels::make_cuda_engine(wanted[k]));

@@ -230,7 +230,7 @@ class LayerPipeline {
 
   // The k-th layer to pack (k = 0, 1, ... in order).
   ComputedLayer take(std::size_t k) {
-    if (!devices_.cuda) return compute(k, read(k));
+    if (!devices_.overlap) return compute(k, read(k));
     const std::size_t n = devices_.engines.size(), total = readers_.size();
     for (; reads_launched_ < std::min(total, k + n + 1); ++reads_launched_) {
       const std::size_t j = reads_launched_;

@@ -45,6 +45,9 @@ std::unique_ptr<LayerEngine> make_cpu_engine();
 struct DevicePlan {
   std::vector<std::unique_ptr<LayerEngine>> engines;  // layers go round-robin to these
   bool cuda = false;
+  // Compute layers on worker threads, one per engine, while the next layer is read (CUDA). Test
+  // seam: DUQUANT_TEST_PIPELINE=N runs `cpu` as N CPU engines this way (never set in normal use).
+  bool overlap = false;
   std::string description;  // "cpu", "cuda:0,1"
 };
 DevicePlan open_devices(const std::string& spec, const std::function<void(const std::string&)>& notice);

@@ -15,6 +15,7 @@
 #include "common/test_paths.hpp"
 #include "duquant/duquant_math.hpp"
 #include "duquant/elementwise.hpp"
+#include "duquant/error.hpp"
 #include "duquant/layer_engine.hpp"
 #include "duquant/linear_layers.hpp"
 #include "duquant/pack_layer.hpp"
@@ -35,6 +36,19 @@ MatrixF random_matrix(std::int64_t rows, std::int64_t cols, unsigned seed) {
   for (std::int64_t r = 0; r < rows; ++r)
     for (std::int64_t c = 0; c < cols; ++c) m(r, c) = g(rng) * col[static_cast<std::size_t>(c)];
   return m;
+}
+
+TEST(GpuEngine, WithoutADeviceTheEngineRefusesWithADeviceError) {
+  std::string why;
+  if (kernels::device_count(why) > 0) GTEST_SKIP() << "a CUDA device is present";
+  try {
+    auto engine = kernels::make_cuda_engine(0);
+    FAIL() << "an engine was made without a device";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::device);
+    EXPECT_NE(std::string(e.what()).find("setting up the device"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
+  }
 }
 
 TEST(GpuEngine, ChannelEnergyAndZigzagAreTheCpuBits) {
@@ -174,7 +188,12 @@ INSTANTIATE_TEST_SUITE_P(
                                          Shape{77, 203, 16, 32},                               // odd widths, tail blocks
                                          Shape{5, 96, 32, 16},                                 // O < block
                                          Shape{130, 1, 8, 8}),                                 // a single column
-                       ::testing::Values(4, 8)));
+                       ::testing::Values(4, 8)),
+    [](const ::testing::TestParamInfo<GpuLayers::ParamType>& info) {
+      const Shape& s = std::get<0>(info.param);
+      return std::to_string(s.rows) + "x" + std::to_string(s.cols) + "_b" + std::to_string(s.block) + "_bo" +
+             std::to_string(s.block_out) + "_W" + std::to_string(std::get<1>(info.param));
+    });
 
 TEST(GpuEngine, FixtureLayersMatchTheCpu) {
   DQ_REQUIRE_GPU();

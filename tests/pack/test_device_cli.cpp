@@ -71,6 +71,39 @@ TEST(PackDevice, AutoWithoutAGpuIsTheCpuWithANotice) {
   for (const auto& [name, bytes] : a) EXPECT_TRUE(b.count(name) && b.at(name) == bytes) << name << " differs";
 }
 
+// The overlapped pipeline a GPU run uses (read-ahead, N engines, results in layer order), driven
+// with CPU engines through the DUQUANT_TEST_PIPELINE seam: the same bytes as the sequential run,
+// and an interrupted pipelined run resumes to them too.
+TEST(PackDevice, PipelinedEnginesGiveTheSequentialBytes) {
+  const fs::path dir = test::temp_dir();
+  ASSERT_EQ(pack_with(dir / "sequential", "cpu").exit_code, 0);
+  const auto expected = files_of(dir / "sequential");
+  for (const std::string n : {"1", "2", "3"}) {
+    const fs::path out = dir / ("pipeline" + n);
+    const CliResult r = test::run_cli({"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit",
+                                       "--device", "cpu"},
+                                      {"DUQUANT_TEST_PIPELINE=" + n});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("on cpu (pipeline of " + n + ")"), std::string::npos) << r.out;
+    const auto got = files_of(out);
+    ASSERT_EQ(got.size(), expected.size()) << n;
+    for (const auto& [name, bytes] : expected) EXPECT_TRUE(got.count(name) && got.at(name) == bytes) << n << ": " << name;
+  }
+  const fs::path out = dir / "killed";
+  const std::vector<std::string> args{"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit",
+                                      "--device", "cpu"};
+  const CliResult killed = test::run_cli(args, {"DUQUANT_TEST_PIPELINE=2", "DUQUANT_TEST_KILL_AT=layer:5"});
+  EXPECT_EQ(killed.exit_code, 128 + 9) << killed.err;
+  std::vector<std::string> resume = args;
+  resume.push_back("--resume");
+  const CliResult resumed = test::run_cli(resume, {"DUQUANT_TEST_PIPELINE=2"});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("(5 reused)"), std::string::npos) << resumed.out;
+  const auto got = files_of(out);
+  ASSERT_EQ(got.size(), expected.size());
+  for (const auto& [name, bytes] : expected) EXPECT_TRUE(got.count(name) && got.at(name) == bytes) << "resumed: " << name;
+}
+
 TEST(PackDevice, CudaPackVerifiesCleanAgainstTheCheckpoint) {
   if (!has_gpu()) GTEST_SKIP() << "no CUDA device: " << probe_devices().cuda_status;
   const fs::path dir = test::temp_dir();
