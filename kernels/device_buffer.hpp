@@ -12,22 +12,24 @@
 
 namespace duquant::kernels {
 
-template <typename T>
-class DeviceBuffer {
+template <typename T, cudaError_t (*Allocate)(void**, std::size_t), cudaError_t (*Free)(void*)>
+class CudaBuffer {
  public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-  ~DeviceBuffer() { cudaFree(p_); }
+  CudaBuffer() = default;
+  CudaBuffer(const CudaBuffer&) = delete;
+  CudaBuffer& operator=(const CudaBuffer&) = delete;
+  CudaBuffer(CudaBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  ~CudaBuffer() { Free(p_); }
 
   // At least `count` elements; contents are not kept.
   T* reserve(std::size_t count, const Stage& stage) {
     if (count > n_) {
-      cudaFree(p_);
+      Free(p_);
       p_ = nullptr;
       n_ = 0;
-      check(cudaMalloc(reinterpret_cast<void**>(&p_), (count ? count : 1) * sizeof(T)), stage);
+      void* p = nullptr;
+      check(Allocate(&p, (count ? count : 1) * sizeof(T)), stage);
+      p_ = static_cast<T*>(p);
       n_ = count;
     }
     return p_;
@@ -38,30 +40,15 @@ class DeviceBuffer {
   T* p_ = nullptr;
   std::size_t n_ = 0;
 };
+
+inline cudaError_t allocate_device(void** p, std::size_t bytes) { return cudaMalloc(p, bytes); }
+inline cudaError_t free_device(void* p) { return cudaFree(p); }
+inline cudaError_t allocate_pinned(void** p, std::size_t bytes) { return cudaMallocHost(p, bytes); }
+inline cudaError_t free_pinned(void* p) { return cudaFreeHost(p); }
 
 template <typename T>
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer() { cudaFreeHost(p_); }
-
-  T* reserve(std::size_t count, const Stage& stage) {
-    if (count > n_) {
-      cudaFreeHost(p_);
-      p_ = nullptr;
-      n_ = 0;
-      check(cudaMallocHost(reinterpret_cast<void**>(&p_), (count ? count : 1) * sizeof(T)), stage);
-      n_ = count;
-    }
-    return p_;
-  }
-  T* get() const { return p_; }
-
- private:
-  T* p_ = nullptr;
-  std::size_t n_ = 0;
-};
+using DeviceBuffer = CudaBuffer<T, allocate_device, free_device>;
+template <typename T>
+using PinnedBuffer = CudaBuffer<T, allocate_pinned, free_pinned>;
 
 }  // namespace duquant::kernels
