@@ -174,6 +174,50 @@ class CudaEngine final : public LayerEngine {
     return m;
   }
 
+  bool call_percentiles(std::span<const float> x, std::int64_t rows, const LayerTransform& t, std::span<const float> smooth,
+                        double q, const std::string& layer, std::vector<float>& out) override {
+    const auto cols = static_cast<std::int64_t>(t.perm.size());
+    if (rows < 1 || cols < 1 || rows * cols > INT_MAX || t.r_in.empty()) return false;  // CUB's 32-bit item count
+    const std::int64_t block = t.r_in.front().rows();
+    const Blocks b = blocks_of(cols, block);
+    if (static_cast<std::int64_t>(t.r_in.size()) != b.count() || static_cast<std::int64_t>(x.size()) != rows * cols) return false;
+    const Unwind unwind(*this);
+    layer_ = &layer;
+    check(cudaSetDevice(device_), at("selecting the device"));
+    const Stage s = at("calibration: the activation transform");
+    const auto n = static_cast<std::size_t>(rows * cols);
+    float* d_x = calib_x_.reserve(n, s);
+    upload(d_x, x.data(), n);
+    std::int64_t* d_perm = perm_.reserve(static_cast<std::size_t>(cols), s);
+    upload(d_perm, t.perm.data(), t.perm.size());
+    const float* d_smooth = nullptr;
+    if (!smooth.empty()) {
+      float* d = energy_.reserve(smooth.size(), s);
+      upload(d, smooth.data(), smooth.size());
+      d_smooth = d;
+    }
+    float* d_full = calib_rot_.reserve(static_cast<std::size_t>(b.count() * block * block), s);
+    for (std::int64_t k = 0; k < b.count(); ++k) {
+      const MatrixF& r = t.r_in[static_cast<std::size_t>(k)];
+      upload(d_full + k * block * block, r.data(), static_cast<std::size_t>(r.size()));
+    }
+    const float* d_tail = d_full + b.full * block * block;  // the tail block, b.tail² values, follows the full ones
+    float* d_abs = wperm_.reserve(n, s);
+    launch_activation_transform(d_x, rows, cols, d_perm, d_smooth, static_cast<int>(block), d_full, d_tail, d_abs, stream_);
+    launched("calibration: the activation transform");
+    const Stage p = at("calibration: per-channel percentiles (CUB DeviceSegmentedRadixSort)");
+    cudaError_t status = cudaSuccess;
+    const std::size_t bytes = percentile_scratch_bytes(rows, cols, status);
+    check(status, p);
+    float* d_out = wscale_.reserve(static_cast<std::size_t>(cols), p);
+    check(launch_channel_percentiles(d_abs, rows, cols, q, sort_.reserve(bytes, p), d_out, stream_), p);
+    check(cudaGetLastError(), p);
+    out.resize(static_cast<std::size_t>(cols));
+    download(out.data(), d_out, out.size());
+    check(cudaStreamSynchronize(stream_), p);
+    return true;
+  }
+
   // Test seams (cuda_layer_engine.hpp).
   std::vector<float> energy_only(const WeightView& w, double lambda) {
     const Unwind unwind(*this);
@@ -458,6 +502,7 @@ class CudaEngine final : public LayerEngine {
   cusolverDnParams_t params_ = nullptr;
   PinnedBuffer<float> staging_;
   DeviceBuffer<float> w_, wperm_, wprime_, cur_, energy_, wscale_, scales_, sampled_, trial_, rowmax_, trialmax_;
+  DeviceBuffer<float> calib_x_, calib_rot_;
   DeviceBuffer<double> sums_, dbl_, work_, err_, rowerr_;
   DeviceBuffer<std::int64_t> perm_;
   DeviceBuffer<std::uint8_t> codes_;

@@ -4,6 +4,7 @@
 #include "kernels/layer_kernels.hpp"
 
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
 
 #include <cstdint>
 
@@ -288,7 +289,81 @@ __global__ void quantize_rows_kernel(const float* w_all, std::int64_t rows, std:
   }
 }
 
+// ---- calibration ------------------------------------------------------------------------------
+
+__global__ void activation_transform_kernel(const float* x, std::int64_t rows, std::int64_t cols, const std::int64_t* perm,
+                                            const float* smooth, int block, const float* r_full, const float* r_tail,
+                                            float* abs_t) {
+  const std::int64_t n = rows * cols;
+  for (std::int64_t t = thread_index(); t < n; t += thread_stride()) {
+    const std::int64_t r = t / cols, j = t - r * cols;
+    const std::int64_t b = j / block, off = b * block;
+    const std::int64_t s = cols - off < block ? cols - off : block;
+    const float* rot = s == block ? r_full + b * block * block : r_tail;
+    const float* xr = x + r * cols;
+    const auto inputs = [xr, perm, smooth, off](long long k) {
+      const std::int64_t src = perm[off + k];
+      return ew::activation_input(xr[src], smooth, src);
+    };
+    abs_t[j * rows + r] = fabsf(ew::transformed_activation(inputs, rot, s, j - off));
+  }
+}
+
+__global__ void segment_offsets_kernel(std::int64_t segments, std::int64_t length, int* offsets) {
+  for (std::int64_t i = thread_index(); i <= segments; i += thread_stride()) offsets[i] = static_cast<int>(i * length);
+}
+
+__global__ void percentile_kernel(const float* sorted, std::int64_t rows, std::int64_t cols, double q, float* out) {
+  for (std::int64_t j = thread_index(); j < cols; j += thread_stride()) {
+    const double pos = q * static_cast<double>(rows - 1);  // as quantile_linear
+    const auto lo = static_cast<std::int64_t>(floor(pos));
+    const std::int64_t hi = lo + 1 < rows - 1 ? lo + 1 : rows - 1;
+    const double v_lo = sorted[j * rows + lo], v_hi = sorted[j * rows + hi];
+    const float p = ew::quantile_interpolate(v_lo, hi == lo ? v_lo : v_hi, pos, lo);
+    out[j] = p > 1e-6f ? p : 1e-6f;
+  }
+}
+
+std::size_t segmented_temp_bytes(std::int64_t rows, std::int64_t cols, cudaError_t& status) {
+  std::size_t bytes = 0;
+  status = cub::DeviceSegmentedRadixSort::SortKeys(nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
+                                                    static_cast<int>(rows * cols), static_cast<int>(cols),
+                                                    static_cast<const int*>(nullptr), static_cast<const int*>(nullptr));
+  return bytes;
+}
+
 }  // namespace
+
+void launch_activation_transform(const float* x, std::int64_t rows, std::int64_t cols, const std::int64_t* perm,
+                                 const float* smooth, int block, const float* r_full, const float* r_tail, float* abs_t,
+                                 cudaStream_t stream) {
+  activation_transform_kernel<<<grid_for(rows * cols), kThreads, 0, stream>>>(x, rows, cols, perm, smooth, block, r_full,
+                                                                                r_tail, abs_t);
+}
+
+std::size_t percentile_scratch_bytes(std::int64_t rows, std::int64_t cols, cudaError_t& status) {
+  const auto n = static_cast<std::size_t>(rows * cols);
+  return align_up(n * sizeof(float)) + align_up(static_cast<std::size_t>(cols + 1) * sizeof(int)) +
+         align_up(segmented_temp_bytes(rows, cols, status));
+}
+
+cudaError_t launch_channel_percentiles(const float* abs_t, std::int64_t rows, std::int64_t cols, double q, void* scratch,
+                                       float* out, cudaStream_t stream) {
+  auto* base = static_cast<unsigned char*>(scratch);
+  const auto n = static_cast<std::size_t>(rows * cols);
+  auto* sorted = reinterpret_cast<float*>(base);
+  auto* offsets = reinterpret_cast<int*>(base + align_up(n * sizeof(float)));
+  void* temp = base + align_up(n * sizeof(float)) + align_up(static_cast<std::size_t>(cols + 1) * sizeof(int));
+  cudaError_t status = cudaSuccess;
+  std::size_t temp_bytes = segmented_temp_bytes(rows, cols, status);
+  if (status != cudaSuccess) return status;
+  segment_offsets_kernel<<<grid_for(cols + 1), kThreads, 0, stream>>>(cols, rows, offsets);
+  status = cub::DeviceSegmentedRadixSort::SortKeys(temp, temp_bytes, abs_t, sorted, static_cast<int>(n), static_cast<int>(cols),
+                                                    offsets, offsets + 1, 0, static_cast<int>(sizeof(float) * 8), stream);
+  if (status != cudaSuccess) return status;
+  percentile_kernel<<<grid_for(cols), kThreads, 0, stream>>>(sorted, rows, cols, q, out);
+  return cudaSuccess;
+}
 
 void launch_channel_energy(const float* w, std::int64_t rows, std::int64_t cols, double lambda, double* sums, float* energy,
                            cudaStream_t stream) {

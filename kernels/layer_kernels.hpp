@@ -53,4 +53,17 @@ void launch_choose_signs(const float* w_in, float* current, std::int64_t rows, s
 void launch_quantize_rows(const float* w, std::int64_t rows, std::int64_t cols, int bits, bool rtn, float* scales,
                           std::int8_t* codes, std::uint8_t* packed, double* row_err, cudaStream_t stream);
 
+// Calibration. |x_t| of one call, transposed ([cols][rows], channel-major), x_t the activation
+// transform of x [rows, cols] with perm, the Rin blocks (`r_full` [n_full][block][block], `r_tail`)
+// and the smoothing scale (null: none), each element by elementwise::transformed_activation.
+void launch_activation_transform(const float* x, std::int64_t rows, std::int64_t cols, const std::int64_t* perm,
+                                 const float* smooth, int block, const float* r_full, const float* r_tail, float* abs_t,
+                                 cudaStream_t stream);
+// Bytes of scratch launch_channel_percentiles needs (CUB's status in `status`).
+std::size_t percentile_scratch_bytes(std::int64_t rows, std::int64_t cols, cudaError_t& status);
+// out[j] = max(q-quantile of channel j's |x_t| (torch.quantile, linear), 1e-6): each channel's rows
+// sorted (CUB segmented radix sort) and elementwise::quantile_interpolate. Returns CUB's status.
+cudaError_t launch_channel_percentiles(const float* abs_t, std::int64_t rows, std::int64_t cols, double q, void* scratch,
+                                       float* out, cudaStream_t stream);
+
 }  // namespace duquant::kernels

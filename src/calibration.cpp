@@ -24,8 +24,7 @@ float quantile_linear(std::span<float> values, double q) {
   const double v_lo = values[static_cast<std::size_t>(lo)];
   // After nth_element everything past `lo` is >= values[lo]: the next rank is their minimum.
   const double v_hi = hi == lo ? v_lo : *std::min_element(values.begin() + lo + 1, values.end());
-  const double w = pos - static_cast<double>(lo);
-  return static_cast<float>(v_lo + (v_hi - v_lo) * w);
+  return elementwise::quantile_interpolate(v_lo, v_hi, pos, lo);
 }
 
 std::vector<float> transform_activations(std::span<const float> x, std::int64_t rows, std::int64_t in_features,
@@ -55,20 +54,18 @@ std::vector<float> transform_activations(std::span<const float> x, std::int64_t 
 #pragma omp for schedule(static)
     for (std::int64_t r = 0; r < rows; ++r) {
       const float* xr = x.data() + r * n;
+      const float* s_data = smooth.empty() ? nullptr : smooth.data();
       for (std::int64_t j = 0; j < n; ++j) {
         const std::int64_t src = perm.empty() ? j : perm[j];
-        // x / s is a float32 division, as a runtime dividing its float32 activations would do it.
-        v[j] = smooth.empty() ? xr[src] : static_cast<double>(xr[src] / smooth[src]);
+        v[j] = elementwise::activation_input(xr[src], s_data, src);
       }
       float* yr = out.data() + r * n;
       std::int64_t off = 0;
       for (const MatrixF& rot : r_in) {
         const std::int64_t s = rot.rows();
-        for (std::int64_t c = 0; c < s; ++c) {
-          double acc = 0;
-          for (std::int64_t k = 0; k < s; ++k) acc += v[off + k] * static_cast<double>(rot(k, c));
-          yr[off + c] = static_cast<float>(acc);
-        }
+        const double* vb = v.data() + off;
+        const auto inputs = [vb](long long k) { return vb[k]; };
+        for (std::int64_t c = 0; c < s; ++c) yr[off + c] = elementwise::transformed_activation(inputs, rot.data(), s, c);
         off += s;
       }
     }
@@ -97,21 +94,33 @@ ActivationCalibrator::ActivationCalibrator(std::int64_t in_features, double act_
   DQ_CHECK(abits >= 2 && abits <= 16, usage, "--abits {} outside 2-16", abits);
 }
 
-void ActivationCalibrator::add_call(std::span<const float> x_t, std::int64_t rows) {
-  const std::int64_t n = in_features_;
+void ActivationCalibrator::add_percentiles(std::span<const float> p) {
+  DQ_CHECK(static_cast<std::int64_t>(p.size()) == in_features_, internal, "calibration: {} percentiles for {} inputs", p.size(),
+           in_features_);
+  for (std::size_t j = 0; j < p.size(); ++j) running_[j] = std::max(running_[j], p[j]);
+  ++steps_;
+}
+
+std::vector<float> call_percentiles(std::span<const float> x_t, std::int64_t rows, std::int64_t in_features, double q) {
+  const std::int64_t n = in_features;
   DQ_CHECK(rows >= 1 && static_cast<std::int64_t>(x_t.size()) == rows * n, internal,
            "calibration: {} values for [{}, {}]", x_t.size(), rows, n);
+  std::vector<float> out(static_cast<std::size_t>(n));
 #pragma omp parallel if (rows * n >= kParallelWork / 16)
   {
     std::vector<float> column(static_cast<std::size_t>(rows));
 #pragma omp for schedule(static)
     for (std::int64_t j = 0; j < n; ++j) {
       for (std::int64_t r = 0; r < rows; ++r) column[static_cast<std::size_t>(r)] = std::fabs(x_t[r * n + j]);
-      const float p = std::max(quantile_linear(column, q_), 1e-6f);
-      running_[static_cast<std::size_t>(j)] = std::max(running_[static_cast<std::size_t>(j)], p);
+      out[static_cast<std::size_t>(j)] = std::max(quantile_linear(column, q), 1e-6f);
     }
   }
-  ++steps_;
+  return out;
+}
+
+void ActivationCalibrator::add_call(std::span<const float> x_t, std::int64_t rows) {
+  const std::int64_t n = in_features_;
+  add_percentiles(call_percentiles(x_t, rows, n, q_));
 }
 
 std::vector<float> ActivationCalibrator::act_scale() const {

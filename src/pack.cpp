@@ -206,6 +206,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 struct ComputedLayer {
   LayerInput input;
   LayerMath math;
+  LayerEngine* engine = nullptr;  // the engine that computed it
   double read_seconds = 0, compute_seconds = 0;
 };
 
@@ -254,8 +255,8 @@ class LayerPipeline {
     c.input = std::move(read.first);
     c.read_seconds = read.second;
     const auto start = std::chrono::steady_clock::now();
-    LayerEngine& engine = *devices_.engines[k % devices_.engines.size()];
-    c.math = engine.compute(c.input.packed_view(), q_, layers_[k].first, layers_[k].second);
+    c.engine = devices_.engines[k % devices_.engines.size()].get();
+    c.math = c.engine->compute(c.input.packed_view(), q_, layers_[k].first, layers_[k].second);
     c.compute_seconds = seconds_since(start);
     return c;
   }
@@ -368,7 +369,8 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
       const LayerCalibration calib = plan.for_layer(layer);
       const ComputedLayer computed = pipeline.take(newly_packed);
       const auto finish_start = std::chrono::steady_clock::now();
-      const PackedLayer packed = finish_layer(ckpt, sel, q, npz_path, calib, computed.input, computed.math);
+      // The engine of this layer is idle now: the next layer on it starts after this one is taken.
+      const PackedLayer packed = finish_layer(ckpt, sel, q, npz_path, calib, computed.input, computed.math, computed.engine);
       LayerRecord r;
       r.fingerprint = fingerprint_with(i, calib.has_calls() ? packed.calibration.input_xxh128 : std::string("none"));
       r.calibration = packed.calibration;

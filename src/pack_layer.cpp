@@ -148,12 +148,12 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
   const LayerInput in = load_layer_input(ckpt, selected, calib);
   const LayerMath math = engine ? engine->compute(in.packed_view(), q, selected.wbits, selected.layer->name)
                                 : compute_layer_math(in.packed_view(), q, selected.wbits);
-  return finish_layer(ckpt, selected, q, npz_path, calib, in, math);
+  return finish_layer(ckpt, selected, q, npz_path, calib, in, math, engine);
 }
 
 PackedLayer finish_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
                          const std::filesystem::path& npz_path, const LayerCalibration& calib, const LayerInput& in,
-                         const LayerMath& math) {
+                         const LayerMath& math, LayerEngine* engine) {
   const LinearLayer& layer = *selected.layer;
   const std::int64_t rows = in.rows, cols = in.cols;
   const WeightView w_fp = in.checkpoint_view();
@@ -195,7 +195,11 @@ PackedLayer finish_layer(const formats::Checkpoint& ckpt, const SelectedLayer& s
       hash_floats(h, x);
       const auto n = static_cast<std::int64_t>(call.rows);
       if (k < plan.steps) {
-        calibrator.add_call(transform_activations(x, n, cols, perm, t.r_in, calib.smooth), n);
+        std::vector<float> p;
+        if (engine != nullptr && engine->call_percentiles(x, n, t, calib.smooth, calibrator.quantile(), layer.name, p))
+          calibrator.add_percentiles(p);
+        else
+          calibrator.add_call(transform_activations(x, n, cols, perm, t.r_in, calib.smooth), n);
         f.tokens += call.rows;
       } else {
         append_rows(held_x, x, cols, spaced_rows(n, std::min(n, kHeldOutRowsPerCall)));

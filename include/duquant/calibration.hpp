@@ -31,12 +31,19 @@ std::vector<float> transform_activations(std::span<const float> x, std::int64_t 
 // [−qmax−1, qmax], times s_a (float32, a true division), per channel.
 void fake_quantize_activations(std::span<float> x_t, std::int64_t rows, std::span<const float> act_scale, int abits);
 
+// One call's statistic: per channel, the q-quantile (0 < q ≤ 1) of |x_t| over the rows, clamped
+// at 1e-6 (x_t: [rows, I] transformed activations).
+std::vector<float> call_percentiles(std::span<const float> x_t, std::int64_t rows, std::int64_t in_features, double q);
+
 // The running calibration statistics of one layer.
 class ActivationCalibrator {
  public:
   ActivationCalibrator(std::int64_t in_features, double act_pct, int abits);
   // One call's transformed activations, [rows, I].
   void add_call(std::span<const float> x_t, std::int64_t rows);
+  // One call's call_percentiles (computed elsewhere, e.g. on a device).
+  void add_percentiles(std::span<const float> p);
+  double quantile() const { return q_; }
   int steps() const { return steps_; }
   // max(p / qmax(abits), 1e-6) per channel; requires at least one call.
   std::vector<float> act_scale() const;

@@ -210,6 +210,30 @@ DQ_HD int largest_magnitude_index(const double* v, int n, long long stride) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Calibration (docs/calibration.md): the activation transform and the per-channel percentile.
+//
+// One input of the transform: x / s as a float32 division (as a runtime dividing its float32
+// activations), widened to double; without smoothing x itself.
+DQ_HD double activation_input(float x, const float* smooth, long long channel) {
+  return smooth ? static_cast<double>(x / smooth[channel]) : static_cast<double>(x);
+}
+// Output c of one Rin block (row-major s×s): Σ_k v(k)·Rin[k, c] in double, k in order, rounded to
+// float32 once; v(k) is the block's k-th activation_input (the CPU passes them precomputed, a GPU
+// thread computes them on the fly). Every product of two float32 values is exact in double, so
+// fused multiply-add gives the same sum.
+template <typename Inputs>
+DQ_HD float transformed_activation(const Inputs& v, const float* rot, long long s, long long c) {
+  double acc = 0;
+  for (long long k = 0; k < s; ++k) acc += v(k) * static_cast<double>(rot[k * s + c]);
+  return static_cast<float>(acc);
+}
+// torch.quantile's linear interpolation between the values of ranks floor(pos) and the next:
+// lo + (hi - lo) · (pos - floor(pos)), in double, rounded to float32.
+DQ_HD float quantile_interpolate(double lo, double hi, double pos, long long lo_rank) {
+  return static_cast<float>(lo + (hi - lo) * (pos - static_cast<double>(lo_rank)));
+}
+
+// ---------------------------------------------------------------------------------------------
 // The order of the MSE search's error sums, which both backends follow so that they choose the
 // same scale from the same row bit for bit:
 //   the row is cut into chunks of kErrorFlush columns (the last chunk ends at the last multiple of

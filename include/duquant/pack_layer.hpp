@@ -90,9 +90,10 @@ LayerInput load_layer_input(const formats::Checkpoint& ckpt, const SelectedLayer
 // tensors. With calibration calls the npz gains `act_scale` (and `smooth_scale` with smoothing)
 // after the reference members, the conformance inputs are dumped rows and the output error is
 // measured.
+// `engine` (the one that computed `math`, or null) may compute the calibration calls' statistics.
 PackedLayer finish_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
                          const std::filesystem::path& npz_path, const LayerCalibration& calibration,
-                         const LayerInput& input, const LayerMath& math);
+                         const LayerInput& input, const LayerMath& math, LayerEngine* engine = nullptr);
 
 // load_layer_input, the engine's compute (the CPU reference when `engine` is null), finish_layer.
 PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/test_paths.hpp"
+#include "duquant/calibration.hpp"
 #include "duquant/duquant_math.hpp"
 #include "duquant/elementwise.hpp"
 #include "duquant/error.hpp"
@@ -194,6 +195,32 @@ INSTANTIATE_TEST_SUITE_P(
       return std::to_string(s.rows) + "x" + std::to_string(s.cols) + "_b" + std::to_string(s.block) + "_bo" +
              std::to_string(s.block_out) + "_W" + std::to_string(std::get<1>(info.param));
     });
+
+TEST(GpuEngine, CalibrationPercentilesAreTheCpuBits) {
+  DQ_REQUIRE_GPU();
+  // From the same perm and rotations the device's activation transform and percentiles are exact.
+  for (const auto& [rows, cols, block] : std::vector<std::tuple<int, int, int>>{{1, 8, 8}, {64, 45, 16}, {300, 256, 32}, {33, 200, 64}}) {
+    const MatrixF w = random_matrix(96, cols, static_cast<unsigned>(cols));
+    QuantConfig q;
+    q.block = block;
+    const LayerTransform t = compute_transform({w.data(), 96, cols}, q);
+    const MatrixF x = random_matrix(rows, cols, static_cast<unsigned>(rows + 5));
+    std::vector<float> smooth(static_cast<std::size_t>(cols));
+    for (int j = 0; j < cols; ++j) smooth[static_cast<std::size_t>(j)] = 0.25f + 0.01f * static_cast<float>(j);
+    auto engine = kernels::make_cuda_engine(0);
+    for (bool smoothed : {false, true})
+      for (double quantile : {0.5, 0.999, 1.0}) {
+        const std::span<const float> sm = smoothed ? std::span<const float>(smooth) : std::span<const float>();
+        const std::span<const float> xs(x.data(), static_cast<std::size_t>(x.size()));
+        const std::vector<float> cpu = call_percentiles(transform_activations(xs, rows, cols, t.perm, t.r_in, sm), rows, cols, quantile);
+        std::vector<float> gpu;
+        ASSERT_TRUE(engine->call_percentiles(xs, rows, t, sm, quantile, "(test)", gpu));
+        ASSERT_EQ(gpu.size(), cpu.size());
+        for (std::size_t j = 0; j < cpu.size(); ++j)
+          ASSERT_EQ(elementwise::f32_to_bits(gpu[j]), elementwise::f32_to_bits(cpu[j])) << rows << "x" << cols << " channel " << j;
+      }
+  }
+}
 
 TEST(GpuEngine, FixtureLayersMatchTheCpu) {
   DQ_REQUIRE_GPU();

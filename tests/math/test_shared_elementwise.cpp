@@ -8,9 +8,11 @@
 
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <random>
 #include <vector>
 
+#include "duquant/calibration.hpp"
 #include "duquant/duquant_math.hpp"
 #include "duquant/elementwise.hpp"
 
@@ -247,6 +249,69 @@ TEST(SharedElementwise, SignSearchSamplesAtMost256Columns) {
     EXPECT_LE(picked, ew::kSignSearchColumns) << cols;
     EXPECT_LT((picked - 1) * stride, cols) << cols;   // the last sampled column exists
     EXPECT_GE(picked * stride, cols) << cols;         // and no column past it is left unsampled
+  }
+}
+
+// ---- calibration: activation_transform_kernel and percentile_kernel -------------------------------
+
+TEST(SharedElementwise, ActivationTransformPerElementGivesTheCpuBits) {
+  // One thread per output element, its block's inputs computed on the fly (perm, x / s).
+  const std::int64_t rows = 13, cols = 45, block = 16;  // two full blocks and a tail of 13
+  const MatrixF x = random_matrix(rows, cols, 21);
+  std::vector<std::int64_t> perm(static_cast<std::size_t>(cols));
+  for (std::int64_t j = 0; j < cols; ++j) perm[j] = (j * 7) % cols;  // 7 is prime to 45
+  std::vector<float> smooth(static_cast<std::size_t>(cols));
+  for (std::int64_t j = 0; j < cols; ++j) smooth[j] = 0.5f + 0.03f * static_cast<float>(j);
+  std::vector<MatrixF> r_in;
+  for (std::int64_t b = 0; b * block < cols; ++b) {
+    const std::int64_t s = std::min(block, cols - b * block);
+    const MatrixF g = random_matrix(s + 3, s, 30u + static_cast<unsigned>(b));
+    r_in.push_back(eigen_rotation(g.cast<double>().transpose() * g.cast<double>()));
+  }
+  for (bool smoothed : {false, true}) {
+    const std::span<const float> sm = smoothed ? std::span<const float>(smooth) : std::span<const float>();
+    const std::vector<float> cpu = transform_activations({x.data(), static_cast<std::size_t>(x.size())}, rows, cols, perm, r_in, sm);
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const std::int64_t b = j / block, off = b * block;
+        const MatrixF& rot = r_in[static_cast<std::size_t>(b)];
+        const float* xr = x.data() + r * cols;
+        const float* sp = smoothed ? smooth.data() : nullptr;
+        const auto inputs = [&](long long k) { return ew::activation_input(xr[perm[off + k]], sp, perm[off + k]); };
+        const float kernel = ew::transformed_activation(inputs, rot.data(), rot.rows(), j - off);
+        ASSERT_EQ(bits_of(kernel), bits_of(cpu[r * cols + j])) << "row " << r << " channel " << j << (smoothed ? " smoothed" : "");
+      }
+  }
+}
+
+TEST(SharedElementwise, PercentileFromSortedRanksGivesTheCpuBits) {
+  // The kernel reads ranks floor(pos) and the next from a fully sorted channel; the CPU selects them.
+  for (std::int64_t rows : {1, 2, 7, 256, 1001}) {
+    const MatrixF x = random_matrix(rows, 6, static_cast<unsigned>(rows));
+    for (double q : {0.5, 0.9, 0.999, 1.0}) {
+      const std::vector<float> cpu = call_percentiles({x.data(), static_cast<std::size_t>(x.size())}, rows, 6, q);
+      for (std::int64_t j = 0; j < 6; ++j) {
+        std::vector<float> sorted;
+        for (std::int64_t r = 0; r < rows; ++r) sorted.push_back(std::fabs(x(r, j)));
+        std::sort(sorted.begin(), sorted.end());
+        const double pos = q * static_cast<double>(rows - 1);
+        const auto lo = static_cast<std::int64_t>(std::floor(pos));
+        const std::int64_t hi = std::min(lo + 1, rows - 1);
+        const float p = ew::quantile_interpolate(sorted[lo], hi == lo ? sorted[lo] : sorted[hi], pos, lo);
+        ASSERT_EQ(bits_of(std::max(p, 1e-6f)), bits_of(cpu[j])) << rows << " rows, q " << q << ", channel " << j;
+      }
+    }
+  }
+}
+
+TEST(SharedElementwise, ActivationProductsAreExactSoFusedSumsAgree) {
+  const MatrixF a = random_matrix(1, 4096, 77), b = random_matrix(1, 4096, 78);
+  double plain = 0, fused = 0;
+  for (Eigen::Index k = 0; k < a.cols(); ++k) {
+    const double v = ew::activation_input(a(0, k), nullptr, 0);
+    plain += v * static_cast<double>(b(0, k));
+    fused = std::fma(v, static_cast<double>(b(0, k)), fused);
+    ASSERT_EQ(bits_of(plain), bits_of(fused)) << k;
   }
 }
 
