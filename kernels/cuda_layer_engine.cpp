@@ -180,7 +180,14 @@ class CudaEngine final : public LayerEngine {
     if (rows < 1 || cols < 1 || rows * cols > INT_MAX || t.r_in.empty()) return false;  // CUB's 32-bit item count
     const std::int64_t block = t.r_in.front().rows();
     const Blocks b = blocks_of(cols, block);
-    if (static_cast<std::int64_t>(t.r_in.size()) != b.count() || static_cast<std::int64_t>(x.size()) != rows * cols) return false;
+    if (static_cast<std::int64_t>(t.r_in.size()) != b.count() || static_cast<std::int64_t>(x.size()) != rows * cols ||
+        (!smooth.empty() && static_cast<std::int64_t>(smooth.size()) != cols))
+      return false;
+    for (std::int64_t k = 0; k < b.count(); ++k) {  // the layout the kernel reads: full blocks, then the tail
+      const MatrixF& r = t.r_in[static_cast<std::size_t>(k)];
+      const std::int64_t width = k < b.full ? block : b.tail;
+      if (r.rows() != width || r.cols() != width) return false;
+    }
     const Unwind unwind(*this);
     layer_ = &layer;
     check(cudaSetDevice(device_), at("selecting the device"));

@@ -320,7 +320,7 @@ __global__ void percentile_kernel(const float* sorted, std::int64_t rows, std::i
     const std::int64_t hi = lo + 1 < rows - 1 ? lo + 1 : rows - 1;
     const double v_lo = sorted[j * rows + lo], v_hi = sorted[j * rows + hi];
     const float p = ew::quantile_interpolate(v_lo, hi == lo ? v_lo : v_hi, pos, lo);
-    out[j] = p > 1e-6f ? p : 1e-6f;
+    out[j] = p < 1e-6f ? 1e-6f : p;  // std::max(p, 1e-6f), as the CPU (a NaN stays NaN)
   }
 }
 

@@ -36,8 +36,9 @@ class LayerEngine {
   virtual LayerMath compute(const WeightView& w, const QuantConfig& q, int bits, const std::string& layer) = 0;
   // One calibration call on the engine's device: `out` = call_percentiles (calibration.hpp) of the
   // activation transform of x [rows, I] with t's perm and Rin and the smoothing scale `smooth`
-  // (empty: none). Returns false when the engine leaves this to the CPU reference (the CPU engine
-  // always does). Called between compute()s, never during one.
+  // (empty: none). t.perm is the identity when permutation is off (compute_transform stores it).
+  // Returns false when the engine leaves this to the CPU reference (the CPU engine always does).
+  // Called between compute()s, never during one.
   virtual bool call_percentiles(std::span<const float> x, std::int64_t rows, const LayerTransform& t,
                                 std::span<const float> smooth, double q, const std::string& layer, std::vector<float>& out) {
     (void)x, (void)rows, (void)t, (void)smooth, (void)q, (void)layer, (void)out;
