@@ -7,10 +7,7 @@
 #include "duquant/device.hpp"
 #include "duquant/error.hpp"
 
-#if defined(DUQUANT_HAVE_CUDA)
-#include "kernels/cuda_layer_engine.hpp"
-#include "kernels/cuda_runtime_info.hpp"
-#endif
+#include "duquant/cuda_loader.hpp"
 
 namespace duquant {
 
@@ -98,10 +95,13 @@ DevicePlan open_devices(const std::string& spec, const std::function<void(const 
     DQ_CHECK(d < report.cuda_devices, device, "--device {}: there is no CUDA device {} ({} found)", spec, d,
              report.cuda_devices);
 #if defined(DUQUANT_HAVE_CUDA)
+  std::string why;
+  const kernels::CudaModule* module = cuda_module(why);
+  DQ_CHECK(module != nullptr, device, "--device {}: {}", spec, why);
   plan.cuda = plan.overlap = true;
   plan.description = "cuda:";
   for (std::size_t k = 0; k < wanted.size(); ++k) {
-    plan.engines.push_back(kernels::make_cuda_engine(wanted[k]));
+    plan.engines.push_back(module->make_engine(wanted[k]));
     plan.description += fmt::format("{}{}", k ? "," : "", wanted[k]);
   }
   return plan;
