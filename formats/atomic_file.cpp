@@ -7,9 +7,21 @@
 #include <cstring>
 
 #include "duquant/error.hpp"
+#include "formats/fault_injection.hpp"
 
 namespace duquant::formats {
 namespace fs = std::filesystem;
+
+namespace {
+int checked_fsync(int fd) {
+  const int injected = injected_fault(FaultOp::fsync);
+  if (injected != 0) {
+    errno = injected;
+    return -1;
+  }
+  return ::fsync(fd);
+}
+}  // namespace
 
 AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
   const fs::path folder = target_.has_parent_path() ? target_.parent_path() : fs::path(".");
@@ -27,7 +39,9 @@ void AtomicFile::write(std::span<const std::byte> data) {
   const std::byte* p = data.data();
   std::size_t left = data.size();
   while (left > 0) {
-    const ssize_t n = ::write(fd_, p, left);
+    const int injected = injected_fault(FaultOp::write);
+    if (injected != 0) errno = injected;
+    const ssize_t n = injected != 0 ? -1 : ::write(fd_, p, left);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0)
       fail(ErrorKind::io, "{}: write failed after {} bytes: {}", target_.string(), written_,
@@ -42,20 +56,28 @@ void AtomicFile::write(std::string_view text) { write(std::as_bytes(std::span(te
 
 void AtomicFile::commit() {
   DQ_CHECK(!committed_, internal, "{}: committed twice", target_.string());
-  if (::fsync(fd_) != 0) fail(ErrorKind::io, "{}: fsync failed: {}", target_.string(), std::strerror(errno));
+  if (checked_fsync(fd_) != 0)
+    fail(ErrorKind::io, "{}: fsync failed after {} bytes: {}", target_.string(), written_, std::strerror(errno));
   if (::close(fd_) != 0) {
     fd_ = -1;
     fail(ErrorKind::io, "{}: close failed: {}", target_.string(), std::strerror(errno));
   }
   fd_ = -1;
-  if (::rename(temp_.c_str(), target_.c_str()) != 0)
+  const int injected = injected_fault(FaultOp::rename);
+  if (injected != 0) errno = injected;
+  if (injected != 0 || ::rename(temp_.c_str(), target_.c_str()) != 0)
     fail(ErrorKind::io, "{}: cannot rename the finished file into place: {}", target_.string(), std::strerror(errno));
   committed_ = true;
   const fs::path folder = target_.has_parent_path() ? target_.parent_path() : fs::path(".");
   const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir >= 0) {  // make the rename itself durable; a folder that cannot be opened is not an error
-    ::fsync(dir);
+    const int rc = checked_fsync(dir);
+    const int err = errno;
     ::close(dir);
+    // The file is complete under its name, but whether the name survives a power loss is unknown.
+    if (rc != 0)
+      fail(ErrorKind::io, "{}: fsync of the folder after publishing the file failed: {}", target_.string(),
+           std::strerror(err));
   }
 }
 

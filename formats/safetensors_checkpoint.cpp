@@ -176,6 +176,10 @@ std::span<const std::byte> Checkpoint::bytes(const TensorRef& t) const {
 
 void Checkpoint::release(const TensorRef& t) const { maps_.at(t.file).release(t.offset, t.nbytes); }
 
+void Checkpoint::check_unchanged(const char* stage) const {
+  for (const MappedFile& map : maps_) map.check_unchanged(stage);
+}
+
 void Checkpoint::read_f32(const TensorRef& t, std::span<float> out) const {
   DQ_CHECK(converts_to_f32(t.dtype), format, "{}: tensor '{}' is {}; only F32, F16 and BF16 convert to float32",
            files_.at(t.file).path.string(), t.name, dtype_name(t.dtype));

@@ -61,6 +61,9 @@ class Checkpoint {
   void read_f32(const TensorRef& tensor, std::span<float> out) const;
   // Drops the tensor's pages from this process's resident memory (see MappedFile::release).
   void release(const TensorRef& tensor) const;
+  // Throws duquant::Error (io) naming the file when any file of the checkpoint was removed,
+  // replaced or modified since open() (see MappedFile::check_unchanged); `stage` names the step.
+  void check_unchanged(const char* stage) const;
 
  private:
   void add_file(const std::filesystem::path& path, const std::string& label);

@@ -3,10 +3,15 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <future>
@@ -98,7 +103,10 @@ bool inside(const fs::path& child, const fs::path& parent) {
   return true;
 }
 
-void prepare_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
+// Refuses an output that cannot work, before any work is done: no folder given, the checkpoint (or
+// the folder holding it) as output, a non-empty folder without --resume/--force, or a location
+// this process cannot write into (read-only file system, permissions, ...).
+void check_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
   const fs::path& out = o.output;
   DQ_CHECK(!out.empty(), usage, "-o: an output folder is required");
   for (const auto& f : ckpt.files()) {
@@ -112,12 +120,32 @@ void prepare_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
     DQ_CHECK(!inside(out, o.checkpoint), usage, "-o {}: the output folder lies inside the input checkpoint folder {}",
              out.string(), o.checkpoint.string());
   std::error_code ec;
+  fs::path existing = out;
   if (fs::exists(out, ec)) {
     DQ_CHECK(fs::is_directory(out), usage, "-o {}: exists and is not a folder", out.string());
-    bool empty = fs::is_empty(out, ec);
-    DQ_CHECK(empty || o.resume || o.force, usage,
+    DQ_CHECK(fs::is_empty(out, ec) || o.resume || o.force, usage,
              "-o {}: folder is not empty (--resume continues an interrupted pack, --force replaces its pack files)",
              out.string());
+  } else {
+    existing = fs::absolute(out, ec).parent_path();
+    while (!existing.empty() && !fs::exists(existing, ec) && existing != existing.parent_path()) existing = existing.parent_path();
+    DQ_CHECK(fs::is_directory(existing, ec), usage, "-o {}: {} is not a folder", out.string(), existing.string());
+  }
+  // The one reliable test of writability (permissions, ACLs, read-only mounts, root): create a file.
+  const fs::path probe = existing / fmt::format(".duquant-probe.tmp-{}", ::getpid());
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  DQ_CHECK(fd >= 0, io, "-o {}: cannot write into {}: {}; nothing was done", out.string(), existing.string(),
+           std::strerror(errno));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
+// Creates the output and work folders (check_output has accepted them), removing stale temporary
+// files and, with --force, the pack files of an earlier run.
+void prepare_output(const PackOptions& o) {
+  const fs::path& out = o.output;
+  std::error_code ec;
+  if (fs::exists(out, ec)) {
     for (const auto& entry : fs::directory_iterator(out)) {
       const std::string name = entry.path().filename().string();
       if (is_stale_temp(name) || (o.force && is_ours(name))) fs::remove_all(entry.path());
@@ -192,10 +220,14 @@ struct Shard {
 
 // Test seam for the interruption tests: DUQUANT_TEST_KILL_AT=layer:N sends SIGKILL to this process
 // right after the N-th newly packed layer is recorded; DUQUANT_TEST_KILL_AT=assembly does so after
-// the first quantized file is published and before the manifest. Never set in normal use.
+// the first quantized file is published and before the manifest. DUQUANT_TEST_STOP_AT=POINT sends
+// SIGSTOP at the same points instead, so that a test can change the input while the pack waits.
+// Never set in normal use.
 void maybe_kill(const std::string& point) {
-  const char* at = std::getenv("DUQUANT_TEST_KILL_AT");
-  if (at != nullptr && point == at) std::raise(SIGKILL);
+  const char* kill_at = std::getenv("DUQUANT_TEST_KILL_AT");
+  if (kill_at != nullptr && point == kill_at) std::raise(SIGKILL);
+  const char* stop_at = std::getenv("DUQUANT_TEST_STOP_AT");
+  if (stop_at != nullptr && point == stop_at) std::raise(SIGSTOP);
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -281,9 +313,10 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   DQ_CHECK(!selection.layers.empty(), no_match, "{}: the selection matches none of its {} linear layers (try `duquant list-linears`)",
            o.checkpoint.string(), linears.size());
   DQ_CHECK(o.max_shard_bytes > 0, usage, "--max-shard-size must be positive");
+  check_output(o, ckpt);
   const CalibrationPlan plan = plan_calibration(o, ckpt, linears, selection);
   DevicePlan devices = open_devices(o.device, o.notice);  // before anything is written
-  prepare_output(o, ckpt);
+  prepare_output(o);
   const fs::path work = o.output / kWorkDirName;
   if (!o.fold_smoothing.empty()) {
     std::map<std::string, std::vector<float>> foldable;
@@ -408,6 +441,9 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
       progress(p);
     }
   }
+
+  // Every layer was read from the checkpoint as it was when opened, or the pack is not published.
+  ckpt.check_unchanged("packing the layers");
 
   // quantized.safetensors: layers are never split across shards.
   std::vector<Shard> shards(1);

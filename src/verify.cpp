@@ -255,6 +255,17 @@ VerifyReport run_verify(const VerifyOptions& o) {
     pf.add(Level::info, "no-manifest", "no manifest.json: a pack written by the Python runtime (no checksums, no weight "
            "digests; staleness is judged from perm and rotations against --checkpoint)");
   }
+  // The work folder of `duquant pack` exists while a pack is unfinished: without the manifest the
+  // folder is a pack in progress, not a runtime pack (its npz files are complete but not all there).
+  std::error_code work_ec;
+  if (fs::is_directory(o.pack / kWorkDirName, work_ec)) {
+    if (pack.manifest() == nullptr && pack.manifest_error().empty())
+      pf.add(Level::fail, "unfinished", "{} exists and manifest.json does not: an interrupted `duquant pack`; "
+             "finish it with `duquant pack ... --resume`", kWorkDirName);
+    else
+      pf.add(Level::warn, "work-folder", "{} is left over from a pack that ended after its manifest was written; "
+             "`duquant pack ... --resume` removes it", kWorkDirName);
+  }
   DQ_CHECK(report.has_manifest || !pack.npz_files().empty(), format,
            "{}: not a pack directory (no manifest.json and no .npz files)", o.pack.string());
   if (manifest) check_files(pack, *manifest, pf);

@@ -455,11 +455,12 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
   sink.v.numbers["rel_fro_error"] = rel;
   if (e.entry != nullptr && q != nullptr) {
     if (!e.entry->duquant_rel_error) {
-      if (rel > 0) sink.add(Level::fail, "quality", "the manifest claims no quality figure; recomputed rel. error {:.6g}", rel);
+      if (rel > kQualityFloor)
+        sink.add(Level::fail, "quality", "the manifest claims no quality figure; recomputed rel. error {:.6g}", rel);
     } else {
       const double claimed = *e.entry->duquant_rel_error;
       sink.v.numbers["claimed_rel_fro_error"] = claimed;
-      if (!(std::abs(rel - claimed) <= kQualityTolerance * claimed + 1e-9))
+      if (!(std::abs(rel - claimed) <= kQualityTolerance * claimed + kQualityFloor))
         sink.add(Level::fail, "quality", "the manifest claims rel. error {:.6g}; the pack's codes give {:.6g}", claimed, rel);
     }
     // The round-to-nearest baseline the manifest compares with.

@@ -39,6 +39,11 @@ struct LayerCalibration {
 // with at most kHeldOutRowsPerCall evenly spaced rows of each.
 inline constexpr int kHeldOutCalls = 4;
 inline constexpr std::int64_t kHeldOutRowsPerCall = 16;
+// The range of a layer's largest |weight| that is packed (an all-zero layer is packed too); outside
+// it the layer is a numeric error (exit 6). Above 1e12, float32 squares and sums over a layer can
+// overflow; below 1e-15, squared errors underflow and scales lose precision.
+inline constexpr float kLargestWeightMagnitude = 1e12f;
+inline constexpr float kSmallestLargestWeight = 1e-15f;
 
 // What calibration measured for a layer.
 struct CalibrationFigures {
@@ -71,7 +76,8 @@ std::vector<formats::TensorSpec> layer_tensor_specs(const LinearLayer& layer, in
                                                     bool act_scale = false, bool smooth_scale = false);
 
 // Converts the layer's weight to float32 and checks it: NaN or Inf is duquant::Error (numeric)
-// naming the layer and the first bad [row, column].
+// naming the layer and the first bad [row, column]; so is a largest |weight| outside
+// [kSmallestLargestWeight, kLargestWeightMagnitude] (other than an all-zero layer).
 std::vector<float> load_weight(const formats::Checkpoint& ckpt, const LinearLayer& layer);
 
 // The weight a layer is packed from: the checkpoint's values in float32 and, with smoothing,

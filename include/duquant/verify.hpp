@@ -23,6 +23,7 @@ inline constexpr double kOrthogonalityTolerance = 1e-4;  // max |RᵀR − I| of
 inline constexpr double kTransformTolerance = 1e-4;      // ‖y_pack − x Wᵀ‖ / ‖x Wᵀ‖ without quantization
 inline constexpr double kConformanceTolerance = 1e-5;    // max |Δ| / max |y| of recomputed test_y_*
 inline constexpr double kQualityTolerance = 1e-3;        // relative, recomputed vs claimed rel. error
+inline constexpr double kQualityFloor = 1e-6;            // absolute: rel. errors below are float32 rounding
 inline constexpr double kEigenbasisTolerance = 1e-3;     // ‖offdiag(RᵀGR)‖ / ‖G‖ (rotations fit W)
 inline constexpr double kEnergyTieTolerance = 1e-6;      // relative: channels this close may trade places
 inline constexpr double kEigenGapTolerance = 1e-5;       // relative to λ_max: eigenvalues treated as repeated

@@ -1,0 +1,169 @@
+// Helpers of the robustness suite: run the binary as a child process that the test can stop, kill
+// or wait for; snapshot and compare pack folders; write small hand-made checkpoints.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/run_cli.hpp"
+#include "common/test_paths.hpp"
+#include "formats/safetensors_writer.hpp"
+
+extern char** environ;
+
+namespace duquant::test {
+
+namespace fs = std::filesystem;
+
+inline constexpr int kKilledBySigkill = 128 + SIGKILL;  // run_cli's exit code of a SIGKILLed run
+
+// A running `duquant ARGS`; stdout and stderr go to files beside `log_stem`.
+class Child {
+ public:
+  Child(const std::vector<std::string>& args, const std::vector<std::string>& env, const fs::path& log_stem)
+      : out_path_(log_stem.string() + ".out"), err_path_(log_stem.string() + ".err") {
+    std::vector<std::string> argv_s{binary().string()};
+    argv_s.insert(argv_s.end(), args.begin(), args.end());
+    std::vector<std::string> env_s;
+    for (char** e = environ; *e != nullptr; ++e) env_s.emplace_back(*e);
+    env_s.insert(env_s.end(), env.begin(), env.end());
+    std::vector<char*> argv, envp;
+    for (auto& a : argv_s) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    for (auto& e : env_s) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int rc = posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), envp.data());
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) pid_ = -1;
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  ~Child() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+    }
+  }
+
+  bool started() const { return pid_ > 0; }
+  // Waits until the child stops itself (SIGSTOP seam); false when it ended instead.
+  bool wait_stopped() {
+    int status = 0;
+    if (::waitpid(pid_, &status, WUNTRACED) != pid_) return false;
+    if (WIFSTOPPED(status)) return true;
+    finish(status);
+    return false;
+  }
+  void resume() { ::kill(pid_, SIGCONT); }
+  void kill() { ::kill(pid_, SIGKILL); }
+  // Waits for the end; the exit code, or 128 + signal.
+  int wait() {
+    if (!reaped_) {
+      int status = 0;
+      while (::waitpid(pid_, &status, 0) != pid_) {
+      }
+      finish(status);
+    }
+    return code_;
+  }
+  std::string out() const { return read_text(out_path_); }
+  std::string err() const { return read_text(err_path_); }
+
+ private:
+  void finish(int status) {
+    reaped_ = true;
+    code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  std::string out_path_, err_path_;
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  int code_ = -1;
+};
+
+// Every regular file under `dir` (hidden ones too), relative path -> bytes.
+inline std::map<std::string, std::string> snapshot(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  if (!fs::exists(dir)) return files;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) files[fs::relative(e.path(), dir).string()] = read_text(e.path());
+  return files;
+}
+
+// Names under `dir`, folders too (relative paths).
+inline std::vector<std::string> listing(const fs::path& dir) {
+  std::vector<std::string> names;
+  if (!fs::exists(dir)) return names;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) names.push_back(fs::relative(e.path(), dir).string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// True when both folders hold the same files with the same bytes; otherwise false and `why`.
+inline bool same_folder(const fs::path& a, const fs::path& b, std::string* why) {
+  const auto fa = snapshot(a), fb = snapshot(b);
+  for (const auto& [name, bytes] : fa) {
+    const auto it = fb.find(name);
+    if (it == fb.end()) return *why = name + " only in " + a.string(), false;
+    if (it->second != bytes) return *why = name + " differs", false;
+  }
+  for (const auto& [name, bytes] : fb)
+    if (!fa.count(name)) return *why = name + " only in " + b.string(), false;
+  return true;
+}
+
+inline bool contains(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
+
+// A one-layer (optionally more) float32 checkpoint: tensor NAME.weight of shape rows x cols.
+struct HandLayer {
+  std::string name;
+  std::uint64_t rows = 0, cols = 0;
+  std::vector<float> values;  // rows * cols
+};
+
+inline fs::path write_f32_checkpoint(const fs::path& path, const std::vector<HandLayer>& layers) {
+  std::vector<formats::TensorSpec> specs;
+  std::string data;
+  for (const HandLayer& l : layers) {
+    specs.push_back({l.name + ".weight", formats::DType::F32, {l.rows, l.cols}});
+    data.append(reinterpret_cast<const char*>(l.values.data()), l.values.size() * sizeof(float));
+  }
+  formats::SafetensorsWriter w(path, specs, {});
+  w.write(std::as_bytes(std::span(data.data(), data.size())));
+  w.commit();
+  return path;
+}
+
+// Deterministic values in [-1, 1) with a few larger outlier columns (what DuQuant is for).
+inline std::vector<float> pattern_values(std::uint64_t rows, std::uint64_t cols, std::uint32_t seed) {
+  std::vector<float> v(rows * cols);
+  std::uint32_t x = seed * 2654435761u + 12345u;
+  for (std::uint64_t r = 0; r < rows; ++r)
+    for (std::uint64_t c = 0; c < cols; ++c) {
+      x = x * 1664525u + 1013904223u;
+      float f = static_cast<float>(x >> 8) / static_cast<float>(1u << 24) * 2.0f - 1.0f;
+      if (c % 7 == 3) f *= 6.0f;
+      v[r * cols + c] = f;
+    }
+  return v;
+}
+
+}  // namespace duquant::test
