@@ -74,6 +74,20 @@ class Child {
     return false;
   }
   void resume() { ::kill(pid_, SIGCONT); }
+  // Waits until the child ends or `deadline` passes, whichever is first; true when it ended.
+  bool wait_until(std::chrono::steady_clock::time_point deadline) {
+    while (!reaped_) {
+      int status = 0;
+      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        finish(status);
+        break;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    return true;
+  }
   void kill() { ::kill(pid_, SIGKILL); }
   // Waits for the end; the exit code, or 128 + signal.
   int wait() {
