@@ -150,7 +150,8 @@ PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
   DQ_CHECK(j.is_object(), format, "{}: meta must be a JSON object, found {}", label, formats::json_kind(j));
   static const char* const keys[] = {"in_features", "out_features", "block_size", "block_out_size", "enable_permute",
                                      "lambda_smooth"};
-  for (const auto& [k, v] : j.items()) {
+  for (const auto& item : j.items()) {
+    const std::string& k = item.key();
     DQ_CHECK(std::find_if(std::begin(keys), std::end(keys), [&](const char* x) { return k == x; }) != std::end(keys),
              format, "{}: meta has an unknown key '{}'", label, k);
   }

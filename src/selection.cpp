@@ -57,7 +57,8 @@ Selection select_layers(const std::vector<LinearLayer>& linears, const Selection
   }
   for (const std::string& name : config.layers)
     if (seen.count(name) == 0) sel.layers_not_found.push_back(name);
-  for (const auto& [name, bits] : config.wbits) {
+  for (const auto& entry : config.wbits) {
+    const std::string& name = entry.first;  // a structured binding cannot be captured before clang 16
     const bool used = std::any_of(sel.layers.begin(), sel.layers.end(),
                                   [&](const SelectedLayer& s) { return s.layer->name == name; });
     if (!used) sel.wbits_unused.push_back(name);
