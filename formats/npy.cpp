@@ -276,7 +276,7 @@ template <typename T>
 std::vector<T> to_c_order(const NpyArray& a) {
   std::vector<T> v(a.numel);
   if (!a.fortran_order || a.shape.size() < 2) {
-    std::memcpy(v.data(), a.data.data(), a.data.size());
+    if (!a.data.empty()) std::memcpy(v.data(), a.data.data(), a.data.size());  // never memcpy from null
     return v;
   }
   const std::size_t rank = a.shape.size();

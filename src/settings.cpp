@@ -204,6 +204,10 @@ void apply_config_file(const std::string& path, Settings& settings) {
   DQ_CHECK(in.good(), io, "--config {}: cannot open", path);
   const std::string text((std::istreambuf_iterator<char>(in)), {});
   DQ_CHECK(text.size() <= 100'000'000, format, "--config {}: larger than 100 MB", path);
+  apply_config_text(text, path, settings);
+}
+
+void apply_config_text(std::string_view text, const std::string& path, Settings& settings) {
   nlohmann::json root = formats::parse_strict_json(text, path, 64);
   DQ_CHECK(root.is_object(), format, "{}: a configuration must be a JSON object", path);
   const nlohmann::json& c = root.contains("config") ? root["config"] : root;

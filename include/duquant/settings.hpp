@@ -61,6 +61,8 @@ std::vector<std::string> apply_environment(std::string_view prefix, char** envir
 // alone (keys as in `list-linears --json`'s config). Unknown keys are errors naming the file.
 // Sources read "<file>: <key>".
 void apply_config_file(const std::string& path, Settings& settings);
+// The same for a configuration already read; `path` names it in messages.
+void apply_config_text(std::string_view text, const std::string& path, Settings& settings);
 
 // Parses and validates every value into a RunConfig (regular expressions are compiled to check
 // them). Throws duquant::Error (usage) naming the source and the value.

@@ -750,6 +750,20 @@ TEST_F(calib_dump_hostile, CrashInsideHdf5IsContained) {
   expect_open_error(p, ErrorKind::format, {"checked in a separate process", "corrupt or crafted"});
 }
 
+// The test seam that shortens the HDF5 check's hang limit (the fuzz target uses it): a malformed
+// value is a usage error, so that a fuzz run cannot silently keep the 60 s limit.
+TEST_F(calib_dump_hostile, CheckTimeLimitSeamIsValidated) {
+  const auto p = one_layer("seam.h5", [](hid_t g) { f32_dataset(g, "x_0000", {1, 2}, {1, 2}); });
+  for (const char* bad : {"0", "-3", "86401", "2s", " 5"}) {
+    SCOPED_TRACE(bad);
+    ::setenv("DUQUANT_TEST_HDF5_CHECK_SECONDS", bad, 1);
+    expect_open_error(p, ErrorKind::usage, {"DUQUANT_TEST_HDF5_CHECK_SECONDS", bad});
+  }
+  ::setenv("DUQUANT_TEST_HDF5_CHECK_SECONDS", "5", 1);
+  EXPECT_EQ(CalibDump::open(p).layers(), std::vector<std::string>{"layer"});
+  ::unsetenv("DUQUANT_TEST_HDF5_CHECK_SECONDS");
+}
+
 TEST_F(calib_dump_hostile, EmptyFile) {
   const fs::path p = file("empty.h5");
   std::ofstream(p).close();
