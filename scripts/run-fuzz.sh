@@ -1,77 +1,94 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets of tests/fuzz (clang, ASan+UBSan) in build-fuzz/ beside this folder
-# and runs each for SECONDS (default 30), seeded with the corrupt-file suite, the shared fixture and
-# a few valid small files, copied into a temporary corpus (nothing is written into the repository).
-# Exits non-zero when a target crashes; the crash input and log are kept and their path printed.
+# and runs each for SECONDS (default 60). One target per reader of untrusted bytes; the targets are
+# the folders of tests/fuzz/seeds/. Each starts from a temporary corpus: its committed seeds, its
+# crash regressions (tests/data/fuzz-regressions/<target>/) and, where they exist, the hand-made
+# corrupt safetensors files and the shared fixtures' files. Nothing is written into the repository
+# unless a target crashes: then the crashing input is copied to
+# tests/data/fuzz-regressions/<target>/ (commit it with the fix; every test build replays it) and
+# the script exits non-zero.
 # Usage: scripts/run-fuzz.sh [SECONDS_PER_TARGET]
+# Prints one line per target: "fuzz_<target>: N executions in S s (exit code C)".
 set -euo pipefail
 
-seconds="${1:-30}"
+seconds="${1:-60}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="$root/build-fuzz"
 fixtures="$root/../shared/fixtures"
 corrupt="$root/tests/data/corrupt"
+seeds="$root/tests/fuzz/seeds"
+regressions="$root/tests/data/fuzz-regressions"
 
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -DDUQUANT_FUZZ=ON -DDUQUANT_TESTS=OFF -DDUQUANT_CUDA=OFF \
   -DDUQUANT_SANITIZE=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j"$(nproc)" --target fuzz_safetensors_header fuzz_safetensors_index >/dev/null
+cmake --build "$build" -j"$(nproc)" --target fuzz_targets >/dev/null
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/duquant-fuzz.XXXXXX")"
 keep=0
 trap '[ "$keep" = 1 ] || rm -rf "$work"' EXIT
-mkdir -p "$work/header" "$work/index" "$work/artifacts"
 
-# Seeds: every single corrupt file and every shard of the corrupt folders for the header target,
-# every index of the corrupt folders for the index target, plus valid small files for both.
-find "$corrupt" -type f -name '*.safetensors' | while read -r f; do
-  cp "$f" "$work/header/$(echo "${f#"$corrupt"/}" | tr '/' '_')"
-done
-find "$corrupt" -type f -name '*.index.json' | while read -r f; do
-  cp "$f" "$work/index/$(echo "${f#"$corrupt"/}" | tr '/' '_')"
-done
-if [ -f "$fixtures/pi05_tiny.safetensors" ]; then
-  cp "$fixtures/pi05_tiny.safetensors" "$work/header/pi05_tiny.safetensors"  # cut to -max_len when loaded
-fi
-python3 - "$work" <<'PY'
-import json, os, struct, sys
-work = sys.argv[1]
-def st(name, header, data):
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    open(os.path.join(work, "header", name), "wb").write(struct.pack("<Q", len(text)) + text + data)
-st("valid_empty", {}, b"")
-st("valid_metadata", {"__metadata__": {"format": "pt"}, "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(8))
-st("valid_mixed", {"a": {"dtype": "BF16", "shape": [2, 1], "data_offsets": [0, 4]},
-                   "b": {"dtype": "F4", "shape": [4], "data_offsets": [4, 6]},
-                   "z": {"dtype": "I64", "shape": [0], "data_offsets": [6, 6]},
-                   "s": {"dtype": "U8", "shape": [], "data_offsets": [6, 7]}}, bytes(7))
-for i, wm in enumerate([{"a": "model.safetensors"},
-                        {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
-                        {"x.y": "sub/dir/shard.safetensors"}]):
-    open(os.path.join(work, "index", f"valid_{i}"), "w").write(
-        json.dumps({"metadata": {"total_size": 16}, "weight_map": wm}))
-PY
+# corpus TARGET: the starting corpus of one target, in $work/corpus-TARGET.
+corpus() {
+  local t=$1 dir="$work/corpus-$1"
+  mkdir -p "$dir"
+  cp "$seeds/$t"/* "$dir/"
+  if [ -d "$regressions/$t" ]; then cp "$regressions/$t"/* "$dir/" 2>/dev/null || true; fi
+  case "$t" in
+    safetensors_header)
+      find "$corrupt" -type f -name '*.safetensors' | while read -r f; do
+        cp "$f" "$dir/corrupt_$(echo "${f#"$corrupt"/}" | tr '/' '_')"
+      done
+      [ -f "$fixtures/pi05_tiny.safetensors" ] && head -c 65536 "$fixtures/pi05_tiny.safetensors" > "$dir/fixture_head" ;;
+    safetensors_index)
+      find "$corrupt" -type f -name '*.index.json' | while read -r f; do
+        cp "$f" "$dir/corrupt_$(echo "${f#"$corrupt"/}" | tr '/' '_')"
+      done ;;
+    npz)
+      find "$fixtures" -name '*.npz' -size -64k 2>/dev/null | head -n 8 | while read -r f; do
+        cp "$f" "$dir/fixture_$(basename "$(dirname "$f")")_$(basename "$f")"
+      done ;;
+    json_config)
+      for f in "$fixtures"/*.config.json; do [ -f "$f" ] && cp "$f" "$dir/fixture_$(basename "$f")"; done ;;
+  esac
+  return 0
+}
 
 status=0
-for target in header index; do
-  exe="$build/tests/fuzz/fuzz_safetensors_$target"
-  log="$work/$target.log"
+for path in "$seeds"/*/; do
+  t=$(basename "$path")
+  exe="$build/tests/fuzz/fuzz_$t"
+  dict="$root/tests/fuzz/$t.dict"
+  case "$t" in safetensors_*) dict="$root/tests/fuzz/safetensors.dict" ;; esac
+  corpus "$t"
+  log="$work/$t.log"
+  mkdir -p "$work/artifacts-$t" "$work/tmp-$t"
   set +e
-  "$exe" -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    -dict="$root/tests/fuzz/safetensors.dict" -artifact_prefix="$work/artifacts/$target-" \
-    "$work/$target" >"$log" 2>&1
+  # calib_dump: HDF5's own hangs on crafted files end its check process after 3 s, not 60.
+  TMPDIR="$work/tmp-$t" DUQUANT_TEST_HDF5_CHECK_SECONDS=3 \
+    "$exe" -max_total_time="$seconds" -max_len=65536 -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+    -dict="$dict" -artifact_prefix="$work/artifacts-$t/" "$work/corpus-$t" >"$log" 2>&1
   rc=$?
   set -e
-  execs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)"
-  echo "fuzz_safetensors_$target: ${execs:-?} executions in ${seconds} s (exit code $rc)"
+  # The last figures are the fuzzer's own: HDF5's check processes (forked by the calib_dump reader)
+  # print theirs too when a crafted header makes HDF5 allocate gigabytes there, which libFuzzer
+  # reports as an out-of-memory of that process; the process dies, the reader refuses the file.
+  execs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -n 1 | grep -o '[0-9]*$' || true)"
+  echo "fuzz_$t: ${execs:-?} executions in ${seconds} s (exit code $rc)"
   if [ "$rc" != 0 ]; then
     status=1
     keep=1
     tail -n 40 "$log"
+    # The fuzzer's artifact is the last one it names (check processes may have written some before).
+    a="$(grep -o 'Test unit written to .*' "$log" | tail -n 1 | sed 's/^Test unit written to //' || true)"
+    if [ -n "$a" ] && [ -f "$a" ]; then
+      mkdir -p "$regressions/$t"
+      cp "$a" "$regressions/$t/"
+      echo "fuzz_$t: the crashing input is now $regressions/$t/$(basename "$a"); commit it with the fix"
+    fi
   fi
 done
 
 if [ "$status" != 0 ]; then
-  echo "a fuzz target crashed: inputs in $work/artifacts, logs in $work" >&2
+  echo "a fuzz target crashed: logs in $work" >&2
 fi
 exit "$status"

@@ -3,7 +3,8 @@
 #   1. builds with the CUDA backend when nvcc is present (DUQUANT_CUDA=AUTO) and runs all tests
 #      (GPU comparisons report SKIPPED where no GPU exists);
 #   2. builds without CUDA under AddressSanitizer + UndefinedBehaviorSanitizer and runs all tests;
-#   3. runs each libFuzzer target briefly (FUZZ_SECONDS, default 20) from the seed corpora.
+#   3. builds the libFuzzer targets (clang, ASan+UBSan) and runs each for FUZZ_SECONDS (default 60)
+#      from its seed corpus (scripts/run-fuzz.sh; docs/reliability.md).
 # Ends with one line "tests: N passed, N failed, N skipped" over the CTest runs.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,8 +43,8 @@ else
 fi
 
 if [ -x "$root/scripts/run-fuzz.sh" ]; then
-  echo "== fuzz (${FUZZ_SECONDS:-20} s per target)"
-  "$root/scripts/run-fuzz.sh" "${FUZZ_SECONDS:-20}" || status=1
+  echo "== fuzz (${FUZZ_SECONDS:-60} s per target)"
+  "$root/scripts/run-fuzz.sh" "${FUZZ_SECONDS:-60}" || status=1
 fi
 
 echo "tests: $passed passed, $failed failed, $skipped skipped"
