@@ -25,11 +25,15 @@ namespace fs = std::filesystem;
 // MiB; the reader's own bound is kMaxCallElements).
 constexpr std::uint64_t kReadLimit = std::uint64_t{1} << 22;
 
-// One file per process, rewritten for every input: the reader opens dumps by path.
+// One file per process, written for every input and removed after it: the reader opens dumps by path.
 const fs::path& scratch_file() {
   static const fs::path path = fs::temp_directory_path() / fmt::format("duquant-fuzz-{}.dump", ::getpid());
   return path;
 }
+
+struct ScratchRemover {
+  ~ScratchRemover() { ::unlink(scratch_file().c_str()); }
+};
 
 void write_scratch(Bytes input) {
   const fs::path& path = scratch_file();
@@ -63,6 +67,7 @@ bool is_call_name(const formats::DumpCall& c) {
 // ascending and distinct, rows and columns at least 1 and within kMaxCallElements, a dtype the
 // reader converts; every call read gives rows x cols finite values, or a numeric error.
 Outcome check_calib_dump(Bytes input) {
+  const ScratchRemover remove_afterwards;
   write_scratch(input);
   try {
     const formats::CalibDump dump = formats::CalibDump::open(scratch_file());
