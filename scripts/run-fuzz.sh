@@ -10,6 +10,7 @@
 # Usage: scripts/run-fuzz.sh [SECONDS_PER_TARGET]
 # Prints one line per target: "fuzz_<target>: N executions in S s (exit code C)".
 set -euo pipefail
+trap 'echo "run-fuzz.sh: line $LINENO failed (exit code $?)" >&2' ERR
 
 seconds="${1:-60}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -27,6 +28,14 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/duquant-fuzz.XXXXXX")"
 keep=0
 trap '[ "$keep" = 1 ] || rm -rf "$work"' EXIT
 
+# sorted_files DIR FIND-ARGS...: the matching paths, one per line, sorted (none when DIR is absent).
+# Paths of the repository and the fixtures hold no blanks.
+sorted_files() {
+  local d=$1; shift
+  [ -d "$d" ] || return 0
+  find "$d" "$@" | LC_ALL=C sort
+}
+
 # corpus TARGET: the starting corpus of one target, in $work/corpus-TARGET.
 corpus() {
   local t=$1 dir="$work/corpus-$1"
@@ -35,17 +44,24 @@ corpus() {
   if [ -d "$regressions/$t" ]; then cp "$regressions/$t"/* "$dir/" 2>/dev/null || true; fi
   case "$t" in
     safetensors_header)
-      find "$corrupt" -type f -name '*.safetensors' | while read -r f; do
+      for f in $(sorted_files "$corrupt" -type f -name '*.safetensors'); do
         cp "$f" "$dir/corrupt_$(echo "${f#"$corrupt"/}" | tr '/' '_')"
       done
-      [ -f "$fixtures/pi05_tiny.safetensors" ] && head -c 65536 "$fixtures/pi05_tiny.safetensors" > "$dir/fixture_head" ;;
+      if [ -f "$fixtures/pi05_tiny.safetensors" ]; then
+        dd if="$fixtures/pi05_tiny.safetensors" of="$dir/fixture_head" bs=65536 count=1 status=none
+      fi ;;
     safetensors_index)
-      find "$corrupt" -type f -name '*.index.json' | while read -r f; do
+      for f in $(sorted_files "$corrupt" -type f -name '*.index.json'); do
         cp "$f" "$dir/corrupt_$(echo "${f#"$corrupt"/}" | tr '/' '_')"
       done ;;
     npz)
-      find "$fixtures" -name '*.npz' -size -64k 2>/dev/null | head -n 8 | while read -r f; do
+      # The eight first small packs' files, in a fixed order (no pipeline into head: with
+      # pipefail, find dies of SIGPIPE when head stops reading first, and the script with it).
+      local n=0
+      for f in $(sorted_files "$fixtures" -name '*.npz' -size -64k); do
+        [ "$n" -lt 8 ] || break
         cp "$f" "$dir/fixture_$(basename "$(dirname "$f")")_$(basename "$f")"
+        n=$((n + 1))
       done ;;
     json_config)
       for f in "$fixtures"/*.config.json; do [ -f "$f" ] && cp "$f" "$dir/fixture_$(basename "$f")"; done ;;
@@ -59,7 +75,9 @@ for path in "$seeds"/*/; do
   exe="$build/tests/fuzz/fuzz_$t"
   dict="$root/tests/fuzz/$t.dict"
   case "$t" in safetensors_*) dict="$root/tests/fuzz/safetensors.dict" ;; esac
-  corpus "$t"
+  if ! corpus "$t"; then
+    echo "fuzz_$t: could not assemble the starting corpus"; status=1; continue
+  fi
   log="$work/$t.log"
   mkdir -p "$work/artifacts-$t" "$work/tmp-$t"
   set +e
