@@ -65,8 +65,8 @@ DevicePlan open_devices(const std::string& spec, const std::function<void(const 
     return std::move(plan);
   };
   if (spec == "cpu") {
-    if (const char* seam = std::getenv("DUQUANT_TEST_PIPELINE"); seam != nullptr) {
-      const int n = std::atoi(seam);
+    if (const char* seam = std::getenv("DUQUANT_TEST_PIPELINE"); seam != nullptr && *seam != '\0') {
+      const int n = seam[1] == '\0' ? seam[0] - '0' : 0;  // one digit, nothing else
       DQ_CHECK(n >= 1 && n <= 8, usage, "DUQUANT_TEST_PIPELINE={}: expected 1-8 engines", seam);
       for (int k = 0; k < n; ++k) plan.engines.push_back(make_cpu_engine());
       plan.overlap = true;

@@ -222,7 +222,20 @@ struct Shard {
 // right after the N-th newly packed layer is recorded; DUQUANT_TEST_KILL_AT=assembly does so after
 // the first quantized file is published and before the manifest. DUQUANT_TEST_STOP_AT=POINT sends
 // SIGSTOP at the same points instead, so that a test can change the input while the pack waits.
-// Never set in normal use.
+// Never set in normal use; a malformed value is a usage error before any work.
+void check_interruption_seams() {
+  for (const char* seam : {"DUQUANT_TEST_KILL_AT", "DUQUANT_TEST_STOP_AT"}) {
+    const char* value = std::getenv(seam);
+    if (value == nullptr || *value == '\0') continue;  // empty is unset, as for the other seams
+    const std::string v = value;
+    bool ok = v == "assembly";
+    if (!ok && v.rfind("layer:", 0) == 0 && v.size() > 6 && v.size() <= 6 + 9) {
+      ok = v[6] != '0' && std::all_of(v.begin() + 6, v.end(), [](char c) { return c >= '0' && c <= '9'; });
+    }
+    DQ_CHECK(ok, usage, "{}={}: expected layer:N (N from 1 to 999999999) or assembly", seam, v);
+  }
+}
+
 void maybe_kill(const std::string& point) {
   const char* kill_at = std::getenv("DUQUANT_TEST_KILL_AT");
   if (kill_at != nullptr && point == kill_at) std::raise(SIGKILL);
@@ -305,6 +318,7 @@ class LayerPipeline {
 }  // namespace
 
 PackSummary run_pack(const PackOptions& o, const std::function<void(const PackProgress&)>& progress) {
+  check_interruption_seams();
   const RunConfig& config = o.config;
   const QuantConfig& q = config.quant;
   const formats::Checkpoint ckpt = formats::Checkpoint::open(o.checkpoint);

@@ -71,6 +71,20 @@ TEST(PackDevice, AutoWithoutAGpuIsTheCpuWithANotice) {
   for (const auto& [name, bytes] : a) EXPECT_TRUE(b.count(name) && b.at(name) == bytes) << name << " differs";
 }
 
+// A malformed DUQUANT_TEST_PIPELINE is exit 2 naming it, and nothing is written.
+TEST(PackDevice, MalformedPipelineSeamIsRefused) {
+  const fs::path dir = test::temp_dir();
+  for (const std::string bad : {"0", "9", "2x", "-1", "12", "two"}) {
+    const fs::path out = dir / "out";
+    const CliResult r = test::run_cli({"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit",
+                                       "--device", "cpu"},
+                                      {"DUQUANT_TEST_PIPELINE=" + bad});
+    EXPECT_EQ(r.exit_code, 2) << bad << "\n" << r.out << r.err;
+    EXPECT_NE(r.err.find("DUQUANT_TEST_PIPELINE=" + bad + ":"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(out)) << bad;
+  }
+}
+
 // The overlapped pipeline a GPU run uses (read-ahead, N engines, results in layer order), driven
 // with CPU engines through the DUQUANT_TEST_PIPELINE seam: the same bytes as the sequential run,
 // and an interrupted pipelined run resumes to them too.

@@ -165,6 +165,26 @@ TEST(PackCliResume, KilledAfterLayer3ResumesToTheSameBytes) {
   EXPECT_EQ(count_occurrences(out, "(reused)"), 3u) << out;
 }
 
+// A malformed interruption seam is a usage error (exit 2) naming it, before anything is written;
+// a well-formed one that names a point the run never reaches changes nothing.
+TEST(PackCliResume, MalformedInterruptionSeamsAreRefusedBeforeAnyWork) {
+  const fs::path dir = test::temp_dir();
+  for (const std::string seam : {"DUQUANT_TEST_KILL_AT", "DUQUANT_TEST_STOP_AT"}) {
+    for (const std::string bad : {"layer", "layer:", "layer:0", "layer:-1", "layer:3x", "layer:1234567890",
+                                  "Layer:3", "assembly ", "manifest"}) {
+      const fs::path out = dir / "out";
+      const CliResult r = pack(test::tiny_checkpoint(), out, {"--preset", "openpi-dit"}, {seam + "=" + bad});
+      EXPECT_EQ(r.exit_code, 2) << seam << "=" << bad << "\n" << r.out << r.err;
+      EXPECT_NE(r.err.find(seam + "=" + bad + ":"), std::string::npos) << r.err;
+      EXPECT_FALSE(fs::exists(out)) << seam << "=" << bad;
+    }
+  }
+  const CliResult unreached = pack(test::tiny_checkpoint(), dir / "far", {"--preset", "openpi-dit"},
+                                   {"DUQUANT_TEST_KILL_AT=layer:999"});
+  EXPECT_EQ(unreached.exit_code, 0) << unreached.out << unreached.err;
+  EXPECT_TRUE(fs::exists(dir / "far" / "manifest.json"));
+}
+
 TEST(PackCliResume, KilledDuringAssemblyResumesToTheSameBytes) {
   const fs::path dir = test::temp_dir();
   const std::vector<std::string> config{"--preset", "openpi-dit"};
