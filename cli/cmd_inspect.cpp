@@ -27,6 +27,9 @@ struct Inspect {
   std::optional<std::int64_t> head_dim;
   std::optional<std::string> html;
   bool json = false;
+  std::optional<std::string> strip_prefix, add_prefix;
+
+  NamingOptions naming() const { return NamingOptions{strip_prefix, add_prefix}; }
 
   HeadDims head_dims(const std::filesystem::path& beside) const {
     if (head_dim) {
@@ -46,8 +49,8 @@ struct Inspect {
     if (looks_like_pack(target)) return run_pack();
     DQ_CHECK(!checkpoint, usage, "--checkpoint applies to a pack directory; {} is not one (no manifest.json, no .npz)",
              target);
-    const formats::Checkpoint ckpt = formats::Checkpoint::open(target);
-    const CheckpointReport report = inspect_checkpoint(ckpt, head_dims(target));
+    const OpenedCheckpoint opened = open_checkpoint(target, naming(), std::nullopt, notice, warn);
+    const CheckpointReport report = inspect_checkpoint(opened.checkpoint, head_dims(target));
     for (const std::string& w : report.warnings) warn(w);
     if (html) write_html_file(*html, checkpoint_html(report));
     if (json) fmt::print("{}\n", dump(checkpoint_json(report)));
@@ -62,8 +65,8 @@ struct Inspect {
     report.warnings.insert(report.warnings.end(), dims.warnings.begin(), dims.warnings.end());
     add_block_out_warnings(report, dims);
     if (checkpoint) {
-      const formats::Checkpoint ckpt = formats::Checkpoint::open(*checkpoint);
-      add_head_errors(report, ckpt, dims);
+      const OpenedCheckpoint opened = open_checkpoint(*checkpoint, naming(), std::nullopt, notice, warn);
+      add_head_errors(report, opened.checkpoint, dims);
     } else if (dims.known()) {
       report.notes.push_back("per-head error needs the checkpoint: add --checkpoint CKPT");
     }
@@ -87,6 +90,9 @@ Action register_inspect(CLI::App& app) {
   c->add_option("--head-dim", cmd->head_dim, "Attention head dimension (default: from config.json beside the checkpoint)");
   c->add_option("--checkpoint", cmd->checkpoint, "The packed checkpoint: per-head error of attention layers");
   c->add_option("--html", cmd->html, "Also write a self-contained HTML report (table and SQNR chart) to FILE");
+  c->add_option("--strip-prefix", cmd->strip_prefix,
+                "Remove this prefix from the checkpoint's names (default: a known layout's, e.g. LeRobot's 'model.')");
+  c->add_option("--add-prefix", cmd->add_prefix, "Put this prefix before the checkpoint's names");
   return [cmd, c]() { return c->parsed() ? cmd->run() : -1; };
 }
 

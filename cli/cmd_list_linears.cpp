@@ -22,21 +22,23 @@ struct ListLinears {
 
   int run() const {
     const RunConfig config = build_config(flags);
-    const formats::Checkpoint ckpt = formats::Checkpoint::open(checkpoint);
-    const std::vector<LinearLayer> linears = find_linear_layers(ckpt);
-    const Selection selection = select_layers(linears, config.selection, config.quant.wbits_default);
+    const OpenedCheckpoint opened = open_named_checkpoint(checkpoint, config);
+    const formats::Checkpoint& ckpt = opened.checkpoint;
+    const std::vector<LinearLayer> linears = find_linear_layers(ckpt, config.selection.not_linear);
+    const Selection selection = select_layers(linears, config);
 
     warn_about_selection(selection, ckpt);
 
     if (json) {
       nlohmann::ordered_json j;
       j["checkpoint"] = checkpoint;
+      j["names"] = names_json(opened.names);
       const nlohmann::ordered_json body = selection_json(selection, config);
       for (const auto& [k, v] : body.items()) j[k] = v;
       fmt::print("{}\n", j.dump(2));
     } else {
       fmt::print("{}", dryrun_text(selection, config));
-      if (selection.layers.empty()) fmt::print("{}", no_match_text(linears, config));
+      if (selection.layers.empty()) fmt::print("{}", no_match_text(linears, config, guess_layout(ckpt), opened.names));
     }
     if (selection.layers.empty()) {
       std::fflush(stdout);

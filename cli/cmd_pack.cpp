@@ -73,9 +73,9 @@ struct Pack {
     o.notice = [](const std::string& text) { fmt::print(stderr, "duquant: notice: {}\n", text); };
 
     {  // the same warnings as list-linears, before the long part (opening reads headers only)
-      const formats::Checkpoint ckpt = formats::Checkpoint::open(checkpoint);
-      const std::vector<LinearLayer> linears = find_linear_layers(ckpt);
-      warn_about_selection(select_layers(linears, o.config.selection, o.config.quant.wbits_default), ckpt);
+      const OpenedCheckpoint opened = open_named_checkpoint(checkpoint, o.config);
+      const std::vector<LinearLayer> linears = find_linear_layers(opened.checkpoint, o.config.selection.not_linear);
+      warn_about_selection(select_layers(linears, o.config), opened.checkpoint);
     }
     const bool tty = ::isatty(STDERR_FILENO) != 0;
     const auto start = std::chrono::steady_clock::now();

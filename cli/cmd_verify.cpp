@@ -21,7 +21,7 @@ struct Verify {
 
   bool selection_given() const {
     return flags.preset || flags.config_file || flags.scope || flags.include || flags.exclude || flags.layers ||
-           flags.env_prefix;
+           flags.env_prefix || flags.runtime;
   }
 
   static std::string first_problem(const LayerVerdict& l) {
@@ -66,6 +66,7 @@ struct Verify {
     if (reference) o.reference = *reference;
     const RunConfig config = build_config(flags);
     if (selection_given()) o.selection = config;
+    o.naming = config.naming;
     o.wbits_default = config.quant.wbits_default;
     const VerifyReport r = run_verify(o);
     if (json)

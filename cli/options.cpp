@@ -13,6 +13,11 @@ extern char** environ;
 namespace duquant::cli {
 
 void warn(const std::string& text) { fmt::print(stderr, "duquant: warning: {}\n", text); }
+void notice(const std::string& text) { fmt::print(stderr, "duquant: notice: {}\n", text); }
+
+OpenedCheckpoint open_named_checkpoint(const std::string& path, const RunConfig& config) {
+  return open_checkpoint(path, config.naming, std::nullopt, notice, warn);
+}
 
 void warn_about_selection(const Selection& selection, const formats::Checkpoint& checkpoint) {
   for (const auto& name : selection.layers_not_found)
@@ -32,6 +37,19 @@ void add_config_flags(CLI::App& c, ConfigFlags& f) {
       ->group(sel);
   c.add_option("--env-prefix", f.env_prefix,
                "Also read the runtime's variables: OPENPI_DUQUANT_ or GR00T_DUQUANT_ (flags win)")
+      ->group(sel);
+  c.add_option("--runtime", f.runtime,
+               "Target runtime: openpi or gr00t (default selection, action-head rule, log tag; also set by "
+               "--preset, --config or --env-prefix)")
+      ->group(sel);
+  c.add_option("--strip-prefix", f.strip_prefix,
+               "Remove this prefix from stored names (default: a known layout's prefix, e.g. LeRobot's 'model.'; "
+               "'' keeps the names as stored)")
+      ->group(sel);
+  c.add_option("--add-prefix", f.add_prefix, "Put this prefix before stored names (a checkpoint of a submodule)")
+      ->group(sel);
+  c.add_option("--not-linear", f.not_linear,
+               "Regular expression: 2-D .weight tensors whose module matches are no linear layer; repeatable")
       ->group(sel);
   c.add_option("--scope", f.scope, "Module name prefix (runtime: SCOPE)")->group(sel);
   c.add_option("--include", f.include, "Regular expression, Python re.search semantics (INCLUDE)")->group(sel);
@@ -62,6 +80,7 @@ RunConfig build_config(const ConfigFlags& f) {
   if (f.config_file) apply_config_file(*f.config_file, settings);
   if (f.env_prefix)
     for (const std::string& w : apply_environment(*f.env_prefix, environ, settings)) warn(w);
+  if (f.runtime) settings.claim_runtime(parse_runtime(*f.runtime, "--runtime"), RuntimeSource::flag, "--runtime");
   auto flag = [&](Knob knob, const std::optional<std::string>& value) {
     if (value) settings.set(knob, *value, std::string(knob_info(knob).flag));
   };
@@ -83,7 +102,12 @@ RunConfig build_config(const ConfigFlags& f) {
   flag(Knob::calib_steps, f.calib_steps);
   if (f.include_action_head) settings.set(Knob::include_action_head, "1", "--include-action-head");
   for (const std::string& rule : f.wbits_rules) settings.add_wbits_rule(rule, "--wbits-rule");
-  return resolve(settings);
+  flag(Knob::strip_prefix, f.strip_prefix);
+  flag(Knob::add_prefix, f.add_prefix);
+  for (const std::string& pattern : f.not_linear) settings.add_not_linear(pattern, "--not-linear");
+  RunConfig config = resolve(settings);
+  for (const std::string& w : overridden_runtime_claims(settings)) warn(w);
+  return config;
 }
 
 }  // namespace duquant::cli

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "duquant/checkpoint_names.hpp"
 #include "duquant/quant_config.hpp"
 #include "duquant/selection.hpp"
 #include "formats/safetensors_checkpoint.hpp"
@@ -17,6 +18,9 @@ struct ConfigFlags {
   std::optional<std::string> preset;
   std::optional<std::string> config_file;
   std::optional<std::string> env_prefix;
+  std::optional<std::string> runtime;
+  std::optional<std::string> strip_prefix, add_prefix;
+  std::vector<std::string> not_linear;
   std::optional<std::string> scope, include, exclude, layers, wbits, wbits_default, abits, block, block_out, permute,
       row_rot, lambda_smooth, act_pct, calib_steps;
   std::vector<std::string> wbits_rules;
@@ -27,12 +31,18 @@ struct ConfigFlags {
 // Registers the selection and quantization flags on `command`.
 void add_config_flags(CLI::App& command, ConfigFlags& flags);
 
-// Applies preset, environment and flags in that order and validates the result. Environment
-// warnings are printed to stderr.
+// Applies preset, configuration file, environment and flags in that order and validates the
+// result. Environment warnings and overridden runtime claims are printed to stderr.
 RunConfig build_config(const ConfigFlags& flags);
 
 // Prints "duquant: warning: <text>" to stderr.
 void warn(const std::string& text);
+// Prints "duquant: notice: <text>" to stderr.
+void notice(const std::string& text);
+
+// Opens a checkpoint with the run's naming (checkpoint_names.hpp), printing the notice that says
+// how its names are read.
+OpenedCheckpoint open_named_checkpoint(const std::string& path, const RunConfig& config);
 
 // Warns about --layers names that are no linear layer, --wbits names that select nothing, and
 // selected layers whose dtype cannot be quantized.

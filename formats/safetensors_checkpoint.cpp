@@ -79,6 +79,7 @@ void Checkpoint::add_file(const fs::path& path, const std::string& label) {
   for (TensorEntry& t : header.tensors) {
     TensorRef ref;
     ref.name = std::move(t.name);
+    ref.stored_name = ref.name;
     ref.dtype = t.dtype;
     ref.shape = std::move(t.shape);
     ref.numel = t.numel;
@@ -88,6 +89,7 @@ void Checkpoint::add_file(const fs::path& path, const std::string& label) {
     const auto [it, fresh] = by_name_.emplace(ref.name, tensors_.size());
     DQ_CHECK(fresh, format, "{}: tensor '{}' is also stored in {}", label, ref.name,
              files_[tensors_[it->second].file].path.string());
+    all_.push_back(ref);
     tensors_.push_back(std::move(ref));
   }
   files_.push_back({path, map.size(), header.header_bytes, std::move(header.metadata)});
@@ -165,6 +167,39 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   return ckpt;
 }
 
+std::vector<const TensorRef*> Checkpoint::stored_tensors() const {
+  std::vector<const TensorRef*> out;
+  out.reserve(all_.size());
+  for (const TensorRef& t : all_) out.push_back(&t);
+  return out;
+}
+
+void Checkpoint::apply_names(const std::vector<std::optional<std::string>>& names) {
+  std::unordered_map<std::string, std::size_t> by_name;
+  std::vector<TensorRef> kept;
+  for (std::size_t i = 0; i < all_.size(); ++i) {
+    if (!names[i]) continue;
+    TensorRef t = all_[i];
+    t.name = *names[i];
+    DQ_CHECK(!t.name.empty(), format, "{}: tensor '{}' would be renamed to an empty name", source_.string(),
+             t.stored_name);
+    const auto [it, fresh] = by_name.emplace(t.name, kept.size());
+    DQ_CHECK(fresh, format, "{}: tensors '{}' and '{}' would both be named '{}'", source_.string(),
+             kept[it->second].stored_name, t.stored_name, t.name);
+    kept.push_back(std::move(t));
+  }
+  for (std::size_t i = 0; i < all_.size(); ++i) {
+    if (names[i]) continue;
+    const auto it = by_name.find(all_[i].stored_name);
+    DQ_CHECK(it == by_name.end(), format,
+             "{}: tensor '{}' would be renamed to '{}', the name of a tensor that the renaming sets aside: the names "
+             "would be ambiguous",
+             source_.string(), kept[it->second].stored_name, all_[i].stored_name);
+  }
+  tensors_ = std::move(kept);
+  by_name_ = std::move(by_name);
+}
+
 const TensorRef* Checkpoint::find(std::string_view name) const {
   const auto it = by_name_.find(std::string(name));
   return it == by_name_.end() ? nullptr : &tensors_[it->second];
@@ -182,7 +217,7 @@ void Checkpoint::check_unchanged(const char* stage) const {
 
 void Checkpoint::read_f32(const TensorRef& t, std::span<float> out) const {
   DQ_CHECK(converts_to_f32(t.dtype), format, "{}: tensor '{}' is {}; only F32, F16 and BF16 convert to float32",
-           files_.at(t.file).path.string(), t.name, dtype_name(t.dtype));
+           files_.at(t.file).path.string(), t.stored_name, dtype_name(t.dtype));
   DQ_CHECK(out.size() == t.numel, internal, "read_f32('{}'): output holds {} floats, tensor has {}", t.name,
            out.size(), t.numel);
   convert_to_f32(t.dtype, bytes(t).data(), t.numel, out.data());

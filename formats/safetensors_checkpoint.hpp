@@ -20,7 +20,8 @@
 namespace duquant::formats {
 
 struct TensorRef {
-  std::string name;
+  std::string name;          // the name callers use (see Checkpoint::rename)
+  std::string stored_name;   // the name in the file
   DType dtype{};
   std::vector<std::uint64_t> shape;
   std::uint64_t numel = 0;
@@ -47,9 +48,26 @@ class Checkpoint {
   // model.safetensors.index.json, model.safetensors, or exactly one *.safetensors file.
   static Checkpoint open(const std::filesystem::path& path);
 
-  // Every tensor, in storage order: shards by file name, then by data offset.
+  // Every tensor, in storage order: shards by file name, then by data offset. After rename(),
+  // only the tensors the renaming kept, under their new names.
   const std::vector<TensorRef>& tensors() const noexcept { return tensors_; }
   const TensorRef* find(std::string_view name) const;
+  // Every tensor of the files, kept or not by rename(), in storage order: what a copy of the
+  // checkpoint must hold (write each under its stored_name).
+  std::vector<const TensorRef*> stored_tensors() const;
+  // Renames every tensor: `to_name(stored_name)` gives its new name, or nullopt to set it aside
+  // (it stays in stored_tensors()). Two tensors given one name, or a new name that is the stored
+  // name of a tensor set aside, throw duquant::Error (format) naming both. Pointers to tensors
+  // taken before a rename are invalid after it.
+  template <class F>
+  void rename(F&& to_name) {
+    std::vector<std::optional<std::string>> names;
+    names.reserve(all_.size());
+    for (const TensorRef& t : all_) names.push_back(to_name(t.stored_name));
+    apply_names(names);
+  }
+  // Tensors that the last rename() set aside.
+  std::size_t set_aside() const noexcept { return all_.size() - tensors_.size(); }
   const std::vector<CheckpointFile>& files() const noexcept { return files_; }
   // What the user named (file, index or folder), for messages.
   const std::filesystem::path& source() const noexcept { return source_; }
@@ -67,11 +85,13 @@ class Checkpoint {
 
  private:
   void add_file(const std::filesystem::path& path, const std::string& label);
+  void apply_names(const std::vector<std::optional<std::string>>& names);
 
   std::filesystem::path source_;
   std::vector<MappedFile> maps_;
   std::vector<CheckpointFile> files_;
-  std::vector<TensorRef> tensors_;
+  std::vector<TensorRef> all_;      // as stored
+  std::vector<TensorRef> tensors_;  // as named by rename() (a copy of all_ until then)
   std::unordered_map<std::string, std::size_t> by_name_;
 };
 

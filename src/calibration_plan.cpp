@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <set>
 
 #include "duquant/error.hpp"
 
@@ -55,15 +57,33 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
   const formats::CalibDump& dump = *plan.dump;
   const std::string dump_label = o.calib.string();
 
+  // A dump may name a layer as the runtime does or as the checkpoint stores it (another prefix,
+  // checkpoint_names.hpp): the key under which `layer` has calls, or "" when it has none.
+  std::map<std::string, std::string> stored_of;
+  for (const LinearLayer& l : linears) stored_of[l.name] = l.stored_name;
+  std::set<std::string> warned_both;
+  auto key_of = [&](const std::string& layer) -> std::string {
+    if (has_calls(dump, layer)) {
+      const auto st = stored_of.find(layer);
+      if (st != stored_of.end() && st->second != layer && has_calls(dump, st->second) && o.warn &&
+          warned_both.insert(layer).second)
+        o.warn(fmt::format("{}: holds calls under both '{}' and '{}'; the first is used", dump_label, layer, st->second));
+      return layer;
+    }
+    const auto st = stored_of.find(layer);
+    return st != stored_of.end() && has_calls(dump, st->second) ? st->second : std::string();
+  };
+
   // Every selected layer's calls: the widths must match before any work is done.
   for (const SelectedLayer& s : selection.layers) {
     const LinearLayer& l = *s.layer;
-    if (!has_calls(dump, l.name)) continue;
-    for (const formats::DumpCall& c : *dump.calls(l.name))
+    const std::string key = key_of(l.name);
+    if (key.empty()) continue;
+    for (const formats::DumpCall& c : *dump.calls(key))
       DQ_CHECK(c.cols == l.in_features, format,
                "{}: layer '{}' call {} is [{}, {}] but the layer's weight is [{}, {}]: the dump has width {}, the layer reads {}",
-               dump_label, l.name, c.name, c.rows, c.cols, l.out_features, l.in_features, c.cols, l.in_features);
-    plan.source_of[l.name] = l.name;
+               dump_label, key, c.name, c.rows, c.cols, l.out_features, l.in_features, c.cols, l.in_features);
+    plan.source_of[l.name] = key;
   }
 
   // Groups: layers reading the same input share its calls and, with smoothing, one s.
@@ -72,8 +92,8 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
     const SmoothGroup& g = plan.groups[gi];
     std::string source;
     for (const std::string& m : g.layers)
-      if (has_calls(dump, m)) {
-        source = m;
+      if (const std::string key = key_of(m); !key.empty()) {
+        source = key;
         break;
       }
     for (const SelectedLayer& s : selection.layers) {
@@ -114,8 +134,8 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
     }
     std::string source;
     for (const std::string& m : g.layers)
-      if (has_calls(dump, m)) {
-        source = m;
+      if (const std::string key = key_of(m); !key.empty()) {
+        source = key;
         break;
       }
     if (source.empty()) continue;  // its layers are in `missing`

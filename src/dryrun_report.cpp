@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "duquant/presets.hpp"
+
 namespace duquant {
 namespace {
 
@@ -32,7 +34,8 @@ std::string dryrun_text(const Selection& selection, const RunConfig& config) {
   return out;
 }
 
-std::string no_match_text(const std::vector<LinearLayer>& linears, const RunConfig& config) {
+std::string no_match_text(const std::vector<LinearLayer>& linears, const RunConfig& config, const LayoutGuess& layout,
+                          const NameMapping& names) {
   const std::string_view tag = runtime_log_tag(config.runtime);
   std::string scope = config.selection.scope;
   if (!scope.empty() && scope.back() == '.') scope.pop_back();
@@ -45,6 +48,36 @@ std::string no_match_text(const std::vector<LinearLayer>& linears, const RunConf
     return l.name.compare(0, scope.size(), scope) == 0;
   });
   out += fmt::format("[{}] Linear layers whose names start with '{}': {}\n", tag, scope, starting);
+  // Beyond the runtime's lines: what is wrong.
+  std::string looks;
+  if (layout.model.empty() && layout.prefixes.empty()) {
+    looks = "no known model's names (pi0/pi0.5: paligemma_with_expert.*; GR00T N1.5: backbone.eagle_model.*, "
+            "action_head.model.*)";
+  } else if (!layout.prefix) {
+    looks = ambiguous_layout_text(layout);
+  } else {
+    looks = fmt::format("{} names{}", layout.model,
+                        layout.prefix->empty() ? std::string(" with no prefix")
+                                               : fmt::format(" under '{}' ({}'s layout)", *layout.prefix, layout.layout));
+    if (!names.identity()) {
+      looks += ", read";
+      if (!names.checkpoint_prefix.empty()) looks += fmt::format(" without '{}'", names.checkpoint_prefix);
+      if (!names.runtime_prefix.empty())
+        looks += fmt::format("{} with '{}' before them", names.checkpoint_prefix.empty() ? "" : " and", names.runtime_prefix);
+    } else if (!layout.prefix->empty())
+      looks += ", read as stored (the prefix is kept)";
+  }
+  out += fmt::format("duquant: the checkpoint holds {}\n", looks);
+  if (!config.preset.empty()) {
+    for (const Preset& p : presets())
+      if (p.name == config.preset) {
+        out += fmt::format("duquant: preset '{}' is written for {} names ({} runtime)", p.name, p.model,
+                           runtime_name(p.runtime));
+        if (!layout.model.empty() && layout.model.find(p.model == "GR00T N1.5" ? "GR00T" : "pi0") == std::string::npos)
+          out += fmt::format(": this checkpoint is {}; see `duquant presets`", layout.model);
+        out += "\n";
+      }
+  }
   return out;
 }
 
@@ -62,7 +95,7 @@ nlohmann::ordered_json config_json(const RunConfig& config) {
   const SelectionConfig& s = config.selection;
   const QuantConfig& q = config.quant;
   nlohmann::ordered_json j;
-  j["runtime"] = config.runtime == Runtime::gr00t ? "gr00t" : "openpi";
+  j["runtime"] = runtime_name(config.runtime);
   j["preset"] = config.preset.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(config.preset);
   j["scope"] = s.scope;
   j["include"] = s.include;
@@ -82,6 +115,12 @@ nlohmann::ordered_json config_json(const RunConfig& config) {
   j["lambda_smooth"] = q.lambda_smooth;
   j["act_pct"] = q.act_pct;
   j["calib_steps"] = q.calib_steps;
+  j["not_linear"] = s.not_linear;
+  const auto optional_text = [](const std::optional<std::string>& v) {
+    return v ? nlohmann::ordered_json(*v) : nlohmann::ordered_json(nullptr);
+  };
+  j["strip_prefix"] = optional_text(config.naming.strip_prefix);
+  j["add_prefix"] = optional_text(config.naming.add_prefix);
   return j;
 }
 

@@ -135,23 +135,23 @@ std::map<std::string, Edit> plan_edits(const formats::Checkpoint& ckpt, const st
       const TensorRef& w = member_weight(ckpt, g, layer);
       DQ_CHECK(w.shape[1] == in, internal, "fold smoothing: group '{}': '{}' has {} inputs, '{}' has {}", key,
                g.layers.front(), in, layer, w.shape[1]);
-      add(w.name, Op::member_weight, s, key);
+      add(w.stored_name, Op::member_weight, s, key);
     }
     switch (*g.norm) {
       case NormKind::gemma_rms:
-        add(norm_tensor(ckpt, g, g.norm_weight, {in}).name, Op::gemma_weight, s, key);
+        add(norm_tensor(ckpt, g, g.norm_weight, {in}).stored_name, Op::gemma_weight, s, key);
         break;
       case NormKind::layer_norm:
-        add(norm_tensor(ckpt, g, g.norm_weight, {in}).name, Op::divide, s, key);
-        if (!g.norm_bias.empty()) add(norm_tensor(ckpt, g, g.norm_bias, {in}).name, Op::divide, s, key);
+        add(norm_tensor(ckpt, g, g.norm_weight, {in}).stored_name, Op::divide, s, key);
+        if (!g.norm_bias.empty()) add(norm_tensor(ckpt, g, g.norm_bias, {in}).stored_name, Op::divide, s, key);
         break;
       case NormKind::ada_rms: {
         const TensorRef& dw = norm_tensor(ckpt, g, g.norm_weight, {});
         DQ_CHECK(dw.shape.size() == 2 && dw.shape[0] == 3 * in, internal,
                  "fold smoothing: group '{}': '{}' must be [{}, C] (scale, shift and gate of {} inputs)", key,
                  dw.name, 3 * in, in);
-        add(dw.name, Op::ada_weight, s, key);
-        add(norm_tensor(ckpt, g, g.norm_bias, {3 * in}).name, Op::ada_bias, s, key);
+        add(dw.stored_name, Op::ada_weight, s, key);
+        add(norm_tensor(ckpt, g, g.norm_bias, {3 * in}).stored_name, Op::ada_bias, s, key);
         break;
       }
     }
@@ -163,7 +163,7 @@ std::map<std::string, Edit> plan_edits(const formats::Checkpoint& ckpt, const st
                            float s) {
   fail(ErrorKind::numeric,
        "fold smoothing: group '{}': element {} of '{}' is {} and becomes {} with smoothing scale {}, beyond {}",
-       e.group, index, t.name, before, after, s, formats::dtype_name(t.dtype));
+       e.group, index, t.stored_name, before, after, s, formats::dtype_name(t.dtype));
 }
 
 // Writes one modified tensor, converted and recomputed in chunks of whole rows (1-D: of elements).
@@ -242,21 +242,23 @@ void write_folded_checkpoint(const formats::Checkpoint& ckpt, const std::vector<
 
   const std::map<std::string, Edit> edits = plan_edits(ckpt, groups, scales);
 
+  // Every stored tensor under its stored name: the copy is the same checkpoint, renaming or not.
+  const std::vector<const TensorRef*> stored = ckpt.stored_tensors();
   std::vector<formats::TensorSpec> specs;
-  specs.reserve(ckpt.tensors().size());
-  for (const TensorRef& t : ckpt.tensors()) specs.push_back({t.name, t.dtype, t.shape});
+  specs.reserve(stored.size());
+  for (const TensorRef* t : stored) specs.push_back({t->stored_name, t->dtype, t->shape});
   std::map<std::string, std::string> metadata;
   for (const formats::CheckpointFile& f : ckpt.files()) metadata.insert(f.metadata.begin(), f.metadata.end());
 
   formats::SafetensorsWriter writer(out, std::move(specs), metadata);
-  for (const TensorRef& t : ckpt.tensors()) {
-    const auto e = edits.find(t.name);
+  for (const TensorRef* t : stored) {
+    const auto e = edits.find(t->stored_name);
     if (e == edits.end()) {
-      writer.write(ckpt.bytes(t));
+      writer.write(ckpt.bytes(*t));
     } else {
-      write_edited(ckpt, t, e->second, writer);
+      write_edited(ckpt, *t, e->second, writer);
     }
-    ckpt.release(t);
+    ckpt.release(*t);
   }
   writer.commit();
 }

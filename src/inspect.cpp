@@ -176,7 +176,7 @@ CheckpointReport inspect_checkpoint(const formats::Checkpoint& ckpt, HeadDims he
     Settings settings;
     apply_preset(p, settings);
     const RunConfig config = resolve(settings);
-    const Selection sel = select_layers(linears, config.selection, config.quant.wbits_default);
+    const Selection sel = select_layers(linears, config);
     PresetEstimate e;
     e.name = std::string(p.name);
     e.description = std::string(p.description);

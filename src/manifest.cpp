@@ -118,6 +118,16 @@ RunConfig read_config(const Reader& r, const json& c) {
   q.act_pct = r.number(c, p, "act_pct");
   DQ_CHECK(q.act_pct > 0 && q.act_pct <= 100, format, "{}: config.act_pct: {} is outside (0, 100]", r.label, q.act_pct);
   q.calib_steps = r.small_int(c, p, "calib_steps", 1, 1'000'000);
+  // Added with the naming contract: optional, absent in older manifests.
+  for (const char* key : {"strip_prefix", "add_prefix"}) {
+    if (!c.contains(key) || c.at(key).is_null()) continue;
+    (std::string_view(key) == "strip_prefix" ? config.naming.strip_prefix : config.naming.add_prefix) = r.text(c, p, key);
+  }
+  if (c.contains("not_linear"))
+    for (const json& v : r.array(c, p, "not_linear")) {
+      DQ_CHECK(v.is_string(), format, "{}: config.not_linear: expected strings, found {}", r.label, formats::json_kind(v));
+      s.not_linear.push_back(v.get<std::string>());
+    }
   return config;
 }
 
@@ -135,6 +145,7 @@ Manifest parse_manifest(const json& j, const std::string& label) {
   m.config = read_config(r, r.field(j, "manifest", "config"));
   const json& ck = r.field(j, "manifest", "checkpoint");
   m.checkpoint_source = r.text(ck, "checkpoint", "source");
+  if (ck.contains("names")) m.names = names_from_json(ck.at("names"), label);
   std::size_t kf = 0;
   for (const json& f : r.array(ck, "checkpoint", "files")) {
     const std::string p = fmt::format("checkpoint.files[{}]", kf++);

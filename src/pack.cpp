@@ -1,5 +1,7 @@
 #include "duquant/pack.hpp"
 
+#include "duquant/checkpoint_names.hpp"
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -321,9 +323,10 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   check_interruption_seams();
   const RunConfig& config = o.config;
   const QuantConfig& q = config.quant;
-  const formats::Checkpoint ckpt = formats::Checkpoint::open(o.checkpoint);
-  const std::vector<LinearLayer> linears = find_linear_layers(ckpt);
-  const Selection selection = select_layers(linears, config.selection, q.wbits_default);
+  const OpenedCheckpoint opened = open_checkpoint(o.checkpoint, config.naming);
+  const formats::Checkpoint& ckpt = opened.checkpoint;
+  const std::vector<LinearLayer> linears = find_linear_layers(ckpt, config.selection.not_linear);
+  const Selection selection = select_layers(linears, config);
   DQ_CHECK(!selection.layers.empty(), no_match, "{}: the selection matches none of its {} linear layers (try `duquant list-linears`)",
            o.checkpoint.string(), linears.size());
   DQ_CHECK(o.max_shard_bytes > 0, usage, "--max-shard-size must be positive");
@@ -530,6 +533,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   ck["files"] = json::array();
   for (const auto& f : ckpt.files())
     ck["files"].push_back({{"name", f.path.filename().string()}, {"size", f.size}, {"header_bytes", f.header_bytes}});
+  ck["names"] = names_json(opened.names);
   m["checkpoint"] = ck;
   m["files"] = files;
   if (plan.dump) {

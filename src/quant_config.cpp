@@ -11,6 +11,16 @@ std::string_view row_rot_name(RowRot mode) noexcept {
   return "restore";
 }
 
+std::string_view runtime_name(Runtime runtime) noexcept { return runtime == Runtime::gr00t ? "gr00t" : "openpi"; }
+
+std::string_view default_include(Runtime runtime) noexcept {
+  return runtime == Runtime::gr00t ? kGr00tDefaultInclude : kDefaultInclude;
+}
+
+std::string_view default_exclude(Runtime runtime) noexcept {
+  return runtime == Runtime::gr00t ? kGr00tDefaultExclude : kDefaultExclude;
+}
+
 std::string_view runtime_env_prefix(Runtime runtime) noexcept {
   return runtime == Runtime::gr00t ? "GR00T_DUQUANT_" : "OPENPI_DUQUANT_";
 }

@@ -7,14 +7,24 @@
 
 namespace duquant {
 
-bool is_action_head(const std::string& name) {
+bool is_action_head(const std::string& name, Runtime runtime) {
   constexpr std::string_view head = "action_out_proj";
+  const bool ends_in_head =
+      name.size() >= head.size() && name.compare(name.size() - head.size(), head.size(), head) == 0;
+  if (runtime == Runtime::gr00t)
+    return ends_in_head ||
+           (name.find("action_head") != std::string::npos && name.rfind("action_head.model.", 0) != 0);
   if (name == head) return true;
   return name.size() > head.size() && name.compare(name.size() - head.size(), head.size(), head) == 0 &&
          name[name.size() - head.size() - 1] == '.';
 }
 
-Selection select_layers(const std::vector<LinearLayer>& linears, const SelectionConfig& config, int wbits_default) {
+Selection select_layers(const std::vector<LinearLayer>& linears, const RunConfig& config) {
+  return select_layers(linears, config.selection, config.quant.wbits_default, config.runtime);
+}
+
+Selection select_layers(const std::vector<LinearLayer>& linears, const SelectionConfig& config, int wbits_default,
+                        Runtime runtime) {
   const Regex include(config.include, "include");
   const Regex exclude(config.exclude, "exclude");
   std::vector<std::pair<Regex, int>> rules;
@@ -32,7 +42,7 @@ Selection select_layers(const std::vector<LinearLayer>& linears, const Selection
     } else if (!include.search(layer.name) || exclude.search(layer.name)) {
       continue;
     }
-    if (is_action_head(layer.name) && !config.include_action_head) {
+    if (is_action_head(layer.name, runtime) && !config.include_action_head) {
       sel.skipped_action_head.push_back(layer.name);
       continue;
     }

@@ -124,6 +124,16 @@ std::pair<std::string, int> parse_wbits_rule(const Setting& s) {
   return {std::move(pattern), parse_bits_text(std::string_view(s.value).substr(eq + 1), s)};
 }
 
+// A name prefix: printable ASCII without spaces (an empty one is allowed: --strip-prefix '' keeps
+// the stored names).
+std::string check_prefix(const Setting& s) {
+  for (const char ch : s.value)
+    DQ_CHECK(ch > ' ' && ch < 0x7f, usage, "{}: '{}' is not a name prefix (printable ASCII without spaces)", s.source,
+             s.value);
+  DQ_CHECK(s.value.size() <= 1000, usage, "{}: a prefix of {} characters is too long", s.source, s.value.size());
+  return s.value;
+}
+
 }  // namespace
 
 const std::vector<KnobInfo>& knob_table() {
@@ -144,6 +154,9 @@ const std::vector<KnobInfo>& knob_table() {
       {Knob::lambda_smooth, "LS", "--lambda-smooth"},
       {Knob::act_pct, "ACT_PCT", "--act-pct"},
       {Knob::calib_steps, "CALIB_STEPS", "--calib-steps"},
+      {Knob::strip_prefix, "", "--strip-prefix"},
+      {Knob::add_prefix, "", "--add-prefix"},
+      {Knob::not_linear, "", "--not-linear"},
   };
   return table;
 }
@@ -162,6 +175,43 @@ void Settings::add_wbits_rule(std::string rule, std::string source) {
   wbits_rules_.push_back(Setting{std::move(rule), std::move(source)});
 }
 
+void Settings::add_not_linear(std::string pattern, std::string source) {
+  not_linear_.push_back(Setting{std::move(pattern), std::move(source)});
+}
+
+void Settings::claim_runtime(Runtime runtime, RuntimeSource rank, std::string source) {
+  runtime_claims_.push_back(RuntimeClaim{runtime, rank, std::move(source)});
+}
+
+Runtime parse_runtime(std::string_view text, const std::string& source) {
+  if (text == "openpi") return Runtime::openpi;
+  if (text == "gr00t") return Runtime::gr00t;
+  fail(ErrorKind::usage, "{}: '{}' is not a runtime (openpi or gr00t)", source, text);
+}
+
+namespace {
+
+// The strongest claim; the first of equal strength (a later one of equal strength is the same source).
+const RuntimeClaim* strongest_claim(const Settings& settings) {
+  const RuntimeClaim* best = nullptr;
+  for (const RuntimeClaim& c : settings.runtime_claims())
+    if (best == nullptr || c.rank > best->rank) best = &c;
+  return best;
+}
+
+}  // namespace
+
+std::vector<std::string> overridden_runtime_claims(const Settings& settings) {
+  std::vector<std::string> out;
+  const RuntimeClaim* best = strongest_claim(settings);
+  if (best == nullptr) return out;
+  for (const RuntimeClaim& c : settings.runtime_claims())
+    if (c.runtime != best->runtime)
+      out.push_back(fmt::format("{} implies the {} runtime; {} sets {}, which wins (name one with --runtime)", c.source,
+                                runtime_name(c.runtime), best->source, runtime_name(best->runtime)));
+  return out;
+}
+
 const Setting* Settings::get(Knob knob) const {
   const auto it = values_.find(knob);
   return it == values_.end() ? nullptr : &it->second;
@@ -169,9 +219,9 @@ const Setting* Settings::get(Knob knob) const {
 
 std::vector<std::string> apply_environment(std::string_view prefix, char** env, Settings& settings) {
   if (prefix == runtime_env_prefix(Runtime::openpi)) {
-    settings.runtime = Runtime::openpi;
+    settings.claim_runtime(Runtime::openpi, RuntimeSource::env_prefix, fmt::format("--env-prefix {}", prefix));
   } else if (prefix == runtime_env_prefix(Runtime::gr00t)) {
-    settings.runtime = Runtime::gr00t;
+    settings.claim_runtime(Runtime::gr00t, RuntimeSource::env_prefix, fmt::format("--env-prefix {}", prefix));
   } else {
     fail(ErrorKind::usage, "--env-prefix: '{}' is not a runtime's prefix (OPENPI_DUQUANT_ or GR00T_DUQUANT_)", prefix);
   }
@@ -249,7 +299,13 @@ void apply_config_text(std::string_view text, const std::string& path, Settings&
     } else if (key == "runtime") {
       const std::string v = text_of(value, key);
       DQ_CHECK(v == "openpi" || v == "gr00t", format, "{}: '{}' is not openpi or gr00t", source, v);
-      settings.runtime = v == "gr00t" ? Runtime::gr00t : Runtime::openpi;
+      settings.claim_runtime(parse_runtime(v, source), RuntimeSource::config, source);
+    } else if (key == "strip_prefix" || key == "add_prefix") {
+      if (!value.is_null())
+        settings.set(key == "strip_prefix" ? Knob::strip_prefix : Knob::add_prefix, text_of(value, key), source);
+    } else if (key == "not_linear") {
+      DQ_CHECK(value.is_array(), format, "{}: must be an array of regular expressions", source);
+      for (const auto& v : value) settings.add_not_linear(text_of(v, key), source);
     } else if (key == "preset") {
       if (!value.is_null()) settings.preset = text_of(value, key);  // informational: its knobs are listed too
     } else {
@@ -260,16 +316,32 @@ void apply_config_text(std::string_view text, const std::string& path, Settings&
 
 RunConfig resolve(const Settings& settings) {
   RunConfig config;
-  if (settings.runtime) config.runtime = *settings.runtime;
+  for (const RuntimeClaim& a : settings.runtime_claims())
+    for (const RuntimeClaim& b : settings.runtime_claims())
+      DQ_CHECK(a.runtime == b.runtime || a.rank < RuntimeSource::config || b.rank < RuntimeSource::config, usage,
+               "{} says {} and {} says {}: name one runtime", a.source, runtime_name(a.runtime), b.source,
+               runtime_name(b.runtime));
+  if (const RuntimeClaim* best = strongest_claim(settings)) config.runtime = best->runtime;
   config.preset = settings.preset;
   SelectionConfig& sel = config.selection;
   QuantConfig& q = config.quant;
 
+  sel.include = default_include(config.runtime);
+  sel.exclude = default_exclude(config.runtime);
   if (const Setting* s = settings.get(Knob::scope)) sel.scope = s->value;
   if (const Setting* s = settings.get(Knob::include)) sel.include = s->value;
   if (const Setting* s = settings.get(Knob::exclude)) sel.exclude = s->value;
   Regex include_check(sel.include, settings.get(Knob::include) ? settings.get(Knob::include)->source : "default include");
   Regex exclude_check(sel.exclude, settings.get(Knob::exclude) ? settings.get(Knob::exclude)->source : "default exclude");
+  for (const Setting& s : settings.not_linear()) {
+    Regex check(s.value, s.source);
+    sel.not_linear.push_back(s.value);
+  }
+  if (const Setting* s = settings.get(Knob::strip_prefix)) config.naming.strip_prefix = check_prefix(*s);
+  if (const Setting* s = settings.get(Knob::add_prefix)) {
+    config.naming.add_prefix = check_prefix(*s);
+    DQ_CHECK(!config.naming.add_prefix->empty(), usage, "{}: the prefix is empty", s->source);
+  }
   if (const Setting* s = settings.get(Knob::layers)) {
     for (std::string_view name : split(s->value, ','))
       if (!trim(name).empty()) sel.layers.emplace_back(trim(name));

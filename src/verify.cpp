@@ -1,5 +1,7 @@
 #include "duquant/verify.hpp"
 
+#include "duquant/checkpoint_names.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -272,8 +274,13 @@ VerifyReport run_verify(const VerifyOptions& o) {
 
   std::optional<CheckpointContext> ck;
   if (o.checkpoint) {
-    ck.emplace(CheckpointContext{formats::Checkpoint::open(*o.checkpoint), {}, {}});
-    ck->linears = find_linear_layers(ck->ckpt);
+    // Names as the pack recorded them, unless flags say otherwise (checkpoint_names.hpp).
+    OpenedCheckpoint opened = open_checkpoint(*o.checkpoint, o.naming, manifest ? manifest->names : std::nullopt);
+    if (!opened.names.identity())
+      pf.add(Level::info, "names", "{}", describe_names(opened.names, o.checkpoint->string()));
+    ck.emplace(CheckpointContext{std::move(opened.checkpoint), {}, {}});
+    const RunConfig* run = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
+    ck->linears = find_linear_layers(ck->ckpt, run ? run->selection.not_linear : std::vector<std::string>{});
     for (const LinearLayer& l : ck->linears) ck->by_name.emplace(l.name, &l);
     if (manifest) {  // the files the pack was made from (the weight digests decide; this is a hint)
       for (const Manifest::CheckpointFile& f : manifest->checkpoint_files) {
@@ -337,7 +344,7 @@ VerifyReport run_verify(const VerifyOptions& o) {
   if (ck) {
     const RunConfig* config = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
     if (config != nullptr) {
-      const Selection s = select_layers(ck->linears, config->selection, config->quant.wbits_default);
+      const Selection s = select_layers(ck->linears, *config);
       std::set<std::string> picked;
       for (const SelectedLayer& l : s.layers) picked.insert(l.layer->name);
       for (LayerVerdict& v : report.layers)

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "duquant/checkpoint_names.hpp"
 #include "duquant/quant_config.hpp"
 #include "duquant/selection.hpp"
 
@@ -19,8 +20,11 @@ namespace duquant {
 std::string dryrun_text(const Selection& selection, const RunConfig& config);
 
 // The help printed when the selection is empty: how many linear layers exist, the first 10 names,
-// and how many names start with the scope without its trailing dot.
-std::string no_match_text(const std::vector<LinearLayer>& linears, const RunConfig& config);
+// and how many names start with the scope without its trailing dot (the runtime's lines); then
+// what the checkpoint looks like (model guessed, prefix found) and, for a preset, which model's
+// names it expects.
+std::string no_match_text(const std::vector<LinearLayer>& linears, const RunConfig& config, const LayoutGuess& layout,
+                          const NameMapping& names);
 
 // Bytes a layer takes in quantized.safetensors: codes, scales, permutation and rotations.
 std::uint64_t packed_bytes_estimate(std::uint64_t out_features, std::uint64_t in_features, int wbits,

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "duquant/checkpoint_names.hpp"
 #include "duquant/quant_config.hpp"
 
 namespace duquant {
@@ -54,6 +55,7 @@ struct Manifest {
     std::uint64_t size = 0, header_bytes = 0;
   };
   std::vector<CheckpointFile> checkpoint_files;
+  std::optional<NameMapping> names;  // checkpoint.names: absent in manifests older than the naming contract
   std::vector<ManifestFile> files;
   std::vector<ManifestLayer> layers;
 };

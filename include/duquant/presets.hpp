@@ -14,8 +14,10 @@ struct Preset {
   std::string_view name;
   std::string_view description;
   Runtime runtime;
+  std::string_view model;  // the model whose names it is written for: "pi0/pi0.5" or "GR00T N1.5"
   std::vector<std::pair<Knob, std::string_view>> knobs;
-  int pi05_layers;  // layers it selects on a full pi0.5 checkpoint (-1: not a pi0.5 preset)
+  int pi05_layers;   // layers it selects on a full pi0.5 checkpoint (tests hold these)
+  int gr00t_layers;  // layers it selects on a full GR00T N1.5 checkpoint
 };
 
 const std::vector<Preset>& presets();

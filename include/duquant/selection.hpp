@@ -27,10 +27,17 @@ struct Selection {
   std::vector<std::string> wbits_unused;       // WBITS names that name no selected layer
 };
 
-// `linears` must outlive the returned selection (it points into it).
-Selection select_layers(const std::vector<LinearLayer>& linears, const SelectionConfig& config, int wbits_default);
+// `linears` must outlive the returned selection (it points into it). `runtime` decides the
+// action-head rule.
+Selection select_layers(const std::vector<LinearLayer>& linears, const SelectionConfig& config, int wbits_default,
+                        Runtime runtime = Runtime::openpi);
+// The same, with everything from `config`.
+Selection select_layers(const std::vector<LinearLayer>& linears, const RunConfig& config);
 
-// True for a module the runtime treats as the action head (`action_out_proj`, possibly nested).
-bool is_action_head(const std::string& name);
+// True for a module the runtime skips unless INCLUDE_ACTION_HEAD is on. OpenPI: `action_out_proj`
+// at top level or as the last component of a dotted name. GR00T: every name that contains
+// `action_head` but does not start with `action_head.model.`, and every name ending in
+// `action_out_proj`.
+bool is_action_head(const std::string& name, Runtime runtime = Runtime::openpi);
 
 }  // namespace duquant

@@ -55,6 +55,8 @@ struct VerifyOptions {
   // Unset: the missing-layer check is skipped for such packs (an INFO says so).
   std::optional<RunConfig> selection;
   int wbits_default = 4;  // weight bits for npz-only packs' quality figures
+  // How the checkpoint's names are read; unset: as the manifest recorded, else as detected.
+  NamingOptions naming;
 };
 
 struct VerifyReport {
