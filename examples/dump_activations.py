@@ -11,10 +11,25 @@ docs/calibration-dumps.md specifies:
                      uint16 holding bfloat16 bits, with the string attribute dtype = "bfloat16"
     safetensors      keys "<module name>.x_0000", ...      F32 | F16 | BF16
 
-Layers are selected exactly as duquant selects them (docs/selection.md): the name starts with
-``--scope``; with ``--layers`` it must be one of them, otherwise it matches ``--include`` and does
-not match ``--exclude`` (Python ``re.search``: anywhere in the name); ``action_out_proj`` is
-skipped unless ``--include-action-head``. Use the same selection flags as for ``duquant pack``.
+Layers are selected exactly as duquant selects them (docs/selection.md), with the rules of the
+runtime given by ``--runtime``: the name starts with ``--scope``; with ``--layers`` it must be one
+of them, otherwise it matches ``--include`` and does not match ``--exclude`` (Python
+``re.search``: anywhere in the name; both default to the runtime's regexes); then, unless
+``--include-action-head``, the action head is skipped: for ``openpi`` (the default)
+``action_out_proj`` at top level or as the last dotted component; for ``gr00t`` every name that
+contains ``action_head`` without starting with ``action_head.model.``, and every name ending in
+``action_out_proj``. Use the same selection flags as for ``duquant pack``.
+
+Names: a layer is recorded as ``--name-prefix`` + its ``named_modules()`` name, and selected by
+that name. A dump may be keyed by the runtime's module names
+(``paligemma_with_expert.gemma_expert.model.layers.0.mlp.down_proj``) or by the checkpoint's where
+the checkpoint prefixes them (LeRobot's pi0.5: ``model.paligemma_with_expert...``; give a
+``--scope`` with the prefix then): duquant accepts either.
+
+Hooks: torch 2.x registers them with ``with_kwargs=True``, so a layer called as
+``linear(input=x)`` is recorded too; torch 1.13 (no ``with_kwargs``) passes hooks the positional
+arguments only: a keyword-only call is not recorded, and the run ends with a warning counting
+such calls. Which one is used is decided by what ``register_forward_pre_hook`` accepts.
 
 The writer (``DumpWriter``) and the selection (``select_layers``) need only numpy (and h5py for
 HDF5); torch is imported only by ``install_hooks`` and ``main``, so the writer can be reused from
@@ -28,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import re
@@ -37,10 +53,19 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-# duquant's defaults (docs/cli.md), the runtime's.
+# The selection defaults of the runtimes duquant packs for (docs/selection.md).
+# OpenPI's DuQuant runtime (OPENPI_DUQUANT_*), duquant's own defaults (docs/cli.md):
 DEFAULT_INCLUDE = r".*(q_proj|k_proj|v_proj|o_proj|out_proj|fc1|fc2|gate_proj|up_proj|down_proj).*"
 DEFAULT_EXCLUDE = r"(?:^|\.)(norm|ln|layernorm|emb)(?:\.|$)"
+# The GR00T DuQuant port (GR00T_DUQUANT_*): the backbone language model's 7 projections and the
+# action-head DiT's attention and feed-forward linears; vision, norms, embeddings, lm_head, the
+# timestep/state/action encoders and decoders and the VL self-attention stay unquantized.
+GR00T_INCLUDE = (r".*(?:backbone\.eagle_model\.language_model\..*\.(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|"
+                 r"down_proj)|action_head\.model\..*(?:attn1\.to_(?:q|k|v)|attn1\.to_out\.0|ff\.net\.(?:0\.proj|2))).*")
+GR00T_EXCLUDE = (r"(?:^|\.)(?:vision_model|vision|radio|norm|ln|layernorm|embed|lm_head|timestep_encoder|state_encoder|"
+                 r"action_encoder|action_decoder|future_tokens|vl_self_attention)(?:\.|$)")
 ACTION_HEAD = "action_out_proj"
+RUNTIMES = ("openpi", "gr00t")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,22 +79,42 @@ def parse_layers(text: Optional[str]) -> List[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def is_action_head(name: str) -> bool:
-    """``action_out_proj`` at top level or as the last component of a dotted name."""
-    return name == ACTION_HEAD or name.endswith("." + ACTION_HEAD)
+def is_action_head(name: str, runtime: str = "openpi") -> bool:
+    """Whether the runtime leaves ``name`` alone unless told to include the action head.
+
+    openpi: ``action_out_proj`` at top level or as the last component of a dotted name.
+    gr00t: any name containing ``action_head`` that does not start with ``action_head.model.``,
+    and any name ending in ``action_out_proj`` (a plain suffix test, as the port does).
+    """
+    if runtime == "gr00t":
+        return ("action_head" in name and not name.startswith("action_head.model.")) or name.endswith(ACTION_HEAD)
+    if runtime == "openpi":
+        return name == ACTION_HEAD or name.endswith("." + ACTION_HEAD)
+    raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
 
 
-def select_layers(names: Iterable[str], scope: str = "", include: str = DEFAULT_INCLUDE,
-                  exclude: str = DEFAULT_EXCLUDE, layers: Optional[Sequence[str]] = None,
-                  include_action_head: bool = False) -> List[str]:
+def runtime_defaults(runtime: str = "openpi"):
+    """``(include, exclude)`` regexes the runtime uses when they are not given."""
+    if runtime == "openpi":
+        return DEFAULT_INCLUDE, DEFAULT_EXCLUDE
+    if runtime == "gr00t":
+        return GR00T_INCLUDE, GR00T_EXCLUDE
+    raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+
+
+def select_layers(names: Iterable[str], scope: str = "", include: Optional[str] = None,
+                  exclude: Optional[str] = None, layers: Optional[Sequence[str]] = None,
+                  include_action_head: bool = False, runtime: str = "openpi") -> List[str]:
     """The names duquant would select among ``names`` (linear-layer module names), in their order.
 
     Mirrors docs/selection.md: scope is a plain prefix; with ``layers`` only those exact names
-    (include/exclude do not apply); otherwise ``re.search(include)`` and not ``re.search(exclude)``;
-    the action head only with ``include_action_head``.
+    (include/exclude do not apply); otherwise ``re.search(include)`` and not ``re.search(exclude)``
+    (``None``: the runtime's default, see ``runtime_defaults``); the action head (``is_action_head``)
+    only with ``include_action_head``. ``runtime`` is ``"openpi"`` or ``"gr00t"``.
     """
-    inc = re.compile(include)
-    exc = re.compile(exclude)
+    default_inc, default_exc = runtime_defaults(runtime)
+    inc = re.compile(default_inc if include is None else include)
+    exc = re.compile(default_exc if exclude is None else exclude)
     wanted = set(layers or [])
     out = []
     for name in names:
@@ -80,7 +125,7 @@ def select_layers(names: Iterable[str], scope: str = "", include: str = DEFAULT_
                 continue
         elif not inc.search(name) or exc.search(name):
             continue
-        if is_action_head(name) and not include_action_head:
+        if not include_action_head and is_action_head(name, runtime):
             continue
         out.append(name)
     return out
@@ -163,6 +208,7 @@ class DumpWriter:
         self._rng = np.random.default_rng(seed) if subsample == "random" else None
         self._counts = {}   # layer -> calls written
         self._widths = {}   # layer -> I
+        self._missed = {}   # layer -> calls whose input a hook could not see (see note_missed)
         self._closed = False
         self.bytes_written = 0
         if format == "hdf5":
@@ -180,6 +226,14 @@ class DumpWriter:
     def wants(self, layer: str) -> bool:
         """Whether another call of ``layer`` would be recorded (check before copying data)."""
         return not self._closed and (self.max_calls is None or self.calls(layer) < self.max_calls)
+
+    def note_missed(self, layer: str) -> None:
+        """Counts a call of ``layer`` whose input the caller could not see (nothing is written)."""
+        self._missed[layer] = self._missed.get(layer, 0) + 1
+
+    def missed(self) -> dict:
+        """``{layer: calls}`` noted with ``note_missed``."""
+        return dict(self._missed)
 
     def row_indices(self, n: int) -> Optional[np.ndarray]:
         """The rows ``add`` would keep of an ``n``-row call (lets a hook subsample on the device)."""
@@ -320,46 +374,94 @@ class DumpWriter:
 # Hooks (torch)
 # ----------------------------------------------------------------------------------------------
 
-def install_hooks(model, writer: DumpWriter, scope: str = "", include: str = DEFAULT_INCLUDE,
-                  exclude: str = DEFAULT_EXCLUDE, layers: Optional[Sequence[str]] = None,
-                  include_action_head: bool = False, name_prefix: str = ""):
+def forward_pre_hook_takes_kwargs() -> bool:
+    """Whether this torch's ``register_forward_pre_hook`` accepts ``with_kwargs=True`` (torch 2.0 on),
+    found by looking at the method, not at the version string."""
+    import torch
+
+    try:
+        return "with_kwargs" in inspect.signature(torch.nn.Module.register_forward_pre_hook).parameters
+    except (TypeError, ValueError):  # no signature available: try it
+        pass
+    probe = torch.nn.Module()
+    try:
+        handle = probe.register_forward_pre_hook(lambda module, args, kwargs: None, with_kwargs=True)
+    except TypeError:
+        return False
+    handle.remove()
+    return True
+
+
+def hook_signature() -> str:
+    """The forward pre-hook signature ``install_hooks`` uses with this torch."""
+    if forward_pre_hook_takes_kwargs():
+        return "hook(module, args, kwargs), with_kwargs=True"
+    return "hook(module, args)"
+
+
+def install_hooks(model, writer: DumpWriter, scope: str = "", include: Optional[str] = None,
+                  exclude: Optional[str] = None, layers: Optional[Sequence[str]] = None,
+                  include_action_head: bool = False, name_prefix: str = "", runtime: str = "openpi"):
     """Puts a forward pre-hook on every selected ``nn.Linear`` of ``model``; returns the handles
     (call ``h.remove()`` on each when done) and the selected names.
 
-    Names are ``name_prefix + <name in model.named_modules()>``: they must be the checkpoint's
-    module names (e.g. ``paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj``
-    for OpenPI's pi0.5), so pass the module the checkpoint was saved from, or set ``name_prefix``.
-    Rows are subsampled on the input's device before the copy to the CPU; nothing is kept in
-    memory between calls.
+    Names are ``name_prefix + <name in model.named_modules()>``; the selection (``select_layers``
+    with ``runtime``'s rules) runs on these names and the dump is keyed by them. Key the dump by the
+    runtime's module names (``paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj``
+    for OpenPI's pi0.5, ``action_head.model.transformer_blocks.0.attn1.to_q`` for GR00T) or by the
+    checkpoint's where it prefixes them (LeRobot's pi0.5: ``model.paligemma_with_expert...``, then
+    with a ``scope`` that includes the prefix); duquant accepts either. ``name_prefix`` completes
+    the names of a submodule (pass ``policy.paligemma_with_expert`` with
+    ``name_prefix="paligemma_with_expert."``) or adds a checkpoint's prefix.
+
+    torch >= 2.0: the hook also sees a layer called with its input as a keyword
+    (``linear(input=x)``). Older torch (1.13) passes hooks the positional arguments only; such a
+    call is then not recorded and is counted in ``writer.missed()``. Rows are subsampled on the
+    input's device before the copy to the CPU; nothing is kept in memory between calls.
     """
     import torch
 
     linears = {name_prefix + n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    names = select_layers(linears.keys(), scope, include, exclude, layers, include_action_head)
+    names = select_layers(linears.keys(), scope, include, exclude, layers, include_action_head, runtime)
+    with_kwargs = forward_pre_hook_takes_kwargs()
     handles = []
 
+    def record(name, x):
+        if not isinstance(x, torch.Tensor):
+            writer.note_missed(name)
+            return
+        if not writer.wants(name):
+            return
+        with torch.no_grad():
+            x = x.detach().reshape(-1, x.shape[-1])
+            rows = writer.row_indices(x.shape[0])
+            if rows is not None:
+                x = x[torch.as_tensor(rows, dtype=torch.long, device=x.device)]
+            if x.dtype == torch.bfloat16:
+                # bfloat16 has no numpy dtype: reinterpret its bits (a same-size dtype view).
+                bits = x.contiguous().view(torch.int16).cpu().numpy().view(np.uint16)
+                writer.add(name, bits, dtype="bfloat16", subsampled=True)
+            elif x.dtype in (torch.float32, torch.float16):
+                writer.add(name, x.cpu().numpy(), subsampled=True)
+            else:
+                writer.add(name, x.float().cpu().numpy(), subsampled=True)
+
     def make_hook(name):
-        def hook(module, args, kwargs):
-            x = args[0] if args else kwargs.get("input")
-            if not isinstance(x, torch.Tensor) or not writer.wants(name):
+        if with_kwargs:
+            def hook(module, args, kwargs):
+                record(name, args[0] if args else kwargs.get("input"))
                 return None
-            with torch.no_grad():
-                x = x.detach().reshape(-1, x.shape[-1])
-                rows = writer.row_indices(x.shape[0])
-                if rows is not None:
-                    x = x[torch.as_tensor(rows, device=x.device)]
-                if x.dtype == torch.bfloat16:
-                    bits = x.contiguous().view(torch.int16).cpu().numpy().view(np.uint16)
-                    writer.add(name, bits, dtype="bfloat16", subsampled=True)
-                elif x.dtype in (torch.float32, torch.float16):
-                    writer.add(name, x.cpu().numpy(), subsampled=True)
-                else:
-                    writer.add(name, x.float().cpu().numpy(), subsampled=True)
-            return None
+        else:
+            def hook(module, args):
+                record(name, args[0] if args else None)
+                return None
         return hook
 
     for name in names:
-        handles.append(linears[name].register_forward_pre_hook(make_hook(name), with_kwargs=True))
+        if with_kwargs:
+            handles.append(linears[name].register_forward_pre_hook(make_hook(name), with_kwargs=True))
+        else:
+            handles.append(linears[name].register_forward_pre_hook(make_hook(name)))
     return handles, names
 
 
@@ -415,9 +517,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of --subsample random")
     p.add_argument("--name-prefix", default="", help="prepended to the model's module names")
     sel = p.add_argument_group("selection (as duquant pack)")
+    sel.add_argument("--runtime", choices=RUNTIMES, default="openpi",
+                     help="whose selection rules and default --include/--exclude: openpi (OPENPI_DUQUANT_*) "
+                          "or gr00t (GR00T_DUQUANT_*)")
     sel.add_argument("--scope", default="")
-    sel.add_argument("--include", default=DEFAULT_INCLUDE)
-    sel.add_argument("--exclude", default=DEFAULT_EXCLUDE)
+    sel.add_argument("--include", default=None, help="regex (re.search); default: the runtime's")
+    sel.add_argument("--exclude", default=None, help="regex (re.search); default: the runtime's")
     sel.add_argument("--layers", default="", help="exact module names, comma-separated")
     sel.add_argument("--include-action-head", action="store_true")
     a = p.parse_args(argv)
@@ -428,10 +533,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format=a.format, overwrite=a.force)
     with writer:
         handles, names = install_hooks(model, writer, a.scope, a.include, a.exclude, parse_layers(a.layers),
-                                       a.include_action_head, a.name_prefix)
+                                       a.include_action_head, a.name_prefix, a.runtime)
         if not names:
             raise SystemExit("dump_activations: the selection matches no nn.Linear of the model")
-        print(f"dump_activations: hooked {len(names)} linear layers", file=sys.stderr)
+        import torch
+        print(f"dump_activations: hooked {len(names)} linear layers ({a.runtime} selection; torch "
+              f"{torch.__version__}, pre-hook {hook_signature()})", file=sys.stderr)
         try:
             steps = run_inputs(model, inputs, a.method, writer, names)
         finally:
@@ -442,6 +549,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if short:
         print(f"dump_activations: warning: {len(short)} layers have fewer than {a.max_calls} calls "
               f"(e.g. {short[0]}: {writer.calls(short[0])})", file=sys.stderr)
+    missed = writer.missed()
+    if missed:
+        first = sorted(missed)[0]
+        why = ("this torch passes hooks the positional arguments only: a layer called as linear(input=x) "
+               "is not seen (torch >= 2.0 sees it)" if not forward_pre_hook_takes_kwargs()
+               else "the layer's input was not a tensor")
+        print(f"dump_activations: warning: {sum(missed.values())} calls (of {len(missed)} layers) were not "
+              f"recorded, e.g. {first}: {missed[first]} calls; {why}", file=sys.stderr)
     return 0
 
 
