@@ -154,6 +154,123 @@ TEST_F(PackCalib, HeldOutCallsGiveTheOutputErrorAndDumpedConformanceRows) {
   EXPECT_NE(in.out.find(fmt::format("{:.4f}", first)), std::string::npos) << in.out;
 }
 
+// A copy of `src` with every tensor under `prefix` and `extra` 1-D tensors beside it (LeRobot's
+// layout: the policy under `model.`, normalisation buffers outside).
+void write_prefixed_copy(const fs::path& src, const fs::path& dst, const std::string& prefix, int extra) {
+  const auto in = formats::Checkpoint::open(src);
+  std::vector<formats::TensorSpec> specs;
+  for (const auto& t : in.tensors()) specs.push_back({prefix + t.name, t.dtype, t.shape});
+  for (int k = 0; k < extra; ++k) specs.push_back({fmt::format("normalize_inputs.buffer_{}.mean", k), formats::DType::F32, {4}});
+  formats::SafetensorsWriter w(dst, specs, {});
+  for (const auto& t : in.tensors()) w.write(in.bytes(t));
+  const std::vector<float> four{1, 2, 3, 4};
+  for (int k = 0; k < extra; ++k) w.write(std::as_bytes(std::span(four)));
+  w.commit();
+}
+
+// Every file of pack `a` is byte-identical in pack `b`, but for the manifest.
+void expect_same_pack_files(const fs::path& a, const fs::path& b) {
+  std::size_t files = 0;
+  for (const auto& e : fs::directory_iterator(a)) {
+    const std::string name = e.path().filename().string();
+    if (name == kManifestName) continue;
+    ++files;
+    EXPECT_EQ(test::read_text(e.path()), test::read_text(b / name)) << name;
+  }
+  EXPECT_GE(files, 15u);  // 14 npz + quantized.safetensors
+}
+
+TEST_F(PackCalib, LeRobotLayoutGivesTheSamePackAndDumpsMayUseEitherName) {
+  const fs::path lerobot = dir_ / "lerobot.safetensors";
+  write_prefixed_copy(test::tiny_checkpoint(), lerobot, "model.", 2);
+  write_dump(dir_ / "dump.safetensors", golden_calls());
+  std::vector<DumpCallData> stored = golden_calls();  // keyed as the checkpoint stores the layers
+  for (auto& c : stored) c.layer = "model." + c.layer;
+  write_dump(dir_ / "dump-stored.safetensors", stored);
+
+  auto args_for = [&](const fs::path& ckpt, const fs::path& dump, const fs::path& out) {
+    std::vector<std::string> a = pack_args(dump, out);
+    a[1] = ckpt.string();
+    return a;
+  };
+  const auto plain = test::run_cli(args_for(test::tiny_checkpoint(), dir_ / "dump.safetensors", dir_ / "plain"));
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  const auto runtime_keys = test::run_cli(args_for(lerobot, dir_ / "dump.safetensors", dir_ / "lerobot"));
+  ASSERT_EQ(runtime_keys.exit_code, 0) << runtime_keys.err;
+  EXPECT_NE(runtime_keys.err.find("notice: " + lerobot.string() + ": pi0.5 in LeRobot's layout"), std::string::npos)
+      << runtime_keys.err;
+  EXPECT_NE(runtime_keys.err.find("2 tensors outside 'model.'"), std::string::npos) << runtime_keys.err;
+  EXPECT_NE(runtime_keys.out.find("calibration: 14 of 14 layers"), std::string::npos) << runtime_keys.out;
+  const auto stored_keys = test::run_cli(args_for(lerobot, dir_ / "dump-stored.safetensors", dir_ / "lerobot-stored"));
+  ASSERT_EQ(stored_keys.exit_code, 0) << stored_keys.err;
+  EXPECT_NE(stored_keys.out.find("calibration: 14 of 14 layers"), std::string::npos) << stored_keys.out;
+
+  // The runtime names its modules without `model.`: the same npz files and tensors, byte for byte.
+  expect_same_pack_files(dir_ / "plain", dir_ / "lerobot");
+  expect_same_pack_files(dir_ / "plain", dir_ / "lerobot-stored");
+  for (const auto& e : fs::directory_iterator(dir_ / "lerobot"))
+    EXPECT_EQ(e.path().filename().string().rfind("model.", 0), std::string::npos) << e.path();
+  const json m = read_json(dir_ / "lerobot" / kManifestName);
+  const json& names = m.at("checkpoint").at("names");
+  EXPECT_EQ(names.at("checkpoint_prefix"), "model.");
+  EXPECT_EQ(names.at("runtime_prefix"), "");
+  EXPECT_EQ(names.at("how"), "detected");
+  EXPECT_EQ(names.at("model"), "pi0.5");
+  EXPECT_EQ(names.at("set_aside"), 2);
+  for (const json& l : m.at("layers")) EXPECT_EQ(l.at("name").get<std::string>().rfind("model.", 0), std::string::npos);
+
+  // verify follows the recorded names, against either layout of the same weights.
+  for (const fs::path& ck : {lerobot, test::tiny_checkpoint()}) {
+    const auto v = test::run_cli({"verify", (dir_ / "lerobot").string(), "--checkpoint", ck.string()});
+    EXPECT_EQ(v.exit_code, 0) << ck << v.out << v.err;
+    EXPECT_NE(v.out.find("verify: 14 layers: 14 OK, 0 WARN, 0 FAIL"), std::string::npos) << ck << v.out;
+  }
+  // Kept as stored, the same selection picks nothing and says why.
+  const auto kept = test::run_cli({"list-linears", lerobot.string(), "--preset", "openpi-dit", "--strip-prefix", ""});
+  EXPECT_EQ(kept.exit_code, 5) << kept.err;
+  EXPECT_NE(kept.out.find("pi0.5 names under 'model.' (LeRobot's layout), read as stored"), std::string::npos) << kept.out;
+}
+
+TEST(PackCalibLayouts, FoldedCopyKeepsTheStoredNamesAndEverythingBesideTheModel) {
+  const fs::path dir = test::temp_dir();
+  const fs::path lerobot = dir / "lerobot.safetensors";
+  write_prefixed_copy(test::tiny_checkpoint(), lerobot, "model.", 1);
+  const auto ck = formats::Checkpoint::open(test::tiny_checkpoint());
+  const auto linears = find_linear_layers(ck);
+  std::vector<DumpCallData> calls;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal;
+  for (const LinearLayer* l : test::expert_layers(linears)) {
+    DumpCallData c{"model." + l->name, 0, 64, l->in_features, std::vector<float>(64 * l->in_features)};
+    for (float& v : c.values) v = normal(rng);
+    calls.push_back(std::move(c));
+  }
+  write_dump(dir / "dump.safetensors", calls);
+  auto run = [&](const fs::path& ckpt, const std::string& tag, std::vector<DumpCallData> keyed) {
+    write_dump(dir / (tag + ".dump.safetensors"), keyed);
+    return test::run_cli({"pack", ckpt.string(), "-o", (dir / tag).string(), "--preset", "openpi-dit", "--calib",
+                          (dir / (tag + ".dump.safetensors")).string(), "--smooth-alpha", "0.5", "--fold-smoothing",
+                          (dir / (tag + ".folded.safetensors")).string()});
+  };
+  const auto a = run(lerobot, "lerobot", calls);
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  std::vector<DumpCallData> runtime_keyed = calls;
+  for (auto& c : runtime_keyed) c.layer = c.layer.substr(6);
+  const auto b = run(test::tiny_checkpoint(), "plain", runtime_keyed);
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  expect_same_pack_files(dir / "plain", dir / "lerobot");
+  const auto folded_lerobot = formats::Checkpoint::open(dir / "lerobot.folded.safetensors");
+  const auto folded_plain = formats::Checkpoint::open(dir / "plain.folded.safetensors");
+  ASSERT_EQ(folded_lerobot.tensors().size(), folded_plain.tensors().size() + 1);
+  for (const auto& t : folded_plain.tensors()) {
+    const auto* u = folded_lerobot.find("model." + t.name);
+    ASSERT_NE(u, nullptr) << t.name;
+    const auto x = folded_plain.bytes(t), y = folded_lerobot.bytes(*u);
+    EXPECT_TRUE(x.size() == y.size() && std::equal(x.begin(), x.end(), y.begin())) << t.name;
+  }
+  EXPECT_NE(folded_lerobot.find("normalize_inputs.buffer_0.mean"), nullptr);
+}
+
 TEST_F(PackCalib, MissingLayersWarnOrFailWithStrict) {
   const std::string missing = layers_[3]->name;
   write_dump(dir_ / "dump.safetensors", golden_calls(0, missing));

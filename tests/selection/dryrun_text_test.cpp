@@ -57,10 +57,18 @@ TEST(DryRunText, SameKnobsFromTheEnvironment) {
   EXPECT_EQ(r.err, "");  // runtime-only variables are silent
 }
 
-TEST(DryRunText, Gr00tPrefixChangesTheTag) {
-  const auto r = test::run_cli(list({"--preset", "openpi-dit-qkvo", "--env-prefix", "GR00T_DUQUANT_"}));
+TEST(DryRunText, Gr00tRuntimeChangesTheTag) {
+  const auto r = test::run_cli(list({"--preset", "openpi-dit-qkvo", "--env-prefix", "GR00T_DUQUANT_", "--runtime", "gr00t"}));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, expected("dryrun_fixture_openpi-dit-qkvo_gr00t.txt"));
+  EXPECT_NE(r.err.find("preset 'openpi-dit-qkvo' implies the openpi runtime; --runtime sets gr00t"), std::string::npos)
+      << r.err;
+  // Without --runtime the preset's runtime beats the environment prefix's (docs/selection.md).
+  const auto p = test::run_cli(list({"--preset", "openpi-dit-qkvo", "--env-prefix", "GR00T_DUQUANT_"}));
+  EXPECT_EQ(p.exit_code, 0) << p.err;
+  EXPECT_EQ(p.out.rfind("[DUQUANT] SCOPE filter:", 0), 0u) << p.out;
+  EXPECT_NE(p.err.find("--env-prefix GR00T_DUQUANT_ implies the gr00t runtime; preset 'openpi-dit-qkvo' sets openpi"),
+            std::string::npos) << p.err;
 }
 
 TEST(DryRunText, NoMatchHelpAndExitCode5) {

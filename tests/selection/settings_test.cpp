@@ -145,105 +145,108 @@ TEST(Settings, PrecedencePresetEnvironmentFlags) {
   EXPECT_EQ(c.quant.abits, 6);
 }
 
-TEST(Settings, Gr00tPresetSetsRuntimeAndGr00tExpressions) {
+TEST(Settings, Gr00tPresetsSetRuntimeAndTheRealNamesExpressions) {
   Settings s;
   apply_preset(find_preset("gr00t-llm-dit-mlp"), s);
   const RunConfig c = resolve(s);
   EXPECT_EQ(c.runtime, Runtime::gr00t);
   EXPECT_EQ(c.selection.scope, "");
   EXPECT_EQ(c.selection.include,
-            ".*(backbone\\..*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|"
-            "action_head\\..*\\.mlp\\.(gate_proj|up_proj|down_proj)).*");
-  EXPECT_EQ(c.selection.exclude,
-            "(?:^|\\.)(vision|radio|norm|ln|layernorm|embed|lm_head)(?:\\.|$)|action_head\\..*\\.self_attn\\.");
+            ".*(backbone\\.eagle_model\\.language_model\\..*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|"
+            "action_head\\.model\\.transformer_blocks\\.\\d+\\.ff\\.net\\.(0\\.proj|2)).*");
+  EXPECT_EQ(c.selection.exclude, "(?:^|\\.)(vision|radio|norm|ln|layernorm|embed|lm_head|attn1)(?:\\.|$)");
+  Settings d;
+  apply_preset(find_preset("gr00t-llm-dit"), d);
+  const RunConfig dc = resolve(d);
+  EXPECT_EQ(dc.selection.include, std::string(kGr00tDefaultInclude));
+  EXPECT_EQ(dc.selection.exclude, std::string(kGr00tDefaultExclude));
 }
 
-TEST(Settings, WbitsRulesKeepTheirOrder) {
+TEST(Settings, Gr00tPrefixAppliesThePortsDefaults) {
+  FakeEnv env({"GR00T_DUQUANT_BLOCK=8"});
   Settings s;
-  s.add_wbits_rule("mlp=8", "--wbits-rule");
-  s.add_wbits_rule("a=b=6", "--wbits-rule");  // the expression is everything before the last '='
+  apply_environment("GR00T_DUQUANT_", env.get(), s);
   const RunConfig c = resolve(s);
-  EXPECT_EQ(c.selection.wbits_rules, (std::vector<std::pair<std::string, int>>{{"mlp", 8}, {"a=b", 6}}));
+  EXPECT_EQ(c.runtime, Runtime::gr00t);
+  EXPECT_EQ(c.selection.include, std::string(kGr00tDefaultInclude));
+  EXPECT_EQ(c.selection.exclude, std::string(kGr00tDefaultExclude));
+  // The port's variables replace its defaults, as in OpenPI.
+  FakeEnv custom({"GR00T_DUQUANT_INCLUDE=ff\\.net", "GR00T_DUQUANT_INCLUDE_ACTION_HEAD=1"});
+  Settings t;
+  apply_environment("GR00T_DUQUANT_", custom.get(), t);
+  const RunConfig ct = resolve(t);
+  EXPECT_EQ(ct.selection.include, "ff\\.net");
+  EXPECT_EQ(ct.selection.exclude, std::string(kGr00tDefaultExclude));
+  EXPECT_TRUE(ct.selection.include_action_head);
 }
 
-// Every malformed value: duquant::Error of kind usage whose message names the source.
-void expect_bad(Knob knob, const std::string& env_name, const std::string& value) {
-  FakeEnv env({env_name + "=" + value});
-  Settings s;
-  apply_environment("OPENPI_DUQUANT_", env.get(), s);
-  ASSERT_NE(s.get(knob), nullptr) << env_name;
-  try {
-    resolve(s);
-    FAIL() << env_name << "=" << value << " accepted";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::usage);
-    EXPECT_EQ(exit_code(e.kind()), 2);
-    EXPECT_NE(std::string(e.what()).find(env_name), std::string::npos) << e.what();
-  }
-}
-
-TEST(Settings, MalformedValuesNameTheirSource) {
-  expect_bad(Knob::permute, "OPENPI_DUQUANT_PERMUTE", "maybe");
-  expect_bad(Knob::include_action_head, "OPENPI_DUQUANT_INCLUDE_ACTION_HEAD", "yes");
-  expect_bad(Knob::row_rot, "OPENPI_DUQUANT_ROW_ROT", "sideways");
-  expect_bad(Knob::block, "OPENPI_DUQUANT_BLOCK", "0");
-  expect_bad(Knob::block, "OPENPI_DUQUANT_BLOCK", "16x");
-  expect_bad(Knob::block, "OPENPI_DUQUANT_BLOCK", "");
-  expect_bad(Knob::block_out, "OPENPI_DUQUANT_BLOCK_OUT", "-16");
-  expect_bad(Knob::lambda_smooth, "OPENPI_DUQUANT_LS", "1.5");
-  expect_bad(Knob::lambda_smooth, "OPENPI_DUQUANT_LS", "nan");
-  expect_bad(Knob::act_pct, "OPENPI_DUQUANT_ACT_PCT", "0");
-  expect_bad(Knob::act_pct, "OPENPI_DUQUANT_ACT_PCT", "100.5");
-  expect_bad(Knob::wbits_default, "OPENPI_DUQUANT_WBITS_DEFAULT", "9");
-  expect_bad(Knob::abits, "OPENPI_DUQUANT_ABITS", "1");
-  expect_bad(Knob::calib_steps, "OPENPI_DUQUANT_CALIB_STEPS", "0");
-  expect_bad(Knob::wbits, "OPENPI_DUQUANT_WBITS", "a:99");
-  expect_bad(Knob::wbits, "OPENPI_DUQUANT_WBITS", "nocolon");
-  expect_bad(Knob::wbits, "OPENPI_DUQUANT_WBITS", "a:4,a:8");
-  expect_bad(Knob::include, "OPENPI_DUQUANT_INCLUDE", "(q_proj");
-  expect_bad(Knob::exclude, "OPENPI_DUQUANT_EXCLUDE", "[norm");
-}
-
-TEST(Settings, MalformedFlagValuesNameTheFlag) {
-  Settings s;
-  s.set(Knob::lambda_smooth, "1.5", "--lambda-smooth");
-  EXPECT_THROW(
-      {
-        try {
-          resolve(s);
-        } catch (const Error& e) {
-          EXPECT_NE(std::string(e.what()).find("--lambda-smooth"), std::string::npos) << e.what();
-          throw;
-        }
-      },
-      Error);
-  Settings r;
-  r.add_wbits_rule("(mlp=8", "--wbits-rule");
-  EXPECT_THROW(resolve(r), Error);
-  Settings q;
-  q.add_wbits_rule("mlp", "--wbits-rule");  // no '='
-  EXPECT_THROW(resolve(q), Error);
-}
-
-TEST(Settings, UnknownPrefixAndPresetAreUsageErrors) {
+TEST(Settings, RuntimePrecedenceFlagConfigPresetEnvironment) {
   FakeEnv env({});
+  {  // environment prefix alone
+    Settings s;
+    apply_environment("GR00T_DUQUANT_", env.get(), s);
+    EXPECT_EQ(resolve(s).runtime, Runtime::gr00t);
+    EXPECT_TRUE(overridden_runtime_claims(s).empty());
+  }
+  {  // a preset beats the environment prefix, with a warning naming both
+    Settings s;
+    apply_preset(find_preset("openpi-dit"), s);
+    apply_environment("GR00T_DUQUANT_", env.get(), s);
+    const RunConfig c = resolve(s);
+    EXPECT_EQ(c.runtime, Runtime::openpi);
+    EXPECT_EQ(c.selection.include, std::string(kDefaultInclude));  // the winner's defaults
+    const auto w = overridden_runtime_claims(s);
+    ASSERT_EQ(w.size(), 1u);
+    EXPECT_NE(w[0].find("--env-prefix GR00T_DUQUANT_"), std::string::npos) << w[0];
+    EXPECT_NE(w[0].find("preset 'openpi-dit'"), std::string::npos) << w[0];
+  }
+  {  // a configuration file beats a preset; the flag beats both
+    Settings s;
+    apply_preset(find_preset("gr00t-llm-dit"), s);
+    apply_config_text(R"({"runtime": "openpi"})", "m.json", s);
+    EXPECT_EQ(resolve(s).runtime, Runtime::openpi);
+    s.claim_runtime(Runtime::openpi, RuntimeSource::flag, "--runtime");
+    EXPECT_EQ(resolve(s).runtime, Runtime::openpi);
+  }
+  {  // two explicit sources that disagree: an error naming both
+    Settings s;
+    apply_config_text(R"({"runtime": "openpi"})", "m.json", s);
+    s.claim_runtime(Runtime::gr00t, RuntimeSource::flag, "--runtime");
+    try {
+      resolve(s);
+      FAIL() << "no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::usage);
+      EXPECT_NE(std::string(e.what()).find("m.json: runtime"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("--runtime"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(parse_runtime("groot", "--runtime"), Error);
+}
+
+TEST(Settings, NamingKnobs) {
   Settings s;
-  try {
-    apply_environment("DUQUANT_", env.get(), s);
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::usage);
-    EXPECT_NE(std::string(e.what()).find("--env-prefix"), std::string::npos) << e.what();
+  s.set(Knob::strip_prefix, "model.", "--strip-prefix");
+  s.add_not_linear("future_", "--not-linear");
+  s.add_not_linear("(?:^|\\.)proj_out_\\d$", "--not-linear");
+  RunConfig c = resolve(s);
+  EXPECT_EQ(c.naming.strip_prefix, std::optional<std::string>("model."));
+  EXPECT_FALSE(c.naming.add_prefix);
+  EXPECT_EQ(c.selection.not_linear.size(), 2u);
+  Settings keep;
+  keep.set(Knob::strip_prefix, "", "--strip-prefix");
+  EXPECT_EQ(resolve(keep).naming.strip_prefix, std::optional<std::string>(""));
+  for (const char* bad : {"has space.", "tab\t", "\xff."}) {
+    Settings b;
+    b.set(Knob::strip_prefix, bad, "--strip-prefix");
+    EXPECT_THROW(resolve(b), Error) << bad;
   }
-  try {
-    find_preset("openpi-everything");
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::usage);
-    const std::string what = e.what();
-    EXPECT_NE(what.find("--preset"), std::string::npos) << what;
-    EXPECT_NE(what.find("openpi-dit-qkvo"), std::string::npos) << what;  // lists the known ones
-  }
+  Settings empty_add;
+  empty_add.set(Knob::add_prefix, "", "--add-prefix");
+  EXPECT_THROW(resolve(empty_add), Error);
+  Settings bad_re;
+  bad_re.add_not_linear("(", "--not-linear");
+  EXPECT_THROW(resolve(bad_re), Error);
 }
 
 }  // namespace
