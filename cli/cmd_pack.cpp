@@ -10,6 +10,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
+#include "duquant/dryrun_report.hpp"
 #include "duquant/error.hpp"
 #include "duquant/linear_layers.hpp"
 #include "duquant/pack.hpp"
@@ -75,7 +76,10 @@ struct Pack {
     {  // the same warnings as list-linears, before the long part (opening reads headers only)
       const OpenedCheckpoint opened = open_named_checkpoint(checkpoint, o.config);
       const std::vector<LinearLayer> linears = find_linear_layers(opened.checkpoint, o.config.selection.not_linear);
-      warn_about_selection(select_layers(linears, o.config), opened.checkpoint);
+      const Selection selection = select_layers(linears, o.config);
+      warn_about_selection(selection, opened.checkpoint);
+      if (selection.layers.empty())  // what list-linears would say, before the error
+        fmt::print(stderr, "{}", no_match_text(linears, o.config, guess_layout(opened.checkpoint), opened.names));
     }
     const bool tty = ::isatty(STDERR_FILENO) != 0;
     const auto start = std::chrono::steady_clock::now();

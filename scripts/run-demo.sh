@@ -4,7 +4,10 @@
 # its language model and action expert (preset openpi-full) into demo/pack, verifies the pack
 # against the checkpoint and writes its inspection report (demo/report.html); then calibrates the
 # action expert from a synthetic activation dump (static activation scales, smoothing folded into
-# a copy of the checkpoint, the W4A8 output error on held-out calls).
+# a copy of the checkpoint, the W4A8 output error on held-out calls). Then the same tool on the
+# layouts people download: a LeRobot copy of pi0.5 (every name under `model.`) and GR00T N1.5
+# (sharded like NVIDIA's release, and under LeRobot's `_groot_model.`), selected with the GR00T
+# port's own rules and packed with the GR00T presets.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-deps.sh"
@@ -50,3 +53,30 @@ tail -n 8 "$demo/pack-a8.log"
 echo "== duquant verify demo/pack-a8 --checkpoint demo/pi05_synth.safetensors (WARN: smooth_scale needs the folded checkpoint)"
 "$dq" verify "$demo/pack-a8" --checkpoint "$demo/pi05_synth.safetensors" --quiet > "$demo/verify-a8.txt"
 tail -n 1 "$demo/verify-a8.txt"
+
+echo
+echo "== LeRobot's pi0.5 layout: duquant synth --prefix model. ; list-linears --preset openpi-dit (same layers, same names)"
+"$dq" synth -o "$demo/pi05_lerobot.safetensors" --factor 16 --prefix model. --force
+"$dq" list-linears "$demo/pi05_lerobot.safetensors" --preset openpi-dit > "$demo/list-lerobot-openpi-dit.txt"
+tail -n 1 "$demo/list-lerobot-openpi-dit.txt"
+
+echo
+echo "== GR00T N1.5: duquant synth --model gr00t-n1.5 (sharded, with model.safetensors.index.json)"
+"$dq" synth --model gr00t-n1.5 -o "$demo/gr00t_synth" --factor 16 --force
+"$dq" synth --model gr00t-n1.5 -o "$demo/gr00t_lerobot" --factor 16 --prefix _groot_model. --force
+echo "== duquant list-linears demo/gr00t_synth --env-prefix GR00T_DUQUANT_ (the GR00T port's own defaults)"
+"$dq" list-linears "$demo/gr00t_synth" --env-prefix GR00T_DUQUANT_ > "$demo/list-gr00t-defaults.txt"
+head -n 3 "$demo/list-gr00t-defaults.txt"
+tail -n 1 "$demo/list-gr00t-defaults.txt"
+for preset in gr00t-llm-dit gr00t-llm-dit-mlp; do
+  echo "== duquant list-linears demo/gr00t_lerobot --preset $preset"
+  "$dq" list-linears "$demo/gr00t_lerobot" --preset "$preset" > "$demo/list-gr00t-$preset.txt"
+  tail -n 1 "$demo/list-gr00t-$preset.txt"
+done
+echo
+echo "== duquant pack demo/gr00t_lerobot -o demo/pack-gr00t --preset gr00t-llm-dit-mlp"
+"$dq" pack "$demo/gr00t_lerobot" -o "$demo/pack-gr00t" --preset gr00t-llm-dit-mlp --force > "$demo/pack-gr00t.log"
+tail -n 4 "$demo/pack-gr00t.log"
+echo "== duquant verify demo/pack-gr00t --checkpoint demo/gr00t_lerobot, then demo/gr00t_synth (the same weights in NVIDIA's layout)"
+"$dq" verify "$demo/pack-gr00t" --checkpoint "$demo/gr00t_lerobot" --strict --quiet | tail -n 1
+"$dq" verify "$demo/pack-gr00t" --checkpoint "$demo/gr00t_synth" --strict --quiet | tail -n 1

@@ -278,6 +278,15 @@ VerifyReport run_verify(const VerifyOptions& o) {
     OpenedCheckpoint opened = open_checkpoint(*o.checkpoint, o.naming, manifest ? manifest->names : std::nullopt);
     if (!opened.names.identity())
       pf.add(Level::info, "names", "{}", describe_names(opened.names, o.checkpoint->string()));
+    // The same weights stored under other names: its files differ by design, the digests decide.
+    const bool other_layout = manifest && manifest->names &&
+                              (manifest->names->checkpoint_prefix != opened.names.checkpoint_prefix ||
+                               manifest->names->runtime_prefix != opened.names.runtime_prefix);
+    const Level files_level = other_layout ? Level::info : Level::warn;
+    if (other_layout)
+      pf.add(Level::info, "names", "the pack was made from names under '{}'; {} stores them under '{}': its files differ, "
+             "the weight digests decide", manifest->names->checkpoint_prefix, o.checkpoint->string(),
+             opened.names.checkpoint_prefix);
     ck.emplace(CheckpointContext{std::move(opened.checkpoint), {}, {}});
     const RunConfig* run = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
     ck->linears = find_linear_layers(ck->ckpt, run ? run->selection.not_linear : std::vector<std::string>{});
@@ -287,10 +296,10 @@ VerifyReport run_verify(const VerifyOptions& o) {
         const auto it = std::find_if(ck->ckpt.files().begin(), ck->ckpt.files().end(),
                                      [&](const formats::CheckpointFile& c) { return c.path.filename().string() == f.name; });
         if (it == ck->ckpt.files().end())
-          pf.add(Level::warn, "checkpoint-files", "the pack was made from {} ({} bytes), which --checkpoint does not hold",
+          pf.add(files_level, "checkpoint-files", "the pack was made from {} ({} bytes), which --checkpoint does not hold",
                  f.name, f.size);
         else if (it->size != f.size || it->header_bytes != f.header_bytes)
-          pf.add(Level::warn, "checkpoint-files", "{}: {} bytes with a {}-byte header; the pack was made from {} / {}", f.name,
+          pf.add(files_level, "checkpoint-files", "{}: {} bytes with a {}-byte header; the pack was made from {} / {}", f.name,
                  it->size, it->header_bytes, f.size, f.header_bytes);
       }
     }

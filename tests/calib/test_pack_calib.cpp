@@ -221,7 +221,7 @@ TEST_F(PackCalib, LeRobotLayoutGivesTheSamePackAndDumpsMayUseEitherName) {
 
   // verify follows the recorded names, against either layout of the same weights.
   for (const fs::path& ck : {lerobot, test::tiny_checkpoint()}) {
-    const auto v = test::run_cli({"verify", (dir_ / "lerobot").string(), "--checkpoint", ck.string()});
+    const auto v = test::run_cli({"verify", (dir_ / "lerobot").string(), "--checkpoint", ck.string(), "--strict"});
     EXPECT_EQ(v.exit_code, 0) << ck << v.out << v.err;
     EXPECT_NE(v.out.find("verify: 14 layers: 14 OK, 0 WARN, 0 FAIL"), std::string::npos) << ck << v.out;
   }
