@@ -104,6 +104,11 @@ HeadAxis head_axis(std::string_view module) {
   const std::string_view last = last_component(module);
   if (last == "q_proj" || last == "k_proj" || last == "v_proj") return HeadAxis::rows;
   if (last == "o_proj" || (last == "out_proj" && contains(module, "attn."))) return HeadAxis::columns;
+  // diffusers-style attention (GR00T's DiT): attn1.to_q/to_k/to_v, attn1.to_out.0
+  if (contains(module, "attn1.")) {
+    if (last == "to_q" || last == "to_k" || last == "to_v") return HeadAxis::rows;
+    if (module.size() >= 9 && module.substr(module.size() - 9) == ".to_out.0") return HeadAxis::columns;
+  }
   return HeadAxis::none;
 }
 

@@ -43,6 +43,11 @@ TEST(InspectClassify, Pi05AndGr00tNames) {
   EXPECT_EQ(head_axis("a.self_attn.out_proj"), HeadAxis::columns);
   EXPECT_EQ(head_axis("a.mlp.up_proj"), HeadAxis::none);
   EXPECT_EQ(head_axis("action_out_proj"), HeadAxis::none);
+  EXPECT_EQ(head_axis("action_head.model.transformer_blocks.0.attn1.to_q"), HeadAxis::rows);  // GR00T DiT
+  EXPECT_EQ(head_axis("action_head.model.transformer_blocks.0.attn1.to_v"), HeadAxis::rows);
+  EXPECT_EQ(head_axis("action_head.model.transformer_blocks.0.attn1.to_out.0"), HeadAxis::columns);
+  EXPECT_EQ(head_axis("action_head.model.transformer_blocks.0.ff.net.0.proj"), HeadAxis::none);
+  EXPECT_EQ(head_axis("x.to_q"), HeadAxis::none);
 }
 
 // The fixture: action expert width 64, MLP 256, 8 heads of 16 (1 KV head); language model width
