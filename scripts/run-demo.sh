@@ -50,9 +50,11 @@ echo "== duquant pack demo/pi05_synth.safetensors -o demo/pack-a8 --preset openp
 "$dq" pack "$demo/pi05_synth.safetensors" -o "$demo/pack-a8" --preset openpi-dit --calib "$demo/acts.h5" \
   --calib-steps 8 --smooth-alpha 0.5 --fold-smoothing "$demo/pi05_synth-smoothed.safetensors" --force > "$demo/pack-a8.log"
 tail -n 8 "$demo/pack-a8.log"
-echo "== duquant verify demo/pack-a8 --checkpoint demo/pi05_synth.safetensors (WARN: smooth_scale needs the folded checkpoint)"
-"$dq" verify "$demo/pack-a8" --checkpoint "$demo/pi05_synth.safetensors" --quiet > "$demo/verify-a8.txt"
+echo "== duquant verify demo/pack-a8 --checkpoint demo/pi05_synth-smoothed.safetensors (the folded checkpoint it is made for)"
+"$dq" verify "$demo/pack-a8" --checkpoint "$demo/pi05_synth-smoothed.safetensors" --strict --quiet > "$demo/verify-a8.txt"
 tail -n 1 "$demo/verify-a8.txt"
+echo "== duquant verify demo/pack-a8 --checkpoint demo/pi05_synth.safetensors (WARN per smoothed layer: it needs the folded checkpoint)"
+"$dq" verify "$demo/pack-a8" --checkpoint "$demo/pi05_synth.safetensors" --quiet | tail -n 1
 
 echo
 echo "== LeRobot's pi0.5 layout: duquant synth --prefix model. ; list-linears --preset openpi-dit (same layers, same names)"

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "duquant/elementwise.hpp"
+#include "duquant/digest.hpp"
 #include "duquant/error.hpp"
 #include "duquant/smoothing.hpp"
 #include "formats/safetensors_writer.hpp"
@@ -168,7 +169,7 @@ std::map<std::string, Edit> plan_edits(const formats::Checkpoint& ckpt, const st
 
 // Writes one modified tensor, converted and recomputed in chunks of whole rows (1-D: of elements).
 void write_edited(const formats::Checkpoint& ckpt, const TensorRef& t, const Edit& e,
-                  formats::SafetensorsWriter& writer) {
+                  formats::SafetensorsWriter& writer, Xxh128* digest) {
   const std::span<const std::byte> src = ckpt.bytes(t);
   const std::size_t esize = formats::dtype_bits(t.dtype) / 8;
   const std::vector<float>& s = *e.s;
@@ -225,6 +226,7 @@ void write_edited(const formats::Checkpoint& ckpt, const TensorRef& t, const Edi
         break;
       }
     }
+    if (digest != nullptr) digest->update(out);
     writer.write(out);
   }
 }
@@ -232,7 +234,8 @@ void write_edited(const formats::Checkpoint& ckpt, const TensorRef& t, const Edi
 }  // namespace
 
 void write_folded_checkpoint(const formats::Checkpoint& ckpt, const std::vector<SmoothGroup>& groups,
-                             const std::map<std::string, std::vector<float>>& scales, const fs::path& out) {
+                             const std::map<std::string, std::vector<float>>& scales, const fs::path& out,
+                             std::map<std::string, std::string>* member_weight_digests) {
   DQ_CHECK(!same_file(out, ckpt.source()), usage,
            "fold smoothing: the output {} is the input checkpoint {}; choose another path", out.string(),
            ckpt.source().string());
@@ -255,8 +258,12 @@ void write_folded_checkpoint(const formats::Checkpoint& ckpt, const std::vector<
     const auto e = edits.find(t->stored_name);
     if (e == edits.end()) {
       writer.write(ckpt.bytes(*t));
+    } else if (e->second.op == Op::member_weight && member_weight_digests != nullptr) {
+      Xxh128 digest;
+      write_edited(ckpt, *t, e->second, writer, &digest);
+      (*member_weight_digests)[t->stored_name] = digest.hex();
     } else {
-      write_edited(ckpt, *t, e->second, writer);
+      write_edited(ckpt, *t, e->second, writer, nullptr);
     }
     ckpt.release(*t);
   }

@@ -220,6 +220,9 @@ Manifest parse_manifest(const json& j, const std::string& label) {
       DQ_CHECK(e.at("smoothing").is_object(), format, "{}: {}.smoothing: expected an object or null", label, p);
       DQ_CHECK(l.calibrated, format, "{}: {}: smoothed but not calibrated", label, p);
       l.smoothed = true;
+      const json& sm = e.at("smoothing");
+      if (sm.contains("folded")) l.folded = r.flag(sm, p + ".smoothing", "folded");
+      if (sm.contains("folded_weight_xxh128")) l.folded_weight_xxh128 = r.digest(sm, p + ".smoothing", "folded_weight_xxh128");
     }
     m.layers.push_back(std::move(l));
   }

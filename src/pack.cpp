@@ -335,11 +335,12 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   DevicePlan devices = open_devices(o.device, o.notice);  // before anything is written
   prepare_output(o);
   const fs::path work = o.output / kWorkDirName;
+  std::map<std::string, std::string> folded_digests;  // stored weight name -> digest in the folded copy
   if (!o.fold_smoothing.empty()) {
     std::map<std::string, std::vector<float>> foldable;
     for (const SmoothGroup& g : plan.groups)
       if (g.norm && plan.scales.count(g.key)) foldable[g.key] = plan.scales.at(g.key);
-    write_folded_checkpoint(ckpt, plan.groups, foldable, o.fold_smoothing);
+    write_folded_checkpoint(ckpt, plan.groups, foldable, o.fold_smoothing, &folded_digests);
   }
 
   const json config_j = config_json(config);
@@ -612,6 +613,8 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     if (r.smoothed) {
       const SmoothGroup* g = plan.smoothing_group(l.name);
       e["smoothing"] = {{"group", g ? g->key : l.name}, {"folded", !o.fold_smoothing.empty()}};
+      if (const auto d = folded_digests.find(l.weight->stored_name); d != folded_digests.end())
+        e["smoothing"]["folded_weight_xxh128"] = d->second;
       ++summary.smoothed;
     } else {
       e["smoothing"] = nullptr;

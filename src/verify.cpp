@@ -193,11 +193,15 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
       facts->w = WeightView{weights.data(), static_cast<std::int64_t>(linear->out_features),
                             static_cast<std::int64_t>(linear->in_features)};
       facts->w_fp = facts->w;
-      if (!npz->smooth_scale.empty() && npz->smooth_scale.size() == linear->in_features) {
+      facts->weight_digest = xxh128_hex(ck->ckpt.bytes(*linear->weight));
+      // A folded checkpoint already holds W·diag(s) as the pack used it; the original needs it made.
+      facts->folded = entry != nullptr && !entry->folded_weight_xxh128.empty() &&
+                      facts->weight_digest == entry->folded_weight_xxh128;
+      if (facts->folded) v.numbers["folded_checkpoint"] = true;
+      if (!facts->folded && !npz->smooth_scale.empty() && npz->smooth_scale.size() == linear->in_features) {
         smoothed = smoothed_weight(weights, facts->w.rows, facts->w.cols, npz->smooth_scale, linear->weight->dtype);
         facts->w.data = smoothed.data();
       }
-      facts->weight_digest = xxh128_hex(ck->ckpt.bytes(*linear->weight));
       if (linear->bias) {
         facts->bias.resize(linear->bias->numel);
         ck->ckpt.read_f32(*linear->bias, facts->bias);
@@ -349,6 +353,17 @@ VerifyReport run_verify(const VerifyOptions& o) {
     report.layers.push_back(std::move(v));
   }
 
+  // The folded checkpoint of a smoothed pack is another file by design: its weights decided.
+  const bool folded_checkpoint = std::any_of(report.layers.begin(), report.layers.end(), [](const LayerVerdict& v) {
+    return v.numbers.contains("folded_checkpoint");
+  });
+  if (folded_checkpoint)
+    for (Finding& f : report.pack_findings)
+      if (f.reason == "checkpoint-files" && f.level == Level::warn) {
+        f.level = Level::info;
+        f.message += " (it is the pack's folded checkpoint: its smoothed weights have the folded digests)";
+      }
+
   // Layers the selection picks that the pack lacks; layers the reference has and we lack.
   if (ck) {
     const RunConfig* config = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
@@ -427,6 +442,7 @@ nlohmann::ordered_json verify_report_json(const VerifyReport& r) {
                      {"conformance", kConformanceTolerance},     {"quality", kQualityTolerance},
                      {"eigenbasis", kEigenbasisTolerance},       {"energy_tie", kEnergyTieTolerance},
                      {"eigen_gap", kEigenGapTolerance},          {"subspace", kSubspaceTolerance},
+                     {"rotation_noise", kRotationNoise},         {"subspace_floor", kSubspaceFloor},
                      {"reference_quality_factor", kReferenceQualityFactor}};
   return j;
 }

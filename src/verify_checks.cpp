@@ -3,6 +3,7 @@
 #include <Eigen/Dense>
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <set>
 
@@ -313,8 +314,13 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
   }
   if (!npz.smooth_scale.empty()) {
     if (npz.act_scale.empty()) sink.add(Level::fail, "calibration", "smooth_scale without act_scale");
-    sink.add(Level::warn, "smooth-scale",
-             "smooth_scale is ignored by the Python runtime (load the --fold-smoothing checkpoint with this pack)");
+    if (e.entry != nullptr && e.entry->folded)  // made for its folded checkpoint: judged against a checkpoint
+      sink.add(Level::info, "smooth-scale",
+               "made with --fold-smoothing: the Python runtime loads it with the folded checkpoint (1/s in its norms)");
+    else
+      sink.add(Level::warn, "smooth-scale",
+               "smooth_scale is ignored by the Python runtime, and no folded checkpoint was written for this pack "
+               "(pack again with --fold-smoothing)");
   }
   if (e.entry != nullptr && e.entry->calibrated != !npz.act_scale.empty())
     sink.add(Level::fail, "calibration", "the manifest says the layer is {}calibrated, the npz {} act_scale",
@@ -396,11 +402,17 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
   bool digest_known = false;
   if (e.entry != nullptr) {
     digest_known = true;
-    if (e.entry->weight_xxh128 != ck.weight_digest) {
-      sink.add(Level::fail, "stale", "the pack was made from another weight: manifest digest {}, checkpoint's {}",
-               e.entry->weight_xxh128, ck.weight_digest);
+    if (e.entry->weight_xxh128 != ck.weight_digest && !ck.folded) {
+      sink.add(Level::fail, "stale", "the pack was made from another weight: manifest digest {}{}, checkpoint's {}",
+               e.entry->weight_xxh128,
+               e.entry->folded_weight_xxh128.empty() ? "" : fmt::format(" (folded: {})", e.entry->folded_weight_xxh128),
+               ck.weight_digest);
       return;
     }
+    if (e.entry->folded && !ck.folded)
+      sink.add(Level::warn, "needs-folded",
+               "this is the original checkpoint: the pack needs its --fold-smoothing checkpoint (the runtime ignores "
+               "smooth_scale; with the folded norms and weights it reproduces the pack)");
   }
   // perm and rotations must fit this weight (for packs without digests, the staleness test).
   const char* misfit = digest_known ? "fit" : "stale";
@@ -473,8 +485,12 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
       sink.add(Level::fail, "quality", "the manifest claims a round-to-nearest rel. error of {:.6g}; recomputed {:.6g}",
                claimed_rtn, rtn);
   }
-  // test_y_fp from the checkpoint.
-  if (q != nullptr && !q->test_x.empty()) {
+  // test_y_fp from the checkpoint: x·Wᵀ + b of the original weight, which a folded checkpoint holds
+  // only as W·diag(s) rounded to its dtype.
+  if (ck.folded && q != nullptr && !q->test_x.empty())
+    sink.add(Level::info, "conformance", "test_y_fp is x·Wᵀ + b of the original weight: checked against the original "
+             "checkpoint, not the folded one");
+  if (!ck.folded && q != nullptr && !q->test_x.empty()) {
     const std::vector<float> y =
         conformance_reference_output(q->test_x, static_cast<std::int64_t>(q->test_rows), ck.w_fp, ck.bias);
     const double d = max_relative_difference(y, q->test_y_fp);
@@ -511,22 +527,57 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
       sink.add(Level::fail, "reference-perm", "perm differs from the reference's at {} positions (first {}) between "
                "channels of different energy", pc.differing, pc.first);
   }
-  // Rotations: every reference column lies in the eigenspace of our matching column.
+  // Rotations: every reference column lies in the eigenspace of our matching column. An input
+  // block is compared only where both packs hold the same channels in it (rows aligned through both
+  // perms); where ties put other channels in it, each pack is judged by its own block instead.
   double worst = 0;
   bool mixing_unconfirmed = false;
+  std::size_t tie_blocks = 0, unsettled_blocks = 0;
   auto compare = [&](const char* prefix, const std::vector<std::pair<std::int64_t, MatrixF>>& ra,
                      const std::vector<std::pair<std::int64_t, MatrixF>>& rb, bool rows) {
     std::int64_t start = 0;
     for (std::size_t k = 0; k < ra.size() && k < rb.size(); ++k) {
-      const MatrixF &x = ra[k].second, &y = rb[k].second;
+      const MatrixF& x = ra[k].second;
+      MatrixF y = rb[k].second;
       if (x.rows() != y.rows() || x.cols() != y.cols()) {
         sink.add(Level::fail, "reference-rotation", "{}{} is {}x{}, the reference's {}x{}", prefix, ra[k].first, x.rows(),
                  x.cols(), y.rows(), y.cols());
         continue;
       }
       const Eigen::Index s = x.rows();
+      if (!rows && start + s <= in) {
+        const auto first = static_cast<std::size_t>(start), last = first + static_cast<std::size_t>(s);
+        const std::vector<std::int64_t> ours_ch(pa.begin() + first, pa.begin() + last), ref_ch(pb.begin() + first, pb.begin() + last);
+        if (ours_ch != ref_ch) {
+          std::vector<std::int64_t> sa = ours_ch, sb = ref_ch;
+          std::sort(sa.begin(), sa.end());
+          std::sort(sb.begin(), sb.end());
+          if (sa == sb) {  // the same channels in another order: put the reference's rows in ours
+            MatrixF aligned(s, s);
+            for (Eigen::Index i = 0; i < s; ++i) {
+              const auto at = std::find(ref_ch.begin(), ref_ch.end(), ours_ch[static_cast<std::size_t>(i)]) - ref_ch.begin();
+              aligned.row(i) = y.row(static_cast<Eigen::Index>(at));
+            }
+            y = aligned;
+          } else {  // other channels: only the checkpoint can tell whether the reference's block is right
+            if (ck == nullptr) {
+              ++unsettled_blocks;
+            } else if (pc.ties_only) {
+              const double r = eigenbasis_residual(column_block_gram(ck->w, pb, start, s), y);
+              if (r > kEigenbasisTolerance)
+                sink.add(Level::fail, "reference-rotation", "the reference's {}{} does not diagonalise its own block's "
+                         "Gram matrix: residual {:.3g} > {:.0e}", prefix, rb[k].first, r, kEigenbasisTolerance);
+              else
+                ++tie_blocks;
+            }
+            start += s;
+            continue;
+          }
+        }
+      }
       const MatrixD mm = x.cast<double>().transpose() * y.cast<double>();
       std::vector<int> cluster(static_cast<std::size_t>(s));
+      std::vector<double> allowed(static_cast<std::size_t>(s), kSubspaceTolerance);
       bool have_clusters = false;
       if (ck != nullptr) {
         const MatrixD g = rows ? row_block_gram(ck->w, start, s) : column_block_gram(ck->w, pa, start, s);
@@ -537,6 +588,15 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
         for (Eigen::Index i = 0; i < s; ++i) {
           if (i > 0 && lambda(i - 1) - lambda(i) > kEigenGapTolerance * top) ++id;
           cluster[static_cast<std::size_t>(i)] = id;
+        }
+        // The gap of each column to the eigenvalues outside its cluster sets its tolerance.
+        for (Eigen::Index j = 0; j < s; ++j) {
+          double gap = std::numeric_limits<double>::infinity();
+          for (Eigen::Index i = 0; i < s; ++i)
+            if (cluster[static_cast<std::size_t>(i)] != cluster[static_cast<std::size_t>(j)])
+              gap = std::min(gap, std::abs(lambda(i) - lambda(j)));
+          const double angle = gap > 0 ? kRotationNoise * top / gap : 1.0;
+          allowed[static_cast<std::size_t>(j)] = std::clamp(angle * angle, kSubspaceFloor, kSubspaceTolerance);
         }
         have_clusters = true;
       }
@@ -554,9 +614,10 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
           }
         }
         worst = std::max(worst, 1 - mass);
-        if (1 - mass > kSubspaceTolerance) {
-          sink.add(Level::fail, "reference-rotation", "{}{} column {} is not in the reference's eigenspace: 1 − Σcos² = {:.3g} > {:.0e}",
-                   prefix, ra[k].first, j, 1 - mass, kSubspaceTolerance);
+        const double tol = allowed[static_cast<std::size_t>(j)];
+        if (1 - mass > tol) {
+          sink.add(Level::fail, "reference-rotation", "{}{} column {} is not in the reference's eigenspace: 1 − Σcos² = {:.3g} > {:.2g}",
+                   prefix, ra[k].first, j, 1 - mass, tol);
           break;
         }
       }
@@ -571,6 +632,15 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
   if (mixing_unconfirmed)
     sink.add(Level::warn, "reference-rotation", "some rotation columns mix with their neighbours; give --checkpoint to "
              "confirm their eigenvalues are repeated");
+  sink.v.numbers["reference_blocks_equivalent_by_ties"] = tie_blocks;
+  if (tie_blocks > 0)
+    sink.add(Level::info, "equivalent-by-ties", "{} input block{} hold{} other channels than the reference's because "
+             "channels of equal energy were ordered otherwise; each block diagonalises its own Gram matrix",
+             tie_blocks, tie_blocks == 1 ? "" : "s", tie_blocks == 1 ? "s" : "");
+  if (unsettled_blocks > 0)
+    sink.add(Level::warn, "reference-rotation", "{} input block{} hold{} other channels than the reference's: only "
+             "--checkpoint can tell whether that comes from channels of equal energy", unsettled_blocks,
+             unsettled_blocks == 1 ? "" : "s", unsettled_blocks == 1 ? "s" : "");
   if (ck == nullptr) return;
   const double ours_err = pack_rel_error(ours, q, ck->w, wbits);
   const double ref_err = relative_error(runtime_quantized_original_basis(ck->w, ref, wbits), ck->w);

@@ -46,6 +46,7 @@ struct CheckpointFacts {
   WeightView w_fp;   // the checkpoint's weight, for test_y_fp
   std::vector<float> bias;
   std::string weight_digest;
+  bool folded = false;  // the --fold-smoothing checkpoint of a smoothed layer: w is its weight as stored
 };
 void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* q, const Expectation& e,
                               const CheckpointFacts& ck, int wbits, Sink& sink);

@@ -43,6 +43,8 @@ struct ManifestLayer {
   std::uint64_t calib_steps = 0;
   std::optional<double> output_rel_error;         // on held-out calls, null when not measured
   bool smoothed = false;                          // "smoothing" is an object: smooth_scale expected
+  bool folded = false;                            // smoothing.folded: made with --fold-smoothing
+  std::string folded_weight_xxh128;               // the weight's digest in the folded checkpoint (empty: unknown)
 };
 
 struct Manifest {

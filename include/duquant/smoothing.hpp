@@ -90,7 +90,10 @@ std::vector<float> smoothed_weight(std::span<const float> w, std::int64_t rows, 
 // weight that is not F32/F16/BF16 (format) -- all before the output is created; and a finite
 // value that would overflow its dtype once folded, e.g. an F16 norm weight divided by a tiny s
 // (numeric, found while writing; the partial output is removed).
+// `member_weight_digests`, when given, receives the XXH3-128 of every smoothed member weight as
+// written (stored name -> hex): what `verify` recognises the folded checkpoint by.
 void write_folded_checkpoint(const formats::Checkpoint& ckpt, const std::vector<SmoothGroup>& groups,
-                             const std::map<std::string, std::vector<float>>& scales, const std::filesystem::path& out);
+                             const std::map<std::string, std::vector<float>>& scales, const std::filesystem::path& out,
+                             std::map<std::string, std::string>* member_weight_digests = nullptr);
 
 }  // namespace duquant

@@ -271,6 +271,60 @@ TEST(PackCalibLayouts, FoldedCopyKeepsTheStoredNamesAndEverythingBesideTheModel)
   EXPECT_NE(folded_lerobot.find("normalize_inputs.buffer_0.mean"), nullptr);
 }
 
+// A smoothed pack is made for its folded checkpoint: verify is OK against that one, and says in one
+// WARN per smoothed layer that the original checkpoint is not the one to load it with.
+TEST_F(PackCalib, SmoothedPackVerifiesAgainstItsFoldedCheckpoint) {
+  write_dump(dir_ / "dump.safetensors", golden_calls(1));
+  const fs::path folded = dir_ / "folded.safetensors";
+  const auto r = test::run_cli({"pack", test::tiny_checkpoint().string(), "-o", (dir_ / "pack").string(), "--preset",
+                                "openpi-dit", "--calib", (dir_ / "dump.safetensors").string(), "--smooth-alpha", "0.5",
+                                "--fold-smoothing", folded.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json m = read_json(dir_ / "pack" / kManifestName);
+  std::size_t smoothed = 0;
+  for (const json& l : m.at("layers")) {
+    if (l.at("smoothing").is_null()) continue;
+    ++smoothed;
+    const std::string d = l.at("smoothing").at("folded_weight_xxh128");
+    EXPECT_EQ(d.size(), 32u);
+    EXPECT_NE(d, l.at("weight_xxh128").get<std::string>());  // W·diag(s) is another weight
+  }
+  ASSERT_GT(smoothed, 0u);
+
+  const auto ok = test::run_cli({"verify", (dir_ / "pack").string(), "-c", folded.string(), "--strict"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.out;
+  EXPECT_NE(ok.out.find("verify: 14 layers: 14 OK, 0 WARN, 0 FAIL"), std::string::npos) << ok.out;
+
+  const auto orig = test::run_cli({"verify", (dir_ / "pack").string(), "-c", test::tiny_checkpoint().string()});
+  EXPECT_EQ(orig.exit_code, 0) << orig.out;
+  EXPECT_NE(orig.out.find(fmt::format("{} WARN, 0 FAIL", smoothed)), std::string::npos) << orig.out;
+  std::size_t needs = 0;
+  for (auto at = orig.out.find("WARN needs-folded:"); at != std::string::npos; at = orig.out.find("WARN needs-folded:", at + 1))
+    ++needs;
+  EXPECT_EQ(needs, smoothed) << orig.out;  // one line per smoothed layer, nothing else
+  EXPECT_EQ(test::run_cli({"verify", (dir_ / "pack").string(), "-c", test::tiny_checkpoint().string(), "--strict"}).exit_code,
+            1);
+
+  // Neither weight: stale, naming both digests the pack knows.
+  const fs::path other = dir_ / "other.safetensors";
+  {
+    const auto in = formats::Checkpoint::open(folded);
+    std::vector<formats::TensorSpec> specs;
+    for (const auto& t : in.tensors()) specs.push_back({t.name, t.dtype, t.shape});
+    formats::SafetensorsWriter w(other, specs, {});
+    for (const auto& t : in.tensors()) {
+      std::vector<std::byte> b(in.bytes(t).begin(), in.bytes(t).end());
+      if (t.name == layers_[4]->name + ".weight") b[2] ^= std::byte{0x40};
+      w.write(b);
+    }
+    w.commit();
+  }
+  const auto stale = test::run_cli({"verify", (dir_ / "pack").string(), "-c", other.string()});
+  EXPECT_EQ(stale.exit_code, 1) << stale.out;
+  EXPECT_NE(stale.out.find("FAIL stale"), std::string::npos) << stale.out;
+  EXPECT_NE(stale.out.find("verify: 14 layers: 13 OK, 0 WARN, 1 FAIL"), std::string::npos) << stale.out;
+}
+
 TEST_F(PackCalib, MissingLayersWarnOrFailWithStrict) {
   const std::string missing = layers_[3]->name;
   write_dump(dir_ / "dump.safetensors", golden_calls(0, missing));

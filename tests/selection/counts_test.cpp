@@ -169,9 +169,10 @@ TEST_F(Gr00tCounts, PresetsOnBothLayouts) {
         EXPECT_EQ(n.rfind("_groot_model.", 0), std::string::npos) << p.name << ": " << n;
       }
     }
-    if (p.gr00t_layers > 0)
+    if (p.gr00t_layers > 0) {
       EXPECT_EQ(cli_total(lerobot(), std::string(p.name)),
                 fmt::format("Dry-run total layers listed: {}\n", p.gr00t_layers));
+    }
   }
   EXPECT_EQ(listed(lerobot(), {"--preset", "gr00t-llm-dit"}), listed(plain(), {"--preset", "gr00t-llm-dit"}));
 }
