@@ -11,6 +11,7 @@
 #include "duquant/error.hpp"
 #include "duquant/html_report.hpp"
 #include "duquant/inspect.hpp"
+#include "formats/regular_file.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 
 namespace duquant::cli {
@@ -44,8 +45,8 @@ struct Inspect {
   int run() const {
     DQ_CHECK(!head_dim || (*head_dim >= 1 && *head_dim <= (1 << 20)), usage, "--head-dim: {} is not a head dimension "
              "(1 to 1048576)", head_dim.value_or(0));
-    std::error_code ec;
-    DQ_CHECK(std::filesystem::exists(target, ec), io, "{}: no such file or directory", target);
+    // A link loop or an over-long name: an io error naming the path (status_of), never an exception.
+    DQ_CHECK(std::filesystem::exists(formats::status_of(target)), io, "{}: no such file or directory", target);
     if (looks_like_pack(target)) return run_pack();
     DQ_CHECK(!checkpoint, usage, "--checkpoint applies to a pack directory; {} is not one (no manifest.json, no .npz)",
              target);

@@ -4,7 +4,9 @@
 
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "cli/commands.hpp"
@@ -40,6 +42,14 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     fmt::print(stderr, "duquant: error: {}\n", e.what());
     return duquant::exit_code(e.kind());
+  } catch (const std::filesystem::filesystem_error& e) {
+    // Last resort: every file system call should report its own error, naming its file (exit 4).
+    // One that escapes is still a file that cannot be used, never a crash: exit 4 with its path(s).
+    std::fflush(stdout);
+    std::string where = e.path1().string();
+    if (!e.path2().empty()) where += ", " + e.path2().string();
+    fmt::print(stderr, "duquant: error: {}: {}\n", where.empty() ? std::string("file system") : where, e.code().message());
+    return duquant::exit_code(duquant::ErrorKind::io);
   } catch (const std::bad_alloc&) {
     std::fflush(stdout);
     fmt::print(stderr, "duquant: error: out of memory\n");

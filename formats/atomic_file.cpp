@@ -1,6 +1,7 @@
 #include "formats/atomic_file.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -8,6 +9,7 @@
 
 #include "duquant/error.hpp"
 #include "formats/fault_injection.hpp"
+#include "formats/regular_file.hpp"
 
 namespace duquant::formats {
 namespace fs = std::filesystem;
@@ -24,6 +26,17 @@ int checked_fsync(int fd) {
 }  // namespace
 
 AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
+  // The rename at commit replaces whatever has the final name. Only a regular file is replaced: a
+  // FIFO, a device (/dev/null), a socket, a folder or a symbolic link there is the user's, and a
+  // process run as root would otherwise swap a device node for a file.
+  struct stat st {};
+  if (::lstat(target_.c_str(), &st) == 0) {
+    DQ_CHECK(S_ISREG(st.st_mode), io, "{}: exists and is {}; duquant replaces only regular files: remove it or choose "
+             "another path", target_.string(), file_kind_text(st.st_mode));
+  } else if (errno != ENOENT) {
+    fail(ErrorKind::io, "{}: cannot access: {}", target_.string(),
+         errno == ELOOP ? std::string("too many levels of symbolic links") : std::strerror(errno));
+  }
   const fs::path folder = target_.has_parent_path() ? target_.parent_path() : fs::path(".");
   temp_ = folder / fmt::format(".{}.tmp-{}", target_.filename().string(), ::getpid());
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

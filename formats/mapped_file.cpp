@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "duquant/error.hpp"
+#include "formats/regular_file.hpp"
 
 namespace duquant::formats {
 namespace {
@@ -120,8 +121,14 @@ std::uint64_t nanoseconds(const struct timespec& t) {
 }  // namespace
 
 MappedFile MappedFile::open(const std::filesystem::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(ErrorKind::io, "{}: cannot open: {}", path.string(), std::strerror(errno));
+  // O_NONBLOCK: a FIFO in place of the file is refused below instead of waiting for a writer.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) fail(ErrorKind::io, "{}: no such file", path.string());
+    fail(ErrorKind::io, "{}: cannot open: {}", path.string(),
+         err == ELOOP ? std::string("too many levels of symbolic links (a symbolic link loop?)") : std::strerror(err));
+  }
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
@@ -130,7 +137,7 @@ MappedFile MappedFile::open(const std::filesystem::path& path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    fail(ErrorKind::io, "{}: not a regular file", path.string());
+    fail(ErrorKind::io, "{}: not a regular file ({}); expected a file", path.string(), file_kind_text(st.st_mode));
   }
   MappedFile file;
   file.path_ = path;

@@ -4,9 +4,11 @@
 
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <set>
 
 #include "duquant/error.hpp"
+#include "formats/regular_file.hpp"
 
 namespace duquant::formats {
 namespace {
@@ -233,15 +235,8 @@ std::vector<ZipMember> parse_zip(std::span<const std::byte> bytes, const std::st
 }
 
 NpzFile NpzFile::open(const std::filesystem::path& path) {
-  std::error_code ec;
-  const auto size = std::filesystem::file_size(path, ec);
-  DQ_CHECK(!ec, io, "{}: cannot read: {}", path.string(), ec.message());
-  std::ifstream in(path, std::ios::binary);
-  DQ_CHECK(in.good(), io, "{}: cannot open for reading", path.string());
-  std::vector<std::byte> bytes(size);
-  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
-  DQ_CHECK(static_cast<std::uint64_t>(in.gcount()) == size, io, "{}: short read", path.string());
-  return parse(std::move(bytes), path.string());
+  // Never blocks: a FIFO, a device (/dev/zero) or a folder is refused, naming what it is.
+  return parse(RegularFile::open(path).read_all_bytes(std::numeric_limits<std::uint64_t>::max()), path.string());
 }
 
 NpzFile NpzFile::parse(std::vector<std::byte> bytes, const std::string& label) {

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "duquant/error.hpp"
+#include "formats/regular_file.hpp"
 #include "formats/safetensors_header.hpp"
 #include "formats/strict_json.hpp"
 
@@ -21,18 +22,10 @@ bool ends_with(const std::string& s, std::string_view suffix) {
 }
 
 std::string read_small_file(const fs::path& path, std::uint64_t limit) {
-  std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  DQ_CHECK(!ec, io, "{}: cannot read: {}", path.string(), ec.message());
-  DQ_CHECK(size <= limit, format, "{}: {} bytes is larger than the {}-byte limit for an index", path.string(),
-           size, limit);
-  std::ifstream in(path, std::ios::binary);
-  DQ_CHECK(in.good(), io, "{}: cannot open for reading", path.string());
-  std::string text(size, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(size));
-  DQ_CHECK(static_cast<std::uint64_t>(in.gcount()) == size, io, "{}: short read ({} of {} bytes)", path.string(),
-           in.gcount(), size);
-  return text;
+  const RegularFile file = RegularFile::open(path);  // never blocks; refuses a FIFO, a device, a folder
+  DQ_CHECK(file.size() <= limit, format, "{}: {} bytes is larger than the {}-byte limit for an index", path.string(),
+           file.size(), limit);
+  return file.read_all(limit);
 }
 
 // A shard name must be a relative path that cannot leave the checkpoint's folder. The check is
@@ -98,16 +91,17 @@ void Checkpoint::add_file(const fs::path& path, const std::string& label) {
 
 Checkpoint Checkpoint::open(const fs::path& path) {
   std::error_code ec;
-  const auto status = fs::status(path, ec);
-  DQ_CHECK(!ec || ec == std::errc::no_such_file_or_directory, io, "{}: cannot access: {}", path.string(), ec.message());
+  // status_of: a symbolic link loop or an over-long name is an io error naming the path.
+  const auto status = status_of(path);
   DQ_CHECK(fs::exists(status), io, "{}: no such file or folder", path.string());
+  auto present = [](const fs::path& p) { return symlink_status_of(p).type() != fs::file_type::not_found; };
 
   fs::path index;
   fs::path single;
   if (fs::is_directory(status)) {
-    if (fs::exists(path / "model.safetensors.index.json")) {
+    if (present(path / "model.safetensors.index.json")) {
       index = path / "model.safetensors.index.json";
-    } else if (fs::exists(path / "model.safetensors")) {
+    } else if (present(path / "model.safetensors")) {
       single = path / "model.safetensors";
     } else {
       std::vector<fs::path> files;
@@ -149,7 +143,7 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   const fs::path folder = index.parent_path();
   for (const std::string& shard : shards) {
     const fs::path shard_path = folder / shard;
-    DQ_CHECK(fs::exists(shard_path), io, "{}: shard '{}' (listed in the index) is missing", label, shard);
+    DQ_CHECK(fs::exists(status_of(shard_path)), io, "{}: shard '{}' (listed in the index) is missing", label, shard);
     const std::size_t first = ckpt.tensors_.size();
     ckpt.add_file(shard_path, shard_path.string());
     for (std::size_t i = first; i < ckpt.tensors_.size(); ++i) {

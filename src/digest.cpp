@@ -1,6 +1,7 @@
 #include "duquant/digest.hpp"
 
 #define XXH_INLINE_ALL
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <fmt/format.h>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "duquant/error.hpp"
+#include "formats/regular_file.hpp"
 
 namespace duquant {
 namespace {
@@ -42,17 +44,17 @@ std::string xxh128_hex(std::span<const std::byte> data) { return hex(XXH3_128bit
 std::string xxh128_hex(std::string_view text) { return hex(XXH3_128bits(text.data(), text.size())); }
 
 std::string xxh128_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  DQ_CHECK(in.good(), io, "{}: cannot open for reading: {}", path.string(), std::strerror(errno));
+  // Never blocks: a FIFO, a device (/dev/zero) or a folder is refused, naming what it is.
+  const formats::RegularFile file = formats::RegularFile::open(path);
   Xxh128 h;
   std::vector<char> buffer(1 << 22);
-  while (in) {
-    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    const auto n = static_cast<std::size_t>(in.gcount());
+  for (;;) {
+    const ssize_t n = ::read(file.fd(), buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    DQ_CHECK(n >= 0, io, "{}: read error: {}", path.string(), std::strerror(errno));
     if (n == 0) break;
-    h.update(std::as_bytes(std::span(buffer.data(), n)));
+    h.update(std::as_bytes(std::span(buffer.data(), static_cast<std::size_t>(n))));
   }
-  DQ_CHECK(in.eof(), io, "{}: read error", path.string());
   return h.hex();
 }
 

@@ -9,6 +9,7 @@
 #include "duquant/error.hpp"
 #include "duquant/inspect.hpp"
 #include "duquant/pack_reader.hpp"
+#include "formats/regular_file.hpp"
 
 namespace duquant {
 namespace {
@@ -37,7 +38,9 @@ std::optional<MatrixF> pack_weight(const PackDirectory& pack, const PackLayerInf
              l.name, t->out_features, t->in_features, l.out_features, l.in_features);
     return dequantized_original_basis(*t);
   }
-  const NpzLayer npz = read_npz_layer(pack.path() / l.npz);
+  // The manifest's npz name, confined to the pack folder (format error otherwise).
+  const NpzLayer npz =
+      read_npz_layer(formats::confined_path(pack.path(), l.npz, fmt::format("{}: layer '{}': npz", pack.path().string(), l.name)));
   return runtime_quantized_original_basis(w, npz, 4);
 }
 

@@ -180,10 +180,12 @@ void read_manifest(const fs::path& dir, PackReport& r) {
 
 void read_npz_only(const fs::path& dir, PackReport& r) {
   std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const std::string n = e.path().filename().string();
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string n = it->path().filename().string();
     if (n.size() > 4 && n.compare(n.size() - 4, 4, ".npz") == 0 && n[0] != '.') names.push_back(n);
   }
+  DQ_CHECK(!ec, io, "{}: cannot list the folder: {}", dir.string(), ec.message());
   std::sort(names.begin(), names.end());
   for (const std::string& n : names) {
     const fs::path path = dir / n;
@@ -198,7 +200,8 @@ void read_npz_only(const fs::path& dir, PackReport& r) {
     l.group = layer_group(l.name);
     l.block_type = block_type(l.name);
     l.npz = n;
-    l.npz_bytes = fs::file_size(path);
+    l.npz_bytes = fs::file_size(path, ec);
+    DQ_CHECK(!ec, io, "{}: cannot read the size: {}", label, ec.message());
     l.in_features = f.u64("in_features");
     l.out_features = f.u64("out_features");
     DQ_CHECK(l.out_features > 0 && l.in_features > 0 && l.out_features <= (1ull << 24) && l.in_features <= (1ull << 24),
@@ -241,7 +244,8 @@ PackReport inspect_pack(const fs::path& dir) {
   PackReport r;
   r.path = dir.string();
   try {
-    r.has_manifest = fs::exists(dir / kManifestName, ec);
+    // Present even as a dangling link, a loop or a FIFO: the reader then refuses it, named (io).
+    r.has_manifest = fs::symlink_status(dir / kManifestName, ec).type() != fs::file_type::not_found;
     if (r.has_manifest) read_manifest(dir, r);
     else read_npz_only(dir, r);
   } catch (const nlohmann::json::exception& e) {

@@ -33,6 +33,7 @@
 #include "duquant/pack_layout.hpp"
 #include "duquant/selection.hpp"
 #include "formats/atomic_file.hpp"
+#include "formats/regular_file.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "formats/safetensors_writer.hpp"
 #include "formats/strict_json.hpp"
@@ -79,8 +80,8 @@ json quality_json(double signal, double noise) {
 }
 
 std::string read_file_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
+  // Never blocks: a FIFO or a device in the work folder is refused (io), naming what it is.
+  return formats::read_regular_file(p, std::numeric_limits<std::uint64_t>::max());
 }
 
 void write_text_atomic(const fs::path& p, const std::string& text) {
@@ -97,8 +98,17 @@ bool is_ours(const std::string& name) {
 
 bool is_stale_temp(const std::string& name) { return name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos; }
 
+// The path with its symbolic links resolved as far as they exist; never throws (a loop or an
+// over-long name keeps the path as written, made absolute).
+fs::path resolved(const fs::path& p) {
+  std::error_code ec;
+  fs::path r = fs::weakly_canonical(p, ec);
+  if (ec) r = fs::absolute(p, ec).lexically_normal();
+  return r;
+}
+
 bool inside(const fs::path& child, const fs::path& parent) {
-  const auto c = fs::weakly_canonical(child), p = fs::weakly_canonical(parent);
+  const auto c = resolved(child), p = resolved(parent);
   auto ci = c.begin();
   for (auto pi = p.begin(); pi != p.end(); ++pi, ++ci)
     if (ci == c.end() || *ci != *pi) return false;
@@ -108,30 +118,117 @@ bool inside(const fs::path& child, const fs::path& parent) {
 // Refuses an output that cannot work, before any work is done: no folder given, the checkpoint (or
 // the folder holding it) as output, a non-empty folder without --resume/--force, or a location
 // this process cannot write into (read-only file system, permissions, ...).
+// What a file system object is, for messages ("a folder", "a FIFO", "a symbolic link", ...).
+const char* kind_of(fs::file_type t) {
+  switch (t) {
+    case fs::file_type::regular: return "a regular file";
+    case fs::file_type::directory: return "a folder";
+    case fs::file_type::symlink: return "a symbolic link";
+    case fs::file_type::fifo: return "a FIFO";
+    case fs::file_type::character: return "a character device";
+    case fs::file_type::block: return "a block device";
+    case fs::file_type::socket: return "a socket";
+    default: return "an unknown kind of file";
+  }
+}
+
+// True when `p` itself (not what a link points to) is a regular file; never throws.
+bool is_plain_file(const fs::path& p) {
+  std::error_code ec;
+  return fs::symlink_status(p, ec).type() == fs::file_type::regular && !ec;
+}
+
+// The entries of `dir` (names only); an io error naming the folder when it cannot be listed.
+std::vector<std::string> entries_of(const fs::path& dir, const std::string& label) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    names.push_back(it->path().filename().string());
+  DQ_CHECK(!ec, io, "{}: cannot list the folder: {}", label, ec.message());
+  return names;
+}
+
+// An output folder that is reused (--resume, --force) holds, under the names pack writes, removes
+// or reads back, only what pack itself would have put there: regular files, and `.duquant-work` a
+// real folder (not a link: records would be written through it) holding regular files. Anything
+// else (a user's folder `keep.npz/`, a link, a FIFO) is refused before any work, named.
+void check_reused_output(const fs::path& out) {
+  const std::string label = "-o " + out.string();
+  for (const std::string& name : entries_of(out, label)) {
+    if (!is_ours(name) && !is_stale_temp(name)) continue;
+    const fs::path p = out / name;
+    const fs::file_type t = formats::symlink_status_of(p, label + ": " + name).type();
+    if (name == kWorkDirName) {
+      DQ_CHECK(t == fs::file_type::directory, usage,
+               "{}: {} is {}, not the folder pack keeps its work records in; pack writes nothing through it: remove "
+               "or rename it", label, p.string(), kind_of(t));
+      for (const std::string& record : entries_of(p, p.string())) {
+        const fs::file_type rt = formats::symlink_status_of(p / record, p.string()).type();
+        DQ_CHECK(rt == fs::file_type::regular, usage,
+                 "{}: {} is {}; the work folder holds only pack's own regular files: remove or rename it", label,
+                 (p / record).string(), kind_of(rt));
+      }
+      continue;
+    }
+    DQ_CHECK(t == fs::file_type::regular, usage,
+             "{}: {} is {} where pack writes, reads or replaces a regular file of that name; pack neither follows "
+             "nor removes it: remove or rename it", label, p.string(), kind_of(t));
+  }
+}
+
 void check_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
   const fs::path& out = o.output;
   DQ_CHECK(!out.empty(), usage, "-o: an output folder is required");
   for (const auto& f : ckpt.files()) {
-    DQ_CHECK(fs::weakly_canonical(f.path) != fs::weakly_canonical(out), usage,
+    DQ_CHECK(resolved(f.path) != resolved(out), usage,
              "-o {}: the output would replace the checkpoint file {}", out.string(), f.path.string());
     // A pack folder is the pack's own: one holding the input could see it overwritten or removed.
     DQ_CHECK(!inside(f.path, out), usage, "-o {}: the output folder holds the checkpoint file {}; pack into another folder",
              out.string(), f.path.string());
   }
-  if (fs::is_directory(o.checkpoint))
+  std::error_code ec;
+  if (fs::is_directory(o.checkpoint, ec))
     DQ_CHECK(!inside(out, o.checkpoint), usage, "-o {}: the output folder lies inside the input checkpoint folder {}",
              out.string(), o.checkpoint.string());
-  std::error_code ec;
   fs::path existing = out;
-  if (fs::exists(out, ec)) {
-    DQ_CHECK(fs::is_directory(out), usage, "-o {}: exists and is not a folder", out.string());
-    DQ_CHECK(fs::is_empty(out, ec) || o.resume || o.force, usage,
+  // status_of: a link loop or an over-long name is an io error naming -o, never an escaping exception.
+  const fs::file_status out_status = formats::status_of(out, "-o " + out.string());
+  if (fs::exists(out_status)) {
+    DQ_CHECK(fs::is_directory(out_status), usage, "-o {}: exists and is {}, not a folder", out.string(),
+             kind_of(out_status.type()));
+    const bool empty = entries_of(out, "-o " + out.string()).empty();
+    DQ_CHECK(empty || o.resume || o.force, usage,
              "-o {}: folder is not empty (--resume continues an interrupted pack, --force replaces its pack files)",
              out.string());
+    if (!empty) check_reused_output(out);
   } else {
+    DQ_CHECK(formats::symlink_status_of(out, "-o " + out.string()).type() != fs::file_type::symlink, usage,
+             "-o {}: a symbolic link to nothing (dangling); pack does not create folders through it", out.string());
     existing = fs::absolute(out, ec).parent_path();
-    while (!existing.empty() && !fs::exists(existing, ec) && existing != existing.parent_path()) existing = existing.parent_path();
+    while (!existing.empty() && !fs::exists(formats::status_of(existing, "-o " + out.string())) &&
+           existing != existing.parent_path())
+      existing = existing.parent_path();
     DQ_CHECK(fs::is_directory(existing, ec), usage, "-o {}: {} is not a folder", out.string(), existing.string());
+  }
+  if (!o.fold_smoothing.empty()) {  // before anything is created: a refusal leaves no work folder behind
+    const fs::path& fold = o.fold_smoothing;
+    const std::string flabel = "--fold-smoothing " + fold.string();
+    for (const auto& f : ckpt.files())
+      DQ_CHECK(resolved(fold) != resolved(f.path), usage, "{}: the output is the input file {}; choose another path",
+               flabel, f.path.string());
+    DQ_CHECK(resolved(fold) != resolved(o.checkpoint), usage, "{}: the output is the input checkpoint {}; choose another path",
+             flabel, o.checkpoint.string());
+    const fs::file_type t = formats::symlink_status_of(fold, flabel).type();
+    if (t == fs::file_type::symlink) (void)formats::status_of(fold, flabel);  // a loop: io, named
+    const fs::file_type target = formats::status_of(fold, flabel).type();
+    DQ_CHECK(target == fs::file_type::not_found || target == fs::file_type::regular, usage,
+             "{}: exists and is {}; the folded checkpoint is one file", flabel, kind_of(target));
+    DQ_CHECK(!(t == fs::file_type::symlink && target == fs::file_type::not_found), usage,
+             "{}: a symbolic link to nothing (dangling); choose another path", flabel);
+    const fs::path parent = fs::absolute(fold, ec).parent_path();
+    const fs::file_type pt = formats::status_of(parent, flabel).type();
+    DQ_CHECK(pt == fs::file_type::directory, io, "{}: the folder {} {}", flabel, parent.string(),
+             pt == fs::file_type::not_found ? std::string("does not exist") : std::string("is ") + kind_of(pt));
   }
   // The one reliable test of writability (permissions, ACLs, read-only mounts, root): create a file.
   const fs::path probe = existing / fmt::format(".duquant-probe.tmp-{}", ::getpid());
@@ -142,15 +239,43 @@ void check_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
   ::unlink(probe.c_str());
 }
 
+// Removes a regular file pack wrote; an io error naming it when that fails.
+void remove_owned_file(const fs::path& p) {
+  std::error_code ec;
+  fs::remove(p, ec);
+  DQ_CHECK(!ec, io, "{}: cannot remove: {}", p.string(), ec.message());
+}
+
+// Removes `.duquant-work` when it is a real folder: its regular files (records, parts, temporary
+// files), then the folder if that left it empty. Never follows a link, never removes a folder in it.
+void remove_work_folder(const fs::path& work) {
+  std::error_code ec;
+  if (fs::symlink_status(work, ec).type() != fs::file_type::directory) return;
+  for (const std::string& name : entries_of(work, work.string()))
+    if (is_plain_file(work / name)) remove_owned_file(work / name);
+  fs::remove(work, ec);  // fails, harmlessly, when something not pack's is left in it
+}
+
 // Creates the output and work folders (check_output has accepted them), removing stale temporary
 // files and, with --force, the pack files of an earlier run.
 void prepare_output(const PackOptions& o) {
   const fs::path& out = o.output;
   std::error_code ec;
-  if (fs::exists(out, ec)) {
-    for (const auto& entry : fs::directory_iterator(out)) {
-      const std::string name = entry.path().filename().string();
-      if (is_stale_temp(name) || (o.force && is_ours(name))) fs::remove_all(entry.path());
+  if (fs::exists(formats::status_of(out, "-o " + out.string()))) {
+    // Only what pack itself writes, by exact name and type (check_reused_output refused the rest):
+    // regular files, and the contents of a real `.duquant-work` folder, never a link's target.
+    for (const std::string& name : entries_of(out, "-o " + out.string())) {
+      const fs::path p = out / name;
+      if (name == kWorkDirName) {
+        if (!o.force) {  // --resume keeps the records; only stale temporary files go
+          for (const std::string& record : entries_of(p, p.string()))
+            if (is_stale_temp(record) && is_plain_file(p / record)) remove_owned_file(p / record);
+        } else {
+          remove_work_folder(p);
+        }
+        continue;
+      }
+      if ((is_stale_temp(name) || (o.force && is_ours(name))) && is_plain_file(p)) remove_owned_file(p);
     }
   } else {
     fs::create_directories(out, ec);
@@ -158,10 +283,13 @@ void prepare_output(const PackOptions& o) {
   }
   fs::create_directories(out / kWorkDirName, ec);
   DQ_CHECK(!ec, io, "{}: cannot create: {}", (out / kWorkDirName).string(), ec.message());
+  // Swapped for a link since check_output? Records are never written through one.
+  DQ_CHECK(fs::symlink_status(out / kWorkDirName, ec).type() == fs::file_type::directory, io,
+           "{}: is not a real folder (a symbolic link?); pack writes nothing through it", (out / kWorkDirName).string());
 }
 
 std::optional<LayerRecord> load_record(const fs::path& path, const std::string& fingerprint) {
-  if (!fs::exists(path)) return std::nullopt;
+  if (!is_plain_file(path)) return std::nullopt;  // missing, or not a file pack wrote: the layer is packed again
   try {
     const nlohmann::json j = formats::parse_strict_json(read_file_text(path), path.string(), 4);
     LayerRecord r;
@@ -385,7 +513,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
         fingerprint_with(i, calib.has_calls() ? calibration_input_digest(calib, q.calib_steps) : std::string("none"));
     std::optional<LayerRecord> record = load_record(work / (file + ".json"), fingerprint);
     const fs::path npz_path = o.output / file, part_path = work / (file + ".part");
-    if (record && (!fs::exists(npz_path) || !fs::exists(part_path) || xxh128_file(npz_path) != record->npz_xxh128 ||
+    if (record && (!is_plain_file(npz_path) || !is_plain_file(part_path) || xxh128_file(npz_path) != record->npz_xxh128 ||
                    xxh128_file(part_path) != record->part_xxh128))
       record.reset();
     earlier[i] = std::move(record);
@@ -568,7 +696,9 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     const LinearLayer& l = *sel.layer;
     const LayerRecord& r = records[i];
     const std::string file = pack_file_name(l.name);
-    const std::uint64_t npz_size = fs::file_size(o.output / file);
+    std::error_code size_ec;
+    const std::uint64_t npz_size = fs::file_size(o.output / file, size_ec);
+    DQ_CHECK(!size_ec, io, "{}: cannot read the size: {}", (o.output / file).string(), size_ec.message());
     summary.npz_bytes += npz_size;
     json e;
     e["name"] = l.name;
@@ -634,7 +764,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   }
   m["layers"] = layers;
   write_text_atomic(o.output / kManifestName, m.dump(2) + "\n");
-  fs::remove_all(work);
+  remove_work_folder(work);
 
   summary.weight_bytes = bytes_total;
   summary.shards = n;

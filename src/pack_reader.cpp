@@ -12,6 +12,7 @@
 #include "duquant/error.hpp"
 #include "duquant/pack_layout.hpp"
 #include "formats/npz.hpp"
+#include "formats/regular_file.hpp"
 #include "formats/strict_json.hpp"
 
 namespace duquant {
@@ -54,15 +55,7 @@ bool parse_block_key(const std::string& key, std::string_view prefix, std::int64
 }
 
 std::string read_text(const fs::path& path, std::uint64_t limit) {
-  std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  DQ_CHECK(!ec, io, "{}: cannot read: {}", path.string(), ec.message());
-  DQ_CHECK(size <= limit, format, "{}: {} bytes is larger than the {}-byte limit", path.string(), size, limit);
-  std::ifstream in(path, std::ios::binary);
-  DQ_CHECK(in.good(), io, "{}: cannot open for reading", path.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+  return formats::read_regular_file(path, limit);  // never blocks; refuses a FIFO, a device, a folder
 }
 
 // Rotation blocks [nb, B, B] -> nb matrices, the last cut to the true width `n - (nb-1)*B`.
@@ -222,17 +215,27 @@ NpzLayer read_npz_layer(const fs::path& path) {
 
 PackDirectory PackDirectory::open(const fs::path& dir, bool tolerate_bad_manifest) {
   std::error_code ec;
-  DQ_CHECK(fs::is_directory(dir, ec), io, "{}: not a pack directory (no such folder)", dir.string());
+  const fs::file_status dir_status = formats::status_of(dir);  // a link loop, an over-long name: io, named
+  DQ_CHECK(fs::exists(dir_status), io, "{}: not a pack directory (no such folder)", dir.string());
+  DQ_CHECK(fs::is_directory(dir_status), io, "{}: not a pack directory (it is {}, not a folder)", dir.string(),
+           dir_status.type() == fs::file_type::fifo        ? "a FIFO"
+           : dir_status.type() == fs::file_type::regular   ? "a regular file"
+           : dir_status.type() == fs::file_type::character ? "a character device"
+           : dir_status.type() == fs::file_type::block     ? "a block device"
+           : dir_status.type() == fs::file_type::socket    ? "a socket"
+                                                           : "not a folder");
   PackDirectory p;
   p.dir_ = dir;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".npz") == 0 && entry.is_regular_file()) p.npz_files_.push_back(name);
+    // Whatever it is: an npz name that is a FIFO, a folder or a link loop is a layer the runtime
+    // cannot load, reported by verify (FAIL), never skipped; it is opened only if it is a file.
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".npz") == 0) p.npz_files_.push_back(name);
   }
   DQ_CHECK(!ec, io, "{}: cannot list: {}", dir.string(), ec.message());
   std::sort(p.npz_files_.begin(), p.npz_files_.end());
   const fs::path manifest = dir / std::string(kManifestName);
-  if (fs::exists(manifest, ec)) {
+  if (fs::symlink_status(manifest, ec).type() != fs::file_type::not_found) {  // a FIFO or a loop: read_text refuses it
     try {
       nlohmann::json j = formats::parse_strict_json(read_text(manifest, kMaxManifestBytes), manifest.string(), 16);
       DQ_CHECK(j.is_object(), format, "{}: must be a JSON object, found {}", manifest.string(), formats::json_kind(j));

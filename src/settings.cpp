@@ -8,6 +8,7 @@
 
 #include "duquant/error.hpp"
 #include "duquant/regex.hpp"
+#include "formats/regular_file.hpp"
 #include "formats/strict_json.hpp"
 
 #include <fstream>
@@ -250,11 +251,10 @@ std::vector<std::string> apply_environment(std::string_view prefix, char** env, 
 }
 
 void apply_config_file(const std::string& path, Settings& settings) {
-  std::ifstream in(path, std::ios::binary);
-  DQ_CHECK(in.good(), io, "--config {}: cannot open", path);
-  const std::string text((std::istreambuf_iterator<char>(in)), {});
-  DQ_CHECK(text.size() <= 100'000'000, format, "--config {}: larger than 100 MB", path);
-  apply_config_text(text, path, settings);
+  // Never blocks: a FIFO, a device or a folder is refused (io), naming what it is.
+  const formats::RegularFile file = formats::RegularFile::open(path, "--config " + path);
+  DQ_CHECK(file.size() <= 100'000'000, format, "--config {}: larger than 100 MB", path);
+  apply_config_text(file.read_all(100'000'000), path, settings);
 }
 
 void apply_config_text(std::string_view text, const std::string& path, Settings& settings) {

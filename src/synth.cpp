@@ -364,7 +364,9 @@ void remove_stale_shards(const fs::path& folder, const std::set<std::string>& ke
   std::vector<fs::path> stale;
   for (const auto& entry : fs::directory_iterator(folder, ec)) {
     const std::string name = entry.path().filename().string();
-    if (is_shard_name(name) && keep.count(name) == 0) stale.push_back(entry.path());
+    std::error_code type_ec;  // only regular files synth wrote: never a user's folder or link of that name
+    if (is_shard_name(name) && keep.count(name) == 0 && entry.symlink_status(type_ec).type() == fs::file_type::regular)
+      stale.push_back(entry.path());
   }
   DQ_CHECK(!ec, io, "{}: cannot list folder: {}", folder.string(), ec.message());
   for (const auto& path : stale) remove_file(path);
@@ -376,9 +378,10 @@ std::uint64_t write_folder(const fs::path& folder, const SynthOptions& o, const 
   std::error_code ec;
   fs::create_directories(folder, ec);
   DQ_CHECK(!ec, io, "{}: cannot create folder: {}", folder.string(), ec.message());
-  DQ_CHECK(fs::is_directory(folder), io, "{}: is not a folder", folder.string());
+  DQ_CHECK(fs::is_directory(folder, ec), io, "{}: is not a folder", folder.string());
   // An earlier checkpoint's index goes first: until the new index appears, the folder is no checkpoint.
-  if (fs::exists(folder / kIndexName)) remove_file(folder / kIndexName);
+  // Only a regular file is removed: anything else under that name is refused when it is replaced.
+  if (fs::symlink_status(folder / kIndexName, ec).type() == fs::file_type::regular) remove_file(folder / kIndexName);
 
   nlohmann::json weight_map = nlohmann::json::object();
   std::set<std::string> shard_names;

@@ -14,6 +14,7 @@
 #include "duquant/pack_layout.hpp"
 #include "duquant/selection.hpp"
 #include "duquant/smoothing.hpp"
+#include "formats/regular_file.hpp"
 #include "verify_checks.hpp"
 
 namespace duquant {
@@ -126,18 +127,45 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
   Sink sink{v};
   v.name = name;
   v.file = file;
-  const fs::path npz_path = pack.path() / file;
+  // The npz name comes from the manifest: confined to the pack folder (no absolute path, no '..',
+  // no link out of it) and opened only when it is a regular file, so that a hostile manifest can
+  // make verify read nothing else (/dev/zero, a FIFO, a file elsewhere).
+  fs::path npz_path;
+  try {
+    npz_path = formats::confined_path(pack.path(), file, fmt::format("{}: layer '{}': npz", pack.path().string(), name));
+  } catch (const Error& e) {
+    sink.add(Level::fail, "manifest", "{}", e.what());
+    return;
+  }
   std::error_code ec;
-  if (!fs::exists(npz_path, ec)) {
+  const fs::file_status npz_status = fs::status(npz_path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) {
+    sink.add(Level::fail, "npz", "{}: cannot access: {}", file, ec.message());
+    return;
+  }
+  if (!fs::exists(npz_status)) {
     sink.add(Level::fail, "missing-file", "{}: the manifest lists this layer but its npz is missing", file);
+    return;
+  }
+  if (!fs::is_regular_file(npz_status)) {
+    sink.add(Level::fail, "npz", "{}: not a regular file ({}); an npz is a file", file,
+             npz_status.type() == fs::file_type::directory ? "a folder"
+             : npz_status.type() == fs::file_type::fifo    ? "a FIFO"
+             : npz_status.type() == fs::file_type::character || npz_status.type() == fs::file_type::block ? "a device"
+             : npz_status.type() == fs::file_type::socket ? "a socket" : "not a file");
     return;
   }
   if (entry != nullptr) {
     const auto size = fs::file_size(npz_path, ec);
     if (!ec && size != entry->npz.size)
       sink.add(Level::fail, "checksum", "{}: {} bytes, the manifest says {}", file, size, entry->npz.size);
-    const std::string d = xxh128_file(npz_path);
-    if (d != entry->npz.xxh128) sink.add(Level::fail, "checksum", "{}: xxh128 {}, the manifest says {}", file, d, entry->npz.xxh128);
+    try {  // the file can still be swapped (for a FIFO, say) since the check: refused without blocking
+      const std::string d = xxh128_file(npz_path);
+      if (d != entry->npz.xxh128) sink.add(Level::fail, "checksum", "{}: xxh128 {}, the manifest says {}", file, d, entry->npz.xxh128);
+    } catch (const Error& e) {
+      sink.add(Level::fail, "npz", "{}", e.what());
+      return;
+    }
   }
   std::optional<NpzLayer> npz;
   try {
@@ -217,7 +245,7 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
   if (q) pack.release_quantized_layer(name);  // keep resident memory to one layer
 
   if (reference != nullptr) {
-    const fs::path ref_path = reference->path() / file;
+    const fs::path ref_path = reference->path() / fs::path(file).filename();  // `file` is confined above
     if (!fs::exists(ref_path, ec)) {
       sink.add(Level::fail, "reference-missing", "the reference pack has no {}", file);
     } else {
