@@ -194,7 +194,7 @@ void check_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
   // status_of: a link loop or an over-long name is an io error naming -o, never an escaping exception.
   const fs::file_status out_status = formats::status_of(out, "-o " + out.string());
   if (fs::exists(out_status)) {
-    DQ_CHECK(fs::is_directory(out_status), usage, "-o {}: exists and is {}, not a folder", out.string(),
+    DQ_CHECK(fs::is_directory(out_status), usage, "-o {}: exists and is not a folder (it is {})", out.string(),
              kind_of(out_status.type()));
     const bool empty = entries_of(out, "-o " + out.string()).empty();
     DQ_CHECK(empty || o.resume || o.force, usage,
