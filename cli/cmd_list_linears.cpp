@@ -28,6 +28,7 @@ struct ListLinears {
     const Selection selection = select_layers(linears, config);
 
     warn_about_selection(selection, ckpt);
+    check_selected_shapes(selection, config.quant, checkpoint);  // as `pack` does: zero or absurd widths
 
     if (json) {
       nlohmann::ordered_json j;

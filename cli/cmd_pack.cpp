@@ -56,8 +56,7 @@ struct Pack {
 
   int run() {
     DQ_CHECK(!(resume && force), usage, "--resume and --force exclude each other");
-    DQ_CHECK(threads >= 0, usage, "--threads: {} is negative", threads);
-    if (threads > 0) omp_set_num_threads(threads);
+    apply_threads(threads, "--threads");
     PackOptions o;
     o.checkpoint = checkpoint;
     o.output = output;

@@ -58,8 +58,7 @@ struct Verify {
   }
 
   int run() {
-    DQ_CHECK(threads >= 0, usage, "--threads: {} is negative", threads);
-    if (threads > 0) omp_set_num_threads(threads);
+    apply_threads(threads, "--threads");
     VerifyOptions o;
     o.pack = pack;
     if (checkpoint) o.checkpoint = *checkpoint;

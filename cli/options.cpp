@@ -1,5 +1,7 @@
 #include "cli/options.hpp"
 
+#include <omp.h>
+
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -108,6 +110,12 @@ RunConfig build_config(const ConfigFlags& f) {
   RunConfig config = resolve(settings);
   for (const std::string& w : overridden_runtime_claims(settings)) warn(w);
   return config;
+}
+
+void apply_threads(int threads, const char* flag) {
+  DQ_CHECK(threads >= 0 && threads <= kMaxThreads, usage,
+           "{}: {} threads; give 1 to {} (or leave it out for every core)", flag, threads, kMaxThreads);
+  if (threads > 0) omp_set_num_threads(threads);
 }
 
 }  // namespace duquant::cli

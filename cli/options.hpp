@@ -48,4 +48,9 @@ OpenedCheckpoint open_named_checkpoint(const std::string& path, const RunConfig&
 // selected layers whose dtype cannot be quantized.
 void warn_about_selection(const Selection& selection, const formats::Checkpoint& checkpoint);
 
+// --threads N: 0 (the default) keeps every core; otherwise 1 to kMaxThreads, or a usage error
+// (exit 2) naming `flag` before any work (a huge count would exhaust memory in the OpenMP runtime).
+inline constexpr int kMaxThreads = 1024;
+void apply_threads(int threads, const char* flag);
+
 }  // namespace duquant::cli

@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -70,7 +71,8 @@ void NpzWriter::add(const std::string& key, const std::string& npy) {
   const std::string name = key + ".npy";
   DQ_CHECK(npy.size() < 0xffffffffull && file_.bytes_written() + npy.size() + 30 + name.size() < 0xffffffffull, usage,
            "{}: member '{}' would pass 4 GB (ZIP64 output is not supported)", file_.target().string(), name);
-  DQ_CHECK(entries_.size() < 0xffff, usage, "{}: more than 65535 members", file_.target().string());
+  DQ_CHECK(entries_.size() < kMaxNpzMembers, usage, "{}: member '{}' would be member {}, more than the {} a ZIP end record counts",
+           file_.target().string(), name, entries_.size() + 1, kMaxNpzMembers);
   Entry e;
   e.name = name;
   e.crc = crc32_of(std::as_bytes(std::span(npy.data(), npy.size())));
@@ -148,7 +150,10 @@ std::vector<ZipMember> parse_zip(std::span<const std::byte> bytes, const std::st
   std::uint64_t cd_size = r.get<std::uint32_t>(end + 12, "directory size");
   std::uint64_t cd_offset = r.get<std::uint32_t>(end + 16, "directory offset");
   std::uint64_t cd_limit = end;
-  if (count == 0xffff || cd_size == 0xffffffff || cd_offset == 0xffffffff) {
+  // 0xffff entries may be a plain count (what a writer of exactly 65535 members stores, and numpy
+  // reads) or the ZIP64 marker: the ZIP64 locator before the end record decides.
+  const bool zip64_locator = end >= 20 && r.get<std::uint32_t>(end - 20, "ZIP64 locator") == kZip64LocatorSig;
+  if ((count == 0xffff && zip64_locator) || cd_size == 0xffffffff || cd_offset == 0xffffffff) {
     DQ_CHECK(end >= 20 && r.get<std::uint32_t>(end - 20, "ZIP64 locator") == kZip64LocatorSig, format,
              "{}: ZIP64 sizes without a ZIP64 locator", label);
     const auto z = r.get<std::uint64_t>(end - 12, "ZIP64 end offset");
@@ -167,7 +172,7 @@ std::vector<ZipMember> parse_zip(std::span<const std::byte> bytes, const std::st
 
   std::vector<ZipMember> members;
   std::set<std::string> names;
-  std::uint64_t data_end = 0;  // members must not overlap: local records are in increasing order
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> extents;  // [local header, data end) of every member
   std::uint64_t at = cd_offset;
   for (std::uint64_t i = 0; i < count; ++i) {
     DQ_CHECK(r.get<std::uint32_t>(at, "central header") == kCentralSig, format,
@@ -219,8 +224,6 @@ std::vector<ZipMember> parse_zip(std::span<const std::byte> bytes, const std::st
     DQ_CHECK(std::string_view(reinterpret_cast<const char*>(bytes.data() + offset + 30), local_name_len) == name, format,
              "{}: member '{}': local header names another file", label, name);
     const std::uint64_t data = offset + 30 + local_name_len + local_extra_len;
-    DQ_CHECK(offset >= data_end, format, "{}: member '{}' at byte {} overlaps the previous member (ends at {})", label,
-             name, offset, data_end);
     DQ_CHECK(data <= cd_offset && csize <= cd_offset - data, format,
              "{}: member '{}': {} bytes at byte {} run into the central directory at {}", label, name, csize, data,
              cd_offset);
@@ -228,8 +231,18 @@ std::vector<ZipMember> parse_zip(std::span<const std::byte> bytes, const std::st
     const std::uint32_t actual = crc32_of(span);
     DQ_CHECK(actual == crc, format, "{}: member '{}': CRC-32 {:08x} does not match the recorded {:08x}", label, name,
              actual, crc);
-    data_end = data + csize;
+    extents.emplace_back(offset, data + csize);
     members.push_back({std::move(name), span});
+  }
+  // Members may be listed in any order (numpy reads them so), but no two may share a byte.
+  std::vector<std::size_t> by_offset(members.size());
+  for (std::size_t i = 0; i < by_offset.size(); ++i) by_offset[i] = i;
+  std::sort(by_offset.begin(), by_offset.end(), [&](std::size_t a, std::size_t b) { return extents[a] < extents[b]; });
+  for (std::size_t k = 1; k < by_offset.size(); ++k) {
+    const std::size_t prev = by_offset[k - 1], cur = by_offset[k];
+    DQ_CHECK(extents[cur].first >= extents[prev].second, format,
+             "{}: member '{}' at byte {} overlaps member '{}' (bytes {} to {})", label, members[cur].name,
+             extents[cur].first, members[prev].name, extents[prev].first, extents[prev].second);
   }
   return members;
 }

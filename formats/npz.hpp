@@ -3,7 +3,8 @@
 // The writer stores members in the order added, with a fixed timestamp (1980-01-01) so that the
 // same arrays give the same bytes. The reader accepts what numpy.savez writes (including its
 // ZIP64 extra fields), checks every offset and size against the file, verifies each member's
-// CRC-32, and rejects compressed or encrypted members, duplicate names and overlapping data.
+// CRC-32, and rejects compressed or encrypted members, duplicate names and overlapping data
+// (members may be listed in any order, as numpy reads them).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,10 @@
 #include "formats/npy.hpp"
 
 namespace duquant::formats {
+
+// Most members an archive written by NpzWriter may hold: a plain (non-ZIP64) end record counts
+// them in 16 bits. The reader accepts exactly this many without ZIP64 records, as numpy does.
+inline constexpr std::uint64_t kMaxNpzMembers = 65535;
 
 class NpzWriter {
  public:

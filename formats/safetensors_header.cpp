@@ -27,6 +27,13 @@ std::uint64_t as_count(const json& v, const std::string& label, const std::strin
 }
 
 TensorEntry parse_entry(const std::string& name, const json& v, const std::string& label) {
+  DQ_CHECK(name.size() <= kMaxTensorNameBytes, format,
+           "{}: tensor '{}': a name of {} bytes; at most {} are accepted", label, name_for_message(name), name.size(),
+           kMaxTensorNameBytes);
+  const auto parts = static_cast<std::uint64_t>(std::count(name.begin(), name.end(), '.')) + 1;
+  DQ_CHECK(parts <= kMaxTensorNameParts, format,
+           "{}: tensor '{}': a name of {} dot-separated parts; at most {} are accepted", label,
+           name_for_message(name), parts, kMaxTensorNameParts);
   DQ_CHECK(v.is_object(), format, "{}: tensor '{}': entry must be an object, found {}", label, name,
            json_kind(v));
   for (const char* field : {"dtype", "shape", "data_offsets"})
@@ -78,6 +85,13 @@ TensorEntry parse_entry(const std::string& name, const json& v, const std::strin
 }
 
 }  // namespace
+
+std::string name_for_message(const std::string& name) {
+  if (name.size() <= 64) return name;
+  std::size_t n = 64;
+  while (n > 0 && (static_cast<unsigned char>(name[n]) & 0xc0) == 0x80) --n;  // not inside a UTF-8 sequence
+  return name.substr(0, n) + "...";
+}
 
 SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, const std::string& label) {
   DQ_CHECK(file.size() >= 8, format, "{}: {} bytes is too short for a safetensors file (8-byte header length)",

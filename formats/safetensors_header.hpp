@@ -18,6 +18,13 @@ namespace duquant::formats {
 
 // Largest header accepted, as the reference implementation (checked before any allocation).
 inline constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
+// Longest tensor name, in bytes and in dot-separated parts, accepted in a header: far above any
+// real model's (under 200 bytes and 12 parts), low enough that no name can exhaust the stack or
+// the time of the code that splits, orders and matches names (docs/checkpoint-reader.md).
+inline constexpr std::uint64_t kMaxTensorNameBytes = 4096;
+inline constexpr std::uint64_t kMaxTensorNameParts = 256;
+// The start of `name` for a message: at most its first 64 bytes, then "...".
+std::string name_for_message(const std::string& name);
 
 struct TensorEntry {
   std::string name;

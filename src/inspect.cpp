@@ -193,6 +193,9 @@ CheckpointReport inspect_checkpoint(const formats::Checkpoint& ckpt, HeadDims he
     for (const SelectedLayer& s : sel.layers) {
       const LinearLayer& l = *s.layer;
       if (!l.quantizable()) continue;  // pack skips what it cannot quantize
+      // pack refuses the whole selection (check_selected_shapes, warned about below): no estimate
+      if (l.out_features == 0 || l.in_features == 0 || l.out_features > kMaxLayerWidth || l.in_features > kMaxLayerWidth)
+        continue;
       const std::uint64_t bias = l.bias ? l.bias->nbytes : 0;
       ++e.layers;
       e.bytes_in += l.weight->nbytes + bias;
@@ -202,6 +205,11 @@ CheckpointReport inspect_checkpoint(const formats::Checkpoint& ckpt, HeadDims he
       if (hd && head_axis(l.name) == HeadAxis::rows && config.quant.row_rot != RowRot::off &&
           *hd % config.quant.block_out != 0 && split++ == 0)
         example = fmt::format("{} (head_dim {})", l.name, *hd);
+    }
+    try {
+      check_selected_shapes(sel, config.quant, r.source);
+    } catch (const Error& refused) {
+      r.warnings.push_back(fmt::format("preset '{}': `duquant pack` would refuse this selection: {}", p.name, refused.what()));
     }
     if (split > 0)
       r.warnings.push_back(fmt::format("preset '{}': block_out {} does not divide the head dimension of {} q/k/v "

@@ -7,6 +7,7 @@
 
 #include "duquant/error.hpp"
 #include "duquant/pack_layout.hpp"
+#include "duquant/regex.hpp"
 #include "formats/dtype.hpp"
 #include "formats/strict_json.hpp"
 
@@ -128,6 +129,20 @@ RunConfig read_config(const Reader& r, const json& c) {
       DQ_CHECK(v.is_string(), format, "{}: config.not_linear: expected strings, found {}", r.label, formats::json_kind(v));
       s.not_linear.push_back(v.get<std::string>());
     }
+  // Every expression must compile: a manifest whose selection cannot be run is refused naming the
+  // field (format; `verify` reports it as a FAIL), not left to fail later as a usage error.
+  auto compiles = [&](const std::string& pattern, const std::string& field) {
+    try {
+      Regex check(pattern, field);
+    } catch (const Error& e) {
+      fail(ErrorKind::format, "{}: {}", r.label, e.what());
+    }
+  };
+  compiles(s.include, "config.include");
+  compiles(s.exclude, "config.exclude");
+  for (std::size_t i = 0; i < s.wbits_rules.size(); ++i)
+    compiles(s.wbits_rules[i].first, fmt::format("config.wbits_rules[{}].pattern", i));
+  for (std::size_t i = 0; i < s.not_linear.size(); ++i) compiles(s.not_linear[i], fmt::format("config.not_linear[{}]", i));
   return config;
 }
 

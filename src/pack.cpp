@@ -445,6 +445,22 @@ class LayerPipeline {
   std::size_t reads_launched_ = 0, computes_launched_ = 0;
 };
 
+// NaN or Inf in a bias would pass through every stage into the pack (and fail `verify`): refused
+// before any work, as a numeric error naming the layer and the element, as for a weight.
+void check_biases(const formats::Checkpoint& ckpt, const Selection& selection) {
+  for (const SelectedLayer& s : selection.layers) {
+    const LinearLayer& layer = *s.layer;
+    if (layer.bias == nullptr || !formats::converts_to_f32(layer.bias->dtype)) continue;
+    std::vector<float> b(layer.bias->numel);
+    ckpt.read_f32(*layer.bias, b);
+    for (std::size_t k = 0; k < b.size(); ++k)
+      if (!std::isfinite(b[k]))
+        fail(ErrorKind::numeric, "layer '{}': bias [{}] is {} (stage: checking the biases before any work; shape [{}])",
+             layer.name, k, b[k], b.size());
+    ckpt.release(*layer.bias);
+  }
+}
+
 }  // namespace
 
 PackSummary run_pack(const PackOptions& o, const std::function<void(const PackProgress&)>& progress) {
@@ -458,6 +474,9 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   DQ_CHECK(!selection.layers.empty(), no_match, "{}: the selection matches none of its {} linear layers (try `duquant list-linears`)",
            o.checkpoint.string(), linears.size());
   DQ_CHECK(o.max_shard_bytes > 0, usage, "--max-shard-size must be positive");
+  // Zero or absurd widths and npz member counts: refused before anything is created.
+  check_selected_shapes(selection, q, o.checkpoint.string(), !o.calib.empty(), o.smooth_alpha.has_value());
+  check_biases(ckpt, selection);
   check_output(o, ckpt);
   const CalibrationPlan plan = plan_calibration(o, ckpt, linears, selection);
   DevicePlan devices = open_devices(o.device, o.notice);  // before anything is written

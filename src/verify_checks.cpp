@@ -9,6 +9,7 @@
 
 #include "duquant/conformance.hpp"
 #include "duquant/elementwise.hpp"
+#include "duquant/selection.hpp"
 
 namespace duquant::verify_detail {
 namespace {
@@ -32,6 +33,13 @@ bool all_finite(const MatrixF& m) { return m.allFinite(); }
 // Expected index list 0..n-1 vs what the npz lists, and the Rin_/Rout_ members present.
 bool check_blocks(const char* what, const std::vector<std::int64_t>& listed,
                   const std::vector<std::pair<std::int64_t, MatrixF>>& members, std::int64_t expected, Sink& sink) {
+  // Sizes first, from the array the file holds: `expected` comes from meta and may be absurd, so
+  // nothing is sized from it before it agrees with the list.
+  if (expected < 0 || listed.size() != static_cast<std::uint64_t>(expected)) {
+    sink.add(Level::fail, "rotation-blocks", "{}_blocks lists {} of the {} blocks {} (expected 0..{})", what,
+             listed.size(), expected, fmt::format("[{}]", fmt::join(listed, ", ")), expected - 1);
+    return false;
+  }
   std::vector<std::int64_t> want(static_cast<std::size_t>(expected));
   for (std::int64_t k = 0; k < expected; ++k) want[static_cast<std::size_t>(k)] = k;
   std::vector<std::int64_t> present;
@@ -224,6 +232,15 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
     sink.add(Level::fail, "meta", "meta says {} -> {} features, the checkpoint's weight is [{}, {}]", m.in_features,
              m.out_features, *e.out_features, *e.in_features);
 
+  // Sane bounds before anything is sized from meta (a crafted meta may ask for 2^40 features).
+  if (m.in_features > kMaxLayerWidth || m.out_features > kMaxLayerWidth ||
+      static_cast<std::uint64_t>(m.block_size) > kMaxLayerWidth ||
+      static_cast<std::uint64_t>(m.block_out_size) > kMaxLayerWidth) {
+    sink.add(Level::fail, "meta",
+             "meta says in_features {}, out_features {}, block_size {}, block_out_size {}: more than the {} a layer may have",
+             m.in_features, m.out_features, m.block_size, m.block_out_size, kMaxLayerWidth);
+    return false;
+  }
   const auto in = static_cast<std::int64_t>(m.in_features), out = static_cast<std::int64_t>(m.out_features);
   bool usable = true;
 

@@ -127,6 +127,46 @@ def npz_seeds():
     put("npz", "bad_duplicate_member", buf.getvalue())
 
 
+def stored_zip(members, order=None, extents=None):
+    """A stored ZIP written by hand: `members` is [(name, data)], written in that order; the central
+    directory lists them in `order` (indices; default: the same order). `extents`, when given,
+    replaces the (offset) of a member's local header, for members placed inside another's data."""
+    import zlib
+    body, entries = b"", []
+    for name, data in members:
+        n = name.encode()
+        crc = zlib.crc32(data) & 0xffffffff
+        entries.append((n, crc, len(data), len(body)))
+        body += struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0, 0, 0, 33, crc, len(data), len(data), len(n), 0) + n + data
+    if extents:
+        entries = [(n, crc, size, extents.get(n.decode(), off)) for n, crc, size, off in entries]
+    cd = b""
+    for i in (order if order is not None else range(len(entries))):
+        n, crc, size, off = entries[i]
+        cd += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014b50, (3 << 8) | 20, 20, 0, 0, 0, 33, crc, size, size, len(n),
+                          0, 0, 0, 0, 0o100644 << 16, off) + n
+    count = len(order) if order is not None else len(entries)
+    return body + cd + struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, count, count, len(cd), len(body), 0)
+
+
+def npz_order_seeds():
+    """Members in any order (numpy reads them so), but never sharing a byte. Standard library only."""
+    def u8(data):
+        return npy_raw_header("{'descr': '|u1', 'fortran_order': False, 'shape': (%d,), }" % len(data), data)
+    a, b, c = u8(b"\x01\x02\x03"), u8(b"\x04\x05"), u8(b"\x06")
+    put("npz", "valid_reversed_directory", stored_zip([("a.npy", a), ("b.npy", b), ("c.npy", c)], order=[2, 1, 0]))
+    put("npz", "valid_shuffled_directory", stored_zip([("a.npy", a), ("b.npy", b), ("c.npy", c)], order=[1, 2, 0]))
+    # b's local header and data lie inside a's data: listed first, b is read before a, and only
+    # the check of all members together finds that they overlap.
+    inner_name = b"b.npy"
+    inner = struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0, 0, 0, 33, __import__("zlib").crc32(b) & 0xffffffff,
+                        len(b), len(b), len(inner_name), 0) + inner_name + b
+    outer = u8(inner)
+    b_offset = 30 + len(b"a.npy") + (len(outer) - len(inner))
+    put("npz", "bad_overlap_listed_first", stored_zip([("a.npy", outer), ("b.npy", b)], order=[1, 0],
+                                                      extents={"b.npy": b_offset}))
+
+
 # --- json_config --------------------------------------------------------------------------------
 
 def json_seeds(duquant):
@@ -295,6 +335,7 @@ def main():
     shutil.rmtree(SEEDS, ignore_errors=True)
     safetensors_seeds()
     npz_seeds()
+    npz_order_seeds()
     json_seeds(os.path.abspath(sys.argv[1]))
     calib_seeds()
     for target in sorted(os.listdir(SEEDS)):

@@ -36,6 +36,10 @@ FIXTURE_CASES = [
     (["--include", r"layers\.\d{,1}\.mlp\.(?=up|down)"], None),
     (["--include", r"^(?!.*vision).*_proj$", "--include-action-head"], None),
     (["--include", "", "--exclude", r"(?:^|\.)(norm|ln|layernorm|emb)(?:\.|$)|time_mlp"], None),
+    # Python's inline flags: (?u) is the default of str patterns, (?a) makes \w \d \s \b ASCII.
+    (["--include", r"(?u)(q|k)_proj"], None),
+    (["--include", r"(?a)\bfc\d$", "--exclude", r"(?u)\Wvision_tower\W.*\b1\b"], None),
+    (["--include", r"(?a:\w+)\.mlp\.(?u:up|down)_proj", "--exclude", r"(?ai)LAYERS\.1\b"], None),
     (["--scope", EXPERT, "--layers", EXPERT + "layers.1.mlp.up_proj," + EXPERT + "layers.0.input_layernorm.dense,"
       "action_in_proj", "--include", "nothing"], 2),
     (["--layers", "action_out_proj,time_mlp_in", "--include-action-head"], 2),
