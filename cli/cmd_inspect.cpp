@@ -13,13 +13,14 @@
 #include "duquant/inspect.hpp"
 #include "formats/regular_file.hpp"
 #include "formats/safetensors_checkpoint.hpp"
+#include "formats/strict_json.hpp"
 
 namespace duquant::cli {
 namespace {
 
 // Names come from file names too, which need not be UTF-8: replace what is not, never throw.
 std::string dump(const nlohmann::ordered_json& j) {
-  return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  return formats::dump_json(j, 2);
 }
 
 struct Inspect {

@@ -9,8 +9,10 @@
 #include "duquant/dryrun_report.hpp"
 #include "duquant/error.hpp"
 #include "duquant/linear_layers.hpp"
+#include "duquant/pack_layout.hpp"
 #include "duquant/selection.hpp"
 #include "formats/safetensors_checkpoint.hpp"
+#include "formats/strict_json.hpp"
 
 namespace duquant::cli {
 namespace {
@@ -28,7 +30,13 @@ struct ListLinears {
     const Selection selection = select_layers(linears, config);
 
     warn_about_selection(selection, ckpt);
-    check_selected_shapes(selection, config.quant, checkpoint);  // as `pack` does: zero or absurd widths
+    {  // the dry run lists them as the runtime would; `pack` refuses them (exit 3)
+      std::vector<std::string> names;
+      for (const SelectedLayer& s : selection.layers) names.push_back(s.layer->name);
+      for (const PackFileCollision& c : pack_file_collisions(names))
+        fmt::print(stderr, "duquant: warning: {}: the runtime could load only one of them from a pack; `duquant pack` "
+                   "refuses this selection (exit 3)\n", describe(c));
+    }
 
     if (json) {
       nlohmann::ordered_json j;
@@ -36,7 +44,7 @@ struct ListLinears {
       j["names"] = names_json(opened.names);
       const nlohmann::ordered_json body = selection_json(selection, config);
       for (const auto& [k, v] : body.items()) j[k] = v;
-      fmt::print("{}\n", j.dump(2));
+      fmt::print("{}\n", formats::dump_json(j, 2));
     } else {
       fmt::print("{}", dryrun_text(selection, config));
       if (selection.layers.empty()) fmt::print("{}", no_match_text(linears, config, guess_layout(ckpt), opened.names));

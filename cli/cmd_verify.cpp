@@ -8,6 +8,7 @@
 #include "cli/options.hpp"
 #include "duquant/error.hpp"
 #include "duquant/verify.hpp"
+#include "formats/strict_json.hpp"
 
 namespace duquant::cli {
 namespace {
@@ -69,7 +70,7 @@ struct Verify {
     o.wbits_default = config.quant.wbits_default;
     const VerifyReport r = run_verify(o);
     if (json)
-      fmt::print("{}\n", verify_report_json(r).dump(1, ' ', false, nlohmann::json::error_handler_t::replace));
+      fmt::print("{}\n", formats::dump_json(verify_report_json(r), 1));
     else
       print_text(r);
     std::fflush(stdout);

@@ -313,11 +313,18 @@ std::vector<std::int64_t> npy_to_i64(const NpyArray& a, const std::string& label
 std::string npy_unicode_to_utf8(const NpyArray& a, const std::string& label) {
   DQ_CHECK(a.type == NpyType::unicode && a.shape.empty(), format, "{}: expected a 0-d unicode string, found {} {}",
            label, a.descr, shape_repr(a.shape));
-  std::string out;
-  for (std::uint64_t i = 0; i < a.itemsize / 4; ++i) {
+  // numpy strips the trailing NULs of a fixed-width string, and only those: "{...}\0garbage"
+  // reads back whole, NUL included (and json.loads then rejects it), so the reader must keep it too.
+  std::uint64_t n = a.itemsize / 4;
+  auto code_point = [&](std::uint64_t i) {
     std::uint32_t cp = 0;
     std::memcpy(&cp, a.data.data() + 4 * i, 4);
-    if (cp == 0) break;  // numpy strips trailing NULs
+    return cp;
+  };
+  while (n > 0 && code_point(n - 1) == 0) --n;
+  std::string out;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const std::uint32_t cp = code_point(i);
     DQ_CHECK(cp <= 0x10ffff && (cp < 0xd800 || cp > 0xdfff), format, "{}: invalid code point U+{:X} in string", label,
              cp);
     append_utf8(out, cp);

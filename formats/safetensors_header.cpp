@@ -22,7 +22,7 @@ std::uint64_t as_count(const json& v, const std::string& label, const std::strin
                        const char* field) {
   DQ_CHECK(v.is_number_unsigned(), format,
            "{}: tensor '{}': {} must hold non-negative integers, found {} ({})", label, tensor, field,
-           json_kind(v), v.dump());
+           json_kind(v), dump_json(v));
   return v.get<std::uint64_t>();
 }
 
@@ -65,7 +65,7 @@ TensorEntry parse_entry(const std::string& name, const json& v, const std::strin
   const json& offsets = v["data_offsets"];
   DQ_CHECK(offsets.is_array() && offsets.size() == 2, format,
            "{}: tensor '{}': data_offsets must be an array of two integers, found {}", label, name,
-           offsets.dump());
+           dump_json(offsets));
   t.begin = as_count(offsets[0], label, name, "data_offsets");
   t.end = as_count(offsets[1], label, name, "data_offsets");
   DQ_CHECK(t.begin <= t.end, format, "{}: tensor '{}': data_offsets [{}, {}] end before they begin",

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "duquant/error.hpp"
+#include "formats/strict_json.hpp"
 
 namespace duquant::formats {
 
@@ -31,7 +32,7 @@ std::string safetensors_header_bytes(const std::vector<TensorSpec>& tensors,
     header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
     offset += n;
   }
-  std::string json = header.dump();
+  std::string json = dump_json(header);
   json.append((8 - json.size() % 8) % 8, ' ');
   std::string out(8, '\0');
   const std::uint64_t n = json.size();

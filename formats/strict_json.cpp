@@ -95,4 +95,44 @@ std::string json_kind(const nlohmann::json& v) {
   return "an object";
 }
 
+std::string dump_json(const nlohmann::json& value, int indent) {
+  return value.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string dump_json(const nlohmann::ordered_json& value, int indent) {
+  return value.dump(indent, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+std::string json_safe_text(std::string_view text) {
+  if (!invalid_utf8_offset(text)) return std::string(text);
+  // nlohmann's own replacement, so that a name read back from a manifest compares equal.
+  const std::string dumped = dump_json(nlohmann::json(std::string(text)));
+  return nlohmann::json::parse(dumped).get<std::string>();
+}
+
+std::optional<std::size_t> invalid_utf8_offset(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+    const unsigned char c = b(i);
+    std::size_t n = 0;
+    unsigned char lo = 0x80, hi = 0xbf;  // the range of the second byte
+    if (c < 0x80) n = 1;
+    else if (c >= 0xc2 && c <= 0xdf) n = 2;
+    else if (c == 0xe0) n = 3, lo = 0xa0;
+    else if (c == 0xed) n = 3, hi = 0x9f;
+    else if (c >= 0xe1 && c <= 0xef) n = 3;
+    else if (c == 0xf0) n = 4, lo = 0x90;
+    else if (c == 0xf4) n = 4, hi = 0x8f;
+    else if (c >= 0xf1 && c <= 0xf3) n = 4;
+    else return i;
+    if (i + n > s.size()) return i;
+    for (std::size_t k = 1; k < n; ++k) {
+      const unsigned char lo_k = k == 1 ? lo : 0x80, hi_k = k == 1 ? hi : 0xbf;
+      if (b(i + k) < lo_k || b(i + k) > hi_k) return i;
+    }
+    i += n;
+  }
+  return std::nullopt;
+}
+
 }  // namespace duquant::formats

@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -15,5 +16,19 @@ nlohmann::json parse_strict_json(std::string_view text, const std::string& what,
 
 // Short description of a JSON value's type for messages: "a string", "a negative integer", ...
 std::string json_kind(const nlohmann::json& value);
+
+// Every JSON text duquant writes goes through these (nlohmann's dump() throws type_error 316 on a
+// string that is not valid UTF-8, e.g. a file name): invalid bytes are written as U+FFFD, exactly as
+// json_safe_text() replaces them, so they never throw. `indent` as in nlohmann (-1: one line).
+std::string dump_json(const nlohmann::json& value, int indent = -1);
+std::string dump_json(const nlohmann::ordered_json& value, int indent = -1);
+
+// `text` as dump_json() records it: each invalid UTF-8 sequence replaced by U+FFFD. A text read
+// back from such a JSON file compares equal to json_safe_text() of the original bytes.
+std::string json_safe_text(std::string_view text);
+
+// The byte offset of the first byte of `text` that does not start a well-formed UTF-8 sequence
+// (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF); nullopt when all is valid.
+std::optional<std::size_t> invalid_utf8_offset(std::string_view text);
 
 }  // namespace duquant::formats

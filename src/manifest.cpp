@@ -33,18 +33,18 @@ struct Reader {
   std::uint64_t count(const json& obj, const std::string& path, const char* key, std::uint64_t min = 0) const {
     const json& v = field(obj, path, key);
     DQ_CHECK(v.is_number_unsigned() && v.get<std::uint64_t>() >= min, format,
-             "{}: {}.{}: expected an integer >= {}, found {}", label, path, key, min, v.dump());
+             "{}: {}.{}: expected an integer >= {}, found {}", label, path, key, min, formats::dump_json(v));
     return v.get<std::uint64_t>();
   }
   int small_int(const json& obj, const std::string& path, const char* key, int min, int max) const {
     const json& v = field(obj, path, key);
     DQ_CHECK(v.is_number_integer() && v.get<std::int64_t>() >= min && v.get<std::int64_t>() <= max, format,
-             "{}: {}.{}: expected an integer in [{}, {}], found {}", label, path, key, min, max, v.dump());
+             "{}: {}.{}: expected an integer in [{}, {}], found {}", label, path, key, min, max, formats::dump_json(v));
     return static_cast<int>(v.get<std::int64_t>());
   }
   bool flag(const json& obj, const std::string& path, const char* key) const {
     const json& v = field(obj, path, key);
-    DQ_CHECK(v.is_boolean(), format, "{}: {}.{}: expected true or false, found {}", label, path, key, v.dump());
+    DQ_CHECK(v.is_boolean(), format, "{}: {}.{}: expected true or false, found {}", label, path, key, formats::dump_json(v));
     return v.get<bool>();
   }
   double number(const json& obj, const std::string& path, const char* key) const {
@@ -97,7 +97,7 @@ RunConfig read_config(const Reader& r, const json& c) {
   DQ_CHECK(wbits.is_object(), format, "{}: config.wbits: expected an object", r.label);
   for (const auto& [name, bits] : wbits.items()) {
     DQ_CHECK(bits.is_number_integer() && bits.get<std::int64_t>() >= 2 && bits.get<std::int64_t>() <= 8, format,
-             "{}: config.wbits['{}']: expected bits in [2, 8], found {}", r.label, name, bits.dump());
+             "{}: config.wbits['{}']: expected bits in [2, 8], found {}", r.label, name, formats::dump_json(bits));
     s.wbits.emplace_back(name, static_cast<int>(bits.get<std::int64_t>()));
   }
   std::size_t k = 0;
@@ -179,7 +179,7 @@ Manifest parse_manifest(const json& j, const std::string& label) {
     const json& shape = r.field(e, p, "shape");
     DQ_CHECK(shape.is_array() && shape.size() == 2 && shape[0].is_number_unsigned() && shape[1].is_number_unsigned() &&
                  shape[0].get<std::uint64_t>() >= 1 && shape[1].get<std::uint64_t>() >= 1,
-             format, "{}: {}.shape: expected an array of 2 integers >= 1, found {}", label, p, shape.dump());
+             format, "{}: {}.shape: expected an array of 2 integers >= 1, found {}", label, p, formats::dump_json(shape));
     l.out_features = shape[0].get<std::uint64_t>();
     l.in_features = shape[1].get<std::uint64_t>();
     l.dtype = r.text(e, p, "dtype");

@@ -340,7 +340,7 @@ std::string record_text(const LayerRecord& r) {
                       {"output_err2", r.calibration.output_err2},
                       {"input_xxh128", r.calibration.input_xxh128}};
   j["smoothed"] = r.smoothed;
-  return j.dump(1) + "\n";
+  return formats::dump_json(j, 1) + "\n";
 }
 
 struct Shard {
@@ -477,6 +477,11 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   // Zero or absurd widths and npz member counts: refused before anything is created.
   check_selected_shapes(selection, q, o.checkpoint.string(), !o.calib.empty(), o.smooth_alpha.has_value());
   check_biases(ckpt, selection);
+  {  // two layers the runtime would look up under one npz file name: refused before anything is created
+    std::vector<std::string> names;
+    for (const SelectedLayer& s : selection.layers) names.push_back(s.layer->name);
+    check_pack_file_names(names, o.checkpoint.string());
+  }
   check_output(o, ckpt);
   const CalibrationPlan plan = plan_calibration(o, ckpt, linears, selection);
   DevicePlan devices = open_devices(o.device, o.notice);  // before anything is written
@@ -491,7 +496,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   }
 
   const json config_j = config_json(config);
-  const std::string config_text = config_j.dump();
+  const std::string config_text = formats::dump_json(config_j);
   PackSummary summary;
   summary.layers = selection.layers.size();
   summary.device = devices.description;
@@ -665,7 +670,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     json index;
     index["metadata"] = {{"total_size", total_data}};
     index["weight_map"] = weight_map;
-    const std::string text = index.dump(2) + "\n";
+    const std::string text = formats::dump_json(index, 2) + "\n";
     write_text_atomic(o.output / kQuantizedIndexName, text);
     files.push_back({{"name", kQuantizedIndexName}, {"size", text.size()}, {"xxh128", xxh128_hex(text)}});
   }
@@ -782,7 +787,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     }
   }
   m["layers"] = layers;
-  write_text_atomic(o.output / kManifestName, m.dump(2) + "\n");
+  write_text_atomic(o.output / kManifestName, formats::dump_json(m, 2) + "\n");
   remove_work_folder(work);
 
   summary.weight_bytes = bytes_total;

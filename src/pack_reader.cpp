@@ -139,6 +139,17 @@ std::vector<const formats::TensorRef*> layer_tensors(const formats::Checkpoint& 
 }  // namespace
 
 PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
+  // The runtime reads `meta` as Python does: numpy strips only trailing NULs (npy_unicode_to_utf8
+  // does the same), then json.loads. Two texts that nlohmann alone would accept fail there.
+  if (const auto nul = text.find('\0'); nul != std::string_view::npos)
+    fail(ErrorKind::format,
+         "{}: meta holds a NUL character at byte {} followed by {} more bytes; numpy strips only trailing NULs, so the "
+         "runtime's json.loads fails on it ('Extra data') and does not use this meta",
+         label, nul, text.size() - nul - 1);
+  if (text.substr(0, 3) == "\xEF\xBB\xBF")
+    fail(ErrorKind::format,
+         "{}: meta starts with a byte order mark (U+FEFF); the runtime's json.loads fails on it and does not use this meta",
+         label);
   const nlohmann::json j = formats::parse_strict_json(text, label, 2);
   DQ_CHECK(j.is_object(), format, "{}: meta must be a JSON object, found {}", label, formats::json_kind(j));
   static const char* const keys[] = {"in_features", "out_features", "block_size", "block_out_size", "enable_permute",
@@ -152,7 +163,7 @@ PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
     DQ_CHECK(j.contains(key), format, "{}: meta lacks '{}'", label, key);
     const nlohmann::json& v = j.at(key);
     DQ_CHECK(v.is_number_unsigned() && v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= (1ull << 40), format,
-             "{}: meta '{}' must be an integer >= 1, found {}", label, key, v.dump());
+             "{}: meta '{}' must be an integer >= 1, found {}", label, key, formats::dump_json(v));
     return v.get<std::uint64_t>();
   };
   PackMeta m;
@@ -162,11 +173,11 @@ PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
   m.block_out_size = static_cast<std::int64_t>(positive("block_out_size"));
   DQ_CHECK(j.contains("enable_permute") && j.at("enable_permute").is_boolean(), format,
            "{}: meta 'enable_permute' must be true or false{}", label,
-           j.contains("enable_permute") ? fmt::format(", found {}", j.at("enable_permute").dump()) : std::string(" (missing)"));
+           j.contains("enable_permute") ? fmt::format(", found {}", formats::dump_json(j.at("enable_permute"))) : std::string(" (missing)"));
   m.enable_permute = j.at("enable_permute").get<bool>();
   DQ_CHECK(j.contains("lambda_smooth") && j.at("lambda_smooth").is_number(), format,
            "{}: meta 'lambda_smooth' must be a number{}", label,
-           j.contains("lambda_smooth") ? fmt::format(", found {}", j.at("lambda_smooth").dump()) : std::string(" (missing)"));
+           j.contains("lambda_smooth") ? fmt::format(", found {}", formats::dump_json(j.at("lambda_smooth"))) : std::string(" (missing)"));
   m.lambda_smooth = j.at("lambda_smooth").get<double>();
   return m;
 }

@@ -135,6 +135,14 @@ std::string check_prefix(const Setting& s) {
   return s.value;
 }
 
+// Every value ends up in JSON output (the manifest's configuration, `list-linears --json`) and is
+// matched against names that are UTF-8: text that is not UTF-8 is refused before any work.
+void check_utf8(const Setting& s) {
+  if (const auto at = formats::invalid_utf8_offset(s.value))
+    fail(ErrorKind::usage, "{}: the value is not valid UTF-8 (byte 0x{:02x} at offset {}); names, scopes and "
+         "expressions must be UTF-8 text", s.source, static_cast<unsigned char>(s.value[*at]), *at);
+}
+
 }  // namespace
 
 const std::vector<KnobInfo>& knob_table() {
@@ -315,6 +323,11 @@ void apply_config_text(std::string_view text, const std::string& path, Settings&
 }
 
 RunConfig resolve(const Settings& settings) {
+  for (const KnobInfo& k : knob_table())
+    if (const Setting* s = settings.get(k.knob)) check_utf8(*s);
+  for (const Setting& s : settings.wbits_rules()) check_utf8(s);
+  for (const Setting& s : settings.not_linear()) check_utf8(s);
+  check_utf8(Setting{settings.preset, "preset"});
   RunConfig config;
   for (const RuntimeClaim& a : settings.runtime_claims())
     for (const RuntimeClaim& b : settings.runtime_claims())

@@ -16,6 +16,7 @@
 #include "duquant/elementwise.hpp"
 #include "duquant/error.hpp"
 #include "formats/atomic_file.hpp"
+#include "formats/strict_json.hpp"
 
 namespace duquant {
 namespace {
@@ -400,7 +401,7 @@ std::uint64_t write_folder(const fs::path& folder, const SynthOptions& o, const 
   nlohmann::json index;
   index["metadata"]["total_size"] = data_bytes;
   index["weight_map"] = std::move(weight_map);
-  const std::string text = index.dump(2) + "\n";
+  const std::string text = formats::dump_json(index, 2) + "\n";
   formats::AtomicFile file(folder / kIndexName);
   file.write(text);
   file.commit();

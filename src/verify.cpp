@@ -15,6 +15,7 @@
 #include "duquant/selection.hpp"
 #include "duquant/smoothing.hpp"
 #include "formats/regular_file.hpp"
+#include "formats/strict_json.hpp"
 #include "verify_checks.hpp"
 
 namespace duquant {
@@ -82,6 +83,25 @@ void check_files(const PackDirectory& pack, const Manifest& m, PackFindings& pf)
     const std::string d = xxh128_file(p);
     if (d != f.xxh128) pf.add(Level::fail, "checksum", "{}: xxh128 {}, the manifest says {}", f.name, d, f.xxh128);
   }
+}
+
+// The files in `dir` that only `duquant pack` writes (quantized.safetensors, its shards and index, a
+// manifest's temporary file, manifest.json itself when it cannot be read, e.g. a dangling link);
+// .duquant-work is judged on its own ("unfinished").
+std::vector<std::string> duquant_files_without_manifest(const fs::path& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    auto ends = [&](std::string_view x) { return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0; };
+    const bool ours = name == kManifestName || name == kQuantizedName || name == kQuantizedIndexName ||
+                      (name.rfind("quantized-", 0) == 0 && ends(".safetensors")) ||
+                      name.rfind(fmt::format(".{}.tmp-", kManifestName), 0) == 0 ||
+                      name.rfind(fmt::format(".{}.tmp-", kQuantizedName), 0) == 0;
+    if (ours) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 struct CheckpointContext {
@@ -285,6 +305,15 @@ VerifyReport run_verify(const VerifyOptions& o) {
     } catch (const Error& e) {
       pf.add(Level::fail, "manifest", "{}", e.what());
     }
+  } else if (const std::vector<std::string> ours = duquant_files_without_manifest(o.pack); !ours.empty()) {
+    // Not a runtime pack: duquant's own files without the manifest that makes them checkable (lost,
+    // unreadable, or never written). Verifying the npz files alone would pass corrupt codes beside them.
+    report.has_manifest = true;
+    pf.add(Level::fail, "missing-manifest",
+           "{}: no readable manifest.json, but duquant's own files are here ({}): a duquant pack whose manifest is lost "
+           "or was never written, whose checksums cannot be checked; pack it again (or remove duquant's files to verify "
+           "the npz files as a runtime pack)",
+           o.pack.string(), fmt::join(ours, ", "));
   } else {
     pf.add(Level::info, "no-manifest", "no manifest.json: a pack written by the Python runtime (no checksums, no weight "
            "digests; staleness is judged from perm and rotations against --checkpoint)");
@@ -326,7 +355,10 @@ VerifyReport run_verify(const VerifyOptions& o) {
     if (manifest) {  // the files the pack was made from (the weight digests decide; this is a hint)
       for (const Manifest::CheckpointFile& f : manifest->checkpoint_files) {
         const auto it = std::find_if(ck->ckpt.files().begin(), ck->ckpt.files().end(),
-                                     [&](const formats::CheckpointFile& c) { return c.path.filename().string() == f.name; });
+                                     [&](const formats::CheckpointFile& c) {
+                                       // recorded as dump_json writes it: bytes that are not UTF-8 as U+FFFD
+                                       return formats::json_safe_text(c.path.filename().string()) == f.name;
+                                     });
         if (it == ck->ckpt.files().end())
           pf.add(files_level, "checkpoint-files", "the pack was made from {} ({} bytes), which --checkpoint does not hold",
                  f.name, f.size);
@@ -356,6 +388,11 @@ VerifyReport run_verify(const VerifyOptions& o) {
         pf.add(Level::fail, "manifest", "layer '{}': npz name '{}', the runtime looks for '{}'", l.name, l.npz.name,
                pack_file_name(l.name));
     }
+    std::vector<std::string> names;
+    for (const ManifestLayer& l : manifest->layers) names.push_back(l.name);
+    for (const PackFileCollision& c : pack_file_collisions(names))
+      pf.add(Level::fail, "manifest", "{}: the runtime loads that one file for both (duquant pack never writes this)",
+             describe(c));
   }
   std::set<std::string> listed_files;
   for (const auto& [name, file] : files) listed_files.insert(file);

@@ -7,6 +7,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "duquant/quant_config.hpp"
 
@@ -22,6 +23,20 @@ inline constexpr int kPackFormatVersion = 1;
 // The runtime's file name for a layer: characters outside [A-Za-z0-9_.-] become '_', then every
 // ".." becomes "." (one left-to-right pass, as Python's str.replace), then ".npz" is appended.
 std::string pack_file_name(std::string_view module);
+
+// Two layers whose names pack_file_name() maps to one file ("a/b.q_proj" and "a_b.q_proj", or
+// "m..q_proj" and "m.q_proj"): the runtime could load only one of them from a pack.
+struct PackFileCollision {
+  std::string first, second;  // in the order given
+  std::string file;
+};
+// Every later layer whose file name an earlier one already has, paired with that earlier one.
+std::vector<PackFileCollision> pack_file_collisions(const std::vector<std::string>& layers);
+// "layers 'a/b.q_proj' and 'a_b.q_proj' both map to the npz file 'a_b.q_proj.npz'"
+std::string describe(const PackFileCollision& c);
+// Throws duquant::Error (format, exit 3) naming the first collision, both layers and the file;
+// `what` names the input ("model.safetensors").
+void check_pack_file_names(const std::vector<std::string>& layers, const std::string& what);
 
 // The `meta` member's JSON text, exactly as the runtime writes it (json.dumps of its dict).
 std::string pack_meta_json(std::uint64_t in_features, std::uint64_t out_features, const QuantConfig& q);
