@@ -165,6 +165,19 @@ TEST_F(Hostile, ZeroAndAbsurdDimensionsAreRefusedBeforeAnyWork) {
   }
 }
 
+TEST_F(Hostile, InspectWarnsAboutPresetsPackWouldRefuse) {
+  // A layer every OpenPI action-expert preset selects, with a zero dimension: described, and each
+  // preset that picks it warned about instead of estimated.
+  const std::string expert = "paligemma_with_expert.gemma_expert.model.layers.0.self_attn.";
+  const fs::path ckpt = write_raw(dir_ / "p.safetensors", {{expert + "q_proj.weight", {0, std::uint64_t{1} << 62}, {}},
+                                                          {expert + "k_proj.weight", {4, 8}, test::pattern_values(4, 8, 6)}});
+  const auto r = run_cli({"inspect", ckpt.string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  const std::string all = r.out + r.err;
+  EXPECT_TRUE(contains(all, "preset 'openpi-dit': `duquant pack` would refuse this selection")) << all;
+  EXPECT_TRUE(contains(all, "layer '" + expert + "q_proj': weight shape [0, 4611686018427387904]")) << all;
+}
+
 // A one-layer pack without a manifest (the runtime's kind): weight_scale, meta, Rin_0/R_in_blocks,
 // Rout_0/R_out_blocks, with `meta` as given.
 fs::path write_runtime_npz(const fs::path& path, const std::string& meta, std::uint64_t out = 4, std::uint64_t in = 4) {
