@@ -28,6 +28,7 @@ struct ListLinears {
     const formats::Checkpoint& ckpt = opened.checkpoint;
     const std::vector<LinearLayer> linears = find_linear_layers(ckpt, config.selection.not_linear);
     const Selection selection = select_layers(linears, config);
+    check_selected_shapes(selection, config.quant, checkpoint);  // as `pack` does: zero or absurd widths
 
     warn_about_selection(selection, ckpt);
     {  // the dry run lists them as the runtime would; `pack` refuses them (exit 3)
