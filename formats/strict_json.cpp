@@ -1,6 +1,5 @@
 #include "formats/strict_json.hpp"
 
-#include <unordered_set>
 #include <vector>
 
 #include <fmt/format.h>
@@ -27,6 +26,105 @@ std::string printable_reason(const std::string& reason) {
   return out;
 }
 
+// A SAX handler that builds the same value as nlohmann::json::parse, checking each event first:
+// the nesting depth when a container opens, duplicate keys as each key arrives (a lookup in the
+// object being built, O(log n)). Not nlohmann's callback parser: after every closed object or
+// array it rescans the parent container for discarded values, which is quadratic in the number of
+// siblings (a safetensors header or an index of 100,000 tensors).
+class StrictHandler {
+ public:
+  StrictHandler(nlohmann::json& result, const std::string& what, int max_depth)
+      : root_(result), what_(what), max_depth_(max_depth) {}
+
+  bool null() { return put(nullptr); }
+  bool boolean(bool v) { return put(v); }
+  bool number_integer(nlohmann::json::number_integer_t v) { return put(v); }
+  bool number_unsigned(nlohmann::json::number_unsigned_t v) { return put(v); }
+  bool number_float(nlohmann::json::number_float_t v, const nlohmann::json::string_t& /*text*/) { return put(v); }
+  bool string(nlohmann::json::string_t& v) { return put(v); }
+  bool binary(nlohmann::json::binary_t& v) {  // never called for JSON text
+    nlohmann::json b = nlohmann::json::binary({});
+    b.get_binary() = v;
+    return put(std::move(b));
+  }
+  bool start_object(std::size_t /*elements*/) {
+    check_depth();
+    // The key this object is the value of: the last key of the nearest enclosing object ("" for
+    // the root or an element of a top-level array).
+    const std::string* name = keys_.empty() ? nullptr : keys_.back();
+    stack_.push_back(put_value(nlohmann::json::value_t::object));
+    keys_.push_back(nullptr);
+    names_.push_back(name);
+    return true;
+  }
+  bool key(nlohmann::json::string_t& k) {
+    auto& object = stack_.back()->get_ref<nlohmann::json::object_t&>();
+    const auto [it, fresh] = object.try_emplace(k);
+    if (!fresh) {
+      const std::string* name = names_.back();
+      if (name == nullptr || name->empty()) fail(ErrorKind::format, "{}: duplicate key '{}'", what_, k);
+      fail(ErrorKind::format, "{}: duplicate key '{}' in '{}'", what_, k, *name);
+    }
+    element_ = &it->second;
+    keys_.back() = &it->first;
+    return true;
+  }
+  bool end_object() {
+    stack_.pop_back();
+    keys_.pop_back();
+    names_.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t /*elements*/) {
+    check_depth();
+    stack_.push_back(put_value(nlohmann::json::value_t::array));
+    return true;
+  }
+  bool end_array() {
+    stack_.pop_back();
+    return true;
+  }
+  template <class Exception>
+  bool parse_error(std::size_t /*position*/, const std::string& /*last_token*/, const Exception& ex) {
+    throw ex;  // NOLINT(hicpp-exception-baseclass): nlohmann's own exception, as nlohmann::json::parse throws it
+  }
+
+ private:
+  // The depth is the number of containers open around the new one, as the callback parser
+  // counted it: the root object or array is at depth 0.
+  void check_depth() const {
+    if (static_cast<std::ptrdiff_t>(stack_.size()) >= max_depth_)
+      fail(ErrorKind::format, "{}: JSON nested deeper than {} levels", what_, max_depth_);
+  }
+  template <class V>
+  nlohmann::json* put_value(V&& v) {
+    if (stack_.empty()) {
+      root_ = nlohmann::json(std::forward<V>(v));
+      return &root_;
+    }
+    if (stack_.back()->is_array()) {
+      auto& array = stack_.back()->get_ref<nlohmann::json::array_t&>();
+      array.emplace_back(std::forward<V>(v));
+      return &array.back();
+    }
+    *element_ = nlohmann::json(std::forward<V>(v));
+    return element_;
+  }
+  template <class V>
+  bool put(V&& v) {
+    put_value(std::forward<V>(v));
+    return true;
+  }
+
+  nlohmann::json& root_;
+  const std::string& what_;
+  const int max_depth_;
+  std::vector<nlohmann::json*> stack_;        // the open objects and arrays, innermost last
+  nlohmann::json* element_ = nullptr;         // where the value of the last key goes
+  std::vector<const std::string*> keys_;      // per open object: its last key (a key of the map: stable)
+  std::vector<const std::string*> names_;     // per open object: the key it is the value of
+};
+
 }  // namespace
 
 nlohmann::json parse_strict_json(std::string_view text, const std::string& what, int max_depth) {
@@ -35,43 +133,12 @@ nlohmann::json parse_strict_json(std::string_view text, const std::string& what,
   if (const auto nul = text.find('\0'); nul != std::string_view::npos)
     fail(ErrorKind::format, "{}: NUL byte at byte {}; JSON text cannot contain one", what, nul);
 
-  struct OpenObject {
-    std::string name;  // the key this object is the value of ("" for the root or an array element)
-    std::unordered_set<std::string> keys;
-    std::string last_key;
-  };
-  std::vector<OpenObject> open_objects;
-  auto check = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-    using E = nlohmann::json::parse_event_t;
-    switch (event) {
-      case E::object_start:
-      case E::array_start:
-        if (depth >= max_depth)
-          fail(ErrorKind::format, "{}: JSON nested deeper than {} levels", what, max_depth);
-        if (event == E::object_start)
-          open_objects.push_back({open_objects.empty() ? std::string() : open_objects.back().last_key, {}, {}});
-        break;
-      case E::object_end:
-        if (!open_objects.empty()) open_objects.pop_back();
-        break;
-      case E::key:
-        if (!open_objects.empty()) {
-          OpenObject& object = open_objects.back();
-          object.last_key = parsed.get<std::string>();
-          if (!object.keys.insert(object.last_key).second) {
-            if (object.name.empty())
-              fail(ErrorKind::format, "{}: duplicate key '{}'", what, object.last_key);
-            fail(ErrorKind::format, "{}: duplicate key '{}' in '{}'", what, object.last_key, object.name);
-          }
-        }
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
   try {
-    return nlohmann::json::parse(text.begin(), text.end(), check, /*allow_exceptions=*/true);
+    nlohmann::json result;
+    StrictHandler handler(result, what, max_depth);
+    nlohmann::json::sax_parse(text.begin(), text.end(), &handler, nlohmann::json::input_format_t::json,
+                              /*strict=*/true);
+    return result;
   } catch (const nlohmann::json::parse_error& e) {
     std::string reason = e.what();
     if (const auto colon = reason.find(": "); colon != std::string::npos) reason = reason.substr(colon + 2);

@@ -1,7 +1,9 @@
 #include "duquant/selection.hpp"
 
 #include <algorithm>
-#include <set>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "duquant/error.hpp"
 #include "duquant/regex.hpp"
@@ -31,11 +33,13 @@ Selection select_layers(const std::vector<LinearLayer>& linears, const Selection
   const Regex exclude(config.exclude, "exclude");
   std::vector<std::pair<Regex, int>> rules;
   for (const auto& [pattern, bits] : config.wbits_rules) rules.emplace_back(Regex(pattern, "--wbits-rule"), bits);
-  const std::set<std::string> wanted(config.layers.begin(), config.layers.end());
+  const std::unordered_set<std::string> wanted(config.layers.begin(), config.layers.end());
+  std::unordered_map<std::string_view, int> exact_bits;  // the first entry of a name wins
+  for (const auto& [name, bits] : config.wbits) exact_bits.try_emplace(name, bits);
 
   Selection sel;
   sel.linear_count = linears.size();
-  std::set<std::string> seen;
+  std::unordered_set<std::string_view> seen;
   for (const LinearLayer& layer : linears) {
     seen.insert(layer.name);
     if (layer.name.compare(0, config.scope.size(), config.scope) != 0) continue;
@@ -53,9 +57,7 @@ Selection select_layers(const std::vector<LinearLayer>& linears, const Selection
       continue;
     }
     int bits = wbits_default;
-    const auto exact = std::find_if(config.wbits.begin(), config.wbits.end(),
-                                    [&](const auto& e) { return e.first == layer.name; });
-    if (exact != config.wbits.end()) {
+    if (const auto exact = exact_bits.find(layer.name); exact != exact_bits.end()) {
       bits = exact->second;
     } else {
       for (const auto& [rule, rule_bits] : rules) {
@@ -69,12 +71,10 @@ Selection select_layers(const std::vector<LinearLayer>& linears, const Selection
   }
   for (const std::string& name : config.layers)
     if (seen.count(name) == 0) sel.layers_not_found.push_back(name);
-  for (const auto& entry : config.wbits) {
-    const std::string& name = entry.first;  // a structured binding cannot be captured before clang 16
-    const bool used = std::any_of(sel.layers.begin(), sel.layers.end(),
-                                  [&](const SelectedLayer& s) { return s.layer->name == name; });
-    if (!used) sel.wbits_unused.push_back(name);
-  }
+  std::unordered_set<std::string_view> selected;
+  for (const SelectedLayer& s : sel.layers) selected.insert(s.layer->name);
+  for (const auto& entry : config.wbits)
+    if (selected.count(entry.first) == 0) sel.wbits_unused.push_back(entry.first);
   return sel;
 }
 
