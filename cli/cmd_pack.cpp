@@ -3,13 +3,16 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <optional>
+#include <system_error>
 
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
+#include "cli/process_guard.hpp"
 #include "duquant/dryrun_report.hpp"
 #include "duquant/error.hpp"
 #include "duquant/linear_layers.hpp"
@@ -77,6 +80,7 @@ struct Pack {
       const std::vector<LinearLayer> linears = find_linear_layers(opened.checkpoint, o.config.selection.not_linear);
       const Selection selection = select_layers(linears, o.config);
       warn_about_selection(selection, opened.checkpoint);
+      note_pack_progress(0, selection.layers.size());  // what an interruption says before the first layer
       if (selection.layers.empty())  // what list-linears would say, before the error
         fmt::print(stderr, "{}", no_match_text(linears, o.config, guess_layout(opened.checkpoint), opened.names));
     }
@@ -84,8 +88,12 @@ struct Pack {
     const auto start = std::chrono::steady_clock::now();
     auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
     fmt::print("duquant pack: {} -> {} ({} threads)\n", checkpoint, output, omp_get_max_threads());
-    std::fflush(stdout);
+    // A standard output that cannot be written (full, read-only, its reader gone) stops the pack here,
+    // before any work: exit 4 (cli/main.cpp), not a finished pack whose log was lost.
+    if (std::fflush(stdout) != 0) throw std::system_error(errno, std::generic_category(), "standard output");
+    note_pack_output(output);  // what an interruption says
     const PackSummary s = run_pack(o, [&](const PackProgress& p) {
+      note_pack_progress(p.index, p.total);
       const std::string what = fmt::format("[{}/{}] {} [{}x{}] -> W{}{}", p.index, p.total, p.name, p.out_features,
                                            p.in_features, p.wbits, p.reused ? " (reused)" : "");
       if (tty) {

@@ -6,13 +6,37 @@
 #include <exception>
 #include <filesystem>
 #include <new>
+#include <sstream>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "cli/process_guard.hpp"
 #include "duquant/error.hpp"
 
+namespace {
+// CLI11's help, version and parse errors, printed through stdio: stdout checked (exit 4 when it
+// cannot be written), stderr best effort (std::cerr would bypass both).
+int cli_exit(const CLI::App& app, const CLI::Error& e) {
+  std::ostringstream out, err;
+  const int code = app.exit(e, out, err);
+  std::fputs(out.str().c_str(), stdout);
+  std::fputs(err.str().c_str(), stderr);
+  return duquant::cli::finish_stdout(code);
+}
+}  // namespace
+
 int main(int argc, char** argv) {
+  // Before any file is opened: closed descriptors 0-2 onto /dev/null, a stderr that never fails.
+  duquant::cli::guard_standard_streams();
+  duquant::cli::install_interrupt_handlers();
+  try {  // before the first parallel region: libgomp crashes on some values, silently ignores others
+    duquant::cli::check_openmp_environment();
+  } catch (const duquant::Error& e) {
+    fmt::print(stderr, "duquant: error: {}\n", e.what());
+    return duquant::exit_code(e.kind());
+  }
   CLI::App app{"duquant: DuQuant W4A8 packing for robot vision-language-action policies"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("duquant ") + DUQUANT_VERSION);
@@ -23,19 +47,19 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
+    return cli_exit(app, e);
   } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
+    return cli_exit(app, e);
   } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
+    return cli_exit(app, e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);  // prints the reason
+    cli_exit(app, e);  // prints the reason
     return duquant::exit_code(duquant::ErrorKind::usage);
   }
   try {
     for (const auto& action : actions) {
       const int code = action();
-      if (code >= 0) return code;
+      if (code >= 0) return duquant::cli::finish_stdout(code);  // the requested output, written or exit 4
     }
     return duquant::exit_code(duquant::ErrorKind::internal);
   } catch (const duquant::Error& e) {
@@ -54,6 +78,13 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     fmt::print(stderr, "duquant: error: out of memory\n");
     return duquant::exit_code(duquant::ErrorKind::io);
+  } catch (const std::system_error& e) {
+    // fmt::print throws this when standard output cannot take the text: full, read-only, or its
+    // reader gone with SIGPIPE ignored. That is the requested output lost, exit 4, never a bug.
+    if (duquant::cli::report_stdout_failure(e.code().value())) return duquant::exit_code(duquant::ErrorKind::io);
+    std::fflush(stdout);
+    fmt::print(stderr, "duquant: internal error: {}\n", e.what());
+    return duquant::exit_code(duquant::ErrorKind::internal);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     fmt::print(stderr, "duquant: internal error: {}\n", e.what());

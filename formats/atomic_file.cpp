@@ -4,8 +4,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <climits>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "duquant/error.hpp"
 #include "formats/fault_injection.hpp"
@@ -23,7 +28,61 @@ int checked_fsync(int fd) {
   }
   return ::fsync(fd);
 }
+
+// The registry of temporary files: a fixed table, no allocation, readable from a signal handler.
+constexpr int kTempSlots = 256;
+struct TempSlot {
+  std::atomic<int> state{0};  // 0 free, 1 claimed (path being written), 2 holds a path
+  char path[PATH_MAX]{};
+};
+TempSlot g_temp_slots[kTempSlots];
+std::atomic<bool> g_exiting{false};
+
+int register_temp(const std::string& path) noexcept {
+  if (path.size() >= PATH_MAX) return -1;  // cannot be recorded; removed by its destructor only
+  for (int i = 0; i < kTempSlots; ++i) {
+    int expected = 0;
+    if (!g_temp_slots[i].state.compare_exchange_strong(expected, 1)) continue;
+    std::memcpy(g_temp_slots[i].path, path.c_str(), path.size() + 1);
+    g_temp_slots[i].state.store(2);
+    return i;
+  }
+  return -1;  // more than kTempSlots at once: not recorded
+}
+
+// Test seam for the interruption tests: DUQUANT_TEST_STOP_IN_TEMP=N sends SIGSTOP to this process
+// right after its N-th temporary file is created, so that a test can interrupt it while the file
+// exists. Never set in normal use; a malformed value is a usage error.
+long temp_stop_target() {
+  static const long stop_at = [] {
+    const char* v = std::getenv("DUQUANT_TEST_STOP_IN_TEMP");
+    if (v == nullptr || *v == '\0') return 0L;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    DQ_CHECK(*end == '\0' && n >= 1 && n <= 1000000, usage, "DUQUANT_TEST_STOP_IN_TEMP={}: expected N from 1 to 1000000", v);
+    return n;
+  }();
+  return stop_at;
+}
+std::atomic<long> g_temps_created{0};
+
+void release_temp(int& slot) noexcept {
+  if (slot >= 0) g_temp_slots[slot].state.store(0);
+  slot = -1;
+}
 }  // namespace
+
+void remove_temp_files_for_exit() noexcept {
+  g_exiting.store(true);
+  for (TempSlot& s : g_temp_slots)
+    if (s.state.load() == 2) ::unlink(s.path);
+}
+
+int temp_files_open() noexcept {
+  int n = 0;
+  for (const TempSlot& s : g_temp_slots) n += s.state.load() == 2 ? 1 : 0;
+  return n;
+}
 
 AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
   // The rename at commit replaces whatever has the final name. Only a regular file is replaced: a
@@ -39,13 +98,25 @@ AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
   }
   const fs::path folder = target_.has_parent_path() ? target_.parent_path() : fs::path(".");
   temp_ = folder / fmt::format(".{}.tmp-{}", target_.filename().string(), ::getpid());
+  const long stop_at = temp_stop_target();  // may throw: before anything is created
+  slot_ = register_temp(temp_.string());  // recorded before it exists, so an interruption never misses it
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) fail(ErrorKind::io, "{}: cannot create: {}", temp_.string(), std::strerror(errno));
+  if (fd_ < 0) {
+    const int err = errno;
+    release_temp(slot_);
+    fail(ErrorKind::io, "{}: cannot create: {}", temp_.string(), std::strerror(err));
+  }
+  if (g_exiting.load()) {  // an interruption handler is removing the temporary files and ending the process
+    ::unlink(temp_.c_str());
+    for (;;) ::pause();
+  }
+  if (stop_at > 0 && g_temps_created.fetch_add(1) + 1 == stop_at) std::raise(SIGSTOP);
 }
 
 AtomicFile::~AtomicFile() {
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) ::unlink(temp_.c_str());
+  release_temp(slot_);
 }
 
 void AtomicFile::write(std::span<const std::byte> data) {
@@ -81,6 +152,7 @@ void AtomicFile::commit() {
   if (injected != 0 || ::rename(temp_.c_str(), target_.c_str()) != 0)
     fail(ErrorKind::io, "{}: cannot rename the finished file into place: {}", target_.string(), std::strerror(errno));
   committed_ = true;
+  release_temp(slot_);
   const fs::path folder = target_.has_parent_path() ? target_.parent_path() : fs::path(".");
   const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir >= 0) {  // make the rename itself durable; a folder that cannot be opened is not an error

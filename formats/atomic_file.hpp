@@ -32,7 +32,16 @@ class AtomicFile {
   std::filesystem::path temp_;
   int fd_ = -1;
   std::uint64_t written_ = 0;
+  int slot_ = -1;  // in the registry of temporary files (below)
   bool committed_ = false;
 };
+
+// Every AtomicFile's temporary name is recorded in a fixed table from before it is created until it
+// is renamed or removed, so that an interruption (SIGINT, SIGTERM) can remove them. Called from a
+// signal handler: async-signal-safe (unlink only). After it, no AtomicFile creates a file any more:
+// a thread that is about to removes its own and waits for the process to end.
+void remove_temp_files_for_exit() noexcept;
+// How many temporary files exist now (tests, diagnostics).
+int temp_files_open() noexcept;
 
 }  // namespace duquant::formats

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "duquant/error.hpp"
+#include "duquant/pack_layer.hpp"
 
 namespace duquant {
 
@@ -150,6 +151,7 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
     const std::size_t steps = std::min(calls.size(), static_cast<std::size_t>(q.calib_steps));
     for (std::size_t k = 0; k < steps; ++k) {
       dump.read(source, calls[k], x);
+      check_packable_call(dump, source, calls[k], x);
       for (std::size_t e = 0; e < x.size(); ++e) act_absmax[e % n] = std::max(act_absmax[e % n], std::fabs(x[e]));
     }
     // max |W_j| over the stacked weights of every member.

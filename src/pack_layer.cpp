@@ -118,6 +118,17 @@ std::vector<TensorSpec> layer_tensor_specs(const LinearLayer& l, int wbits, cons
   return t;
 }
 
+void check_packable_call(const formats::CalibDump& dump, const std::string& layer, const formats::DumpCall& call,
+                         std::span<const float> x) {
+  const std::ptrdiff_t k = first_unpackable_activation(x);
+  if (k < 0) return;
+  const auto cols = std::max<std::uint64_t>(call.cols, 1);
+  fail(ErrorKind::numeric, "{}: layer '{}' call {} [{}, {}] is {}; activations beyond +-{:g} cannot be packed (float32 "
+       "products with the weights would overflow, and the pack would not verify)", dump.path().string(), layer, call.name,
+       static_cast<std::uint64_t>(k) / cols, static_cast<std::uint64_t>(k) % cols, x[static_cast<std::size_t>(k)],
+       static_cast<double>(kLargestActivationMagnitude));
+}
+
 std::vector<float> load_weight(const formats::Checkpoint& ckpt, const LinearLayer& layer) {
   std::vector<float> w(layer.weight->numel);
   ckpt.read_f32(*layer.weight, w);
@@ -204,6 +215,7 @@ PackedLayer finish_layer(const formats::Checkpoint& ckpt, const SelectedLayer& s
       DQ_CHECK(call.cols == layer.in_features, format, "{}: layer '{}' call {} has width {}, the layer's weight [{}, {}] reads {}",
                calib.dump->path().string(), calib.name, call.name, call.cols, rows, cols, cols);
       calib.dump->read(calib.name, call, x);
+      check_packable_call(*calib.dump, calib.name, call, x);  // the rule verify applies to test_x and act_scale
       hash_floats(h, x);
       const auto n = static_cast<std::int64_t>(call.rows);
       if (k < plan.steps) {

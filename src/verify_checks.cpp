@@ -9,6 +9,7 @@
 
 #include "duquant/conformance.hpp"
 #include "duquant/elementwise.hpp"
+#include "duquant/pack_layer.hpp"
 #include "duquant/selection.hpp"
 
 namespace duquant::verify_detail {
@@ -328,6 +329,13 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
         usable = false;
         break;
       }
+    // act_scale is a percentile of activations over qmax: pack's rule for activations bounds it too.
+    if (key == std::string_view("act_scale") && usable)
+      if (const std::ptrdiff_t j = first_unpackable_activation(*values); j >= 0) {
+        sink.add(Level::fail, "calibration", "act_scale[{}] is {}; activations beyond +-{:g} are not packed (pack refuses "
+                 "them, exit 6)", j, (*values)[static_cast<std::size_t>(j)], static_cast<double>(kLargestActivationMagnitude));
+        usable = false;
+      }
   }
   if (!npz.smooth_scale.empty()) {
     if (npz.act_scale.empty()) sink.add(Level::fail, "calibration", "smooth_scale without act_scale");
@@ -394,6 +402,11 @@ void check_quantized(const QuantizedLayerTensors& q, const NpzLayer& npz, RowRot
 
   if (q.test_x.empty()) {
     sink.add(Level::warn, "conformance", "no conformance vectors (test_x, test_y_fp, test_y_q)");
+    return;
+  }
+  if (const std::ptrdiff_t j = first_unpackable_activation(q.test_x); j >= 0) {  // pack's rule for activations
+    sink.add(Level::fail, "conformance", "test_x[{}] is {}; activations beyond +-{:g} are not packed (pack refuses them, "
+             "exit 6)", j, q.test_x[static_cast<std::size_t>(j)], static_cast<double>(kLargestActivationMagnitude));
     return;
   }
   const auto rows = static_cast<std::int64_t>(q.test_rows);

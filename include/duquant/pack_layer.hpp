@@ -2,8 +2,11 @@
 // for quantized.safetensors, plus its quality figures.
 #pragma once
 
+#include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -44,6 +47,25 @@ inline constexpr std::int64_t kHeldOutRowsPerCall = 16;
 // overflow; below 1e-15, squared errors underflow and scales lose precision.
 inline constexpr float kLargestWeightMagnitude = 1e12f;
 inline constexpr float kSmallestLargestWeight = 1e-15f;
+
+// The largest |activation| that is packed: every value of a calibration call pack reads (the
+// calibration and held-out calls, which become the conformance input test_x) and so every
+// act_scale. Above it, float32 products with the weights and their sums of squares can overflow,
+// and the pack's own conformance vectors would not verify. One rule for both sides: pack refuses a
+// larger value (exit 6, naming the layer, the call and [row, column]); verify FAILs a test_x or an
+// act_scale beyond it. So what pack writes, verify accepts.
+inline constexpr float kLargestActivationMagnitude = 1e8f;
+// The index of the first value that is not finite or whose magnitude is above
+// kLargestActivationMagnitude; -1 when every value is packable.
+inline std::ptrdiff_t first_unpackable_activation(std::span<const float> values) noexcept {
+  for (std::size_t k = 0; k < values.size(); ++k)
+    if (!(std::fabs(values[k]) <= kLargestActivationMagnitude)) return static_cast<std::ptrdiff_t>(k);
+  return -1;
+}
+// duquant::Error (numeric) naming the dump, the layer, the call and the first [row, column] of `x`
+// (one call as read, row-major with `call.cols` columns) that first_unpackable_activation finds.
+void check_packable_call(const formats::CalibDump& dump, const std::string& layer, const formats::DumpCall& call,
+                         std::span<const float> x);
 
 // What calibration measured for a layer.
 struct CalibrationFigures {
