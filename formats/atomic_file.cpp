@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "duquant/error.hpp"
 #include "formats/fault_injection.hpp"
@@ -37,6 +38,16 @@ struct TempSlot {
 };
 TempSlot g_temp_slots[kTempSlots];
 std::atomic<bool> g_exiting{false};
+
+// Every error of this file goes through here: once an interruption handler is removing the
+// temporary files (a rename or a write may then fail because its file was just unlinked), the
+// thread waits for the handler to end the process instead of reporting an error of its own.
+template <typename... Args>
+[[noreturn]] void fail_file(ErrorKind kind, fmt::format_string<Args...> format, Args&&... args) {
+  if (g_exiting.load())
+    for (;;) ::pause();
+  ::duquant::fail(kind, format, std::forward<Args>(args)...);
+}
 
 int register_temp(const std::string& path) noexcept {
   if (path.size() >= PATH_MAX) return -1;  // cannot be recorded; removed by its destructor only
@@ -93,7 +104,7 @@ AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
     DQ_CHECK(S_ISREG(st.st_mode), io, "{}: exists and is {}; duquant replaces only regular files: remove it or choose "
              "another path", target_.string(), file_kind_text(st.st_mode));
   } else if (errno != ENOENT) {
-    fail(ErrorKind::io, "{}: cannot access: {}", target_.string(),
+    fail_file(ErrorKind::io, "{}: cannot access: {}", target_.string(),
          errno == ELOOP ? std::string("too many levels of symbolic links") : std::strerror(errno));
   }
   const fs::path folder = target_.has_parent_path() ? target_.parent_path() : fs::path(".");
@@ -104,7 +115,7 @@ AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
   if (fd_ < 0) {
     const int err = errno;
     release_temp(slot_);
-    fail(ErrorKind::io, "{}: cannot create: {}", temp_.string(), std::strerror(err));
+    fail_file(ErrorKind::io, "{}: cannot create: {}", temp_.string(), std::strerror(err));
   }
   if (g_exiting.load()) {  // an interruption handler is removing the temporary files and ending the process
     ::unlink(temp_.c_str());
@@ -128,7 +139,7 @@ void AtomicFile::write(std::span<const std::byte> data) {
     const ssize_t n = injected != 0 ? -1 : ::write(fd_, p, left);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0)
-      fail(ErrorKind::io, "{}: write failed after {} bytes: {}", target_.string(), written_,
+      fail_file(ErrorKind::io, "{}: write failed after {} bytes: {}", target_.string(), written_,
            n < 0 ? std::strerror(errno) : "no progress");
     p += n;
     left -= static_cast<std::size_t>(n);
@@ -141,16 +152,16 @@ void AtomicFile::write(std::string_view text) { write(std::as_bytes(std::span(te
 void AtomicFile::commit() {
   DQ_CHECK(!committed_, internal, "{}: committed twice", target_.string());
   if (checked_fsync(fd_) != 0)
-    fail(ErrorKind::io, "{}: fsync failed after {} bytes: {}", target_.string(), written_, std::strerror(errno));
+    fail_file(ErrorKind::io, "{}: fsync failed after {} bytes: {}", target_.string(), written_, std::strerror(errno));
   if (::close(fd_) != 0) {
     fd_ = -1;
-    fail(ErrorKind::io, "{}: close failed: {}", target_.string(), std::strerror(errno));
+    fail_file(ErrorKind::io, "{}: close failed: {}", target_.string(), std::strerror(errno));
   }
   fd_ = -1;
   const int injected = injected_fault(FaultOp::rename);
   if (injected != 0) errno = injected;
   if (injected != 0 || ::rename(temp_.c_str(), target_.c_str()) != 0)
-    fail(ErrorKind::io, "{}: cannot rename the finished file into place: {}", target_.string(), std::strerror(errno));
+    fail_file(ErrorKind::io, "{}: cannot rename the finished file into place: {}", target_.string(), std::strerror(errno));
   committed_ = true;
   release_temp(slot_);
   const fs::path folder = target_.has_parent_path() ? target_.parent_path() : fs::path(".");
@@ -161,7 +172,7 @@ void AtomicFile::commit() {
     ::close(dir);
     // The file is complete under its name, but whether the name survives a power loss is unknown.
     if (rc != 0)
-      fail(ErrorKind::io, "{}: fsync of the folder after publishing the file failed: {}", target_.string(),
+      fail_file(ErrorKind::io, "{}: fsync of the folder after publishing the file failed: {}", target_.string(),
            std::strerror(err));
   }
 }
