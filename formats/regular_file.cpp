@@ -38,7 +38,10 @@ fs::file_status status_from(const fs::path& path, std::string_view label, bool f
   return fs::file_status(fs::file_type::unknown, perms);
 }
 
-const char* kind_text(fs::file_type t) noexcept {
+
+}  // namespace
+
+const char* file_type_text(fs::file_type t) noexcept {
   switch (t) {
     case fs::file_type::regular: return "a regular file";
     case fs::file_type::directory: return "a folder";
@@ -50,8 +53,6 @@ const char* kind_text(fs::file_type t) noexcept {
     default: return "an unknown kind of file";
   }
 }
-
-}  // namespace
 
 const char* file_kind_text(mode_t mode) noexcept {
   if (S_ISREG(mode)) return "a regular file";
@@ -131,7 +132,7 @@ void require_regular_file(const fs::path& path, std::string_view label) {
   const fs::file_status s = status_from(path, label, /*follow=*/true);
   DQ_CHECK(s.type() != fs::file_type::not_found, io, "{}: no such file", label_of(path, label));
   DQ_CHECK(s.type() == fs::file_type::regular, io, "{}: not a regular file ({}); expected a file", label_of(path, label),
-           kind_text(s.type()));
+           file_type_text(s.type()));
 }
 
 fs::file_status status_of(const fs::path& path, std::string_view label) { return status_from(path, label, true); }

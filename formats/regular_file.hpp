@@ -21,6 +21,8 @@ namespace duquant::formats {
 // What a file system object is, in words: "a FIFO", "a character device", "a block device",
 // "a socket", "a folder", "a symbolic link", "a regular file", "an unknown kind of file".
 const char* file_kind_text(mode_t mode) noexcept;
+// The same words for a std::filesystem file type.
+const char* file_type_text(std::filesystem::file_type t) noexcept;
 
 // A regular file open for reading; the descriptor is closed on destruction.
 class RegularFile {

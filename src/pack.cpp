@@ -115,23 +115,6 @@ bool inside(const fs::path& child, const fs::path& parent) {
   return true;
 }
 
-// Refuses an output that cannot work, before any work is done: no folder given, the checkpoint (or
-// the folder holding it) as output, a non-empty folder without --resume/--force, or a location
-// this process cannot write into (read-only file system, permissions, ...).
-// What a file system object is, for messages ("a folder", "a FIFO", "a symbolic link", ...).
-const char* kind_of(fs::file_type t) {
-  switch (t) {
-    case fs::file_type::regular: return "a regular file";
-    case fs::file_type::directory: return "a folder";
-    case fs::file_type::symlink: return "a symbolic link";
-    case fs::file_type::fifo: return "a FIFO";
-    case fs::file_type::character: return "a character device";
-    case fs::file_type::block: return "a block device";
-    case fs::file_type::socket: return "a socket";
-    default: return "an unknown kind of file";
-  }
-}
-
 // True when `p` itself (not what a link points to) is a regular file; never throws.
 bool is_plain_file(const fs::path& p) {
   std::error_code ec;
@@ -161,21 +144,24 @@ void check_reused_output(const fs::path& out) {
     if (name == kWorkDirName) {
       DQ_CHECK(t == fs::file_type::directory, usage,
                "{}: {} is {}, not the folder pack keeps its work records in; pack writes nothing through it: remove "
-               "or rename it", label, p.string(), kind_of(t));
+               "or rename it", label, p.string(), formats::file_type_text(t));
       for (const std::string& record : entries_of(p, p.string())) {
         const fs::file_type rt = formats::symlink_status_of(p / record, p.string()).type();
         DQ_CHECK(rt == fs::file_type::regular, usage,
                  "{}: {} is {}; the work folder holds only pack's own regular files: remove or rename it", label,
-                 (p / record).string(), kind_of(rt));
+                 (p / record).string(), formats::file_type_text(rt));
       }
       continue;
     }
     DQ_CHECK(t == fs::file_type::regular, usage,
              "{}: {} is {} where pack writes, reads or replaces a regular file of that name; pack neither follows "
-             "nor removes it: remove or rename it", label, p.string(), kind_of(t));
+             "nor removes it: remove or rename it", label, p.string(), formats::file_type_text(t));
   }
 }
 
+// Refuses an output that cannot work, before any work is done: no folder given, the checkpoint (or
+// the folder holding it) as output, a non-empty folder without --resume/--force, or a location
+// this process cannot write into (read-only file system, permissions, ...).
 void check_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
   const fs::path& out = o.output;
   DQ_CHECK(!out.empty(), usage, "-o: an output folder is required");
@@ -195,7 +181,7 @@ void check_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
   const fs::file_status out_status = formats::status_of(out, "-o " + out.string());
   if (fs::exists(out_status)) {
     DQ_CHECK(fs::is_directory(out_status), usage, "-o {}: exists and is not a folder (it is {})", out.string(),
-             kind_of(out_status.type()));
+             formats::file_type_text(out_status.type()));
     const bool empty = entries_of(out, "-o " + out.string()).empty();
     DQ_CHECK(empty || o.resume || o.force, usage,
              "-o {}: folder is not empty (--resume continues an interrupted pack, --force replaces its pack files)",
@@ -222,13 +208,13 @@ void check_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
     if (t == fs::file_type::symlink) (void)formats::status_of(fold, flabel);  // a loop: io, named
     const fs::file_type target = formats::status_of(fold, flabel).type();
     DQ_CHECK(target == fs::file_type::not_found || target == fs::file_type::regular, usage,
-             "{}: exists and is {}; the folded checkpoint is one file", flabel, kind_of(target));
+             "{}: exists and is {}; the folded checkpoint is one file", flabel, formats::file_type_text(target));
     DQ_CHECK(!(t == fs::file_type::symlink && target == fs::file_type::not_found), usage,
              "{}: a symbolic link to nothing (dangling); choose another path", flabel);
     const fs::path parent = fs::absolute(fold, ec).parent_path();
     const fs::file_type pt = formats::status_of(parent, flabel).type();
     DQ_CHECK(pt == fs::file_type::directory, io, "{}: the folder {} {}", flabel, parent.string(),
-             pt == fs::file_type::not_found ? std::string("does not exist") : std::string("is ") + kind_of(pt));
+             pt == fs::file_type::not_found ? std::string("does not exist") : std::string("is ") + formats::file_type_text(pt));
   }
   // The one reliable test of writability (permissions, ACLs, read-only mounts, root): create a file.
   const fs::path probe = existing / fmt::format(".duquant-probe.tmp-{}", ::getpid());
