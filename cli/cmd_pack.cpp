@@ -49,7 +49,7 @@ struct Pack {
   std::string checkpoint;
   std::string output;
   ConfigFlags flags;
-  bool resume = false, force = false;
+  bool resume = false, force = false, no_lock = false;
   int threads = 0;
   std::string max_shard = "4GB";
   std::string calib, fold_smoothing;
@@ -66,6 +66,8 @@ struct Pack {
     o.config = build_config(flags);
     o.resume = resume;
     o.force = force;
+    o.no_lock = no_lock;
+    if (flags.config_file) o.config_file = *flags.config_file;
     o.max_shard_bytes = parse_size(max_shard);
     o.calib = calib;
     o.smooth_alpha = smooth_alpha;
@@ -142,7 +144,11 @@ Action register_pack(CLI::App& app) {
   c->add_option("checkpoint", cmd->checkpoint, "safetensors file, sharded index, or folder")->required();
   c->add_option("-o,--output", cmd->output, "Pack directory to write")->required();
   c->add_flag("--resume", cmd->resume, "Continue an interrupted pack: keep the layers already done and verified");
-  c->add_flag("--force", cmd->force, "Replace the pack files of a non-empty output folder");
+  c->add_flag("--force", cmd->force,
+              "Replace the pack files of a non-empty output folder (and an existing --fold-smoothing file)");
+  c->add_flag("--no-lock", cmd->no_lock,
+              "Write even where the file system cannot lock the output folder (some NFS, FUSE); nothing then "
+              "stops a second writer");
   c->add_option("--threads", cmd->threads, "Threads (default: all cores); the output does not depend on it");
   c->add_option("--max-shard-size", cmd->max_shard, "Shard quantized.safetensors past this size (default 4GB)");
   c->add_option("--device", cmd->device,

@@ -10,6 +10,8 @@
 #include "cli/commands.hpp"
 #include "duquant/error.hpp"
 #include "duquant/synth.hpp"
+#include "formats/output_paths.hpp"
+#include "formats/regular_file.hpp"
 
 namespace duquant::cli {
 namespace {
@@ -38,23 +40,23 @@ struct Synth {
   }
 
   // A folder output may be missing or empty (or anything with --force); a file output may be
-  // missing (or a file with --force).
-  void check_output(bool folder) const {
-    std::error_code ec;
-    const auto status = fs::status(output, ec);
-    DQ_CHECK(!ec || ec == std::errc::no_such_file_or_directory, io, "{}: cannot access: {}", output, ec.message());
-    if (!fs::exists(status)) return;
-    const bool is_dir = fs::is_directory(status);
+  // missing, or with --force a regular file (through a symbolic link: the file it points to).
+  // Returns where to write. A device, a FIFO or a socket is refused and never opened.
+  fs::path check_output(bool folder) const {
+    const std::string label = "-o " + output;
+    const fs::file_status status = formats::status_of(output, label);
     if (folder) {
-      DQ_CHECK(is_dir, usage, "{}: exists and is not a folder (--model {} with {} shard(s) writes a folder)", output,
-               model, options.shards);
+      if (!fs::exists(status)) return output;
+      std::error_code ec;
+      DQ_CHECK(fs::is_directory(status), usage, "{}: exists and is not a folder (--model {} with {} shard(s) writes a folder)",
+               output, model, options.shards);
       DQ_CHECK(force || fs::is_empty(output, ec), usage,
                "{}: folder exists and is not empty (use --force to replace the checkpoint in it)", output);
-    } else {
-      DQ_CHECK(!is_dir, usage, "{}: is a folder (--model pi05 with one shard writes a file; use --shards N for a folder)",
-               output);
-      DQ_CHECK(force, usage, "{}: exists (use --force to replace it)", output);
+      return output;
     }
+    DQ_CHECK(!fs::is_directory(status), usage,
+             "{}: is a folder (--model pi05 with one shard writes a file; use --shards N for a folder)", output);
+    return formats::check_output_file(output, "-o", force, false).target;
   }
 
   std::string summary(std::uint64_t bytes) const {
@@ -86,8 +88,8 @@ struct Synth {
       options.prefix = *prefix;
     }
     options = resolve_synth_options(options);
-    check_output(synth_writes_folder(options));
-    const std::uint64_t bytes = write_synth_checkpoint(output, options);
+    const fs::path target = check_output(synth_writes_folder(options));
+    const std::uint64_t bytes = write_synth_checkpoint(target, options);
     fmt::print("{}", summary(bytes));
     return 0;
   }

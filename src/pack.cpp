@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <csignal>
 #include <cerrno>
@@ -33,6 +34,8 @@
 #include "duquant/pack_layout.hpp"
 #include "duquant/selection.hpp"
 #include "formats/atomic_file.hpp"
+#include "formats/folder_lock.hpp"
+#include "formats/output_paths.hpp"
 #include "formats/regular_file.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "formats/safetensors_writer.hpp"
@@ -98,21 +101,32 @@ bool is_ours(const std::string& name) {
 
 bool is_stale_temp(const std::string& name) { return name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos; }
 
-// The path with its symbolic links resolved as far as they exist; never throws (a loop or an
-// over-long name keeps the path as written, made absolute).
-fs::path resolved(const fs::path& p) {
-  std::error_code ec;
-  fs::path r = fs::weakly_canonical(p, ec);
-  if (ec) r = fs::absolute(p, ec).lexically_normal();
-  return r;
+// A temporary file this writer may remove: its own, or one whose writer is gone. Temporary names
+// end in ".tmp-<pid>" (AtomicFile); with the folder's lock held, another live pid's file belongs to
+// a writer that runs without the lock (--no-lock), and is left alone.
+bool removable_temp(const std::string& name) {
+  if (!is_stale_temp(name)) return false;
+  const std::string pid_text = name.substr(name.rfind(".tmp-") + 5);
+  long long pid = 0;
+  const auto [end, ec] = std::from_chars(pid_text.data(), pid_text.data() + pid_text.size(), pid);
+  if (ec != std::errc() || end != pid_text.data() + pid_text.size() || pid <= 0 || pid > 0x7fffffff) return true;
+  return pid == ::getpid() || formats::process_is_gone(static_cast<pid_t>(pid));
 }
 
-bool inside(const fs::path& child, const fs::path& parent) {
-  const auto c = resolved(child), p = resolved(parent);
-  auto ci = c.begin();
-  for (auto pi = p.begin(); pi != p.end(); ++pi, ++ci)
-    if (ci == c.end() || *ci != *pi) return false;
-  return true;
+// What pack reads, for the rule that no output is an input (formats/output_paths.hpp).
+formats::InputSet pack_inputs(const PackOptions& o, const formats::Checkpoint& ckpt) {
+  formats::InputSet in;
+  for (const auto& f : ckpt.files()) in.add(f.path, "checkpoint file");
+  std::error_code ec;
+  if (fs::is_directory(ckpt.source(), ec)) {
+    for (const char* name : {"model.safetensors.index.json", "config.json"})
+      if (fs::exists(formats::status_of(ckpt.source() / name))) in.add(ckpt.source() / name, "checkpoint file");
+  } else {
+    in.add(ckpt.source(), "checkpoint");
+  }
+  if (!o.calib.empty()) in.add(o.calib, "--calib");
+  if (!o.config_file.empty()) in.add(o.config_file, "--config");
+  return in;
 }
 
 // True when `p` itself (not what a link points to) is a regular file; never throws.
@@ -159,70 +173,101 @@ void check_reused_output(const fs::path& out) {
   }
 }
 
-// Refuses an output that cannot work, before any work is done: no folder given, the checkpoint (or
-// the folder holding it) as output, a non-empty folder without --resume/--force, or a location
-// this process cannot write into (read-only file system, permissions, ...).
+// The folder's entries but the lock file, which stays for good (it does not make a folder "not empty").
+std::vector<std::string> entries_but_lock(const fs::path& dir, const std::string& label) {
+  std::vector<std::string> names = entries_of(dir, label);
+  std::erase(names, std::string(formats::kLockFileName));
+  return names;
+}
+
+// What an existing output folder must be to be written: empty, or reused with --resume/--force and
+// holding under pack's names only pack's own kinds of files. Run before the lock (to refuse early,
+// creating nothing) and again under it (what decides).
+void check_output_contents(const PackOptions& o) {
+  const fs::path& out = o.output;
+  const bool empty = entries_but_lock(out, "-o " + out.string()).empty();
+  DQ_CHECK(empty || o.resume || o.force, usage,
+           "-o {}: folder is not empty (--resume continues an interrupted pack, --force replaces its pack files)",
+           out.string());
+  if (!empty) check_reused_output(out);
+}
+
+// Refuses an output that cannot work, before anything is created: no folder given, an input (a
+// checkpoint file, the dump, by name or as a hard or symbolic link) inside it or as it, a
+// non-empty folder without --resume/--force, a --fold-smoothing path that is an input, lies in
+// the pack folder or is not a regular file, or a location this process cannot write into.
 void check_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
   const fs::path& out = o.output;
+  const std::string label = "-o " + out.string();
   DQ_CHECK(!out.empty(), usage, "-o: an output folder is required");
-  for (const auto& f : ckpt.files()) {
-    DQ_CHECK(resolved(f.path) != resolved(out), usage,
-             "-o {}: the output would replace the checkpoint file {}", out.string(), f.path.string());
-    // A pack folder is the pack's own: one holding the input could see it overwritten or removed.
-    DQ_CHECK(!inside(f.path, out), usage, "-o {}: the output folder holds the checkpoint file {}; pack into another folder",
-             out.string(), f.path.string());
-  }
+  const formats::InputSet inputs = pack_inputs(o, ckpt);
+  for (const auto& f : ckpt.files())
+    DQ_CHECK(formats::resolved_path(f.path) != formats::resolved_path(out), usage,
+             "{}: the output would replace the checkpoint file {}", label, f.path.string());
+  // --config is read completely before the first write: `pack --config OUT/manifest.json -o OUT
+  // --force` packs again with the configuration of an earlier pack.
+  inputs.check_output_folder(out, label, {"--config"});
   std::error_code ec;
   if (fs::is_directory(o.checkpoint, ec))
-    DQ_CHECK(!inside(out, o.checkpoint), usage, "-o {}: the output folder lies inside the input checkpoint folder {}",
-             out.string(), o.checkpoint.string());
+    DQ_CHECK(!formats::path_inside(out, o.checkpoint), usage,
+             "{}: the output folder lies inside the input checkpoint folder {}", label, o.checkpoint.string());
   fs::path existing = out;
   // status_of: a link loop or an over-long name is an io error naming -o, never an escaping exception.
-  const fs::file_status out_status = formats::status_of(out, "-o " + out.string());
+  const fs::file_status out_status = formats::status_of(out, label);
   if (fs::exists(out_status)) {
-    DQ_CHECK(fs::is_directory(out_status), usage, "-o {}: exists and is not a folder (it is {})", out.string(),
+    DQ_CHECK(fs::is_directory(out_status), usage, "{}: exists and is not a folder (it is {})", label,
              formats::file_type_text(out_status.type()));
-    const bool empty = entries_of(out, "-o " + out.string()).empty();
-    DQ_CHECK(empty || o.resume || o.force, usage,
-             "-o {}: folder is not empty (--resume continues an interrupted pack, --force replaces its pack files)",
-             out.string());
-    if (!empty) check_reused_output(out);
+    check_output_contents(o);
   } else {
-    DQ_CHECK(formats::symlink_status_of(out, "-o " + out.string()).type() != fs::file_type::symlink, usage,
-             "-o {}: a symbolic link to nothing (dangling); pack does not create folders through it", out.string());
+    DQ_CHECK(formats::symlink_status_of(out, label).type() != fs::file_type::symlink, usage,
+             "{}: a symbolic link to nothing (dangling); pack does not create folders through it", label);
     existing = fs::absolute(out, ec).parent_path();
-    while (!existing.empty() && !fs::exists(formats::status_of(existing, "-o " + out.string())) &&
-           existing != existing.parent_path())
+    while (!existing.empty() && !fs::exists(formats::status_of(existing, label)) && existing != existing.parent_path())
       existing = existing.parent_path();
-    DQ_CHECK(fs::is_directory(existing, ec), usage, "-o {}: {} is not a folder", out.string(), existing.string());
+    DQ_CHECK(fs::is_directory(existing, ec), usage, "{}: {} is not a folder", label, existing.string());
   }
   if (!o.fold_smoothing.empty()) {  // before anything is created: a refusal leaves no work folder behind
-    const fs::path& fold = o.fold_smoothing;
-    const std::string flabel = "--fold-smoothing " + fold.string();
-    for (const auto& f : ckpt.files())
-      DQ_CHECK(resolved(fold) != resolved(f.path), usage, "{}: the output is the input file {}; choose another path",
-               flabel, f.path.string());
-    DQ_CHECK(resolved(fold) != resolved(o.checkpoint), usage, "{}: the output is the input checkpoint {}; choose another path",
-             flabel, o.checkpoint.string());
-    const fs::file_type t = formats::symlink_status_of(fold, flabel).type();
-    if (t == fs::file_type::symlink) (void)formats::status_of(fold, flabel);  // a loop: io, named
-    const fs::file_type target = formats::status_of(fold, flabel).type();
-    DQ_CHECK(target == fs::file_type::not_found || target == fs::file_type::regular, usage,
-             "{}: exists and is {}; the folded checkpoint is one file", flabel, formats::file_type_text(target));
-    DQ_CHECK(!(t == fs::file_type::symlink && target == fs::file_type::not_found), usage,
-             "{}: a symbolic link to nothing (dangling); choose another path", flabel);
-    const fs::path parent = fs::absolute(fold, ec).parent_path();
-    const fs::file_type pt = formats::status_of(parent, flabel).type();
-    DQ_CHECK(pt == fs::file_type::directory, io, "{}: the folder {} {}", flabel, parent.string(),
-             pt == fs::file_type::not_found ? std::string("does not exist") : std::string("is ") + formats::file_type_text(pt));
+    const std::string flabel = "--fold-smoothing " + o.fold_smoothing.string();
+    const formats::OutputFile fold = formats::check_output_file(o.fold_smoothing, "--fold-smoothing", o.force, false);
+    inputs.check_output_file(fold.target, flabel);
+    DQ_CHECK(!formats::path_inside(fold.target, out), usage,
+             "{}: lies in the output folder {}, which holds only the pack's own files; choose a path outside it (nothing was written)", flabel,
+             out.string());
   }
   // The one reliable test of writability (permissions, ACLs, read-only mounts, root): create a file.
   const fs::path probe = existing / fmt::format(".duquant-probe.tmp-{}", ::getpid());
   const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  DQ_CHECK(fd >= 0, io, "-o {}: cannot write into {}: {}; nothing was done", out.string(), existing.string(),
-           std::strerror(errno));
+  DQ_CHECK(fd >= 0, io, "{}: cannot write into {}: {}; nothing was done", label, existing.string(), std::strerror(errno));
   ::close(fd);
   ::unlink(probe.c_str());
+}
+
+// The output folder's write lock (formats/folder_lock.hpp), taken before the folder's contents
+// decide anything: a missing folder is created first (its parents too).
+formats::FolderLock lock_output(const PackOptions& o) {
+  const fs::path& out = o.output;
+  std::error_code ec;
+  const bool create = !fs::exists(formats::status_of(out, "-o " + out.string()));
+  if (create) {
+    fs::create_directories(out, ec);
+    DQ_CHECK(!ec, io, "-o {}: cannot create the folder: {}", out.string(), ec.message());
+  }
+  std::optional<formats::FolderLock> taken;
+  try {
+    taken.emplace(formats::FolderLock::acquire(out, "-o " + out.string(), o.no_lock));
+  } catch (const Error&) {
+    if (create) {  // refused: the folder made for the lock goes again (only what this run put there)
+      fs::remove(out / formats::kLockFileName, ec);
+      fs::remove(out, ec);
+    }
+    throw;
+  }
+  formats::FolderLock lock = std::move(*taken);
+  if (!lock.locked() && o.warn)
+    o.warn(fmt::format("-o {}: writing without the folder's lock (--no-lock): nothing stops a second writer",
+                       out.string()));
+  check_output_contents(o);  // under the lock: what another writer may have changed meanwhile
+  return lock;
 }
 
 // Removes a regular file pack wrote; an io error naming it when that fails.
@@ -255,13 +300,13 @@ void prepare_output(const PackOptions& o) {
       if (name == kWorkDirName) {
         if (!o.force) {  // --resume keeps the records; only stale temporary files go
           for (const std::string& record : entries_of(p, p.string()))
-            if (is_stale_temp(record) && is_plain_file(p / record)) remove_owned_file(p / record);
+            if (removable_temp(record) && is_plain_file(p / record)) remove_owned_file(p / record);
         } else {
           remove_work_folder(p);
         }
         continue;
       }
-      if ((is_stale_temp(name) || (o.force && is_ours(name))) && is_plain_file(p)) remove_owned_file(p);
+      if ((removable_temp(name) || (o.force && is_ours(name))) && is_plain_file(p)) remove_owned_file(p);
     }
   } else {
     fs::create_directories(out, ec);
@@ -336,7 +381,8 @@ struct Shard {
 
 // Test seam for the interruption tests: DUQUANT_TEST_KILL_AT=layer:N sends SIGKILL to this process
 // right after the N-th newly packed layer is recorded; DUQUANT_TEST_KILL_AT=assembly does so after
-// the first quantized file is published and before the manifest. DUQUANT_TEST_STOP_AT=POINT sends
+// the first quantized file is published and before the manifest; read:N right after the N-th layer to
+// pack is read from the checkpoint (before its math). DUQUANT_TEST_STOP_AT=POINT sends
 // SIGSTOP at the same points instead, so that a test can change the input while the pack waits.
 // Never set in normal use; a malformed value is a usage error before any work.
 void check_interruption_seams() {
@@ -345,10 +391,12 @@ void check_interruption_seams() {
     if (value == nullptr || *value == '\0') continue;  // empty is unset, as for the other seams
     const std::string v = value;
     bool ok = v == "assembly";
-    if (!ok && v.rfind("layer:", 0) == 0 && v.size() > 6 && v.size() <= 6 + 9) {
-      ok = v[6] != '0' && std::all_of(v.begin() + 6, v.end(), [](char c) { return c >= '0' && c <= '9'; });
-    }
-    DQ_CHECK(ok, usage, "{}={}: expected layer:N (N from 1 to 999999999) or assembly", seam, v);
+    for (const std::string point : {"layer:", "read:"})
+      if (!ok && v.rfind(point, 0) == 0 && v.size() > point.size() && v.size() <= point.size() + 9) {
+        ok = v[point.size()] != '0' &&
+             std::all_of(v.begin() + static_cast<std::ptrdiff_t>(point.size()), v.end(), [](char c) { return c >= '0' && c <= '9'; });
+      }
+    DQ_CHECK(ok, usage, "{}={}: expected layer:N, read:N (N from 1 to 999999999) or assembly", seam, v);
   }
 }
 
@@ -471,6 +519,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   check_output(o, ckpt);
   const CalibrationPlan plan = plan_calibration(o, ckpt, linears, selection);
   DevicePlan devices = open_devices(o.device, o.notice);  // before anything is written
+  const formats::FolderLock lock = lock_output(o);        // held to the end; the kernel drops it on any exit
   prepare_output(o);
   const fs::path work = o.output / kWorkDirName;
   std::map<std::string, std::string> folded_digests;  // stored weight name -> digest in the folded copy
@@ -536,7 +585,12 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   for (std::size_t i = 0; i < count; ++i) {
     if (earlier[i]) continue;
     const SelectedLayer* sel = &selection.layers[i];
-    readers.push_back([&ckpt, &plan, sel] { return load_layer_input(ckpt, *sel, plan.for_layer(*sel->layer)); });
+    const std::size_t nth = readers.size() + 1;
+    readers.push_back([&ckpt, &plan, sel, nth] {
+      LayerInput in = load_layer_input(ckpt, *sel, plan.for_layer(*sel->layer));
+      maybe_kill(fmt::format("read:{}", nth));
+      return in;
+    });
     to_pack.emplace_back(sel->wbits, sel->layer->name);
   }
   LayerPipeline pipeline(std::move(readers), devices, q, std::move(to_pack));
@@ -550,16 +604,19 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     const fs::path npz_path = o.output / file;
     const fs::path part_path = work / (file + ".part");
     const fs::path record_path = work / (file + ".json");
-    digest(i);
 
-    std::optional<LayerRecord> record = std::move(earlier[i]);
+    std::optional<LayerRecord> record = std::move(earlier[i]);  // its digests: from the --resume scan
     const bool reused = record.has_value();
     if (!record) {
       const LayerCalibration calib = plan.for_layer(layer);
       const ComputedLayer computed = pipeline.take(newly_packed);
+      // The digests of the very bytes the layer was computed from (one copy, load_layer_input): a
+      // record can never pair one version of the weight with a pack of another.
+      weight_digests[i] = computed.input.weight_xxh128;
+      bias_digests[i] = computed.input.bias_xxh128;
       const auto finish_start = std::chrono::steady_clock::now();
       // The engine of this layer is idle now: the next layer on it starts after this one is taken.
-      const PackedLayer packed = finish_layer(ckpt, sel, q, npz_path, calib, computed.input, computed.math, computed.engine);
+      const PackedLayer packed = finish_layer(sel, q, npz_path, calib, computed.input, computed.math, computed.engine);
       LayerRecord r;
       r.fingerprint = fingerprint_with(i, calib.has_calls() ? packed.calibration.input_xxh128 : std::string("none"));
       r.calibration = packed.calibration;

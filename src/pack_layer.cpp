@@ -129,9 +129,12 @@ void check_packable_call(const formats::CalibDump& dump, const std::string& laye
        static_cast<double>(kLargestActivationMagnitude));
 }
 
-std::vector<float> load_weight(const formats::Checkpoint& ckpt, const LinearLayer& layer) {
+namespace {
+
+// The float32 weight from its stored bytes, refused when a value cannot be packed.
+std::vector<float> weight_from_bytes(const LinearLayer& layer, std::span<const std::byte> bytes) {
   std::vector<float> w(layer.weight->numel);
-  ckpt.read_f32(*layer.weight, w);
+  formats::convert_to_f32(layer.weight->dtype, bytes.data(), layer.weight->numel, w.data());
   std::size_t largest = 0;
   for (std::size_t k = 0; k < w.size(); ++k) {
     if (!std::isfinite(w[k]))
@@ -152,10 +155,39 @@ std::vector<float> load_weight(const formats::Checkpoint& ckpt, const LinearLaye
   return w;
 }
 
+// A copy of the tensor's stored bytes, taken out of the mapping once (F32, F16 or BF16 only).
+std::vector<std::byte> copy_bytes(const formats::Checkpoint& ckpt, const formats::TensorRef& t) {
+  DQ_CHECK(formats::converts_to_f32(t.dtype), format, "{}: tensor '{}' is {}; only F32, F16 and BF16 convert to float32",
+           ckpt.files().at(t.file).path.string(), t.stored_name, formats::dtype_name(t.dtype));
+  const std::span<const std::byte> b = ckpt.bytes(t);
+  return std::vector<std::byte>(b.begin(), b.end());
+}
+
+}  // namespace
+
+std::vector<float> load_weight(const formats::Checkpoint& ckpt, const LinearLayer& layer) {
+  return weight_from_bytes(layer, copy_bytes(ckpt, *layer.weight));
+}
+
 LayerInput load_layer_input(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const LayerCalibration& calib) {
   const LinearLayer& layer = *selected.layer;
   LayerInput in;
-  in.weights = load_weight(ckpt, layer);
+  {  // One read of the mapped file: the digest and the floats come from the same bytes, whatever
+     // the file does meanwhile (a rewrite in place during the pack, restored before --resume).
+    const std::vector<std::byte> raw = copy_bytes(ckpt, *layer.weight);
+    in.weight_xxh128 = xxh128_hex(raw);
+    in.weights = weight_from_bytes(layer, raw);
+  }
+  if (layer.bias) {
+    in.bias_bytes = copy_bytes(ckpt, *layer.bias);
+    in.bias_xxh128 = xxh128_hex(in.bias_bytes);
+    in.bias.resize(layer.bias->numel);
+    formats::convert_to_f32(layer.bias->dtype, in.bias_bytes.data(), layer.bias->numel, in.bias.data());
+    for (std::size_t k = 0; k < in.bias.size(); ++k)
+      if (!std::isfinite(in.bias[k]))
+        fail(ErrorKind::numeric, "layer '{}': bias [{}] is {} (stage: reading the bias; shape [{}])", layer.name, k,
+             in.bias[k], in.bias.size());
+  }
   in.rows = static_cast<std::int64_t>(layer.out_features);
   in.cols = static_cast<std::int64_t>(layer.in_features);
   const bool smoothed = !calib.smooth.empty();
@@ -171,10 +203,10 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
   const LayerInput in = load_layer_input(ckpt, selected, calib);
   const LayerMath math = engine ? engine->compute(in.packed_view(), q, selected.wbits, selected.layer->name)
                                 : compute_layer_math(in.packed_view(), q, selected.wbits);
-  return finish_layer(ckpt, selected, q, npz_path, calib, in, math, engine);
+  return finish_layer(selected, q, npz_path, calib, in, math, engine);
 }
 
-PackedLayer finish_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
+PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q,
                          const std::filesystem::path& npz_path, const LayerCalibration& calib, const LayerInput& in,
                          const LayerMath& math, LayerEngine* engine) {
   const LinearLayer& layer = *selected.layer;
@@ -194,11 +226,7 @@ PackedLayer finish_layer(const formats::Checkpoint& ckpt, const SelectedLayer& s
            internal, "layer '{}': the compute backend returned {} scales, {} codes, {} packed bytes for [{}, {}]", layer.name,
            quant.scales.size(), quant.codes.size(), math.packed.size(), rows, cols);
 
-  std::vector<float> bias;
-  if (layer.bias) {
-    bias.resize(layer.bias->numel);
-    ckpt.read_f32(*layer.bias, bias);
-  }
+  const std::vector<float>& bias = in.bias;  // read with the weight (load_layer_input), never again
 
   // Calibration: act_scale over the first calib_steps calls, then the held-out calls. The
   // conformance inputs are rows of the first held-out call (else of the first call).
@@ -293,10 +321,7 @@ PackedLayer finish_layer(const formats::Checkpoint& ckpt, const SelectedLayer& s
   if (q.permute) append(d, t.perm.data(), t.perm.size() * sizeof(std::int64_t));
   append_stacked(d, t.r_in, q.block);
   if (q.row_rot != RowRot::off) append_stacked(d, t.r_out, q.block_out);
-  if (layer.bias) {
-    const auto bytes = ckpt.bytes(*layer.bias);
-    append(d, bytes.data(), bytes.size());
-  }
+  if (layer.bias) append(d, in.bias_bytes.data(), in.bias_bytes.size());
   append_conformance(d, out.quality, bias, test_x, w_fp, t, stored_codes, quant.scales, q, contract);
   if (calibrated) append(d, act_scale.data(), act_scale.size() * sizeof(float));
   if (smoothed) append(d, calib.smooth.data(), calib.smooth.size() * sizeof(float));

@@ -14,6 +14,7 @@
 #include "duquant/pack_layout.hpp"
 #include "duquant/selection.hpp"
 #include "duquant/smoothing.hpp"
+#include "formats/folder_lock.hpp"
 #include "formats/regular_file.hpp"
 #include "formats/strict_json.hpp"
 #include "verify_checks.hpp"
@@ -329,6 +330,10 @@ VerifyReport run_verify(const VerifyOptions& o) {
       pf.add(Level::warn, "work-folder", "{} is left over from a pack that ended after its manifest was written; "
              "`duquant pack ... --resume` removes it", kWorkDirName);
   }
+  // A writer holds the folder's lock (formats/folder_lock.hpp): the files may change while read.
+  if (const auto holder = formats::folder_lock_holder(o.pack))
+    pf.add(Level::warn, "being-written", "a `duquant pack` is writing this folder now ({}); its files may change while "
+           "they are read: verify it again when that pack has ended", *holder);
   DQ_CHECK(report.has_manifest || !pack.npz_files().empty(), format,
            "{}: not a pack directory (no manifest.json and no .npz files)", o.pack.string());
   if (manifest) check_files(pack, *manifest, pf);

@@ -22,6 +22,8 @@ struct PackOptions {
   RunConfig config;
   bool resume = false;
   bool force = false;
+  bool no_lock = false;                  // write without the folder's lock where the file system has none
+  std::filesystem::path config_file;     // --config, read completely before the first write (an input)
   std::uint64_t max_shard_bytes = 4'000'000'000;  // quantized.safetensors is sharded past this
   // Calibration (docs/calibration.md): an activation dump, smoothing, folding.
   std::filesystem::path calib;                 // empty: no calibration

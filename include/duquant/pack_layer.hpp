@@ -104,8 +104,14 @@ std::vector<float> load_weight(const formats::Checkpoint& ckpt, const LinearLaye
 
 // The weight a layer is packed from: the checkpoint's values in float32 and, with smoothing,
 // W·diag(s) rounded to the checkpoint's dtype (the matrix the transform is computed from).
+// A layer's weight and bias, read once from the checkpoint: the digests and the floats come from
+// the same copy of the stored bytes (the digests identify the layer for --resume).
 struct LayerInput {
   std::vector<float> weights;
+  std::string weight_xxh128;
+  std::vector<std::byte> bias_bytes;  // as stored; empty without a bias
+  std::vector<float> bias;
+  std::string bias_xxh128 = "none";
   std::vector<float> smoothed;  // empty without smoothing
   std::int64_t rows = 0, cols = 0;
   WeightView checkpoint_view() const { return {weights.data(), rows, cols}; }
@@ -119,7 +125,7 @@ LayerInput load_layer_input(const formats::Checkpoint& ckpt, const SelectedLayer
 // after the reference members, the conformance inputs are dumped rows and the output error is
 // measured.
 // `engine` (the one that computed `math`, or null) may compute the calibration calls' statistics.
-PackedLayer finish_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,
+PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q,
                          const std::filesystem::path& npz_path, const LayerCalibration& calibration,
                          const LayerInput& input, const LayerMath& math, LayerEngine* engine = nullptr);
 

@@ -109,7 +109,9 @@ void expect_deterministic(const std::vector<std::string>& config, const std::str
     }
   }
   const auto files = snapshot(first);
-  EXPECT_EQ(files.size(), 14u + 2u) << "14 npz, quantized.safetensors, manifest.json";
+  EXPECT_EQ(files.size(), 14u + 3u) << "14 npz, quantized.safetensors, manifest.json, the empty .duquant-lock";
+  EXPECT_EQ(files.count(".duquant-lock"), 1u);
+  EXPECT_EQ(files.at(".duquant-lock").size(), 0u) << "a writer that ended leaves the lock file empty";
   EXPECT_EQ(files.count("manifest.json"), 1u);
   EXPECT_EQ(files.count("quantized.safetensors"), 1u);
   for (const Run& r : runs) expect_same_folder(first, dir / r.name);

@@ -29,7 +29,7 @@ TEST(PackConfig, ManifestRepeatsTheRun) {
     EXPECT_EQ(test::read_text(e.path()), test::read_text(dir / "b" / e.path().filename())) << e.path().filename();
     ++compared;
   }
-  EXPECT_EQ(compared, 8u + 2u);  // 8 attention npz files, quantized.safetensors, manifest.json
+  EXPECT_EQ(compared, 8u + 3u);  // 8 attention npz files, quantized.safetensors, manifest.json, .duquant-lock
 }
 
 TEST(PackConfig, FlagsWinOverTheFile) {

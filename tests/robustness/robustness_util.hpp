@@ -13,7 +13,9 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +23,7 @@
 #include "common/run_cli.hpp"
 #include "common/test_paths.hpp"
 #include "formats/safetensors_writer.hpp"
+#include <fmt/format.h>
 
 extern char** environ;
 
@@ -65,6 +68,7 @@ class Child {
   }
 
   bool started() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
   // Waits until the child stops itself (SIGSTOP seam); false when it ended instead.
   bool wait_stopped() {
     int status = 0;
@@ -178,6 +182,104 @@ inline std::vector<float> pattern_values(std::uint64_t rows, std::uint64_t cols,
       v[r * cols + c] = f;
     }
   return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny hand-made model for the hostile-input suites: one norm and q/k/v projections [32, 64] (F32),
+// a one-call dump for them, a watchdog runner and a view of a folder that opens nothing but files.
+
+inline constexpr auto kHangLimit = std::chrono::seconds(20);
+inline constexpr const char* kNorm = "model.layers.0.input_layernorm";
+inline const std::vector<std::string> kLayers{"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
+                                       "model.layers.0.self_attn.v_proj"};
+
+struct Outcome {
+  int code = -1;
+  bool hung = false;
+  std::string out, err;
+};
+
+// Runs `duquant ARGS` with a watchdog: a child still running after 20 s is killed and reported hung.
+inline Outcome run_dq(const std::vector<std::string>& args, const fs::path& log_stem) {
+  Child child(args, {}, log_stem);
+  Outcome r;
+  if (!child.started()) return r;
+  if (!child.wait_until(std::chrono::steady_clock::now() + kHangLimit)) {
+    child.kill();
+    r.hung = true;
+  }
+  r.code = child.wait();
+  r.out = child.out();
+  r.err = child.err();
+  return r;
+}
+
+inline void write_bytes(const fs::path& p, const std::string& bytes) {
+  std::ofstream f(p, std::ios::binary | std::ios::trunc);
+  f << bytes;
+}
+
+// The one-layer-group checkpoint of these tests: a norm and q/k/v projections of 64 inputs, F32.
+inline void write_tensors(const fs::path& path, const std::vector<std::string>& layers, bool norm) {
+  std::vector<formats::TensorSpec> specs;
+  std::string data;
+  if (norm) {
+    specs.push_back({std::string(kNorm) + ".weight", formats::DType::F32, {64}});
+    const std::vector<float> ones(64, 1.0f);
+    data.append(reinterpret_cast<const char*>(ones.data()), ones.size() * sizeof(float));
+  }
+  std::uint32_t seed = 1;
+  for (const std::string& l : layers) {
+    specs.push_back({l + ".weight", formats::DType::F32, {32, 64}});
+    const std::vector<float> v = pattern_values(32, 64, seed++);
+    data.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  }
+  formats::SafetensorsWriter w(path, specs, {});
+  w.write(std::as_bytes(std::span(data.data(), data.size())));
+  w.commit();
+}
+
+inline void write_dump(const fs::path& path) {
+  std::vector<formats::TensorSpec> specs;
+  std::string data;
+  std::uint32_t seed = 11;
+  for (const std::string& l : kLayers) {
+    specs.push_back({l + ".x_0000", formats::DType::F32, {16, 64}});
+    const std::vector<float> v = pattern_values(16, 64, seed++);
+    data.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  }
+  formats::SafetensorsWriter w(path, specs, {});
+  w.write(std::as_bytes(std::span(data.data(), data.size())));
+  w.commit();
+}
+
+// What a folder holds, without following links or opening anything but regular files: relative
+// path -> "file:<bytes>", "link:<target>", "dir", "fifo", ...
+inline std::map<std::string, std::string> tree(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(dir, fs::directory_options::none, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    const fs::path p = it->path();
+    const std::string rel = fs::relative(p, dir, ec).string();
+    const fs::file_type t = fs::symlink_status(p, ec).type();
+    if (t == fs::file_type::regular) out[rel] = "file:" + read_text(p);
+    else if (t == fs::file_type::symlink) out[rel] = "link:" + fs::read_symlink(p, ec).string();
+    else if (t == fs::file_type::directory) out[rel] = "dir";
+    else out[rel] = "other:" + std::to_string(static_cast<int>(t));
+  }
+  return out;
+}
+
+// The entries of `tree` outside the outputs (relative prefixes).
+inline std::map<std::string, std::string> outside(const std::map<std::string, std::string>& t, const std::set<std::string>& outputs) {
+  std::map<std::string, std::string> r;
+  for (const auto& [k, v] : t) {
+    bool mine = false;
+    for (const std::string& o : outputs) mine = mine || k == o || k.rfind(o + "/", 0) == 0;
+    if (!mine) r[k] = v;
+  }
+  return r;
 }
 
 }  // namespace duquant::test

@@ -43,8 +43,8 @@ TEST(OutputRefusals, OutputHoldsTheCheckpoint) {
   const fs::path ckpt = dir / "model.safetensors";
   fs::copy_file(test::tiny_checkpoint(), ckpt);
   const auto before = test::snapshot(dir);
-  expect_refused(pack(ckpt, dir, {"--force"}), 2, "holds the checkpoint file");
-  expect_refused(pack(ckpt, dir / ".", {"--resume"}), 2, "holds the checkpoint file");
+  expect_refused(pack(ckpt, dir, {"--force"}), 2, "holds the input checkpoint file");
+  expect_refused(pack(ckpt, dir / ".", {"--resume"}), 2, "holds the input checkpoint file");
   EXPECT_TRUE(test::snapshot(dir) == before);
 }
 
