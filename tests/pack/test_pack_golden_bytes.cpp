@@ -1,0 +1,137 @@
+// Golden bytes (determinism-and-versions.md, section 4): packs of the fixture checkpoint under four
+// configurations, every npz file and quantized.safetensors byte for byte and manifest.json without
+// the fields that vary by design (`tool`: the version), against digests recorded in
+// tests/data/golden/pack-digests.json. Any change of a stored byte fails here; a change meant to
+// move them (an algorithm or format change, with its version bump) records them again in the same
+// commit: DUQUANT_UPDATE_GOLDEN=1 ctest -R PackGoldenBytes rewrites the file.
+#include <gtest/gtest.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "common/run_cli.hpp"
+#include "common/test_paths.hpp"
+#include "duquant/digest.hpp"
+#include "formats/safetensors_checkpoint.hpp"
+#include "formats/safetensors_writer.hpp"
+
+namespace duquant {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+fs::path golden_file() { return test::test_data() / "golden" / "pack-digests.json"; }
+
+// A deterministic two-call dump for every action-expert linear of the fixture (keys
+// `<layer>.x_0000`, F32 [24, in]): values with a few outlier channels.
+void write_expert_dump(const fs::path& path) {
+  const formats::Checkpoint ckpt = formats::Checkpoint::open(test::tiny_checkpoint());
+  std::vector<formats::TensorSpec> specs;
+  std::string data;
+  std::uint32_t x = 12345;
+  for (const formats::TensorRef& t : ckpt.tensors()) {
+    const std::string& n = t.name;
+    if (n.find("gemma_expert") == std::string::npos || t.shape.size() != 2 || n.size() < 7 ||
+        n.compare(n.size() - 7, 7, ".weight") != 0)
+      continue;
+    const std::string layer = n.substr(0, n.size() - 7);
+    const std::uint64_t cols = t.shape[1], rows = 24;
+    for (int call = 0; call < 2; ++call) {
+      specs.push_back({fmt::format("{}.x_{:04d}", layer, call), formats::DType::F32, {rows, cols}});
+      for (std::uint64_t k = 0; k < rows * cols; ++k) {
+        x = x * 1664525u + 1013904223u;
+        float f = static_cast<float>(x >> 8) / static_cast<float>(1u << 24) * 2.0f - 1.0f;
+        if (k % cols % 11 == 5) f *= 20.0f;
+        data.append(reinterpret_cast<const char*>(&f), sizeof f);
+      }
+    }
+  }
+  formats::SafetensorsWriter w(path, specs, {});
+  w.write(std::as_bytes(std::span(data.data(), data.size())));
+  w.commit();
+}
+
+struct GoldenRun {
+  std::string name;
+  std::vector<std::string> flags;
+  bool calib = false;
+};
+
+const std::vector<GoldenRun>& runs() {
+  static const std::vector<GoldenRun> r{
+      {"openpi-dit", {"--preset", "openpi-dit"}},
+      {"b32-out16-w8", {"--preset", "openpi-dit", "--block", "32", "--block-out", "16", "--wbits-default", "8"}},
+      {"b8-noperm-propagate-w3mlp",
+       {"--preset", "openpi-dit", "--block", "8", "--no-permute", "--lambda-smooth", "0", "--row-rot", "propagate",
+        "--wbits-rule", "mlp=3"}},
+      {"calib-smooth", {"--preset", "openpi-dit", "--calib-steps", "1", "--smooth-alpha", "0.5"}, true},
+  };
+  return r;
+}
+
+// file name -> xxh128 of its bytes (manifest.json: of its JSON without "tool", keys sorted).
+std::map<std::string, std::string> digests_of(const fs::path& pack) {
+  std::map<std::string, std::string> d;
+  for (const auto& e : fs::directory_iterator(pack)) {
+    if (!e.is_regular_file()) continue;
+    const std::string name = e.path().filename().string();
+    if (name == ".duquant-lock") continue;  // the folder's lock, not a pack file (empty)
+    const std::string bytes = test::read_text(e.path());
+    if (name == "manifest.json") {
+      json m = json::parse(bytes);
+      m.erase("tool");
+      d[name] = xxh128_hex(m.dump());
+    } else {
+      d[name] = xxh128_hex(bytes);
+    }
+  }
+  return d;
+}
+
+TEST(PackGoldenBytes, FixturePacksMatchTheRecordedBytes) {
+  const fs::path dir = test::temp_dir();
+  const fs::path dump = dir / "dump.safetensors";
+  write_expert_dump(dump);
+  json recorded = json::object();
+  const bool update = std::getenv("DUQUANT_UPDATE_GOLDEN") != nullptr;
+  if (!update) {
+    ASSERT_TRUE(fs::exists(golden_file())) << golden_file();
+    recorded = json::parse(test::read_text(golden_file()));
+  }
+  json now = json::object();
+  for (const GoldenRun& run : runs()) {
+    SCOPED_TRACE(run.name);
+    std::vector<std::string> args{"pack", test::tiny_checkpoint().string(), "-o", (dir / run.name).string(), "--threads", "2"};
+    args.insert(args.end(), run.flags.begin(), run.flags.end());
+    if (run.calib) {
+      args.push_back("--calib");
+      args.push_back(dump.string());
+    }
+    const test::CliResult r = test::run_cli(args);
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    const auto d = digests_of(dir / run.name);
+    now[run.name] = d;
+    if (update) continue;
+    ASSERT_TRUE(recorded.contains(run.name)) << "no recorded digests for " << run.name;
+    const auto want = recorded.at(run.name).get<std::map<std::string, std::string>>();
+    EXPECT_EQ(d.size(), want.size());
+    for (const auto& [file, digest] : want) {
+      const auto it = d.find(file);
+      ASSERT_TRUE(it != d.end()) << file << " is missing";
+      EXPECT_EQ(it->second, digest) << file << " changed";
+    }
+  }
+  if (update) {
+    fs::create_directories(golden_file().parent_path());
+    std::ofstream(golden_file()) << now.dump(1) << "\n";
+    GTEST_SKIP() << "recorded " << golden_file();
+  }
+}
+
+}  // namespace
+}  // namespace duquant
