@@ -3,6 +3,7 @@
 // once loaded, which listing, verifying or inspecting never pays. This is its one entry point.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -10,7 +11,13 @@
 
 namespace duquant::kernels {
 
+// Changed whenever CudaModule or what its functions take and return changes: a module built for
+// another layout is refused on load (named, with both versions) instead of being called.
+inline constexpr std::uint32_t kCudaModuleAbiVersion = 1;
+
 struct CudaModule {
+  std::uint32_t abi_version = kCudaModuleAbiVersion;
+  std::uint32_t struct_size = sizeof(CudaModule);
   int (*device_count)(std::string& why);
   std::string (*compiled_architectures)();
   std::unique_ptr<LayerEngine> (*make_engine)(int device);

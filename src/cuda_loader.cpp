@@ -41,7 +41,15 @@ const kernels::CudaModule* cuda_module(std::string& why) {
         failure = fmt::format("{} has no duquant_cuda_module entry point", path);
         continue;
       }
-      module = entry();
+      const kernels::CudaModule* found = entry();
+      if (found == nullptr || found->abi_version != kernels::kCudaModuleAbiVersion ||
+          found->struct_size != sizeof(kernels::CudaModule)) {
+        failure = fmt::format("{} was built for another duquant (module interface {}, {} bytes; this duquant needs {}, "
+                              "{} bytes): rebuild it with this version", path, found ? found->abi_version : 0u,
+                              found ? found->struct_size : 0u, kernels::kCudaModuleAbiVersion, sizeof(kernels::CudaModule));
+        continue;
+      }
+      module = found;
       return;
     }
     if (failure.empty()) failure = fmt::format("the CUDA backend {} was not found", DUQUANT_CUDA_MODULE_NAME);
