@@ -3,6 +3,8 @@
 #include <nlohmann/json.hpp>
 
 #include <cstring>
+#include <string_view>
+#include <unordered_set>
 
 #include "duquant/error.hpp"
 #include "formats/strict_json.hpp"
@@ -26,10 +28,13 @@ std::string safetensors_header_bytes(const std::vector<TensorSpec>& tensors,
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
+  std::unordered_set<std::string_view> names;  // a hash set: header.contains() scans (O(n^2) over a dump's tensors)
+  names.reserve(tensors.size());
   for (const TensorSpec& t : tensors) {
-    DQ_CHECK(!header.contains(t.name) && t.name != "__metadata__", usage, "tensor '{}' written twice", t.name);
+    DQ_CHECK(names.insert(t.name).second && t.name != "__metadata__", usage, "tensor '{}' written twice", t.name);
     const std::uint64_t n = t.nbytes();
-    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
+    append_new_key(header, t.name,
+                   {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}});
     offset += n;
   }
   std::string json = dump_json(header);
