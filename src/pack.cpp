@@ -543,6 +543,9 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
 
   std::uint64_t bytes_done = 0;
   std::size_t newly_packed = 0;
+  // Each layer's npz, .part and record are committed without fsync: --resume trusts them only by
+  // the digests in the record, and every npz is synced below before anything refers to it.
+  std::optional<formats::DeferredSync> deferred_sync(std::in_place);
   for (std::size_t i = 0; i < count; ++i) {
     const SelectedLayer& sel = selection.layers[i];
     const LinearLayer& layer = *sel.layer;
@@ -598,6 +601,14 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     }
   }
 
+  deferred_sync.reset();
+  {  // every npz, reused or new, durable (with the folder's names) before the shards and the manifest
+    std::vector<fs::path> npz_files;
+    npz_files.reserve(count);
+    for (const SelectedLayer& s : selection.layers) npz_files.push_back(o.output / pack_file_name(s.layer->name));
+    formats::sync_files(npz_files, o.output);
+  }
+
   // Every layer was read from the checkpoint as it was when opened, or the pack is not published.
   ckpt.check_unchanged("packing the layers");
 
@@ -624,7 +635,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     for (std::size_t i : shard.layers) {
       const auto t = layer_tensor_specs(*selection.layers[i].layer, selection.layers[i].wbits, q,
                                         records[i].calibration.steps > 0, records[i].smoothed);
-      for (const auto& spec : t) weight_map[spec.name] = shard.name;
+      for (const auto& spec : t) formats::append_new_key(weight_map, spec.name, shard.name);  // distinct names: O(1)
       specs.insert(specs.end(), t.begin(), t.end());
       layer_shard[i] = shard.name;
     }
