@@ -320,6 +320,59 @@ TEST(SafetensorsHeader, ZeroSizeTensorsMayShareAnOffset) {
   EXPECT_EQ(h.tensors[3].name, "z2");
 }
 
+// The reader takes a header of plain entries in one SAX pass and anything else (an unknown field, a
+// key twice, a wrong type) through the DOM: both give the same entries, and the same messages.
+TEST(SafetensorsHeader, FastPathAndDomPathAgree) {
+  const auto parse = [](const std::string& json, const std::string& data) {
+    const std::string file = le_u64(json.size()) + json + data;
+    return duquant::formats::parse_safetensors_header(std::as_bytes(std::span(file.data(), file.size())), "buf");
+  };
+  const std::string plain =
+      R"({"b.w":{"dtype":"F32","shape":[1,2],"data_offsets":[4,12]},"__metadata__":{"format":"pt","k":"v"},)"
+      R"("a.w":{"shape":[2],"dtype":"BF16","data_offsets":[0,4]},"s":{"dtype":"I8","shape":[],"data_offsets":[12,13]}})";
+  std::string dom = plain;  // one unknown field sends it to the DOM
+  dom.insert(dom.find(R"("data_offsets":[12,13])"), R"("extra":[1],)");
+  const auto fast = parse(plain, std::string(13, 'x'));
+  const auto slow = parse(dom, std::string(13, 'x'));
+  ASSERT_EQ(fast.tensors.size(), 3u);
+  ASSERT_EQ(slow.tensors.size(), 3u);
+  for (std::size_t k = 0; k < 3; ++k) {
+    EXPECT_EQ(fast.tensors[k].name, slow.tensors[k].name);
+    EXPECT_EQ(fast.tensors[k].dtype, slow.tensors[k].dtype);
+    EXPECT_EQ(fast.tensors[k].shape, slow.tensors[k].shape);
+    EXPECT_EQ(fast.tensors[k].numel, slow.tensors[k].numel);
+    EXPECT_EQ(fast.tensors[k].begin, slow.tensors[k].begin);
+    EXPECT_EQ(fast.tensors[k].end, slow.tensors[k].end);
+  }
+  EXPECT_EQ(fast.tensors[0].name, "a.w");
+  EXPECT_EQ(fast.tensors[2].numel, 1u);
+  EXPECT_EQ(fast.metadata, slow.metadata);
+  EXPECT_EQ(fast.metadata.at("format"), "pt");
+  // What the fast path gives up on is refused with the DOM path's message.
+  const auto message = [&](const std::string& json, const std::string& data) {
+    try {
+      parse(json, data);
+    } catch (const duquant::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  const std::string entry = R"("dtype":"F32","shape":[1],"data_offsets":[0,4])";
+  EXPECT_NE(message("{\"t\":{" + entry + "},\"t\":{" + entry + "}}", "abcd").find("duplicate key 't'"), std::string::npos);
+  EXPECT_NE(message(R"({"t":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "abcd").find("duplicate key 'dtype' in 't'"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", "abcd").find("non-negative integers"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"t":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})", "abcd").find("unknown dtype 'F33'"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", "abcd").find("needs 8 bytes"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"__metadata__":{"a":"1","a":"2"}})", "").find("duplicate key 'a'"), std::string::npos);
+  EXPECT_NE(message(R"({"__metadata__":{"a":1}})", "").find("must be a string"), std::string::npos);
+  EXPECT_NE(message(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}} x)", "abcd").find("not valid JSON"),
+            std::string::npos);
+}
+
 // --- Sharded checkpoints and folders --------------------------------------------------------------
 
 void write_checkpoint(const fs::path& path, const std::vector<Sample>& tensors) {
