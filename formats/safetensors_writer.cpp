@@ -30,6 +30,7 @@ std::string safetensors_header_bytes(const std::vector<TensorSpec>& tensors,
   std::uint64_t offset = 0;
   std::unordered_set<std::string_view> names;  // a hash set: header.contains() scans (O(n^2) over a dump's tensors)
   names.reserve(tensors.size());
+  header.get_ref<nlohmann::ordered_json::object_t&>().reserve(tensors.size() + 1);  // no copies as it grows
   for (const TensorSpec& t : tensors) {
     DQ_CHECK(names.insert(t.name).second && t.name != "__metadata__", usage, "tensor '{}' written twice", t.name);
     const std::uint64_t n = t.nbytes();

@@ -38,6 +38,10 @@ Xxh128::Xxh128() : state_(new State) {
   DQ_CHECK(state_->s != nullptr, internal, "out of memory for a hash state");
   XXH3_128bits_reset(state_->s);
 }
+Xxh128::Xxh128(const Xxh128& other) : state_(new State) {
+  DQ_CHECK(state_->s != nullptr, internal, "out of memory for a hash state");
+  XXH3_copyState(state_->s, other.state_->s);
+}
 Xxh128::~Xxh128() = default;
 void Xxh128::update(std::span<const std::byte> data) { XXH3_128bits_update(state_->s, data.data(), data.size()); }
 std::string Xxh128::hex() const { return duquant::hex(XXH3_128bits_digest(state_->s)); }

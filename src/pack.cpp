@@ -500,11 +500,21 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
       bias_digests[i] = layer.bias ? xxh128_hex(ckpt.bytes(*layer.bias)) : "none";
     }
   };
-  // The layer's identity: tool, configuration, weights and every calibration value it uses.
+  // The layer's identity: tool, configuration, weights and every calibration value it uses. The
+  // configuration's text grows with the model (a --config may give every layer its bits): it is
+  // hashed once and the state copied per layer (the same digest as hashing the whole text each time).
+  Xxh128 fingerprint_prefix;
+  {
+    const std::string prefix = fmt::format("{}\n{}\n", DUQUANT_VERSION, config_text);
+    fingerprint_prefix.update(std::as_bytes(std::span(prefix.data(), prefix.size())));
+  }
   auto fingerprint_with = [&](std::size_t i, const std::string& calib_digest) {
     const SelectedLayer& sel = selection.layers[i];
-    return xxh128_hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}\n{}", DUQUANT_VERSION, config_text, sel.layer->name, sel.wbits,
-                                  weight_digests[i], bias_digests[i], calib_digest));
+    Xxh128 h(fingerprint_prefix);
+    const std::string rest = fmt::format("{}\n{}\n{}\n{}\n{}", sel.layer->name, sel.wbits, weight_digests[i],
+                                         bias_digests[i], calib_digest);
+    h.update(std::as_bytes(std::span(rest.data(), rest.size())));
+    return h.hex();
   };
   auto release = [&](std::size_t i) {  // bounded resident memory while streaming through the checkpoint
     const LinearLayer& layer = *selection.layers[i].layer;
