@@ -46,6 +46,13 @@ std::string safetensors_header_bytes(const std::vector<TensorSpec>& tensors,
   return out + json;
 }
 
+std::uint64_t header_entry_bound(const TensorSpec& t) {
+  // "NAME":{"dtype":"DT","shape":[D,...],"data_offsets":[B,E]}, with a comma: 21 digits per number.
+  const std::uint64_t name = dump_json(nlohmann::json(t.name)).size();  // quoted and escaped as written
+  return name + 1 + std::string_view(R"({"dtype":"","shape":[],"data_offsets":[]},)").size() +
+         dtype_name(t.dtype).size() + 21 * (t.shape.size() + 2);
+}
+
 SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<TensorSpec> tensors,
                                      const std::map<std::string, std::string>& metadata)
     : file_(std::move(path)) {

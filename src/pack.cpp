@@ -624,14 +624,22 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
 
   // quantized.safetensors: layers are never split across shards.
   std::vector<Shard> shards(1);
-  std::uint64_t shard_bytes = 0;
+  std::uint64_t shard_bytes = 0, shard_header = 0;
   for (std::size_t i = 0; i < records.size(); ++i) {
-    if (!shards.back().layers.empty() && shard_bytes + records[i].part_bytes > o.max_shard_bytes) {
+    // Nor a header over the readers' limit (about 600,000 tensors of a 100,000-layer pack).
+    std::uint64_t header = 0;
+    for (const auto& spec : layer_tensor_specs(*selection.layers[i].layer, selection.layers[i].wbits, q,
+                                               records[i].calibration.steps > 0, records[i].smoothed))
+      header += formats::header_entry_bound(spec);
+    if (!shards.back().layers.empty() && (shard_bytes + records[i].part_bytes > o.max_shard_bytes ||
+                                          shard_header + header > formats::kMaxHeaderBytes - 4096)) {
       shards.emplace_back();
       shard_bytes = 0;
+      shard_header = 0;
     }
     shards.back().layers.push_back(i);
     shard_bytes += records[i].part_bytes;
+    shard_header += header;
   }
   const int n = static_cast<int>(shards.size());
   for (int s = 0; s < n; ++s) shards[s].name = n == 1 ? std::string(kQuantizedName) : quantized_shard_name(s + 1, n);

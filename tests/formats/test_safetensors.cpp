@@ -236,6 +236,26 @@ TEST(SafetensorsWriter, EmptyCheckpointIsAnEmptyObject) {
   EXPECT_TRUE(ckpt.files()[0].metadata.empty());
 }
 
+// A pack splits its tensors over shards so that every header stays under the readers' limit, by
+// these bounds: never below what an entry really takes.
+TEST(SafetensorsWriter, HeaderEntryBoundIsNeverBelowTheEntry) {
+  std::vector<TensorSpec> specs = {
+      {"a", DType::U8, {1}},
+      {"layer.with.\"quotes\"\x01\xff.qweight", DType::BF16, {3, 5}},
+      {std::string(300, 'n'), DType::I64, {}},
+      {"big", DType::F32, {4000000000ull, 1000, 1}},  // offsets of many digits follow it
+      {"after", DType::F64, {2, 2, 2}},
+  };
+  std::uint64_t bound = 0;
+  for (const TensorSpec& t : specs) bound += duquant::formats::header_entry_bound(t);
+  const std::string header = duquant::formats::safetensors_header_bytes(specs, {});
+  EXPECT_LE(header.size() - 8, 2 + bound + 7);  // "{}" and the padding
+  for (const TensorSpec& t : specs) {
+    const std::string one = duquant::formats::safetensors_header_bytes({t}, {});
+    EXPECT_LE(one.size() - 8, 2 + duquant::formats::header_entry_bound(t) + 7) << t.name;
+  }
+}
+
 TEST(SafetensorsWriter, MisuseIsRejected) {
   const fs::path dir = temp_dir();
   const std::vector<TensorSpec> one{{"a", DType::F32, {2}}};
