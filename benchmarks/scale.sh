@@ -4,8 +4,11 @@
 #
 # benchmarks/scale.sh [BUILD_DIR] [WORK_DIR]
 #   SIZES="1000 10000 50000 100000 200000"  linear layers for list-linears (text, --json) and inspect
-#   PACK_SIZES (default: SIZES; "" for none) linear layers for pack, verify and pack --calib (about 40 ms of
-#     engine time per tiny layer: 200k layers take hours)
+#   PACK_SIZES (default: SIZES; "" for none) linear layers for pack, verify and pack --calib (about
+#     0.4-1 ms per tiny layer on tmpfs, a few ms on a disk: 200k layers take minutes)
+# WORK_DIR on tmpfs (/dev/shm/...) leaves out the disk and the file system's inode allocator (on
+# ext4 without a journal each new file skips the inodes freed in the last minutes: a cost of the
+# machine, per file, which the earlier sizes' deleted packs raise); on a disk they are included.
 #
 # benchmarks/scale_gen.py writes per size a sharded checkpoint of tiny F32 linears [4, 16] with an
 # index naming every tensor, a --config with one "wbits" entry per layer and a dump with one call

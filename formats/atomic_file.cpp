@@ -77,6 +77,22 @@ long temp_stop_target() {
 }
 std::atomic<long> g_temps_created{0};
 
+thread_local int t_deferred_sync = 0;  // DeferredSync objects alive on this thread
+
+// fsync of the folder that holds `target`'s name; a folder that cannot be opened is not an error.
+void sync_folder_of(const fs::path& folder, const fs::path& target) {
+  const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir >= 0) {  // make the rename itself durable
+    const int rc = checked_fsync(dir);
+    const int err = errno;
+    ::close(dir);
+    // The file is complete under its name, but whether the name survives a power loss is unknown.
+    if (rc != 0)
+      fail_file(ErrorKind::io, "{}: fsync of the folder after publishing the file failed: {}", target.string(),
+           std::strerror(err));
+  }
+}
+
 void release_temp(int& slot) noexcept {
   if (slot >= 0) g_temp_slots[slot].state.store(0);
   slot = -1;
@@ -149,9 +165,25 @@ void AtomicFile::write(std::span<const std::byte> data) {
 
 void AtomicFile::write(std::string_view text) { write(std::as_bytes(std::span(text.data(), text.size()))); }
 
+DeferredSync::DeferredSync() noexcept { ++t_deferred_sync; }
+DeferredSync::~DeferredSync() { --t_deferred_sync; }
+
+void sync_files(const std::vector<fs::path>& files, const fs::path& folder) {
+  for (const fs::path& file : files) {
+    const int fd = ::open(file.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) fail_file(ErrorKind::io, "{}: cannot open to sync it: {}", file.string(), std::strerror(errno));
+    const int rc = checked_fsync(fd);
+    const int err = errno;
+    ::close(fd);
+    if (rc != 0) fail_file(ErrorKind::io, "{}: fsync failed: {}", file.string(), std::strerror(err));
+  }
+  if (!files.empty()) sync_folder_of(folder, files.back());
+}
+
 void AtomicFile::commit() {
   DQ_CHECK(!committed_, internal, "{}: committed twice", target_.string());
-  if (checked_fsync(fd_) != 0)
+  const bool deferred = t_deferred_sync > 0;  // the owner syncs it later (sync_files)
+  if (!deferred && checked_fsync(fd_) != 0)
     fail_file(ErrorKind::io, "{}: fsync failed after {} bytes: {}", target_.string(), written_, std::strerror(errno));
   if (::close(fd_) != 0) {
     fd_ = -1;
@@ -164,17 +196,7 @@ void AtomicFile::commit() {
     fail_file(ErrorKind::io, "{}: cannot rename the finished file into place: {}", target_.string(), std::strerror(errno));
   committed_ = true;
   release_temp(slot_);
-  const fs::path folder = target_.has_parent_path() ? target_.parent_path() : fs::path(".");
-  const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {  // make the rename itself durable; a folder that cannot be opened is not an error
-    const int rc = checked_fsync(dir);
-    const int err = errno;
-    ::close(dir);
-    // The file is complete under its name, but whether the name survives a power loss is unknown.
-    if (rc != 0)
-      fail_file(ErrorKind::io, "{}: fsync of the folder after publishing the file failed: {}", target_.string(),
-           std::strerror(err));
-  }
+  if (!deferred) sync_folder_of(target_.has_parent_path() ? target_.parent_path() : fs::path("."), target_);
 }
 
 }  // namespace duquant::formats

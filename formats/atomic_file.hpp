@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <span>
 #include <string_view>
+#include <vector>
 
 namespace duquant::formats {
 
@@ -35,6 +36,26 @@ class AtomicFile {
   int slot_ = -1;  // in the registry of temporary files (below)
   bool committed_ = false;
 };
+
+// Deferred durability, for many small files whose contents are checked before they are trusted (a
+// pack's per-layer npz, .part and record: --resume trusts a layer only when its record parses and
+// the digests it holds match the npz and the .part, and the manifest that publishes the npz files is
+// written only after sync_files() of every one of them). While a DeferredSync lives on a thread,
+// commit() on that thread writes, closes and renames as always (every reader finds the file complete
+// under its name) but leaves the fsync of the file and of its folder to sync_files(): after a power
+// loss such a file may be missing, empty or partial, never trusted. Six fsyncs per tiny layer
+// became one per npz at the end (docs/benchmarks.md, "Cost against the number of linear layers").
+class DeferredSync {
+ public:
+  DeferredSync() noexcept;
+  ~DeferredSync();
+  DeferredSync(const DeferredSync&) = delete;
+  DeferredSync& operator=(const DeferredSync&) = delete;
+};
+
+// Makes files committed under a DeferredSync durable: fsync(2) of each (through the fault seam; an
+// io error names the file), then of `folder`, which holds their names. Linear in the files.
+void sync_files(const std::vector<std::filesystem::path>& files, const std::filesystem::path& folder);
 
 // Every AtomicFile's temporary name is recorded in a fixed table from before it is created until it
 // is renamed or removed, so that an interruption (SIGINT, SIGTERM) can remove them. Called from a

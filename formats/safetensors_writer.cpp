@@ -3,6 +3,8 @@
 #include <nlohmann/json.hpp>
 
 #include <cstring>
+#include <string_view>
+#include <unordered_set>
 
 #include "duquant/error.hpp"
 #include "formats/strict_json.hpp"
@@ -26,10 +28,14 @@ std::string safetensors_header_bytes(const std::vector<TensorSpec>& tensors,
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::uint64_t offset = 0;
+  std::unordered_set<std::string_view> names;  // a hash set: header.contains() scans (O(n^2) over a dump's tensors)
+  names.reserve(tensors.size());
+  header.get_ref<nlohmann::ordered_json::object_t&>().reserve(tensors.size() + 1);  // no copies as it grows
   for (const TensorSpec& t : tensors) {
-    DQ_CHECK(!header.contains(t.name) && t.name != "__metadata__", usage, "tensor '{}' written twice", t.name);
+    DQ_CHECK(names.insert(t.name).second && t.name != "__metadata__", usage, "tensor '{}' written twice", t.name);
     const std::uint64_t n = t.nbytes();
-    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
+    append_new_key(header, t.name,
+                   {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}});
     offset += n;
   }
   std::string json = dump_json(header);
@@ -38,6 +44,13 @@ std::string safetensors_header_bytes(const std::vector<TensorSpec>& tensors,
   const std::uint64_t n = json.size();
   std::memcpy(out.data(), &n, 8);
   return out + json;
+}
+
+std::uint64_t header_entry_bound(const TensorSpec& t) {
+  // "NAME":{"dtype":"DT","shape":[D,...],"data_offsets":[B,E]}, with a comma: 21 digits per number.
+  const std::uint64_t name = dump_json(nlohmann::json(t.name)).size();  // quoted and escaped as written
+  return name + 1 + std::string_view(R"({"dtype":"","shape":[],"data_offsets":[]},)").size() +
+         dtype_name(t.dtype).size() + 21 * (t.shape.size() + 2);
 }
 
 SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<TensorSpec> tensors,

@@ -12,6 +12,7 @@
 
 #include "formats/atomic_file.hpp"
 #include "formats/dtype.hpp"
+#include "formats/safetensors_header.hpp"  // kMaxHeaderBytes
 
 namespace duquant::formats {
 
@@ -26,6 +27,11 @@ struct TensorSpec {
 // stored back to back in the given order.
 std::string safetensors_header_bytes(const std::vector<TensorSpec>& tensors,
                                      const std::map<std::string, std::string>& metadata);
+
+// At least the bytes `tensor`'s entry adds to a header's JSON (its name as written, dtype, shape,
+// data offsets of up to 20 digits, punctuation): a writer that splits tensors over files keeps each
+// header under kMaxHeaderBytes, which readers (duquant's, the reference's) refuse above.
+std::uint64_t header_entry_bound(const TensorSpec& tensor);
 
 class SafetensorsWriter {
  public:

@@ -177,6 +177,44 @@ std::string json_safe_text(std::string_view text) {
   return nlohmann::json::parse(dumped).get<std::string>();
 }
 
+void append_new_key(nlohmann::ordered_json& object, std::string key, nlohmann::ordered_json value) {
+  if (object.is_null()) object = nlohmann::ordered_json::object();
+  // ordered_map is a std::vector of pairs: its emplace_back, not ordered_map::emplace (which scans).
+  object.get_ref<nlohmann::ordered_json::object_t&>().emplace_back(std::move(key), std::move(value));
+}
+
+nlohmann::ordered_json to_ordered_json(const nlohmann::json& value) {
+  switch (value.type()) {
+    case nlohmann::json::value_t::object: {
+      nlohmann::ordered_json out = nlohmann::ordered_json::object();
+      auto& object = out.get_ref<nlohmann::ordered_json::object_t&>();
+      object.reserve(value.size());
+      for (const auto& [k, v] : value.items()) object.emplace_back(k, to_ordered_json(v));
+      return out;
+    }
+    case nlohmann::json::value_t::array: {
+      nlohmann::ordered_json out = nlohmann::ordered_json::array();
+      auto& array = out.get_ref<nlohmann::ordered_json::array_t&>();
+      array.reserve(value.size());
+      for (const auto& v : value) array.push_back(to_ordered_json(v));
+      return out;
+    }
+    case nlohmann::json::value_t::string: return value.get_ref<const std::string&>();
+    case nlohmann::json::value_t::boolean: return value.get<bool>();
+    case nlohmann::json::value_t::number_integer: return value.get<nlohmann::json::number_integer_t>();
+    case nlohmann::json::value_t::number_unsigned: return value.get<nlohmann::json::number_unsigned_t>();
+    case nlohmann::json::value_t::number_float: return value.get<nlohmann::json::number_float_t>();
+    case nlohmann::json::value_t::binary: {  // never in JSON text
+      nlohmann::ordered_json b = nlohmann::ordered_json::binary({});
+      b.get_binary() = value.get_binary();
+      return b;
+    }
+    case nlohmann::json::value_t::null:
+    case nlohmann::json::value_t::discarded: break;
+  }
+  return nullptr;
+}
+
 std::optional<std::size_t> invalid_utf8_offset(std::string_view s) {
   for (std::size_t i = 0; i < s.size();) {
     const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <map>
 #include <set>
+#include <string_view>
+#include <unordered_map>
 
 #include "duquant/error.hpp"
 #include "duquant/pack_layer.hpp"
@@ -89,6 +91,14 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
 
   // Groups: layers reading the same input share its calls and, with smoothing, one s.
   plan.groups = smoothing_groups(ckpt, linears, selection.layers);
+  // Hash maps, not a scan of the selection per group (a group per layer: O(n^2) at 20,000 layers).
+  std::unordered_map<std::string_view, std::size_t> selected_at;  // name -> position in the selection
+  selected_at.reserve(selection.layers.size());
+  for (std::size_t k = 0; k < selection.layers.size(); ++k) selected_at.try_emplace(selection.layers[k].layer->name, k);
+  std::unordered_map<std::string_view, const LinearLayer*> linear_named;  // the last of a name, as a scan finds it
+  linear_named.reserve(linears.size());
+  for (const LinearLayer& l : linears) linear_named[l.name] = &l;
+  std::vector<std::size_t> members;
   for (std::size_t gi = 0; gi < plan.groups.size(); ++gi) {
     const SmoothGroup& g = plan.groups[gi];
     std::string source;
@@ -97,8 +107,14 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
         source = key;
         break;
       }
-    for (const SelectedLayer& s : selection.layers) {
-      if (std::find(g.layers.begin(), g.layers.end(), s.layer->name) == g.layers.end()) continue;
+    // The selected members, in selection order (the order of the checks and of their messages).
+    members.clear();
+    for (const std::string& m : g.layers)
+      if (const auto at = selected_at.find(m); at != selected_at.end()) members.push_back(at->second);
+    std::sort(members.begin(), members.end());
+    members.erase(std::unique(members.begin(), members.end()), members.end());
+    for (const std::size_t k : members) {
+      const SelectedLayer& s = selection.layers[k];
       plan.group_of[s.layer->name] = gi;
       if (!plan.source_of.count(s.layer->name) && !source.empty()) {
         // A member missing from the dump reads the same input as `source`; its widths were
@@ -140,9 +156,8 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
         break;
       }
     if (source.empty()) continue;  // its layers are in `missing`
-    const LinearLayer* first = nullptr;
-    for (const LinearLayer& l : linears)
-      if (l.name == g.layers.front()) first = &l;
+    const auto first_it = linear_named.find(g.layers.front());
+    const LinearLayer* first = first_it == linear_named.end() ? nullptr : first_it->second;
     DQ_CHECK(first != nullptr, internal, "smoothing group '{}': layer '{}' not found", g.key, g.layers.front());
     const auto n = static_cast<std::size_t>(first->in_features);
     // max |X_j| over the calibration calls of the group's input.
@@ -157,9 +172,8 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
     // max |W_j| over the stacked weights of every member.
     std::vector<float> w_absmax(n, 0.0f);
     for (const std::string& m : g.layers) {
-      const LinearLayer* l = nullptr;
-      for (const LinearLayer& c : linears)
-        if (c.name == m) l = &c;
+      const auto l_it = linear_named.find(m);
+      const LinearLayer* l = l_it == linear_named.end() ? nullptr : l_it->second;
       DQ_CHECK(l != nullptr && l->in_features == first->in_features, internal, "smoothing group '{}': member '{}'", g.key, m);
       const std::vector<float> w = load_weight(ckpt, *l);
       for (std::size_t e = 0; e < w.size(); ++e) w_absmax[e % n] = std::max(w_absmax[e % n], std::fabs(w[e]));

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <string_view>
+#include <unordered_map>
 
 #include "duquant/presets.hpp"
 
@@ -103,8 +105,20 @@ nlohmann::ordered_json config_json(const RunConfig& config) {
   j["layers"] = s.layers;
   j["include_action_head"] = s.include_action_head;
   j["wbits_default"] = q.wbits_default;
-  j["wbits"] = nlohmann::ordered_json::object();
-  for (const auto& [name, bits] : s.wbits) j["wbits"][name] = bits;
+  {  // one entry per name, where it first appears, with its last bits (as `wbits[name] = bits` would
+     // give), in O(1) per name: --wbits may name every layer of the model
+    nlohmann::ordered_json wbits = nlohmann::ordered_json::object();
+    std::unordered_map<std::string_view, std::size_t> index;
+    auto& entries = wbits.get_ref<nlohmann::ordered_json::object_t&>();
+    for (const auto& [name, bits] : s.wbits) {
+      const auto [it, fresh] = index.try_emplace(name, entries.size());
+      if (fresh)
+        entries.emplace_back(name, bits);
+      else
+        (entries.begin() + static_cast<std::ptrdiff_t>(it->second))->second = bits;
+    }
+    j["wbits"] = std::move(wbits);
+  }
   j["wbits_rules"] = nlohmann::ordered_json::array();
   for (const auto& [pattern, bits] : s.wbits_rules) j["wbits_rules"].push_back({{"pattern", pattern}, {"bits", bits}});
   j["abits"] = q.abits;

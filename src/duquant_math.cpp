@@ -71,10 +71,21 @@ namespace {
 
 using MatrixRowD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+// Below about this many multiply-adds a parallel region costs more than it saves: waking the team
+// and, worse, its threads spinning after it while the pack's other threads want the cores (tiny
+// layers on a loaded 2-core machine: 30-40 ms per layer, nearly all in libgomp's spin). Every
+// region below gives the same result on one thread as on many, so the `if` changes no output.
+constexpr std::int64_t kParallelWork = std::int64_t{1} << 18;
+
+// `blocks` eigen solves of width up to `width` (each about width^3).
+bool worth_parallel_blocks(std::int64_t blocks, std::int64_t width) {
+  return blocks > 1 && blocks * width * width * width >= kParallelWork;
+}
+
 // W[:, perm] in one pass over the rows (each row gathered while it is in cache).
 MatrixF permute_columns(const WeightView& w, const std::vector<std::int64_t>& perm) {
   MatrixF out(w.rows, w.cols);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (w.rows * w.cols >= kParallelWork)
   for (std::int64_t r = 0; r < w.rows; ++r) {
     const float* src = w.data + r * w.cols;
     float* dst = out.data() + r * w.cols;
@@ -103,7 +114,7 @@ LayerTransform compute_transform(const WeightView& w, const QuantConfig& q, Matr
     // segment by row segment instead of column by column. Every Gram sums the same tiles in the
     // same order whichever thread computes it, so the result does not depend on the thread count.
     std::vector<Eigen::MatrixXd> grams(static_cast<std::size_t>(nb));
-#pragma omp parallel
+#pragma omp parallel if (nb > 1 && w.rows * w.cols * q.block >= kParallelWork)
     {
       const int threads = omp_get_num_threads(), me = omp_get_thread_num();
       const std::int64_t b0 = nb * me / threads, b1 = nb * (me + 1) / threads;
@@ -126,14 +137,14 @@ LayerTransform compute_transform(const WeightView& w, const QuantConfig& q, Matr
         }
       }
     }
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (worth_parallel_blocks(nb, q.block))
     for (std::int64_t b = 0; b < nb; ++b) t.r_in[b] = eigen_rotation(grams[b]);
     if (permuted_out != nullptr) *permuted_out = std::move(permuted);
   }
   if (q.row_rot != RowRot::off) {
     const std::int64_t nbo = block_count(w.rows, q.block_out);
     t.r_out.resize(static_cast<std::size_t>(nbo));
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (nbo > 1 && nbo * q.block_out * q.block_out * (w.cols + q.block_out) >= kParallelWork)
     for (std::int64_t b = 0; b < nbo; ++b) {
       const std::int64_t s = block_width(w.rows, q.block_out, b);
       const Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> rows(
@@ -150,7 +161,7 @@ void rotate_column_blocks(MatrixF& permuted, const LayerTransform& t, std::int64
   const std::int64_t rows = permuted.rows(), cols = permuted.cols();
   // As for the Gram matrices: each thread a contiguous range of blocks, rows in tiles kept in
   // cache; every output row of a block is the same product whichever thread computes it.
-#pragma omp parallel
+#pragma omp parallel if (nb > 1 && rows * cols * block >= kParallelWork)
   {
     const int threads = omp_get_num_threads(), me = omp_get_thread_num();
     const std::int64_t b0 = nb * me / threads, b1 = nb * (me + 1) / threads;
@@ -176,7 +187,7 @@ MatrixF apply_input_transform(const WeightView& w, const LayerTransform& t, std:
 
 void apply_output_rotation(MatrixF& w_t, const LayerTransform& t, std::int64_t block_out) {
   const std::int64_t nbo = static_cast<std::int64_t>(t.r_out.size());
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (nbo > 1 && w_t.rows() * w_t.cols() * block_out >= kParallelWork)
   for (std::int64_t b = 0; b < nbo; ++b) {
     const std::int64_t s = block_width(w_t.rows(), block_out, b);
     const MatrixF rows = w_t.middleRows(b * block_out, s);
@@ -231,7 +242,7 @@ QuantizedRows quantize_rows(const MatrixF& w_t, int bits) {
   out.codes.resize(static_cast<std::size_t>(rows * cols));
   std::vector<double> row_error(static_cast<std::size_t>(rows));
   const float hi = static_cast<float>(elementwise::qmax(bits)), lo = -hi - 1.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * cols * elementwise::kScaleCandidates >= kParallelWork)
   for (Eigen::Index r = 0; r < rows; ++r) {
     const float* w = w_t.data() + r * cols;
     const float base = elementwise::base_scale(row_max_abs(w, cols), bits);
@@ -254,7 +265,7 @@ QuantizedRows quantize_rows(const MatrixF& w_t, int bits) {
 
 double rtn_squared_error(const WeightView& w, int bits) {
   std::vector<double> row_error(static_cast<std::size_t>(w.rows));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (w.rows * w.cols >= kParallelWork)
   for (std::int64_t r = 0; r < w.rows; ++r) {
     const float* row = w.data + r * w.cols;
     const float s = elementwise::base_scale(row_max_abs(row, w.cols), bits);
@@ -295,7 +306,7 @@ void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int6
   const std::int64_t cols = w_in.cols();
   const std::int64_t stride = elementwise::sign_search_stride(cols);
   const std::int64_t picked = elementwise::sign_search_picked(cols);
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (nbo > 1 && nbo * block_out * block_out * cols >= kParallelWork)
   for (std::int64_t b = 0; b < nbo; ++b) {
     MatrixF& u = t.r_out[static_cast<std::size_t>(b)];
     const Eigen::Index s = u.rows();

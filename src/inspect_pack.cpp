@@ -157,7 +157,7 @@ void read_manifest(const fs::path& dir, PackReport& r) {
     r.tool = fmt::format("{} {}", tool.str("name"), tool.str("version"));
   }
   top.object("config");
-  r.config = nlohmann::ordered_json::parse(formats::dump_json(m.at("config")));  // keeps the keys; order as nlohmann sorts
+  r.config = formats::to_ordered_json(m.at("config"));  // keeps the keys; order as nlohmann sorts
   if (top.find("checkpoint")) {
     const Fields ck = top.object("checkpoint");
     if (ck.find("source")) r.checkpoint_source = ck.str("source");

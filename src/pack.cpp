@@ -549,11 +549,21 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
       bias_digests[i] = layer.bias ? xxh128_hex(ckpt.bytes(*layer.bias)) : "none";
     }
   };
-  // The layer's identity: tool, configuration, weights and every calibration value it uses.
+  // The layer's identity: tool, configuration, weights and every calibration value it uses. The
+  // configuration's text grows with the model (a --config may give every layer its bits): it is
+  // hashed once and the state copied per layer (the same digest as hashing the whole text each time).
+  Xxh128 fingerprint_prefix;
+  {
+    const std::string prefix = fmt::format("{}\n{}\n", DUQUANT_VERSION, config_text);
+    fingerprint_prefix.update(std::as_bytes(std::span(prefix.data(), prefix.size())));
+  }
   auto fingerprint_with = [&](std::size_t i, const std::string& calib_digest) {
     const SelectedLayer& sel = selection.layers[i];
-    return xxh128_hex(fmt::format("{}\n{}\n{}\n{}\n{}\n{}\n{}", DUQUANT_VERSION, config_text, sel.layer->name, sel.wbits,
-                                  weight_digests[i], bias_digests[i], calib_digest));
+    Xxh128 h(fingerprint_prefix);
+    const std::string rest = fmt::format("{}\n{}\n{}\n{}\n{}", sel.layer->name, sel.wbits, weight_digests[i],
+                                         bias_digests[i], calib_digest);
+    h.update(std::as_bytes(std::span(rest.data(), rest.size())));
+    return h.hex();
   };
   auto release = [&](std::size_t i) {  // bounded resident memory while streaming through the checkpoint
     const LinearLayer& layer = *selection.layers[i].layer;
@@ -597,6 +607,9 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
 
   std::uint64_t bytes_done = 0;
   std::size_t newly_packed = 0;
+  // Each layer's npz, .part and record are committed without fsync: --resume trusts them only by
+  // the digests in the record, and every npz is synced below before anything refers to it.
+  std::optional<formats::DeferredSync> deferred_sync(std::in_place);
   for (std::size_t i = 0; i < count; ++i) {
     const SelectedLayer& sel = selection.layers[i];
     const LinearLayer& layer = *sel.layer;
@@ -655,19 +668,35 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     }
   }
 
+  deferred_sync.reset();
+  {  // every npz, reused or new, durable (with the folder's names) before the shards and the manifest
+    std::vector<fs::path> npz_files;
+    npz_files.reserve(count);
+    for (const SelectedLayer& s : selection.layers) npz_files.push_back(o.output / pack_file_name(s.layer->name));
+    formats::sync_files(npz_files, o.output);
+  }
+
   // Every layer was read from the checkpoint as it was when opened, or the pack is not published.
   ckpt.check_unchanged("packing the layers");
 
   // quantized.safetensors: layers are never split across shards.
   std::vector<Shard> shards(1);
-  std::uint64_t shard_bytes = 0;
+  std::uint64_t shard_bytes = 0, shard_header = 0;
   for (std::size_t i = 0; i < records.size(); ++i) {
-    if (!shards.back().layers.empty() && shard_bytes + records[i].part_bytes > o.max_shard_bytes) {
+    // Nor a header over the readers' limit (about 600,000 tensors of a 100,000-layer pack).
+    std::uint64_t header = 0;
+    for (const auto& spec : layer_tensor_specs(*selection.layers[i].layer, selection.layers[i].wbits, q,
+                                               records[i].calibration.steps > 0, records[i].smoothed))
+      header += formats::header_entry_bound(spec);
+    if (!shards.back().layers.empty() && (shard_bytes + records[i].part_bytes > o.max_shard_bytes ||
+                                          shard_header + header > formats::kMaxHeaderBytes - 4096)) {
       shards.emplace_back();
       shard_bytes = 0;
+      shard_header = 0;
     }
     shards.back().layers.push_back(i);
     shard_bytes += records[i].part_bytes;
+    shard_header += header;
   }
   const int n = static_cast<int>(shards.size());
   for (int s = 0; s < n; ++s) shards[s].name = n == 1 ? std::string(kQuantizedName) : quantized_shard_name(s + 1, n);
@@ -681,7 +710,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     for (std::size_t i : shard.layers) {
       const auto t = layer_tensor_specs(*selection.layers[i].layer, selection.layers[i].wbits, q,
                                         records[i].calibration.steps > 0, records[i].smoothed);
-      for (const auto& spec : t) weight_map[spec.name] = shard.name;
+      for (const auto& spec : t) formats::append_new_key(weight_map, spec.name, shard.name);  // distinct names: O(1)
       specs.insert(specs.end(), t.begin(), t.end());
       layer_shard[i] = shard.name;
     }

@@ -124,18 +124,6 @@ MatrixF to_original_basis(MatrixF w_t, std::span<const std::int64_t> perm, const
   return w;
 }
 
-// The tensors `<layer>.<name>` of quantized.safetensors (one name part after the layer's), in
-// storage order.
-std::vector<const formats::TensorRef*> layer_tensors(const formats::Checkpoint& q, const std::string& layer) {
-  std::vector<const formats::TensorRef*> out;
-  const std::string prefix = layer + ".";
-  for (const formats::TensorRef& t : q.tensors())
-    if (t.name.size() > prefix.size() && t.name.compare(0, prefix.size(), prefix) == 0 &&
-        t.name.find('.', prefix.size()) == std::string::npos)
-      out.push_back(&t);
-  return out;
-}
-
 }  // namespace
 
 PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
@@ -265,9 +253,37 @@ std::string PackDirectory::layer_name_of(const std::string& npz_file) {
 
 const nlohmann::json* PackDirectory::manifest_layer(const std::string& layer) const {
   if (!manifest_ || !manifest_->contains("layers") || !manifest_->at("layers").is_array()) return nullptr;
-  for (const nlohmann::json& e : manifest_->at("layers"))
-    if (e.is_object() && e.contains("name") && e.at("name").is_string() && e.at("name").get<std::string>() == layer) return &e;
-  return nullptr;
+  const nlohmann::json& layers = manifest_->at("layers");
+  if (!manifest_index_) {  // the first entry of each name, as a scan in order finds it
+    auto& index = manifest_index_.emplace();
+    index.reserve(layers.size());
+    for (std::size_t k = 0; k < layers.size(); ++k) {
+      const nlohmann::json& e = layers[k];
+      if (e.is_object() && e.contains("name") && e.at("name").is_string())
+        index.try_emplace(e.at("name").get<std::string>(), k);
+    }
+  }
+  const auto it = manifest_index_->find(layer);
+  return it == manifest_index_->end() ? nullptr : &layers[it->second];
+}
+
+// The tensors `<layer>.<name>` of quantized.safetensors (one name part after the layer's), in
+// storage order: grouped once by the name before their last '.'.
+std::vector<const formats::TensorRef*> PackDirectory::layer_tensors(const formats::Checkpoint& q,
+                                                                     const std::string& layer) const {
+  const auto& tensors = q.tensors();
+  if (!tensors_by_layer_) {
+    auto& groups = tensors_by_layer_.emplace();
+    for (std::size_t k = 0; k < tensors.size(); ++k) {
+      const std::string& name = tensors[k].name;
+      const std::size_t dot = name.rfind('.');
+      if (dot != std::string::npos && dot + 1 < name.size()) groups[name.substr(0, dot)].push_back(k);
+    }
+  }
+  std::vector<const formats::TensorRef*> out;
+  if (const auto it = tensors_by_layer_->find(layer); it != tensors_by_layer_->end())
+    for (std::size_t k : it->second) out.push_back(&tensors[k]);
+  return out;
 }
 
 const formats::Checkpoint* PackDirectory::quantized() const {

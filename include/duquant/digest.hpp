@@ -21,7 +21,8 @@ class Xxh128 {
  public:
   Xxh128();
   ~Xxh128();
-  Xxh128(const Xxh128&) = delete;
+  // A copy continues from the same state: a common prefix hashed once for many digests.
+  Xxh128(const Xxh128& other);
   Xxh128& operator=(const Xxh128&) = delete;
   void update(std::span<const std::byte> data);
   std::string hex() const;

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "duquant/duquant_math.hpp"
@@ -116,6 +117,11 @@ class PackDirectory {
   std::vector<std::string> npz_files_;
   mutable std::optional<formats::Checkpoint> quantized_;
   mutable bool quantized_probed_ = false;
+  // Indexes built on first use: verify asks per layer, and a scan per question was O(n^2) over a
+  // pack of 100,000 layers. Positions, not pointers, so that a moved PackDirectory stays valid.
+  mutable std::optional<std::unordered_map<std::string, std::size_t>> manifest_index_;  // name -> first entry in "layers"
+  mutable std::optional<std::unordered_map<std::string, std::vector<std::size_t>>> tensors_by_layer_;  // in tensors()
+  std::vector<const formats::TensorRef*> layer_tensors(const formats::Checkpoint& q, const std::string& layer) const;
 };
 
 // The weight the pack reproduces, brought back to the checkpoint's basis ([O, I] row-major):

@@ -236,6 +236,26 @@ TEST(SafetensorsWriter, EmptyCheckpointIsAnEmptyObject) {
   EXPECT_TRUE(ckpt.files()[0].metadata.empty());
 }
 
+// A pack splits its tensors over shards so that every header stays under the readers' limit, by
+// these bounds: never below what an entry really takes.
+TEST(SafetensorsWriter, HeaderEntryBoundIsNeverBelowTheEntry) {
+  std::vector<TensorSpec> specs = {
+      {"a", DType::U8, {1}},
+      {"layer.with.\"quotes\"\x01\xff.qweight", DType::BF16, {3, 5}},
+      {std::string(300, 'n'), DType::I64, {}},
+      {"big", DType::F32, {4000000000ull, 1000, 1}},  // offsets of many digits follow it
+      {"after", DType::F64, {2, 2, 2}},
+  };
+  std::uint64_t bound = 0;
+  for (const TensorSpec& t : specs) bound += duquant::formats::header_entry_bound(t);
+  const std::string header = duquant::formats::safetensors_header_bytes(specs, {});
+  EXPECT_LE(header.size() - 8, 2 + bound + 7);  // "{}" and the padding
+  for (const TensorSpec& t : specs) {
+    const std::string one = duquant::formats::safetensors_header_bytes({t}, {});
+    EXPECT_LE(one.size() - 8, 2 + duquant::formats::header_entry_bound(t) + 7) << t.name;
+  }
+}
+
 TEST(SafetensorsWriter, MisuseIsRejected) {
   const fs::path dir = temp_dir();
   const std::vector<TensorSpec> one{{"a", DType::F32, {2}}};
@@ -318,6 +338,59 @@ TEST(SafetensorsHeader, ZeroSizeTensorsMayShareAnOffset) {
   EXPECT_EQ(h.tensors[1].name, "x");
   EXPECT_EQ(h.tensors[2].name, "z1");
   EXPECT_EQ(h.tensors[3].name, "z2");
+}
+
+// The reader takes a header of plain entries in one SAX pass and anything else (an unknown field, a
+// key twice, a wrong type) through the DOM: both give the same entries, and the same messages.
+TEST(SafetensorsHeader, FastPathAndDomPathAgree) {
+  const auto parse = [](const std::string& json, const std::string& data) {
+    const std::string file = le_u64(json.size()) + json + data;
+    return duquant::formats::parse_safetensors_header(std::as_bytes(std::span(file.data(), file.size())), "buf");
+  };
+  const std::string plain =
+      R"({"b.w":{"dtype":"F32","shape":[1,2],"data_offsets":[4,12]},"__metadata__":{"format":"pt","k":"v"},)"
+      R"("a.w":{"shape":[2],"dtype":"BF16","data_offsets":[0,4]},"s":{"dtype":"I8","shape":[],"data_offsets":[12,13]}})";
+  std::string dom = plain;  // one unknown field sends it to the DOM
+  dom.insert(dom.find(R"("data_offsets":[12,13])"), R"("extra":[1],)");
+  const auto fast = parse(plain, std::string(13, 'x'));
+  const auto slow = parse(dom, std::string(13, 'x'));
+  ASSERT_EQ(fast.tensors.size(), 3u);
+  ASSERT_EQ(slow.tensors.size(), 3u);
+  for (std::size_t k = 0; k < 3; ++k) {
+    EXPECT_EQ(fast.tensors[k].name, slow.tensors[k].name);
+    EXPECT_EQ(fast.tensors[k].dtype, slow.tensors[k].dtype);
+    EXPECT_EQ(fast.tensors[k].shape, slow.tensors[k].shape);
+    EXPECT_EQ(fast.tensors[k].numel, slow.tensors[k].numel);
+    EXPECT_EQ(fast.tensors[k].begin, slow.tensors[k].begin);
+    EXPECT_EQ(fast.tensors[k].end, slow.tensors[k].end);
+  }
+  EXPECT_EQ(fast.tensors[0].name, "a.w");
+  EXPECT_EQ(fast.tensors[2].numel, 1u);
+  EXPECT_EQ(fast.metadata, slow.metadata);
+  EXPECT_EQ(fast.metadata.at("format"), "pt");
+  // What the fast path gives up on is refused with the DOM path's message.
+  const auto message = [&](const std::string& json, const std::string& data) {
+    try {
+      parse(json, data);
+    } catch (const duquant::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  const std::string entry = R"("dtype":"F32","shape":[1],"data_offsets":[0,4])";
+  EXPECT_NE(message("{\"t\":{" + entry + "},\"t\":{" + entry + "}}", "abcd").find("duplicate key 't'"), std::string::npos);
+  EXPECT_NE(message(R"({"t":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "abcd").find("duplicate key 'dtype' in 't'"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", "abcd").find("non-negative integers"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"t":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})", "abcd").find("unknown dtype 'F33'"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", "abcd").find("needs 8 bytes"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"__metadata__":{"a":"1","a":"2"}})", "").find("duplicate key 'a'"), std::string::npos);
+  EXPECT_NE(message(R"({"__metadata__":{"a":1}})", "").find("must be a string"), std::string::npos);
+  EXPECT_NE(message(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}} x)", "abcd").find("not valid JSON"),
+            std::string::npos);
 }
 
 // --- Sharded checkpoints and folders --------------------------------------------------------------
