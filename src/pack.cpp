@@ -303,7 +303,11 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
     std::map<std::string, std::vector<float>> foldable;
     for (const SmoothGroup& g : plan.groups)
       if (g.norm && plan.scales.count(g.key)) foldable[g.key] = plan.scales.at(g.key);
-    write_folded_checkpoint(ckpt, plan.groups, foldable, o.fold_smoothing, &folded_digests);
+    // Through a symbolic link, the file it points to is replaced and the link stays (check_output).
+    std::error_code link_ec;
+    const fs::path fold_target =
+        fs::is_symlink(o.fold_smoothing, link_ec) ? formats::resolved_path(o.fold_smoothing) : o.fold_smoothing;
+    write_folded_checkpoint(ckpt, plan.groups, foldable, fold_target, &folded_digests);
   }
 
   const json config_j = config_json(config);

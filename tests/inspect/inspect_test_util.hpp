@@ -14,8 +14,9 @@
 
 namespace duquant::test {
 
-// `duquant pack <fixture> --preset <preset>` into a folder shared by the tests of this program.
-inline std::filesystem::path fixture_pack(const std::string& preset) {
+// `duquant pack <fixture> --preset <preset>` into a folder shared by the tests of this program (not
+// verify_test_util.hpp's fixture_pack: the runtime-written packs of the shared fixtures).
+inline std::filesystem::path pack_of_fixture(const std::string& preset) {
   const auto dir = std::filesystem::temp_directory_path() / "duquant-tests" /
                    ("inspect-pack-" + std::to_string(::getpid())) / preset;
   if (!std::filesystem::exists(dir / "manifest.json")) {

@@ -83,7 +83,7 @@ TEST(InspectCheckpoint, FixtureGroupsAndPresets) {
 TEST(InspectCheckpoint, PackedEstimateEqualsWhatPackWrites) {
   const nlohmann::json j = run_json({"inspect", tiny_checkpoint().string(), "--json"});
   for (const std::string preset : {"openpi-dit", "openpi-dit-qkvo"}) {
-    const nlohmann::json m = read_json(fixture_pack(preset) / "manifest.json");
+    const nlohmann::json m = read_json(pack_of_fixture(preset) / "manifest.json");
     std::uint64_t bytes = 0;
     for (const auto& l : m["layers"]) bytes += l["quantized"]["bytes"].get<std::uint64_t>();
     for (const auto& p : j["presets"])

@@ -51,7 +51,7 @@ CliResult run_chromium(const std::vector<std::string>& args) {
 
 fs::path write_report(const fs::path& dir) {
   const fs::path html = dir / "report.html";
-  const CliResult r = run_cli({"inspect", fixture_pack("openpi-dit").string(), "--checkpoint",
+  const CliResult r = run_cli({"inspect", pack_of_fixture("openpi-dit").string(), "--checkpoint",
                                tiny_checkpoint().string(), "--head-dim", "16", "--html", html.string()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   return html;

@@ -32,7 +32,7 @@ TEST(InspectHeads, RowsAndColumnsOfEachHead) {
 }
 
 TEST(InspectPack, TableIsWorstFirstAndEqualsTheManifest) {
-  const fs::path pack = fixture_pack("openpi-dit");
+  const fs::path pack = pack_of_fixture("openpi-dit");
   const nlohmann::json m = read_json(pack / "manifest.json");
   const nlohmann::json j = run_json({"inspect", pack.string(), "--json"});
   EXPECT_EQ(j["kind"], "pack");
@@ -62,7 +62,7 @@ TEST(InspectPack, TableIsWorstFirstAndEqualsTheManifest) {
 }
 
 TEST(InspectPack, TextShowsTheWorstLayerFirstWithinHundredColumns) {
-  const fs::path pack = fixture_pack("openpi-dit");
+  const fs::path pack = pack_of_fixture("openpi-dit");
   const nlohmann::json j = run_json({"inspect", pack.string(), "--json"});
   const CliResult r = run_cli({"inspect", pack.string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -81,7 +81,7 @@ TEST(InspectPack, TextShowsTheWorstLayerFirstWithinHundredColumns) {
 }
 
 TEST(InspectPack, PerHeadErrorAgreesWithTheLayer) {
-  const fs::path pack = fixture_pack("openpi-dit");
+  const fs::path pack = pack_of_fixture("openpi-dit");
   const nlohmann::json j = run_json(
       {"inspect", pack.string(), "--checkpoint", tiny_checkpoint().string(), "--head-dim", "16", "--json"});
   int checked = 0;
@@ -113,7 +113,7 @@ TEST(InspectPack, PerHeadErrorAgreesWithTheLayer) {
 }
 
 TEST(InspectPack, BlockOutThatSplitsHeadsIsWarned) {
-  const fs::path pack = fixture_pack("openpi-dit");
+  const fs::path pack = pack_of_fixture("openpi-dit");
   const CliResult r = run_cli({"inspect", pack.string(), "--checkpoint", tiny_checkpoint().string(), "--head-dim", "12"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("block_out 16 does not divide head_dim 12"), std::string::npos) << r.err;
@@ -160,7 +160,7 @@ TEST(InspectPack, RuntimePackPerHeadErrorWithTheCheckpoint) {
 fs::path broken_pack(const std::function<void(nlohmann::json&)>& edit) {
   const fs::path dir = temp_dir() / "pack";
   fs::create_directories(dir);
-  nlohmann::json m = read_json(fixture_pack("openpi-dit") / "manifest.json");
+  nlohmann::json m = read_json(pack_of_fixture("openpi-dit") / "manifest.json");
   edit(m);
   std::ofstream(dir / "manifest.json") << m.dump(1);
   return dir;

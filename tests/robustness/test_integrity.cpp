@@ -243,6 +243,14 @@ TEST_F(Integrity, HtmlDashIsStandardOutputAndExistingFilesNeedForce) {
   EXPECT_FALSE(fs::exists(w / "out"));
 
   // Through a symbolic link: the file it points to is replaced, the link stays.
+  fs::create_symlink("folded.safetensors", w / "folded-link.safetensors");
+  const Outcome fold_linked = run_dq({"pack", s(w / "ck.safetensors"), "-o", s(w / "out2"), "--calib", s(w / "dump.safetensors"),
+                                      "--smooth-alpha", "0.5", "--fold-smoothing", s(w / "folded-link.safetensors"), "--force"},
+                                     w.parent_path() / "dash-log");
+  EXPECT_EQ(fold_linked.code, 0) << fold_linked.err;
+  EXPECT_TRUE(fs::is_symlink(w / "folded-link.safetensors"));
+  EXPECT_NE(test::read_text(w / "folded.safetensors"), "keep");
+  EXPECT_GT(fs::file_size(w / "folded.safetensors"), 100u);
   fs::create_symlink("report.html", w / "link.html");
   const Outcome linked = run_dq({"inspect", s(w / "pack"), "--html", s(w / "link.html"), "--force"}, w.parent_path() / "dash-log");
   EXPECT_EQ(linked.code, 0) << linked.err;
@@ -259,12 +267,26 @@ std::vector<std::string> pack_args(const fs::path& ckpt, const fs::path& out, st
   return a;
 }
 
+// A private copy of the fixture checkpoint in the test's folder and its undisturbed pack (empty
+// `pack` when that pack failed, with the failure recorded).
+struct Baseline {
+  fs::path dir, ckpt, pack;
+};
+Baseline fixture_with_baseline() {
+  Baseline b;
+  b.dir = test::temp_dir();
+  b.ckpt = b.dir / "model.safetensors";
+  fs::copy_file(test::tiny_checkpoint(), b.ckpt);
+  const test::CliResult r = test::run_cli(pack_args(b.ckpt, b.dir / "baseline"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  if (r.exit_code == 0) b.pack = b.dir / "baseline";
+  return b;
+}
+
 TEST(IntegrityLock, ASecondWriterChangesNothingAndTheFirstFinishesUndisturbed) {
-  const fs::path dir = test::temp_dir();
-  const fs::path ckpt = dir / "model.safetensors";
-  fs::copy_file(test::tiny_checkpoint(), ckpt);
-  const fs::path baseline = dir / "baseline";
-  ASSERT_EQ(test::run_cli(pack_args(ckpt, baseline)).exit_code, 0);
+  const Baseline b = fixture_with_baseline();
+  const fs::path &dir = b.dir, &ckpt = b.ckpt, &baseline = b.pack;
+  ASSERT_FALSE(baseline.empty());
 
   const fs::path out = dir / "out";
   test::Child first(pack_args(ckpt, out), {"DUQUANT_TEST_STOP_AT=layer:2"}, dir / "first");
@@ -294,11 +316,9 @@ TEST(IntegrityLock, ASecondWriterChangesNothingAndTheFirstFinishesUndisturbed) {
 }
 
 TEST(IntegrityLock, AFileSystemThatCannotLockIsRefusedUnlessNoLock) {
-  const fs::path dir = test::temp_dir();
-  const fs::path ckpt = dir / "model.safetensors";
-  fs::copy_file(test::tiny_checkpoint(), ckpt);
-  const fs::path baseline = dir / "baseline";
-  ASSERT_EQ(test::run_cli(pack_args(ckpt, baseline)).exit_code, 0);
+  const Baseline b = fixture_with_baseline();
+  const fs::path &dir = b.dir, &ckpt = b.ckpt, &baseline = b.pack;
+  ASSERT_FALSE(baseline.empty());
   const test::CliResult refused = test::run_cli(pack_args(ckpt, dir / "out"), {"DUQUANT_TEST_FAULT=flock:1:ENOLCK"});
   EXPECT_EQ(refused.exit_code, 4) << refused.err;
   EXPECT_TRUE(contains(refused.err, "does not support locks")) << refused.err;
@@ -313,11 +333,9 @@ TEST(IntegrityLock, AFileSystemThatCannotLockIsRefusedUnlessNoLock) {
 }
 
 TEST(IntegrityLock, OnlyTheTemporaryFilesOfAGoneWriterAreRemoved) {
-  const fs::path dir = test::temp_dir();
-  const fs::path ckpt = dir / "model.safetensors";
-  fs::copy_file(test::tiny_checkpoint(), ckpt);
-  const fs::path baseline = dir / "baseline";
-  ASSERT_EQ(test::run_cli(pack_args(ckpt, baseline)).exit_code, 0);
+  const Baseline b = fixture_with_baseline();
+  const fs::path &dir = b.dir, &ckpt = b.ckpt, &baseline = b.pack;
+  ASSERT_FALSE(baseline.empty());
   const fs::path out = dir / "out";
   EXPECT_EQ(test::run_cli(pack_args(ckpt, out), {"DUQUANT_TEST_KILL_AT=layer:2"}).exit_code, test::kKilledBySigkill);
   // A pid that is gone: a child that has ended.

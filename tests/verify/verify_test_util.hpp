@@ -67,28 +67,7 @@ inline fs::path fixture_pack(const std::string& config) {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-// A folder unique to the running test and process, emptied on creation: unlike test::temp_dir(),
-// two builds running the same test at once (several build folders share /tmp) do not clobber each
-// other. Folders of this test left by processes that no longer run are removed.
-inline fs::path temp_dir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string prefix = info->test_suite_name();
-  prefix.append(".").append(info->name()).append(".");
-  const fs::path root = fs::temp_directory_path() / "duquant-tests";
-  std::error_code ec;
-  fs::create_directories(root, ec);
-  for (const auto& e : fs::directory_iterator(root, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.size() <= prefix.size() || n.compare(0, prefix.size(), prefix) != 0) continue;
-    const std::string pid = n.substr(prefix.size());
-    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
-    if (::kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH) fs::remove_all(e.path(), ec);
-  }
-  const fs::path dir = root / (prefix + std::to_string(::getpid()));
-  fs::remove_all(dir, ec);
-  fs::create_directories(dir);
-  return dir;
-}
+using test::temp_dir;  // tests/common/test_paths.hpp
 
 inline std::string read_file(const fs::path& p) { return test::read_text(p); }
 
