@@ -32,7 +32,7 @@ run() {  # run PRESET DEVICE
   layers=$(grep -oE "packed [0-9]+ layers" "$out.log" | grep -oE "[0-9]+")
   wall=$(grep -oE "wall [0-9.]+" "$out.time" | grep -oE "[0-9.]+")
   mb=$(grep -oE "weights in: [0-9.]+ MB" "$out.log" | grep -oE "[0-9.]+")
-  echo "layers/s $(echo "scale=2; $layers / $wall" | bc), weight GB/s $(echo "scale=3; $mb / 1000 / $wall" | bc)"
+  awk -v n="$layers" -v t="$wall" -v mb="$mb" 'BEGIN { printf "layers/s %.2f, weight GB/s %.3f\n", n / t, mb / 1000 / t }'
 }
 for preset in openpi-dit openpi-full; do
   run "$preset" "$device"
