@@ -9,7 +9,7 @@
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
 #include "duquant/error.hpp"
-#include "duquant/html_report.hpp"
+#include "report/html_report.hpp"
 #include "duquant/inspect.hpp"
 #include "formats/folder_lock.hpp"
 #include "formats/output_paths.hpp"

@@ -6,11 +6,11 @@
 
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
-#include "duquant/dryrun_report.hpp"
+#include "report/dryrun_report.hpp"
 #include "duquant/error.hpp"
-#include "duquant/linear_layers.hpp"
-#include "duquant/pack_layout.hpp"
-#include "duquant/selection.hpp"
+#include "select/linear_layers.hpp"
+#include "packfmt/pack_layout.hpp"
+#include "select/selection.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "formats/strict_json.hpp"
 

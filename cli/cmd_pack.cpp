@@ -13,11 +13,11 @@
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
 #include "cli/process_guard.hpp"
-#include "duquant/dryrun_report.hpp"
+#include "report/dryrun_report.hpp"
 #include "duquant/error.hpp"
-#include "duquant/linear_layers.hpp"
+#include "select/linear_layers.hpp"
 #include "duquant/pack.hpp"
-#include "duquant/selection.hpp"
+#include "select/selection.hpp"
 
 namespace duquant::cli {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "cli/commands.hpp"
 #include "duquant/error.hpp"
-#include "duquant/synth.hpp"
+#include "synth/synth.hpp"
 #include "formats/output_paths.hpp"
 #include "formats/regular_file.hpp"
 

@@ -4,8 +4,8 @@
 #include <memory>
 
 #include "cli/commands.hpp"
-#include "duquant/device.hpp"
-#include "duquant/presets.hpp"
+#include "engine/device.hpp"
+#include "config/presets.hpp"
 
 namespace duquant::cli {
 

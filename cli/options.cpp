@@ -7,8 +7,8 @@
 #include <cstdio>
 
 #include "duquant/error.hpp"
-#include "duquant/presets.hpp"
-#include "duquant/settings.hpp"
+#include "config/presets.hpp"
+#include "config/settings.hpp"
 
 extern char** environ;
 

@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "duquant/checkpoint_names.hpp"
-#include "duquant/quant_config.hpp"
-#include "duquant/selection.hpp"
+#include "select/checkpoint_names.hpp"
+#include "config/quant_config.hpp"
+#include "select/selection.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 
 namespace duquant::cli {

@@ -18,7 +18,7 @@
 // H5Dread. The structure is scanned in a forked child first (see probe_hdf5).
 #include "formats/calib_dump.hpp"
 
-#include "formats/calib_dump_internal.hpp"
+#include "calib_dump_internal.hpp"
 
 namespace duquant::formats {
 namespace fs = std::filesystem;

@@ -1,5 +1,5 @@
 // Calibration dumps: element conversion and chunk decoding, HDF5's filters redone with bounds (calib_dump.cpp).
-#include "formats/calib_dump_internal.hpp"
+#include "calib_dump_internal.hpp"
 
 namespace duquant::formats::calib_internal {
 

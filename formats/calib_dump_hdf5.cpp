@@ -1,5 +1,5 @@
 // Calibration dumps: HDF5 plumbing, datasets and the structure scan (calib_dump.cpp).
-#include "formats/calib_dump_internal.hpp"
+#include "calib_dump_internal.hpp"
 
 namespace duquant::formats::calib_internal {
 

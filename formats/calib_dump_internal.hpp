@@ -30,7 +30,7 @@
 #include <unordered_map>
 #include <utility>
 
-#include "duquant/elementwise.hpp"
+#include "base/elementwise.hpp"
 #include "duquant/error.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 

@@ -1,5 +1,5 @@
 // Calibration dumps: messages from untrusted names, call shapes and names (calib_dump.cpp).
-#include "formats/calib_dump_internal.hpp"
+#include "calib_dump_internal.hpp"
 
 namespace duquant::formats::calib_internal {
 

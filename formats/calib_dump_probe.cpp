@@ -1,5 +1,5 @@
 // Calibration dumps: the structure scanned first in a forked child process (calib_dump.cpp).
-#include "formats/calib_dump_internal.hpp"
+#include "calib_dump_internal.hpp"
 
 namespace duquant::formats::calib_internal {
 

@@ -4,7 +4,7 @@
 #include <bit>
 #include <cstring>
 
-#include "duquant/elementwise.hpp"
+#include "base/elementwise.hpp"
 #include "duquant/error.hpp"
 
 static_assert(std::endian::native == std::endian::little,

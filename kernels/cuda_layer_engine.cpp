@@ -10,7 +10,7 @@
 #include <climits>
 #include <cstring>
 
-#include "duquant/elementwise.hpp"
+#include "base/elementwise.hpp"
 #include "duquant/error.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/device_buffer.hpp"

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "duquant/layer_engine.hpp"
+#include "engine/layer_engine.hpp"
 
 namespace duquant::kernels {
 

@@ -1,4 +1,4 @@
-#include "kernels/cuda_module.hpp"
+#include "engine/cuda_module.hpp"
 
 #include "kernels/cuda_layer_engine.hpp"
 #include "kernels/cuda_runtime_info.hpp"

@@ -2,7 +2,7 @@
 
 #include <cuda_runtime.h>
 
-#include "duquant/elementwise.hpp"
+#include "base/elementwise.hpp"
 #include "duquant/error.hpp"
 #include "kernels/cuda_check.hpp"
 

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "duquant/elementwise.hpp"
+#include "base/elementwise.hpp"
 
 namespace duquant::kernels {
 namespace ew = elementwise;

@@ -16,7 +16,7 @@
 #include <string_view>
 #include <vector>
 
-#include "duquant/quant_config.hpp"
+#include "config/quant_config.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 
 namespace duquant {

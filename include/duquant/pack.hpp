@@ -12,7 +12,7 @@
 #include <optional>
 #include <string>
 
-#include "duquant/quant_config.hpp"
+#include "config/quant_config.hpp"
 
 namespace duquant {
 

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "duquant/quant_config.hpp"
+#include "config/quant_config.hpp"
 
 namespace duquant {
 

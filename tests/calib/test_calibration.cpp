@@ -9,9 +9,9 @@
 #include <cmath>
 #include <random>
 
-#include "duquant/calibration.hpp"
+#include "math/calibration.hpp"
 #include "duquant/error.hpp"
-#include "duquant/pack_layout.hpp"
+#include "packfmt/pack_layout.hpp"
 #include "pack/pack_test_util.hpp"
 
 namespace duquant {

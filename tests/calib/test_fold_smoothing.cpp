@@ -24,9 +24,10 @@
 #include <set>
 
 #include "common/test_paths.hpp"
-#include "duquant/elementwise.hpp"
+#include "base/elementwise.hpp"
 #include "duquant/error.hpp"
-#include "duquant/smoothing.hpp"
+#include "math/smoothing.hpp"
+#include "pack/fold_smoothing.hpp"
 #include "formats/safetensors_writer.hpp"
 
 namespace duquant {

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "common/test_paths.hpp"
-#include "duquant/elementwise.hpp"
+#include "base/elementwise.hpp"
 #include "duquant/error.hpp"
-#include "duquant/smoothing.hpp"
+#include "math/smoothing.hpp"
 #include "formats/safetensors_writer.hpp"
 
 namespace duquant {

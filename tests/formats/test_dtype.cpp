@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "duquant/elementwise.hpp"
+#include "base/elementwise.hpp"
 #include "duquant/error.hpp"
 #include "formats/dtype.hpp"
 

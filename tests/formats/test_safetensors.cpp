@@ -13,7 +13,7 @@
 
 #include "common/run_cli.hpp"
 #include "common/test_paths.hpp"
-#include "duquant/elementwise.hpp"
+#include "base/elementwise.hpp"
 #include "duquant/error.hpp"
 #include "formats/atomic_file.hpp"
 #include "formats/safetensors_checkpoint.hpp"

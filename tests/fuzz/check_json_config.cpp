@@ -5,8 +5,8 @@
 #include <string_view>
 
 #include "duquant/error.hpp"
-#include "duquant/manifest.hpp"
-#include "duquant/settings.hpp"
+#include "packfmt/manifest.hpp"
+#include "config/settings.hpp"
 #include "formats/strict_json.hpp"
 #include "fuzz/fuzz_checks.hpp"
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "duquant/elementwise.hpp"
+#include "base/elementwise.hpp"
 #include "gpu/gpu_test_util.hpp"
 #include "kernels/cuda_runtime_info.hpp"
 

@@ -5,7 +5,7 @@
 
 #include <cstdlib>
 
-#include "duquant/html_report.hpp"
+#include "report/html_report.hpp"
 #include "inspect_test_util.hpp"
 
 namespace duquant::test {

@@ -12,9 +12,9 @@
 #include <random>
 #include <vector>
 
-#include "duquant/calibration.hpp"
-#include "duquant/duquant_math.hpp"
-#include "duquant/elementwise.hpp"
+#include "math/calibration.hpp"
+#include "math/duquant_math.hpp"
+#include "base/elementwise.hpp"
 
 namespace duquant {
 namespace {

@@ -8,10 +8,10 @@
 #include <vector>
 
 #include "common/test_paths.hpp"
-#include "duquant/duquant_math.hpp"
-#include "duquant/linear_layers.hpp"
-#include "duquant/pack_layer.hpp"
-#include "duquant/pack_layout.hpp"
+#include "math/duquant_math.hpp"
+#include "select/linear_layers.hpp"
+#include "pack/pack_layer.hpp"
+#include "packfmt/pack_layout.hpp"
 #include "formats/npz.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 

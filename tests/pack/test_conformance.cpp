@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "common/run_cli.hpp"
-#include "duquant/conformance.hpp"
-#include "duquant/duquant_math.hpp"
-#include "duquant/elementwise.hpp"
+#include "math/conformance.hpp"
+#include "math/duquant_math.hpp"
+#include "base/elementwise.hpp"
 #include "duquant/error.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 

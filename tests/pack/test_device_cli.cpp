@@ -10,7 +10,7 @@
 
 #include "common/run_cli.hpp"
 #include "common/test_paths.hpp"
-#include "duquant/device.hpp"
+#include "engine/device.hpp"
 
 namespace duquant {
 namespace {

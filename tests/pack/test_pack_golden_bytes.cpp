@@ -15,7 +15,7 @@
 
 #include "common/run_cli.hpp"
 #include "common/test_paths.hpp"
-#include "duquant/digest.hpp"
+#include "formats/digest.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "formats/safetensors_writer.hpp"
 

@@ -5,8 +5,8 @@
 
 #include <random>
 
-#include "duquant/duquant_math.hpp"
-#include "duquant/elementwise.hpp"
+#include "math/duquant_math.hpp"
+#include "base/elementwise.hpp"
 
 namespace duquant {
 namespace {

@@ -14,8 +14,8 @@
 #include <nlohmann/json.hpp>
 
 #include "duquant/error.hpp"
-#include "duquant/module_order.hpp"
-#include "duquant/regex.hpp"
+#include "select/module_order.hpp"
+#include "base/regex.hpp"
 #include "formats/npy.hpp"
 #include "formats/npz.hpp"
 #include "formats/safetensors_header.hpp"

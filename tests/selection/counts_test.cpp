@@ -14,10 +14,10 @@
 
 #include "common/run_cli.hpp"
 #include "common/test_paths.hpp"
-#include "duquant/linear_layers.hpp"
-#include "duquant/presets.hpp"
-#include "duquant/selection.hpp"
-#include "duquant/settings.hpp"
+#include "select/linear_layers.hpp"
+#include "config/presets.hpp"
+#include "select/selection.hpp"
+#include "config/settings.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 
 namespace duquant {

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "common/test_paths.hpp"
-#include "duquant/linear_layers.hpp"
+#include "select/linear_layers.hpp"
 #include "selection/tiny_safetensors.hpp"
 
 namespace duquant {

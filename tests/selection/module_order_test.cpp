@@ -10,7 +10,7 @@
 
 #include "common/run_cli.hpp"
 #include "common/test_paths.hpp"
-#include "duquant/module_order.hpp"
+#include "select/module_order.hpp"
 #include "selection/tiny_safetensors.hpp"
 
 namespace duquant {

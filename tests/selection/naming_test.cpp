@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "duquant/checkpoint_names.hpp"
+#include "select/checkpoint_names.hpp"
 #include "duquant/error.hpp"
-#include "duquant/linear_layers.hpp"
-#include "duquant/selection.hpp"
+#include "select/linear_layers.hpp"
+#include "select/selection.hpp"
 #include "selection/tiny_safetensors.hpp"
 
 namespace duquant {

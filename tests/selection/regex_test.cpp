@@ -6,8 +6,8 @@
 #include <string>
 
 #include "duquant/error.hpp"
-#include "duquant/quant_config.hpp"
-#include "duquant/regex.hpp"
+#include "config/quant_config.hpp"
+#include "base/regex.hpp"
 
 namespace duquant {
 namespace {

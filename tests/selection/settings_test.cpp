@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "duquant/error.hpp"
-#include "duquant/presets.hpp"
-#include "duquant/settings.hpp"
+#include "config/presets.hpp"
+#include "config/settings.hpp"
 
 namespace duquant {
 namespace {

@@ -17,9 +17,9 @@
 
 #include "common/run_cli.hpp"
 #include "common/test_paths.hpp"
-#include "duquant/digest.hpp"
+#include "formats/digest.hpp"
 #include "duquant/error.hpp"
-#include "duquant/synth.hpp"
+#include "synth/synth.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 
 namespace duquant {

@@ -1,0 +1,338 @@
+#include "math/duquant_math.hpp"
+
+#include <Eigen/Eigenvalues>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <omp.h>
+
+#include "base/elementwise.hpp"
+#include "duquant/error.hpp"
+
+namespace duquant {
+
+std::int64_t block_count(std::int64_t n, std::int64_t block) { return (n + block - 1) / block; }
+
+std::int64_t block_width(std::int64_t n, std::int64_t block, std::int64_t b) {
+  return std::min(block, n - b * block);
+}
+
+std::vector<float> channel_energy(const WeightView& w, double lambda_smooth) {
+  // Row by row for the cache; each column's sum still runs over the rows in order (elementwise.hpp).
+  std::vector<double> sum(static_cast<std::size_t>(w.cols), 0.0);
+  for (std::int64_t r = 0; r < w.rows; ++r) {
+    const float* row = w.data + r * w.cols;
+    for (std::int64_t c = 0; c < w.cols; ++c) sum[c] = elementwise::energy_add(sum[c], row[c]);
+  }
+  std::vector<float> e(sum.size());
+  double total = 0;
+  for (std::size_t c = 0; c < e.size(); ++c) {
+    e[c] = elementwise::energy_mean(sum[c], w.rows);
+    total += e[c];
+  }
+  if (lambda_smooth > 0) {
+    const float lam = static_cast<float>(lambda_smooth);
+    const float mean = static_cast<float>(total / static_cast<double>(std::max<std::size_t>(e.size(), 1)));
+    for (float& v : e) v = elementwise::smoothed_energy(v, mean, lam);
+  }
+  return e;
+}
+
+std::vector<std::int64_t> zigzag_permutation(std::span<const float> energy) {
+  const auto n = static_cast<std::int64_t>(energy.size());
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return energy[a] > energy[b]; });
+  std::vector<std::int64_t> perm(order.size());
+  for (std::int64_t k = 0; k < n; ++k) perm[k] = order[elementwise::zigzag_rank(k, n)];
+  return perm;
+}
+
+MatrixF eigen_rotation(const Eigen::MatrixXd& gram, Eigen::VectorXd* eigenvalues) {
+  const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> solver(gram);
+  DQ_CHECK(solver.info() == Eigen::Success, numeric, "eigen-decomposition of a {}x{} Gram matrix did not converge",
+           gram.rows(), gram.cols());
+  const Eigen::Index n = gram.rows();
+  MatrixF r(n, n);
+  if (eigenvalues) eigenvalues->resize(n);
+  for (Eigen::Index j = 0; j < n; ++j) {
+    const Eigen::Index src = n - 1 - j;  // Eigen sorts ascending
+    Eigen::VectorXd v = solver.eigenvectors().col(src);
+    if (v[elementwise::largest_magnitude_index(v.data(), static_cast<int>(n), 1)] < 0) v = -v;
+    r.col(j) = v.cast<float>();
+    if (eigenvalues) (*eigenvalues)[j] = solver.eigenvalues()[src];
+  }
+  return r;
+}
+
+namespace {
+
+using MatrixRowD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Below about this many multiply-adds a parallel region costs more than it saves: waking the team
+// and, worse, its threads spinning after it while the pack's other threads want the cores (tiny
+// layers on a loaded 2-core machine: 30-40 ms per layer, nearly all in libgomp's spin). Every
+// region below gives the same result on one thread as on many, so the `if` changes no output.
+constexpr std::int64_t kParallelWork = std::int64_t{1} << 18;
+
+// `blocks` eigen solves of width up to `width` (each about width^3).
+bool worth_parallel_blocks(std::int64_t blocks, std::int64_t width) {
+  return blocks > 1 && blocks * width * width * width >= kParallelWork;
+}
+
+// W[:, perm] in one pass over the rows (each row gathered while it is in cache).
+MatrixF permute_columns(const WeightView& w, const std::vector<std::int64_t>& perm) {
+  MatrixF out(w.rows, w.cols);
+#pragma omp parallel for schedule(static) if (w.rows * w.cols >= kParallelWork)
+  for (std::int64_t r = 0; r < w.rows; ++r) {
+    const float* src = w.data + r * w.cols;
+    float* dst = out.data() + r * w.cols;
+    for (std::int64_t c = 0; c < w.cols; ++c) dst[c] = src[perm[c]];
+  }
+  return out;
+}
+
+
+}  // namespace
+
+LayerTransform compute_transform(const WeightView& w, const QuantConfig& q, MatrixF* permuted_out) {
+  LayerTransform t;
+  if (q.permute) {
+    t.perm = zigzag_permutation(channel_energy(w, q.lambda_smooth));
+  } else {
+    t.perm.resize(static_cast<std::size_t>(w.cols));
+    std::iota(t.perm.begin(), t.perm.end(), 0);
+  }
+  const std::int64_t nb = block_count(w.cols, q.block);
+  t.r_in.resize(static_cast<std::size_t>(nb));
+  {
+    MatrixF permuted = permute_columns(w, t.perm);
+    // Gram matrices of all column blocks. Each thread takes a contiguous range of blocks and walks
+    // the rows in tiles, converting only its columns of each tile to double: memory is read row
+    // segment by row segment instead of column by column. Every Gram sums the same tiles in the
+    // same order whichever thread computes it, so the result does not depend on the thread count.
+    std::vector<Eigen::MatrixXd> grams(static_cast<std::size_t>(nb));
+#pragma omp parallel if (nb > 1 && w.rows * w.cols * q.block >= kParallelWork)
+    {
+      const int threads = omp_get_num_threads(), me = omp_get_thread_num();
+      const std::int64_t b0 = nb * me / threads, b1 = nb * (me + 1) / threads;
+      if (b0 < b1) {
+        const std::int64_t c0 = b0 * q.block, c1 = std::min<std::int64_t>(w.cols, b1 * q.block);
+        for (std::int64_t b = b0; b < b1; ++b) {
+          const std::int64_t s = block_width(w.cols, q.block, b);
+          grams[b] = Eigen::MatrixXd::Zero(s, s);
+        }
+        constexpr std::int64_t kTile = 256;
+        MatrixRowD tile(kTile, c1 - c0);
+        for (std::int64_t r0 = 0; r0 < w.rows; r0 += kTile) {
+          const std::int64_t rows = std::min(kTile, w.rows - r0);
+          tile.topRows(rows) = permuted.block(r0, c0, rows, c1 - c0).cast<double>();
+          for (std::int64_t b = b0; b < b1; ++b) {
+            const std::int64_t s = block_width(w.cols, q.block, b);
+            const auto x = tile.block(0, b * q.block - c0, rows, s);
+            grams[b].noalias() += x.transpose() * x;
+          }
+        }
+      }
+    }
+#pragma omp parallel for schedule(dynamic) if (worth_parallel_blocks(nb, q.block))
+    for (std::int64_t b = 0; b < nb; ++b) t.r_in[b] = eigen_rotation(grams[b]);
+    if (permuted_out != nullptr) *permuted_out = std::move(permuted);
+  }
+  if (q.row_rot != RowRot::off) {
+    const std::int64_t nbo = block_count(w.rows, q.block_out);
+    t.r_out.resize(static_cast<std::size_t>(nbo));
+#pragma omp parallel for schedule(dynamic) if (nbo > 1 && nbo * q.block_out * q.block_out * (w.cols + q.block_out) >= kParallelWork)
+    for (std::int64_t b = 0; b < nbo; ++b) {
+      const std::int64_t s = block_width(w.rows, q.block_out, b);
+      const Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> rows(
+          w.data + b * q.block_out * w.cols, s, w.cols);
+      const MatrixRowD rd = rows.cast<double>();
+      t.r_out[b] = eigen_rotation(rd * rd.transpose());
+    }
+  }
+  return t;
+}
+
+void rotate_column_blocks(MatrixF& permuted, const LayerTransform& t, std::int64_t block) {
+  const std::int64_t nb = static_cast<std::int64_t>(t.r_in.size());
+  const std::int64_t rows = permuted.rows(), cols = permuted.cols();
+  // As for the Gram matrices: each thread a contiguous range of blocks, rows in tiles kept in
+  // cache; every output row of a block is the same product whichever thread computes it.
+#pragma omp parallel if (nb > 1 && rows * cols * block >= kParallelWork)
+  {
+    const int threads = omp_get_num_threads(), me = omp_get_thread_num();
+    const std::int64_t b0 = nb * me / threads, b1 = nb * (me + 1) / threads;
+    constexpr std::int64_t kTile = 256;
+    MatrixF rotated;
+    for (std::int64_t r0 = 0; r0 < rows; r0 += kTile) {
+      const std::int64_t n = std::min(kTile, rows - r0);
+      for (std::int64_t b = b0; b < b1; ++b) {
+        const std::int64_t s = block_width(cols, block, b);
+        auto x = permuted.block(r0, b * block, n, s);
+        rotated.noalias() = x * t.r_in[b];
+        x = rotated;
+      }
+    }
+  }
+}
+
+MatrixF apply_input_transform(const WeightView& w, const LayerTransform& t, std::int64_t block) {
+  MatrixF out = permute_columns(w, t.perm);
+  rotate_column_blocks(out, t, block);
+  return out;
+}
+
+void apply_output_rotation(MatrixF& w_t, const LayerTransform& t, std::int64_t block_out) {
+  const std::int64_t nbo = static_cast<std::int64_t>(t.r_out.size());
+#pragma omp parallel for schedule(dynamic) if (nbo > 1 && w_t.rows() * w_t.cols() * block_out >= kParallelWork)
+  for (std::int64_t b = 0; b < nbo; ++b) {
+    const std::int64_t s = block_width(w_t.rows(), block_out, b);
+    const MatrixF rows = w_t.middleRows(b * block_out, s);
+    w_t.middleRows(b * block_out, s).noalias() = t.r_out[b] * rows;
+  }
+}
+
+std::vector<float> reference_weight_scale(const MatrixF& m) {
+  std::vector<float> s(static_cast<std::size_t>(m.rows()));
+  for (Eigen::Index r = 0; r < m.rows(); ++r) s[r] = elementwise::reference_weight_scale(m.row(r).cwiseAbs().maxCoeff());
+  return s;
+}
+
+namespace {
+
+// Sums of squared errors of one row for several scales, in one pass. The order of additions is
+// elementwise.hpp's (kErrorLanes float lanes, flushed into double every kErrorFlush columns, then
+// the tail one by one), so the result does not depend on threads, the lanes let the compiler
+// vectorize, and the CUDA kernel's lane groups reproduce it bit for bit.
+void row_errors(const float* w, std::int64_t n, const float* scales, int count, int bits, double* out) {
+  constexpr int kLanes = elementwise::kErrorLanes;  // the order of elementwise.hpp, lanes side by side
+  constexpr std::int64_t kFlush = elementwise::kErrorFlush;
+  const float hi = static_cast<float>(elementwise::qmax(bits)), lo = -hi - 1.0f;
+  for (int k = 0; k < count; ++k) {
+    const float s = scales[k];
+    double total = 0;
+    std::int64_t c = 0;
+    while (c + kLanes <= n) {
+      const std::int64_t end = std::min(n, c + kFlush) / kLanes * kLanes;
+      float lane[kLanes] = {};
+      for (; c < end; c += kLanes)
+        for (int j = 0; j < kLanes; ++j) lane[j] += elementwise::squared_error(w[c + j], s, lo, hi);
+      for (int j = 0; j < kLanes; ++j) total += lane[j];
+    }
+    for (; c < n; ++c) total += elementwise::squared_error(w[c], s, lo, hi);
+    out[k] = total;
+  }
+}
+
+float row_max_abs(const float* w, std::int64_t n) {
+  float m = 0;
+  for (std::int64_t c = 0; c < n; ++c) m = std::max(m, std::abs(w[c]));
+  return m;
+}
+
+}  // namespace
+
+QuantizedRows quantize_rows(const MatrixF& w_t, int bits) {
+  const Eigen::Index rows = w_t.rows(), cols = w_t.cols();
+  QuantizedRows out;
+  out.scales.resize(static_cast<std::size_t>(rows));
+  out.codes.resize(static_cast<std::size_t>(rows * cols));
+  std::vector<double> row_error(static_cast<std::size_t>(rows));
+  const float hi = static_cast<float>(elementwise::qmax(bits)), lo = -hi - 1.0f;
+#pragma omp parallel for schedule(static) if (rows * cols * elementwise::kScaleCandidates >= kParallelWork)
+  for (Eigen::Index r = 0; r < rows; ++r) {
+    const float* w = w_t.data() + r * cols;
+    const float base = elementwise::base_scale(row_max_abs(w, cols), bits);
+    float scales[elementwise::kScaleCandidates];
+    double errors[elementwise::kScaleCandidates];
+    for (int k = 0; k < elementwise::kScaleCandidates; ++k) scales[k] = base / elementwise::scale_alpha(k);
+    row_errors(w, cols, scales, elementwise::kScaleCandidates, bits, errors);
+    int best = 0;
+    for (int k = 1; k < elementwise::kScaleCandidates; ++k)
+      if (errors[k] < errors[best]) best = k;  // strict: the first smallest wins
+    const float s = scales[best];
+    out.scales[r] = s;
+    std::int8_t* q = out.codes.data() + r * cols;
+    for (Eigen::Index c = 0; c < cols; ++c) q[c] = static_cast<std::int8_t>(elementwise::quantize_code(w[c], s, lo, hi));
+    row_error[r] = errors[best];
+  }
+  for (double e : row_error) out.squared_error += e;  // fixed order: deterministic for any thread count
+  return out;
+}
+
+double rtn_squared_error(const WeightView& w, int bits) {
+  std::vector<double> row_error(static_cast<std::size_t>(w.rows));
+#pragma omp parallel for schedule(static) if (w.rows * w.cols >= kParallelWork)
+  for (std::int64_t r = 0; r < w.rows; ++r) {
+    const float* row = w.data + r * w.cols;
+    const float s = elementwise::base_scale(row_max_abs(row, w.cols), bits);
+    row_errors(row, w.cols, &s, 1, bits, &row_error[r]);
+  }
+  double total = 0;
+  for (double e : row_error) total += e;
+  return total;
+}
+
+}  // namespace duquant
+
+namespace duquant {
+namespace {
+
+// Sign choices are ranked on at most elementwise::kSignSearchColumns columns of each row (evenly
+// strided), with each row's scale taken from its full maximum: the ranking costs
+// O(rows * kSignSearchColumns) per trial instead of O(rows * cols).
+
+// The quantization error of the rows of `sampled` (columns picked from the full rows) under the
+// runtime's per-row MSE scale search, the scale of row r coming from `row_max[r]`, summed over the
+// rows in order (elementwise::sampled_row_error: a fixed order, deterministic). For ranking only.
+double sampled_quantization_error(const MatrixF& sampled, const float* row_max, int bits) {
+  double total = 0;
+  for (Eigen::Index r = 0; r < sampled.rows(); ++r)
+    total += elementwise::sampled_row_error(sampled.data() + r * sampled.cols(), sampled.cols(), row_max[r], bits);
+  return total;
+}
+
+void row_maxima(const MatrixF& m, std::vector<float>& out) {
+  for (Eigen::Index r = 0; r < m.rows(); ++r) out[static_cast<std::size_t>(r)] = row_max_abs(m.data() + r * m.cols(), m.cols());
+}
+
+}  // namespace
+
+void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int64_t block_out, int bits) {
+  const auto nbo = static_cast<std::int64_t>(t.r_out.size());
+  const std::int64_t cols = w_in.cols();
+  const std::int64_t stride = elementwise::sign_search_stride(cols);
+  const std::int64_t picked = elementwise::sign_search_picked(cols);
+#pragma omp parallel for schedule(dynamic) if (nbo > 1 && nbo * block_out * block_out * cols >= kParallelWork)
+  for (std::int64_t b = 0; b < nbo; ++b) {
+    MatrixF& u = t.r_out[static_cast<std::size_t>(b)];
+    const Eigen::Index s = u.rows();
+    const MatrixF rows = w_in.middleRows(b * block_out, s);
+    MatrixF rows_sampled(s, picked);
+    for (std::int64_t c = 0; c < picked; ++c) rows_sampled.col(c) = rows.col(c * stride);
+    MatrixF current = u * rows, trial(s, cols);
+    MatrixF current_sampled = u * rows_sampled, trial_sampled(s, picked);
+    std::vector<float> row_max(static_cast<std::size_t>(s)), trial_max(static_cast<std::size_t>(s));
+    row_maxima(current, row_max);
+    double error = sampled_quantization_error(current_sampled, row_max.data(), bits);
+    for (Eigen::Index k = 0; k < s; ++k) {
+      // Negating column k of U changes U·rows by −2 U[:,k] rows[k,:].
+      trial.noalias() = current - 2.0f * u.col(k) * rows.row(k);
+      trial_sampled.noalias() = current_sampled - 2.0f * u.col(k) * rows_sampled.row(k);
+      row_maxima(trial, trial_max);
+      const double e = sampled_quantization_error(trial_sampled, trial_max.data(), bits);
+      if (e < error) {
+        u.col(k) = -u.col(k);
+        current.swap(trial);
+        current_sampled.swap(trial_sampled);
+        row_max.swap(trial_max);
+        error = e;
+      }
+    }
+  }
+}
+
+}  // namespace duquant
