@@ -9,7 +9,7 @@
 #include <cmath>
 #include <random>
 
-#include "common/run_cli.hpp"
+#include "common/child_process.hpp"
 #include "packfmt/pack_layout.hpp"
 #include "formats/npz.hpp"
 #include "formats/safetensors_writer.hpp"

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "common/run_cli.hpp"
+#include "common/child_process.hpp"
 #include "common/test_paths.hpp"
 #include "base/elementwise.hpp"
 #include "duquant/error.hpp"

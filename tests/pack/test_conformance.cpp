@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "common/run_cli.hpp"
+#include "common/child_process.hpp"
 #include "math/conformance.hpp"
 #include "math/duquant_math.hpp"
 #include "base/elementwise.hpp"

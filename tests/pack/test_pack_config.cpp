@@ -4,7 +4,7 @@
 
 #include <fstream>
 
-#include "common/run_cli.hpp"
+#include "common/child_process.hpp"
 
 namespace duquant {
 namespace {

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "common/run_cli.hpp"
+#include "common/child_process.hpp"
 #include "common/test_paths.hpp"
 #include "formats/digest.hpp"
 #include "formats/safetensors_checkpoint.hpp"

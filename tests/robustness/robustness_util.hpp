@@ -1,11 +1,9 @@
-// Helpers of the robustness suite: run the binary as a child process that the test can stop, kill
-// or wait for; snapshot and compare pack folders; write small hand-made checkpoints.
+// Helpers of the robustness suite: snapshot and compare pack folders, write small hand-made
+// checkpoints (child processes: common/child_process.hpp).
 #pragma once
 
 #include <gtest/gtest.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,102 +18,16 @@
 #include <thread>
 #include <vector>
 
-#include "common/run_cli.hpp"
+#include "common/child_process.hpp"
 #include "common/test_paths.hpp"
 #include "formats/safetensors_writer.hpp"
 #include <fmt/format.h>
-
-extern char** environ;
 
 namespace duquant::test {
 
 namespace fs = std::filesystem;
 
 inline constexpr int kKilledBySigkill = 128 + SIGKILL;  // run_cli's exit code of a SIGKILLed run
-
-// A running `duquant ARGS`; stdout and stderr go to files beside `log_stem`.
-class Child {
- public:
-  Child(const std::vector<std::string>& args, const std::vector<std::string>& env, const fs::path& log_stem)
-      : out_path_(log_stem.string() + ".out"), err_path_(log_stem.string() + ".err") {
-    std::vector<std::string> argv_s{binary().string()};
-    argv_s.insert(argv_s.end(), args.begin(), args.end());
-    std::vector<std::string> env_s;
-    for (char** e = environ; *e != nullptr; ++e) env_s.emplace_back(*e);
-    env_s.insert(env_s.end(), env.begin(), env.end());
-    std::vector<char*> argv, envp;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    for (auto& e : env_s) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int rc = posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), envp.data());
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) pid_ = -1;
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  ~Child() {
-    if (pid_ > 0 && !reaped_) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-    }
-  }
-
-  bool started() const { return pid_ > 0; }
-  pid_t pid() const { return pid_; }
-  // Waits until the child stops itself (SIGSTOP seam); false when it ended instead.
-  bool wait_stopped() {
-    int status = 0;
-    if (::waitpid(pid_, &status, WUNTRACED) != pid_) return false;
-    if (WIFSTOPPED(status)) return true;
-    finish(status);
-    return false;
-  }
-  void resume() { ::kill(pid_, SIGCONT); }
-  // Waits until the child ends or `deadline` passes, whichever is first; true when it ended.
-  bool wait_until(std::chrono::steady_clock::time_point deadline) {
-    while (!reaped_) {
-      int status = 0;
-      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        finish(status);
-        break;
-      }
-      if (std::chrono::steady_clock::now() >= deadline) return false;
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-    return true;
-  }
-  void kill() { ::kill(pid_, SIGKILL); }
-  // Waits for the end; the exit code, or 128 + signal.
-  int wait() {
-    if (!reaped_) {
-      int status = 0;
-      while (::waitpid(pid_, &status, 0) != pid_) {
-      }
-      finish(status);
-    }
-    return code_;
-  }
-  std::string out() const { return read_text(out_path_); }
-  std::string err() const { return read_text(err_path_); }
-
- private:
-  void finish(int status) {
-    reaped_ = true;
-    code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-  std::string out_path_, err_path_;
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-  int code_ = -1;
-};
 
 // Every regular file under `dir` (hidden ones too), relative path -> bytes.
 inline std::map<std::string, std::string> snapshot(const fs::path& dir) {
@@ -201,7 +113,7 @@ struct Outcome {
 
 // Runs `duquant ARGS` with a watchdog: a child still running after 20 s is killed and reported hung.
 inline Outcome run_dq(const std::vector<std::string>& args, const fs::path& log_stem) {
-  Child child(args, {}, log_stem);
+  Child child(args, ChildSetup{}, log_stem);
   Outcome r;
   if (!child.started()) return r;
   if (!child.wait_until(std::chrono::steady_clock::now() + kHangLimit)) {

@@ -341,7 +341,7 @@ TEST(IntegrityLock, OnlyTheTemporaryFilesOfAGoneWriterAreRemoved) {
   // A pid that is gone: a child that has ended.
   pid_t gone = -1;
   {
-    test::Child c({"version"}, {}, dir / "gone");
+    test::Child c({"version"}, test::ChildSetup{}, dir / "gone");
     ASSERT_TRUE(c.started());
     gone = c.pid();
     c.wait();

@@ -52,7 +52,7 @@ class RunLength {
 bool run_and_kill(const fs::path& out, bool resume, RunLength& length, std::mt19937_64& rng, const fs::path& log) {
   const auto delay = length.draw(rng);
   const auto start = Clock::now();
-  test::Child child(pack_args(out, resume), {}, log);
+  test::Child child(pack_args(out, resume), test::ChildSetup{}, log);
   EXPECT_TRUE(child.started());
   const bool ended = child.wait_until(start + delay);
   if (ended && !resume) length.saw_complete_run(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start));
@@ -67,7 +67,7 @@ TEST(KillAndResume, RandomSigkillThenResumeGivesTheSameBytes) {
   const fs::path baseline = dir / "baseline";
   const auto start = Clock::now();
   {
-    test::Child child(pack_args(baseline, false), {}, dir / "baseline");
+    test::Child child(pack_args(baseline, false), test::ChildSetup{}, dir / "baseline");
     ASSERT_EQ(child.wait(), 0) << child.out() << child.err();
   }
   RunLength length(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start));
@@ -83,7 +83,7 @@ TEST(KillAndResume, RandomSigkillThenResumeGivesTheSameBytes) {
     const bool first = run_and_kill(out, false, length, rng, dir / "first");
     killed += first ? 1 : 0;
     if (first && killed % 2 == 0) killed_twice += run_and_kill(out, true, length, rng, dir / "second") ? 1 : 0;
-    test::Child resumed(pack_args(out, true), {}, dir / "resumed");
+    test::Child resumed(pack_args(out, true), test::ChildSetup{}, dir / "resumed");
     ASSERT_EQ(resumed.wait(), 0) << resumed.out() << resumed.err();
     std::string why;
     EXPECT_TRUE(test::same_folder(out, baseline, &why)) << why;

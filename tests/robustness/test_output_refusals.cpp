@@ -78,7 +78,9 @@ TEST(OutputRefusals, ReadOnlyLocationIsRefusedBeforeAnyWork) {
   fs::create_directories(locked / "empty");
   std::vector<std::string> prefix;
   if (::geteuid() == 0) {
-    if (std::system("setpriv --version >/dev/null 2>&1") != 0) GTEST_SKIP() << "running as root without setpriv(1)";
+    test::ChildSetup probe;
+    probe.command = {"setpriv"};
+    if (test::run_program({"--version"}, probe).exit_code != 0) GTEST_SKIP() << "running as root without setpriv(1)";
     // `nobody` must reach the binary, the fixture and the folder.
     fs::permissions(dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
                              fs::perms::others_read | fs::perms::others_exec);
@@ -89,22 +91,15 @@ TEST(OutputRefusals, ReadOnlyLocationIsRefusedBeforeAnyWork) {
   fs::permissions(locked, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
                               fs::perms::group_exec | fs::perms::others_read | fs::perms::others_exec);
   for (const fs::path& out : {locked / "new" / "pack", locked / "empty"}) {
-    std::string cmd;
-    for (const auto& p : prefix) cmd.append(p).append(" ");
-    cmd.append(test::shell_quote(test::binary().string()))
-        .append(" pack ")
-        .append(test::shell_quote(test::tiny_checkpoint().string()))
-        .append(" -o ")
-        .append(test::shell_quote(out.string()))
-        .append(" --preset openpi-dit 2>&1");
-    FILE* pipe = ::popen(cmd.c_str(), "r");
-    ASSERT_NE(pipe, nullptr);
-    std::string text;
-    char buffer[4096];
-    size_t n;
-    while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) text.append(buffer, n);
-    const int status = ::pclose(pipe);
-    EXPECT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 4) << out << "\n" << text;
+    test::ChildSetup setup;
+    if (!prefix.empty()) {
+      setup.command = prefix;
+      setup.command.push_back(test::binary().string());
+    }
+    const test::CliResult r =
+        test::run_program({"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit"}, setup);
+    const std::string text = r.out + r.err;
+    EXPECT_EQ(r.exit_code, 4) << out << "\n" << text;
     EXPECT_TRUE(test::contains(text, "cannot write into")) << text;
     EXPECT_TRUE(test::contains(text, "Permission denied")) << text;
     EXPECT_FALSE(test::contains(text, "q_proj")) << text;

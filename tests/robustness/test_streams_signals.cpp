@@ -7,7 +7,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,8 +22,6 @@
 
 #include "robustness/robustness_util.hpp"
 
-extern char** environ;
-
 namespace duquant {
 namespace {
 
@@ -34,167 +31,28 @@ using Clock = std::chrono::steady_clock;
 constexpr int kSigpipe = 128 + SIGPIPE;
 constexpr auto kWatchdog = std::chrono::seconds(300);
 
-// How a standard stream of the child is set up.
-enum class Stream {
-  file,        // a regular file (read back afterwards)
-  closed,      // not open at all when the child starts
-  full,        // /dev/full: every write fails with ENOSPC
-  read_only,   // a file opened read-only: every write fails with EBADF
-  broken,      // a pipe whose reader is gone: EPIPE, and SIGPIPE unless ignored
-};
-
-const char* stream_name(Stream s) {
-  switch (s) {
-    case Stream::file: return "file";
-    case Stream::closed: return "closed";
-    case Stream::full: return "full";
-    case Stream::read_only: return "read-only";
-    case Stream::broken: return "broken";
-  }
-  return "?";
-}
-
-struct ChildSetup {
-  Stream out = Stream::file, err = Stream::file, in = Stream::file;
-  bool sigpipe_ignored = false;
-  std::vector<std::string> env;         // NAME=VALUE added (replacing inherited ones)
-  std::vector<std::string> env_unset;   // names removed from the inherited environment
-};
+using test::ChildSetup;
+using test::Stream;
+using test::stream_name;
 
 struct Outcome {
   int code = -1;  // exit code, or 128 + signal
   std::string out, err;
 };
 
-// A running child with the streams of `setup`.
-class Spawned {
- public:
-  Spawned(const std::vector<std::string>& args, const ChildSetup& setup, const fs::path& stem)
-      : out_path_(stem.string() + ".out"), err_path_(stem.string() + ".err") {
-    std::vector<std::string> argv_s{test::binary().string()};
-    argv_s.insert(argv_s.end(), args.begin(), args.end());
-    std::vector<std::string> env_s;
-    auto overridden = [&](const std::string& entry) {
-      const std::string name = entry.substr(0, entry.find('='));
-      for (const std::string& e : setup.env)
-        if (e.substr(0, e.find('=')) == name) return true;
-      for (const std::string& u : setup.env_unset)
-        if (u == name) return true;
-      return false;
-    };
-    for (char** e = environ; *e != nullptr; ++e)
-      if (!overridden(*e)) env_s.emplace_back(*e);
-    env_s.insert(env_s.end(), setup.env.begin(), setup.env.end());
-    std::vector<char*> argv, envp;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    for (auto& e : env_s) envp.push_back(e.data());
-    envp.push_back(nullptr);
-
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    std::vector<int> parent_close;
-    auto set = [&](int fd, Stream s, const std::string& path) {
-      switch (s) {
-        case Stream::file:
-          if (fd == STDIN_FILENO) posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", O_RDONLY, 0);
-          else posix_spawn_file_actions_addopen(&actions, fd, path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-          break;
-        case Stream::closed: posix_spawn_file_actions_addclose(&actions, fd); break;
-        case Stream::full: posix_spawn_file_actions_addopen(&actions, fd, "/dev/full", O_WRONLY, 0); break;
-        case Stream::read_only:
-          ::close(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644));
-          posix_spawn_file_actions_addopen(&actions, fd, path.c_str(), O_RDONLY, 0);
-          break;
-        case Stream::broken: {
-          int p[2];
-          if (::pipe(p) != 0) break;
-          ::close(p[0]);  // the reader is gone before the child starts
-          posix_spawn_file_actions_adddup2(&actions, p[1], fd);
-          posix_spawn_file_actions_addclose(&actions, p[1]);
-          parent_close.push_back(p[1]);
-          break;
-        }
-      }
-    };
-    set(STDIN_FILENO, setup.in, stem.string() + ".in");
-    set(STDOUT_FILENO, setup.out, out_path_);
-    set(STDERR_FILENO, setup.err, err_path_);
-
-    // SIGINT, SIGTERM and SIGPIPE at their defaults in the child, unless SIGPIPE is to be ignored
-    // (an ignored signal stays ignored across exec; this test process ignores SIGPIPE).
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    sigset_t defaults;
-    sigemptyset(&defaults);
-    sigaddset(&defaults, SIGINT);
-    sigaddset(&defaults, SIGTERM);
-    if (!setup.sigpipe_ignored) sigaddset(&defaults, SIGPIPE);
-    posix_spawnattr_setsigdefault(&attr, &defaults);
-    sigset_t none;
-    sigemptyset(&none);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-    ::signal(SIGPIPE, SIG_IGN);
-    const int rc = posix_spawn(&pid_, argv[0], &actions, &attr, argv.data(), envp.data());
-    posix_spawnattr_destroy(&attr);
-    posix_spawn_file_actions_destroy(&actions);
-    for (int fd : parent_close) ::close(fd);
-    if (rc != 0) pid_ = -1;
-  }
-  Spawned(const Spawned&) = delete;
-  Spawned& operator=(const Spawned&) = delete;
-  ~Spawned() {
-    if (pid_ > 0 && code_ < 0) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  bool wait_stopped() {
-    int status = 0;
-    if (::waitpid(pid_, &status, WUNTRACED) != pid_) return false;
-    if (WIFSTOPPED(status)) return true;
-    code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return false;
-  }
-  // The exit code or 128 + signal; a child still running at the watchdog's limit is killed (-2).
-  Outcome wait() {
-    const auto deadline = Clock::now() + kWatchdog;
-    while (code_ < 0 && pid_ > 0) {
-      int status = 0;
-      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        break;
-      }
-      if (Clock::now() >= deadline) {
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, &status, 0);
-        code_ = -2;
-        ADD_FAILURE() << "the child hung (killed by the watchdog)";
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
-    Outcome o;
-    o.code = code_;
-    o.out = test::read_text(out_path_);
-    o.err = test::read_text(err_path_);
-    return o;
-  }
-
- private:
-  std::string out_path_, err_path_;
-  pid_t pid_ = -1;
-  int code_ = -1;
-};
+// The child's end (the watchdog kills a hang and fails the test) and what it printed.
+Outcome finish(test::Child& child) {
+  Outcome o;
+  o.code = child.wait(kWatchdog);
+  o.out = child.out();
+  o.err = child.err();
+  return o;
+}
 
 Outcome run(const std::vector<std::string>& args, const ChildSetup& setup, const fs::path& stem) {
-  Spawned child(args, setup, stem);
+  test::Child child(args, setup, stem);
   EXPECT_GT(child.pid(), 0);
-  return child.wait();
+  return finish(child);
 }
 
 const std::string kLayer = "paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj";
@@ -373,13 +231,13 @@ void interrupt_in_temp(int sig, int nth, const std::string& label) {
   fs::remove_all(out);
   ChildSetup setup;
   setup.env = {fmt::format("DUQUANT_TEST_STOP_IN_TEMP={}", nth)};
-  Spawned child(pack_args(out), setup, dir / label);
+  test::Child child(pack_args(out), setup, dir / label);
   ASSERT_TRUE(child.wait_stopped()) << "the pack ended before its temporary file " << nth;
   std::string which;
   EXPECT_FALSE(no_temp_files(out, &which)) << "no temporary file while the pack is stopped in one";
   ::kill(child.pid(), sig);
   ::kill(child.pid(), SIGCONT);
-  const Outcome o = child.wait();
+  const Outcome o = finish(child);
   EXPECT_EQ(o.code, 128 + sig) << o.err;
   const std::string name = sig == SIGINT ? "SIGINT" : "SIGTERM";
   EXPECT_TRUE(test::contains(o.err, "duquant: interrupted by " + name)) << o.err;
@@ -415,11 +273,11 @@ TEST(StreamsSignals, SigintBetweenLayersNamesTheLayerAndResumes) {
     fs::remove_all(out);
     ChildSetup setup;
     setup.env = {fmt::format("DUQUANT_TEST_STOP_AT=layer:{}", k)};
-    Spawned child(pack_args(out), setup, dir / fmt::format("between-{}", k));
+    test::Child child(pack_args(out), setup, dir / fmt::format("between-{}", k));
     ASSERT_TRUE(child.wait_stopped());
     ::kill(child.pid(), SIGINT);
     ::kill(child.pid(), SIGCONT);
-    const Outcome o = child.wait();
+    const Outcome o = finish(child);
     EXPECT_EQ(o.code, 128 + SIGINT) << o.err;
     // The pack stops after the k-th layer is recorded; the line names the layer reached (the engine
     // may have reported one more) of the 14.

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "common/run_cli.hpp"
+#include "common/child_process.hpp"
 #include "common/test_paths.hpp"
 #include "select/linear_layers.hpp"
 #include "config/presets.hpp"

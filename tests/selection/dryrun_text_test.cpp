@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "common/run_cli.hpp"
+#include "common/child_process.hpp"
 #include "common/test_paths.hpp"
 
 namespace duquant {

@@ -15,7 +15,7 @@
 #include <set>
 #include <vector>
 
-#include "common/run_cli.hpp"
+#include "common/child_process.hpp"
 #include "common/test_paths.hpp"
 #include "formats/digest.hpp"
 #include "duquant/error.hpp"

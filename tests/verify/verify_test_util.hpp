@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "common/run_cli.hpp"
+#include "common/child_process.hpp"
 #include "common/test_paths.hpp"
 #include "formats/npy.hpp"
 #include "formats/npz.hpp"
