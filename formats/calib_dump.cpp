@@ -167,7 +167,7 @@ void CalibDump::read(std::string_view layer, const DumpCall& call, std::vector<f
     const H5Object dset(h5_id(H5Oopen_by_addr(impl.h5file, static_cast<haddr_t>(ref)), where, "H5Oopen_by_addr"));
     if (H5Iget_type(dset.get()) != H5I_DATASET) bad(where, "is no longer a dataset (was the file changed?)");
     const DatasetInfo info = inspect(dset.get(), where, impl.file_size, false);
-    if (info.shape.rows != call.rows || info.shape.cols != call.cols || elem_name(info.elem) != call.dtype)
+    if (info.shape.rows != call.rows || info.shape.cols != call.cols || dtype_name(info.dtype) != call.dtype)
       bad(where, "changed since the dump was opened");
     out.resize(info.shape.numel);
     if (info.layout == H5D_CHUNKED) {

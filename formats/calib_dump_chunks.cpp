@@ -16,42 +16,41 @@ std::uint32_t load_u32(const unsigned char* p, bool big_endian) {
   return (std::uint32_t{p[3]} << 24) | (std::uint32_t{p[2]} << 16) | (std::uint32_t{p[1]} << 8) | p[0];
 }
 
-// Converts `n` stored elements at `src` to float32.
-void convert_run(const unsigned char* src, std::size_t n, Elem elem, bool big_endian, float* dst) {
-  switch (elem) {
-    case Elem::f32:
-      if (!big_endian && std::endian::native == std::endian::little) {
-        std::memcpy(dst, src, n * 4);
-      } else {
-        for (std::size_t i = 0; i < n; ++i) dst[i] = elementwise::f32_from_bits(load_u32(src + 4 * i, big_endian));
-      }
-      break;
-    case Elem::f16:
-      for (std::size_t i = 0; i < n; ++i) dst[i] = elementwise::f16_to_f32(load_u16(src + 2 * i, big_endian));
-      break;
-    case Elem::bf16:
-      for (std::size_t i = 0; i < n; ++i) dst[i] = elementwise::bf16_to_f32(load_u16(src + 2 * i, big_endian));
-      break;
+// The one conversion of a stored element (F32, F16 or BF16 in the file's byte order) to float32.
+float element_to_f32(const unsigned char* p, DType dtype, bool big_endian) {
+  switch (dtype) {
+    case DType::F32: return elementwise::f32_from_bits(load_u32(p, big_endian));
+    case DType::F16: return elementwise::f16_to_f32(load_u16(p, big_endian));
+    case DType::BF16: return elementwise::bf16_to_f32(load_u16(p, big_endian));
+    default: fail(ErrorKind::internal, "calibration dump: element type {} is not a call's", dtype_name(dtype));
   }
+}
+
+// Converts `n` stored elements at `src` to float32.
+void convert_run(const unsigned char* src, std::size_t n, DType dtype, bool big_endian, float* dst) {
+  if (dtype == DType::F32 && !big_endian && std::endian::native == std::endian::little) {
+    std::memcpy(dst, src, n * 4);
+    return;
+  }
+  const std::size_t esize = dtype_bits(dtype) / 8;
+  for (std::size_t i = 0; i < n; ++i) dst[i] = element_to_f32(src + esize * i, dtype, big_endian);
 }
 
 // `out` holds its n elements as stored (4 or 2 bytes each, in the file's byte order) in its first
 // n * esize bytes: converts them to float32 in place. 16-bit values are widened from the back
 // (float i overwrites the bytes of 16-bit values 2i and 2i+1, both already converted).
-void decode_in_place(std::vector<float>& out, Elem elem, bool big_endian) {
+void decode_in_place(std::vector<float>& out, DType dtype, bool big_endian) {
   auto* base = reinterpret_cast<unsigned char*>(out.data());
-  if (elem == Elem::f32) {
-    if (!big_endian && std::endian::native == std::endian::little) return;
-    for (std::size_t i = 0; i < out.size(); ++i) {
-      const float f = elementwise::f32_from_bits(load_u32(base + 4 * i, big_endian));
-      std::memcpy(base + 4 * i, &f, sizeof f);
-    }
-    return;
-  }
-  for (std::size_t i = out.size(); i-- > 0;) {
-    const std::uint16_t h = load_u16(base + 2 * i, big_endian);
-    const float f = elem == Elem::f16 ? elementwise::f16_to_f32(h) : elementwise::bf16_to_f32(h);
+  if (dtype == DType::F32 && !big_endian && std::endian::native == std::endian::little) return;
+  const std::size_t esize = dtype_bits(dtype) / 8;
+  auto convert = [&](std::size_t i) {
+    const float f = element_to_f32(base + esize * i, dtype, big_endian);
     std::memcpy(base + 4 * i, &f, sizeof f);
+  };
+  if (esize == 4) {
+    for (std::size_t i = 0; i < out.size(); ++i) convert(i);
+  } else {
+    for (std::size_t i = out.size(); i-- > 0;) convert(i);
   }
 }
 
@@ -232,7 +231,7 @@ void scatter_chunk(const DatasetInfo& info, std::span<const hsize_t> offset, con
       src += pos[k] * cstride[k];
       dst += (offset[k] + pos[k]) * dstride[k];
     }
-    convert_run(chunk + src * info.esize, extent[rank - 1], info.elem, info.big_endian, out + dst);
+    convert_run(chunk + src * info.esize, extent[rank - 1], info.dtype, info.big_endian, out + dst);
     std::size_t k = rank - 1;
     while (true) {
       if (k == 0) return;
@@ -278,7 +277,7 @@ void read_compact(hid_t dset, const DatasetInfo& info, const std::string& where,
   const H5Type file_type(h5_id(H5Dget_type(dset), where, "H5Dget_type"));
   const H5Type mem(h5_id(H5Tcopy(file_type.get()), where, "H5Tcopy"));
   h5_ok(H5Dread(dset, mem.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), where, "reading data (H5Dread)");
-  decode_in_place(out, info.elem, info.big_endian);
+  decode_in_place(out, info.dtype, info.big_endian);
 }
 
 // Contiguous data: its offset and size inside the file were checked by inspect; read directly.
@@ -287,7 +286,7 @@ void read_contiguous(hid_t dset, const DatasetInfo& info, int fd, const std::str
   if (offset == HADDR_UNDEF) bad(where, "contiguous data has no address in the file (never written)");
   pread_exact(fd, reinterpret_cast<unsigned char*>(out.data()), info.shape.numel * info.esize, offset, where,
               "the data");
-  decode_in_place(out, info.elem, info.big_endian);
+  decode_in_place(out, info.dtype, info.big_endian);
 }
 
 

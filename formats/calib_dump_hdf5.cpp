@@ -137,7 +137,7 @@ void classify_type(hid_t dset, hid_t type, const std::string& where, DatasetInfo
             "{} bits at {}, mantissa {} bits at {}, bias {}); {}",
             size, size * 8, H5Tget_precision(type), spos, esize, epos, msize, mpos, H5Tget_ebias(type), kDtypeRule);
       }
-      info.elem = size == 4 ? Elem::f32 : Elem::f16;
+      info.dtype = size == 4 ? DType::F32 : DType::F16;
       info.big_endian = H5Tget_order(type) == H5T_ORDER_BE;
       const auto attr = dtype_attribute(dset, where);
       if (attr && *attr == "bfloat16")
@@ -155,7 +155,7 @@ void classify_type(hid_t dset, hid_t type, const std::string& where, DatasetInfo
         if (*attr != "bfloat16")
           bad(where, "unsupported element type: uint16 with the attribute dtype=\"{}\"; {}", printable(*attr),
               kDtypeRule);
-        info.elem = Elem::bf16;
+        info.dtype = DType::BF16;
         info.big_endian = order == H5T_ORDER_BE;
         break;
       }
@@ -178,7 +178,7 @@ void classify_type(hid_t dset, hid_t type, const std::string& where, DatasetInfo
     default:
       bad(where, "unsupported element type: HDF5 type class {}; {}", static_cast<int>(cls), kDtypeRule);
   }
-  info.esize = elem_size(info.elem);
+  info.esize = dtype_bits(info.dtype) / 8;
 }
 
 
@@ -471,7 +471,7 @@ void scan_hdf5(State& impl) {
         std::vector<float> scratch(info.shape.numel);
         read_compact(dset.get(), info, at, scratch);
       }
-      layer.calls.push_back({index, entry.name, info.shape.rows, info.shape.cols, elem_name(info.elem)});
+      layer.calls.push_back({index, entry.name, info.shape.rows, info.shape.cols, std::string(dtype_name(info.dtype))});
       layer.refs.push_back(ei.addr);
     }
     sort_calls(layer, where);

@@ -36,6 +36,7 @@
 
 #include "duquant/error.hpp"
 #include "formats/calib_dump.hpp"
+#include "formats/dtype.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 
 namespace duquant::formats::calib_internal {
@@ -50,20 +51,6 @@ inline constexpr std::uint64_t kMaxChunksPerCall = std::uint64_t{1} << 20;
 inline constexpr std::size_t kMaxDtypeAttrBytes = 64;
 inline constexpr std::size_t kMaxIndexDigits = 18;  // call indices fit an int64 with room to spare
 inline constexpr unsigned char kHdf5Signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-
-
-enum class Elem { f32, f16, bf16 };
-
-inline const char* elem_name(Elem e) {
-  switch (e) {
-    case Elem::f32: return "F32";
-    case Elem::f16: return "F16";
-    case Elem::bf16: return "BF16";
-  }
-  return "?";
-}
-
-inline std::size_t elem_size(Elem e) { return e == Elem::f32 ? 4 : 2; }
 
 
 // Messages (calib_dump_names.cpp): names and HDF5's texts come from untrusted files.
@@ -149,7 +136,8 @@ struct Layer {
 void sort_calls(Layer& layer, const std::string& where);
 
 // Element conversion and reads (calib_dump_chunks.cpp).
-void decode_in_place(std::vector<float>& out, Elem elem, bool big_endian);
+// A call's elements are F32, F16 or BF16 (formats' DType), in the file's byte order.
+void decode_in_place(std::vector<float>& out, DType dtype, bool big_endian);
 void pread_exact(int fd, unsigned char* dst, std::uint64_t size, std::uint64_t offset, const std::string& where,
                  std::string_view what);
 void check_finite(std::span<const float> values, std::uint64_t cols, const std::string& where);
@@ -158,9 +146,9 @@ void check_finite(std::span<const float> values, std::uint64_t cols, const std::
 struct DatasetInfo {
   std::vector<std::uint64_t> dims;
   Shape shape;
-  Elem elem = Elem::f32;
+  DType dtype = DType::F32;  // F32, F16 or BF16
   bool big_endian = false;
-  std::size_t esize = 4;
+  std::size_t esize = 4;     // bytes per element
   H5D_layout_t layout = H5D_CONTIGUOUS;
   std::vector<std::uint64_t> chunk;    // chunked only
   std::uint64_t chunk_bytes = 0;

@@ -166,71 +166,75 @@ PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& sel
   return finish_layer(selected, q, npz_path, calib, in, math, engine);
 }
 
-PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q,
-                         const std::filesystem::path& npz_path, const LayerCalibration& calib, const LayerInput& in,
-                         const LayerMath& math, LayerEngine* engine) {
-  const LinearLayer& layer = *selected.layer;
+namespace {
+
+std::span<const std::int64_t> used_perm(const QuantConfig& q, const LayerTransform& t) {
+  return q.permute ? std::span<const std::int64_t>(t.perm) : std::span<const std::int64_t>();
+}
+
+// The engine's results must have the layer's sizes before anything is written from them.
+void check_math_sizes(const SelectedLayer& selected, const LayerInput& in, const LayerMath& math) {
   const std::int64_t rows = in.rows, cols = in.cols;
-  const WeightView w_fp = in.checkpoint_view();
-  const WeightView w = in.packed_view();
-  const bool calibrated = calib.has_calls();
-  const bool smoothed = !calib.smooth.empty();
   const LayerTransform& t = math.t;
-  const std::vector<float>& weight_scale = math.weight_scale;
   const QuantizedRows& quant = math.quant;
-  const std::span<const std::int64_t> perm = q.permute ? std::span<const std::int64_t>(t.perm) : std::span<const std::int64_t>();
-  DQ_CHECK(static_cast<std::int64_t>(quant.scales.size()) == rows && static_cast<std::int64_t>(weight_scale.size()) == rows &&
+  DQ_CHECK(static_cast<std::int64_t>(quant.scales.size()) == rows && static_cast<std::int64_t>(math.weight_scale.size()) == rows &&
                static_cast<std::int64_t>(t.perm.size()) == cols &&
                (math.packed.empty() ? static_cast<std::int64_t>(quant.codes.size()) == rows * cols
                                     : selected.wbits <= 4 && static_cast<std::int64_t>(math.packed.size()) == rows * ((cols + 1) / 2)),
-           internal, "layer '{}': the compute backend returned {} scales, {} codes, {} packed bytes for [{}, {}]", layer.name,
-           quant.scales.size(), quant.codes.size(), math.packed.size(), rows, cols);
+           internal, "layer '{}': the compute backend returned {} scales, {} codes, {} packed bytes for [{}, {}]",
+           selected.layer->name, quant.scales.size(), quant.codes.size(), math.packed.size(), rows, cols);
+}
 
-  const std::vector<float>& bias = in.bias;  // read with the weight (load_layer_input), never again
+}  // namespace
 
-  // Calibration: act_scale over the first calib_steps calls, then the held-out calls. The
-  // conformance inputs are rows of the first held-out call (else of the first call).
-  PackedLayer out;
-  std::vector<float> act_scale, test_x, held_x;
-  if (calibrated) {
-    const CallPlan plan = plan_calls(calib, q.calib_steps);
-    CalibrationFigures& f = out.calibration;
-    Xxh128 h;
-    ActivationCalibrator calibrator(cols, q.act_pct, q.abits);
-    std::vector<float> x;
-    for (std::size_t k = 0; k < plan.steps + plan.held_out; ++k) {
-      const formats::DumpCall& call = (*calib.calls)[k];
-      DQ_CHECK(call.cols == layer.in_features, format, "{}: layer '{}' call {} has width {}, the layer's weight [{}, {}] reads {}",
-               calib.dump->path().string(), calib.name, call.name, call.cols, rows, cols, cols);
-      calib.dump->read(calib.name, call, x);
-      check_packable_call(*calib.dump, calib.name, call, x);  // the rule verify applies to test_x and act_scale
-      hash_floats(h, x);
-      const auto n = static_cast<std::int64_t>(call.rows);
-      if (k < plan.steps) {
-        std::vector<float> p;
-        if (engine != nullptr && engine->call_percentiles(x, n, t, calib.smooth, calibrator.quantile(), layer.name, p))
-          calibrator.add_percentiles(p);
-        else
-          calibrator.add_call(transform_activations(x, n, cols, perm, t.r_in, calib.smooth), n);
-        f.tokens += call.rows;
-      } else {
-        append_rows(held_x, x, cols, spaced_rows(n, std::min(n, kHeldOutRowsPerCall)));
-        ++f.held_out_calls;
-      }
-      if (k == (plan.held_out > 0 ? plan.steps : 0)) append_rows(test_x, x, cols, spaced_rows(n, kConformanceRows));
-    }
-    hash_floats(h, calib.smooth);
-    f.steps = calibrator.steps();
-    f.input_xxh128 = h.hex();
-    act_scale = calibrator.act_scale();
-  } else {
-    test_x = conformance_inputs(kConformanceRows, cols);
+LayerActivations calibrate_layer(const SelectedLayer& selected, const QuantConfig& q, const LayerCalibration& calib,
+                                 const LayerInput& in, const LayerTransform& t, LayerEngine* engine) {
+  const LinearLayer& layer = *selected.layer;
+  const std::int64_t rows = in.rows, cols = in.cols;
+  LayerActivations out;
+  if (!calib.has_calls()) {
+    out.test_x = conformance_inputs(kConformanceRows, cols);
+    return out;
   }
-  const ActivationContract contract{calib.smooth, act_scale, q.abits};
+  const CallPlan plan = plan_calls(calib, q.calib_steps);
+  CalibrationFigures& f = out.figures;
+  Xxh128 h;
+  ActivationCalibrator calibrator(cols, q.act_pct, q.abits);
+  std::vector<float> x;
+  for (std::size_t k = 0; k < plan.steps + plan.held_out; ++k) {
+    const formats::DumpCall& call = (*calib.calls)[k];
+    DQ_CHECK(call.cols == layer.in_features, format, "{}: layer '{}' call {} has width {}, the layer's weight [{}, {}] reads {}",
+             calib.dump->path().string(), calib.name, call.name, call.cols, rows, cols, cols);
+    calib.dump->read(calib.name, call, x);
+    check_packable_call(*calib.dump, calib.name, call, x);  // the rule verify applies to test_x and act_scale
+    hash_floats(h, x);
+    const auto n = static_cast<std::int64_t>(call.rows);
+    if (k < plan.steps) {
+      std::vector<float> p;
+      if (engine != nullptr && engine->call_percentiles(x, n, t, calib.smooth, calibrator.quantile(), layer.name, p))
+        calibrator.add_percentiles(p);
+      else
+        calibrator.add_call(transform_activations(x, n, cols, used_perm(q, t), t.r_in, calib.smooth), n);
+      f.tokens += call.rows;
+    } else {
+      append_rows(out.held_x, x, cols, spaced_rows(n, std::min(n, kHeldOutRowsPerCall)));
+      ++f.held_out_calls;
+    }
+    if (k == (plan.held_out > 0 ? plan.steps : 0)) append_rows(out.test_x, x, cols, spaced_rows(n, kConformanceRows));
+  }
+  hash_floats(h, calib.smooth);
+  f.steps = calibrator.steps();
+  f.input_xxh128 = h.hex();
+  out.act_scale = calibrator.act_scale();
+  return out;
+}
 
+void write_layer_npz(const std::filesystem::path& npz_path, const LinearLayer& layer, const QuantConfig& q,
+                     const LayerMath& math, const std::vector<float>& act_scale, const std::vector<float>& smooth) {
+  const LayerTransform& t = math.t;
   // The runtime's npz, members in its order; then ours, which its loader ignores.
   formats::NpzWriter npz(npz_path);
-  npz.add("weight_scale", formats::npy_f32({layer.out_features}, weight_scale));
+  npz.add("weight_scale", formats::npy_f32({layer.out_features}, math.weight_scale));
   npz.add("meta", formats::npy_unicode_scalar(pack_meta_json(layer.in_features, layer.out_features, q)));
   if (q.permute) npz.add("perm", formats::npy_i64({layer.in_features}, t.perm));
   std::vector<std::int64_t> in_blocks, out_blocks;
@@ -246,14 +250,24 @@ PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q,
     out_blocks.push_back(static_cast<std::int64_t>(b));
   }
   npz.add("R_out_blocks", formats::npy_i64({out_blocks.size()}, out_blocks));
-  if (calibrated) npz.add("act_scale", formats::npy_f32({layer.in_features}, act_scale));
-  if (smoothed) npz.add("smooth_scale", formats::npy_f32({layer.in_features}, calib.smooth));
+  if (!act_scale.empty()) npz.add("act_scale", formats::npy_f32({layer.in_features}, act_scale));
+  if (!smooth.empty()) npz.add("smooth_scale", formats::npy_f32({layer.in_features}, smooth));
   npz.commit();
+}
 
+LayerTensors layer_tensors(const SelectedLayer& selected, const QuantConfig& q, const LayerCalibration& calib,
+                           const LayerInput& in, const LayerMath& math, const LayerActivations& acts) {
+  const LinearLayer& layer = *selected.layer;
+  const std::int64_t rows = in.rows, cols = in.cols;
+  const LayerTransform& t = math.t;
+  const QuantizedRows& quant = math.quant;
+  const bool calibrated = calib.has_calls();
+  const bool smoothed = !calib.smooth.empty();
+  LayerTensors out;
   out.tensors = layer_tensor_specs(layer, selected.wbits, q, calibrated, smoothed);
   std::string& d = out.data;
   // The codes as stored, read back for the conformance output.
-  std::vector<std::int8_t> stored_codes;
+  std::vector<std::int8_t>& stored_codes = out.stored_codes;
   if (selected.wbits <= 4) {
     const std::int64_t packed_cols = (cols + 1) / 2;
     std::string packed = math.packed;  // a device packs its codes itself
@@ -282,32 +296,65 @@ PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q,
   append_stacked(d, t.r_in, q.block);
   if (q.row_rot != RowRot::off) append_stacked(d, t.r_out, q.block_out);
   if (layer.bias) append(d, in.bias_bytes.data(), in.bias_bytes.size());
-  append_conformance(d, out.quality, bias, test_x, w_fp, t, stored_codes, quant.scales, q, contract);
-  if (calibrated) append(d, act_scale.data(), act_scale.size() * sizeof(float));
+  const ActivationContract contract{calib.smooth, acts.act_scale, q.abits};
+  append_conformance(d, out.quality, in.bias, acts.test_x, in.checkpoint_view(), t, stored_codes, quant.scales, q, contract);
+  if (calibrated) append(d, acts.act_scale.data(), acts.act_scale.size() * sizeof(float));
   if (smoothed) append(d, calib.smooth.data(), calib.smooth.size() * sizeof(float));
   std::uint64_t expected = 0;
   for (const TensorSpec& s : out.tensors) expected += s.nbytes();
   DQ_CHECK(expected == d.size(), internal, "layer '{}': {} bytes of tensors produced, {} declared", layer.name, d.size(),
            expected);
+  return out;
+}
 
+LayerErrors measure_layer(const QuantConfig& q, const LayerCalibration& calib, const LayerInput& in, const LayerMath& math,
+                          const LayerActivations& acts, std::span<const std::int8_t> stored_codes) {
+  const std::int64_t rows = in.rows, cols = in.cols;
+  const WeightView w_fp = in.checkpoint_view();
+  const LayerTransform& t = math.t;
+  LayerErrors out;
   // The output error users feel: held-out dumped rows through the whole contract against x Wᵀ + b.
-  if (!held_x.empty()) {
-    const auto n = static_cast<std::int64_t>(held_x.size()) / cols;
-    const std::vector<float> y_fp = conformance_reference_output(held_x, n, w_fp, bias);
-    const std::vector<float> y_q = conformance_pack_output(held_x, n, rows, cols, perm, t.r_in, stored_codes, quant.scales,
-                                                           t.r_out, q.row_rot, bias, contract);
+  if (!acts.held_x.empty()) {
+    const ActivationContract contract{calib.smooth, acts.act_scale, q.abits};
+    const auto n = static_cast<std::int64_t>(acts.held_x.size()) / cols;
+    const std::vector<float> y_fp = conformance_reference_output(acts.held_x, n, w_fp, in.bias);
+    const std::vector<float> y_q = conformance_pack_output(acts.held_x, n, rows, cols, used_perm(q, t), t.r_in, stored_codes,
+                                                           math.quant.scales, t.r_out, q.row_rot, in.bias, contract);
     for (std::size_t k = 0; k < y_fp.size(); ++k) {
       const double e = static_cast<double>(y_q[k]) - static_cast<double>(y_fp[k]);
-      out.calibration.output_fp2 += static_cast<double>(y_fp[k]) * static_cast<double>(y_fp[k]);
-      out.calibration.output_err2 += e * e;
+      out.output_fp2 += static_cast<double>(y_fp[k]) * static_cast<double>(y_fp[k]);
+      out.output_err2 += e * e;
     }
-    out.calibration.held_out_rows = static_cast<std::uint64_t>(n);
+    out.held_out_rows = static_cast<std::uint64_t>(n);
   }
-
   // Weight error of the matrix packed (W·diag(s) with smoothing).
-  for (std::int64_t k = 0; k < rows * cols; ++k) out.quality.weight_norm2 += static_cast<double>(w.data[k]) * w.data[k];
-  out.quality.duquant_err2 = quant.squared_error;
-  out.quality.rtn_err2 = math.rtn_err2;
+  const WeightView w = in.packed_view();
+  for (std::int64_t k = 0; k < rows * cols; ++k) out.weight_norm2 += static_cast<double>(w.data[k]) * w.data[k];
+  out.duquant_err2 = math.quant.squared_error;
+  out.rtn_err2 = math.rtn_err2;
+  return out;
+}
+
+PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q,
+                         const std::filesystem::path& npz_path, const LayerCalibration& calib, const LayerInput& in,
+                         const LayerMath& math, LayerEngine* engine) {
+  check_math_sizes(selected, in, math);
+  const LayerActivations acts = calibrate_layer(selected, q, calib, in, math.t, engine);
+  write_layer_npz(npz_path, *selected.layer, q, math, acts.act_scale, calib.smooth);
+  LayerTensors tensors = layer_tensors(selected, q, calib, in, math, acts);
+  const LayerErrors errors = measure_layer(q, calib, in, math, acts, tensors.stored_codes);
+
+  PackedLayer out;
+  out.tensors = std::move(tensors.tensors);
+  out.data = std::move(tensors.data);
+  out.quality = tensors.quality;
+  out.quality.weight_norm2 = errors.weight_norm2;
+  out.quality.duquant_err2 = errors.duquant_err2;
+  out.quality.rtn_err2 = errors.rtn_err2;
+  out.calibration = acts.figures;
+  out.calibration.held_out_rows = errors.held_out_rows;
+  out.calibration.output_fp2 = errors.output_fp2;
+  out.calibration.output_err2 = errors.output_err2;
   return out;
 }
 

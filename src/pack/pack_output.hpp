@@ -1,4 +1,4 @@
-// The pack's output folder (src/pack.cpp's first steps): what pack owns in it, the checks before
+// The pack's output folder (run_pack's first steps, src/pack/pack.cpp): what pack owns in it, the checks before
 // anything is created (no output is an input, reused folders hold only pack's kinds of files, the
 // location is writable), the folder's write lock, and its preparation (stale temporary files,
 // --force). docs/pack-format.md, docs/reliability.md ("Outputs and inputs").

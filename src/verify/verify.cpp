@@ -288,14 +288,11 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
   }
 }
 
-}  // namespace
-
-VerifyReport run_verify(const VerifyOptions& o) {
-  VerifyReport report;
-  report.pack = o.pack;
-  const PackDirectory pack = PackDirectory::open(o.pack, /*tolerate_bad_manifest=*/true);
-  PackFindings pf{report.pack_findings};
-
+// Step 1: the manifest and the folder's state. Reads and parses manifest.json (a runtime pack has
+// none), notes an unfinished pack's work folder and a writer holding the lock, refuses a folder that
+// is no pack at all, and checks the listed files' sizes and digests.
+std::optional<Manifest> read_pack_manifest(const VerifyOptions& o, const PackDirectory& pack, VerifyReport& report,
+                                           PackFindings& pf) {
   std::optional<Manifest> manifest;
   if (!pack.manifest_error().empty()) {
     report.has_manifest = true;
@@ -338,58 +335,67 @@ VerifyReport run_verify(const VerifyOptions& o) {
   DQ_CHECK(report.has_manifest || !pack.npz_files().empty(), format,
            "{}: not a pack directory (no manifest.json and no .npz files)", o.pack.string());
   if (manifest) check_files(pack, *manifest, pf);
+  return manifest;
+}
 
-  std::optional<CheckpointContext> ck;
-  if (o.checkpoint) {
-    // Names as the pack recorded them, unless flags say otherwise (checkpoint_names.hpp).
-    OpenedCheckpoint opened = open_checkpoint(*o.checkpoint, o.naming, manifest ? manifest->names : std::nullopt);
-    if (!opened.names.identity())
-      pf.add(Level::info, "names", "{}", describe_names(opened.names, o.checkpoint->string()));
-    // The same weights stored under other names: its files differ by design, the digests decide.
-    const bool other_layout = manifest && manifest->names &&
-                              (manifest->names->checkpoint_prefix != opened.names.checkpoint_prefix ||
-                               manifest->names->runtime_prefix != opened.names.runtime_prefix);
-    const Level files_level = other_layout ? Level::info : Level::warn;
-    if (other_layout)
-      pf.add(Level::info, "names", "the pack was made from names under '{}'; {} stores them under '{}': its files differ, "
-             "the weight digests decide", manifest->names->checkpoint_prefix, o.checkpoint->string(),
-             opened.names.checkpoint_prefix);
-    ck.emplace(CheckpointContext{std::move(opened.checkpoint), {}, {}});
-    const RunConfig* run = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
-    ck->linears = find_linear_layers(ck->ckpt, run ? run->selection.not_linear : std::vector<std::string>{});
-    for (const LinearLayer& l : ck->linears) ck->by_name.emplace(l.name, &l);
-    if (manifest) {  // the files the pack was made from (the weight digests decide; this is a hint)
-      for (const Manifest::CheckpointFile& f : manifest->checkpoint_files) {
-        const auto it = std::find_if(ck->ckpt.files().begin(), ck->ckpt.files().end(),
-                                     [&](const formats::CheckpointFile& c) {
-                                       // recorded as dump_json writes it: bytes that are not UTF-8 as U+FFFD
-                                       return formats::json_safe_text(c.path.filename().string()) == f.name;
-                                     });
-        if (it == ck->ckpt.files().end())
-          pf.add(files_level, "checkpoint-files", "the pack was made from {} ({} bytes), which --checkpoint does not hold",
-                 f.name, f.size);
-        else if (it->size != f.size || it->header_bytes != f.header_bytes)
-          pf.add(files_level, "checkpoint-files", "{}: {} bytes with a {}-byte header; the pack was made from {} / {}", f.name,
-                 it->size, it->header_bytes, f.size, f.header_bytes);
-      }
-    }
-  } else {
+// The checkpoint files the pack was made from against --checkpoint's (the weight digests decide;
+// this is a hint, a WARN, or an INFO when the checkpoint stores the same weights under other names).
+void check_checkpoint_files(const Manifest& manifest, const formats::Checkpoint& ckpt, Level level, PackFindings& pf) {
+  for (const Manifest::CheckpointFile& f : manifest.checkpoint_files) {
+    const auto it = std::find_if(ckpt.files().begin(), ckpt.files().end(), [&](const formats::CheckpointFile& c) {
+      // recorded as dump_json writes it: bytes that are not UTF-8 as U+FFFD
+      return formats::json_safe_text(c.path.filename().string()) == f.name;
+    });
+    if (it == ckpt.files().end())
+      pf.add(level, "checkpoint-files", "the pack was made from {} ({} bytes), which --checkpoint does not hold", f.name,
+             f.size);
+    else if (it->size != f.size || it->header_bytes != f.header_bytes)
+      pf.add(level, "checkpoint-files", "{}: {} bytes with a {}-byte header; the pack was made from {} / {}", f.name,
+             it->size, it->header_bytes, f.size, f.header_bytes);
+  }
+}
+
+// Step 2: --checkpoint, opened into `ck` with its linear layers (names as the pack recorded them,
+// unless flags say otherwise: checkpoint_names.hpp).
+void open_checkpoint_context(const VerifyOptions& o, const std::optional<Manifest>& manifest,
+                             std::optional<CheckpointContext>& ck, PackFindings& pf) {
+  if (!o.checkpoint) {
     pf.add(Level::info, "no-checkpoint", "no --checkpoint: the weights, transforms and quality are not recomputed");
+    return;
   }
-  std::optional<PackDirectory> reference;
-  if (o.reference) {
-    reference.emplace(PackDirectory::open(*o.reference));
-    DQ_CHECK(!reference->npz_files().empty(), format, "--reference {}: holds no .npz files", o.reference->string());
-  }
+  OpenedCheckpoint opened = open_checkpoint(*o.checkpoint, o.naming, manifest ? manifest->names : std::nullopt);
+  if (!opened.names.identity()) pf.add(Level::info, "names", "{}", describe_names(opened.names, o.checkpoint->string()));
+  // The same weights stored under other names: its files differ by design, the digests decide.
+  const bool other_layout = manifest && manifest->names &&
+                            (manifest->names->checkpoint_prefix != opened.names.checkpoint_prefix ||
+                             manifest->names->runtime_prefix != opened.names.runtime_prefix);
+  if (other_layout)
+    pf.add(Level::info, "names", "the pack was made from names under '{}'; {} stores them under '{}': its files differ, "
+           "the weight digests decide", manifest->names->checkpoint_prefix, o.checkpoint->string(),
+           opened.names.checkpoint_prefix);
+  ck.emplace(CheckpointContext{std::move(opened.checkpoint), {}, {}});
+  const RunConfig* run = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
+  ck->linears = find_linear_layers(ck->ckpt, run ? run->selection.not_linear : std::vector<std::string>{});
+  for (const LinearLayer& l : ck->linears) ck->by_name.emplace(l.name, &l);
+  if (manifest) check_checkpoint_files(*manifest, ck->ckpt, other_layout ? Level::info : Level::warn, pf);
+}
 
-  // The layers: the manifest's, plus every npz in the folder.
-  std::map<std::string, const ManifestLayer*> entries;
-  std::map<std::string, std::string> files;  // layer -> npz file
+// The layers to verify: the manifest's, plus every npz in the folder.
+struct PackLayers {
+  std::map<std::string, const ManifestLayer*> entries;  // layer -> its manifest entry
+  std::map<std::string, std::string> files;             // layer -> npz file
+};
+
+// Step 3: the layers, with the manifest's own faults (a layer twice, npz names the runtime would not
+// look up or would share); with a manifest, an npz it does not list is a FAIL of its own.
+PackLayers list_pack_layers(const PackDirectory& pack, const std::optional<Manifest>& manifest, VerifyReport& report,
+                            PackFindings& pf) {
+  PackLayers out;
   if (manifest) {
     for (const ManifestLayer& l : manifest->layers) {
-      if (entries.count(l.name)) pf.add(Level::fail, "manifest", "layer '{}' is listed twice", l.name);
-      entries[l.name] = &l;
-      files[l.name] = l.npz.name;
+      if (out.entries.count(l.name)) pf.add(Level::fail, "manifest", "layer '{}' is listed twice", l.name);
+      out.entries[l.name] = &l;
+      out.files[l.name] = l.npz.name;
       if (l.npz.name != pack_file_name(l.name))
         pf.add(Level::fail, "manifest", "layer '{}': npz name '{}', the runtime looks for '{}'", l.name, l.npz.name,
                pack_file_name(l.name));
@@ -401,84 +407,112 @@ VerifyReport run_verify(const VerifyOptions& o) {
              describe(c));
   }
   std::set<std::string> listed_files;
-  for (const auto& [name, file] : files) listed_files.insert(file);
+  for (const auto& [name, file] : out.files) listed_files.insert(file);
   for (const std::string& f : pack.npz_files()) {
     if (listed_files.count(f)) continue;
     const std::string name = PackDirectory::layer_name_of(f);
-    files[name] = f;
+    out.files[name] = f;
     if (manifest) {
       LayerVerdict v;
       v.name = name;
       v.file = f;
       v.findings.push_back({Level::fail, "unlisted", fmt::format("{} is not listed in the manifest", f)});
       report.layers.push_back(std::move(v));
-      files.erase(name);
+      out.files.erase(name);
     }
   }
+  return out;
+}
 
-  for (const auto& [name, file] : files) {
-    LayerVerdict v;
-    const auto it = entries.find(name);
-    verify_layer(pack, name, file, manifest ? &*manifest : nullptr, it == entries.end() ? nullptr : it->second,
-                 ck ? &*ck : nullptr, reference ? &*reference : nullptr, o, v);
-    report.layers.push_back(std::move(v));
-  }
-
-  // The folded checkpoint of a smoothed pack is another file by design: its weights decided.
+// The folded checkpoint of a smoothed pack is another file by design: its weights decided.
+void relax_folded_checkpoint_findings(VerifyReport& report) {
   const bool folded_checkpoint = std::any_of(report.layers.begin(), report.layers.end(), [](const LayerVerdict& v) {
     return v.numbers.contains("folded_checkpoint");
   });
-  if (folded_checkpoint)
-    for (Finding& f : report.pack_findings)
-      if (f.reason == "checkpoint-files" && f.level == Level::warn) {
-        f.level = Level::info;
-        f.message += " (it is the pack's folded checkpoint: its smoothed weights have the folded digests)";
-      }
+  if (!folded_checkpoint) return;
+  for (Finding& f : report.pack_findings)
+    if (f.reason == "checkpoint-files" && f.level == Level::warn) {
+      f.level = Level::info;
+      f.message += " (it is the pack's folded checkpoint: its smoothed weights have the folded digests)";
+    }
+}
 
-  // Layers the selection picks that the pack lacks; layers the reference has and we lack.
-  if (ck) {
-    const RunConfig* config = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
-    if (config != nullptr) {
-      const Selection s = select_layers(ck->linears, *config);
-      std::set<std::string> picked;
-      for (const SelectedLayer& l : s.layers) picked.insert(l.layer->name);
+// Step 5: the selection (the manifest's, else the flags') against the pack: layers it does not
+// pick, bits it gives otherwise, layers it picks that the pack lacks.
+void check_selection(const VerifyOptions& o, const std::optional<Manifest>& manifest, const CheckpointContext& ck,
+                     const PackLayers& layers, VerifyReport& report, PackFindings& pf) {
+  const RunConfig* config = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
+  if (config == nullptr) {
+    pf.add(Level::info, "selection-unknown", "no manifest and no selection flags: layers missing from the pack are not "
+           "looked for (give --preset or --scope)");
+    return;
+  }
+  const Selection s = select_layers(ck.linears, *config);
+  std::set<std::string> picked;
+  for (const SelectedLayer& l : s.layers) picked.insert(l.layer->name);
+  for (LayerVerdict& v : report.layers)
+    if (!picked.count(v.name) && ck.by_name.count(v.name))
+      v.findings.push_back({Level::fail, manifest ? "manifest" : "selection",
+                            fmt::format("the {} selection does not pick this layer", manifest ? "manifest's" : "given")});
+  for (const SelectedLayer& l : s.layers) {
+    if (const auto e = layers.entries.find(l.layer->name); e != layers.entries.end() && e->second->wbits != l.wbits) {
       for (LayerVerdict& v : report.layers)
-        if (!picked.count(v.name) && ck->by_name.count(v.name))
-          v.findings.push_back({Level::fail, manifest ? "manifest" : "selection",
-                                fmt::format("the {} selection does not pick this layer", manifest ? "manifest's" : "given")});
-      for (const SelectedLayer& l : s.layers) {
-        if (const auto e = entries.find(l.layer->name); e != entries.end() && e->second->wbits != l.wbits) {
-          for (LayerVerdict& v : report.layers)
-            if (v.name == l.layer->name)
-              v.findings.push_back({Level::fail, "manifest",
-                                    fmt::format("the manifest says W{}, its configuration gives this layer W{}",
-                                                e->second->wbits, l.wbits)});
-        }
-        if (files.count(l.layer->name) || std::any_of(report.layers.begin(), report.layers.end(),
-                                                      [&](const LayerVerdict& v) { return v.name == l.layer->name; }))
-          continue;
-        LayerVerdict v;
-        v.name = l.layer->name;
-        v.findings.push_back({Level::fail, "missing-layer",
-                              fmt::format("the {} selection picks this layer of the checkpoint, but the pack has no {}",
-                                          manifest ? "manifest's" : "given", pack_file_name(l.layer->name))});
-        report.layers.push_back(std::move(v));
-      }
-    } else {
-      pf.add(Level::info, "selection-unknown", "no manifest and no selection flags: layers missing from the pack are not "
-             "looked for (give --preset or --scope)");
+        if (v.name == l.layer->name)
+          v.findings.push_back({Level::fail, "manifest",
+                                fmt::format("the manifest says W{}, its configuration gives this layer W{}",
+                                            e->second->wbits, l.wbits)});
     }
+    if (layers.files.count(l.layer->name) || std::any_of(report.layers.begin(), report.layers.end(),
+                                                         [&](const LayerVerdict& v) { return v.name == l.layer->name; }))
+      continue;
+    LayerVerdict v;
+    v.name = l.layer->name;
+    v.findings.push_back({Level::fail, "missing-layer",
+                          fmt::format("the {} selection picks this layer of the checkpoint, but the pack has no {}",
+                                      manifest ? "manifest's" : "given", pack_file_name(l.layer->name))});
+    report.layers.push_back(std::move(v));
   }
-  if (reference) {
-    for (const std::string& f : reference->npz_files()) {
-      const std::string name = PackDirectory::layer_name_of(f);
-      if (files.count(name)) continue;
-      LayerVerdict v;
-      v.name = name;
-      v.findings.push_back({Level::fail, "reference-extra", fmt::format("the reference pack has {}, this pack does not", f)});
-      report.layers.push_back(std::move(v));
-    }
+}
+
+// Layers the reference has and the pack lacks.
+void check_reference_extras(const PackDirectory& reference, const PackLayers& layers, VerifyReport& report) {
+  for (const std::string& f : reference.npz_files()) {
+    const std::string name = PackDirectory::layer_name_of(f);
+    if (layers.files.count(name)) continue;
+    LayerVerdict v;
+    v.name = name;
+    v.findings.push_back({Level::fail, "reference-extra", fmt::format("the reference pack has {}, this pack does not", f)});
+    report.layers.push_back(std::move(v));
   }
+}
+
+}  // namespace
+
+VerifyReport run_verify(const VerifyOptions& o) {
+  VerifyReport report;
+  report.pack = o.pack;
+  const PackDirectory pack = PackDirectory::open(o.pack, /*tolerate_bad_manifest=*/true);
+  PackFindings pf{report.pack_findings};
+  const std::optional<Manifest> manifest = read_pack_manifest(o, pack, report, pf);
+  std::optional<CheckpointContext> ck;
+  open_checkpoint_context(o, manifest, ck, pf);
+  std::optional<PackDirectory> reference;
+  if (o.reference) {
+    reference.emplace(PackDirectory::open(*o.reference));
+    DQ_CHECK(!reference->npz_files().empty(), format, "--reference {}: holds no .npz files", o.reference->string());
+  }
+  const PackLayers layers = list_pack_layers(pack, manifest, report, pf);
+  // Step 4: each layer.
+  for (const auto& [name, file] : layers.files) {
+    LayerVerdict v;
+    const auto it = layers.entries.find(name);
+    verify_layer(pack, name, file, manifest ? &*manifest : nullptr, it == layers.entries.end() ? nullptr : it->second,
+                 ck ? &*ck : nullptr, reference ? &*reference : nullptr, o, v);
+    report.layers.push_back(std::move(v));
+  }
+  relax_folded_checkpoint_findings(report);
+  if (ck) check_selection(o, manifest, *ck, layers, report, pf);
+  if (reference) check_reference_extras(*reference, layers, report);
   std::sort(report.layers.begin(), report.layers.end(),
             [](const LayerVerdict& a, const LayerVerdict& b) { return a.name < b.name; });
   return report;

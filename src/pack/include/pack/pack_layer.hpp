@@ -80,11 +80,10 @@ struct PackedLayer {
 std::vector<formats::TensorSpec> layer_tensor_specs(const LinearLayer& layer, int wbits, const QuantConfig& q,
                                                     bool act_scale = false, bool smooth_scale = false);
 
-
-// The weight a layer is packed from: the checkpoint's values in float32 and, with smoothing,
-// W·diag(s) rounded to the checkpoint's dtype (the matrix the transform is computed from).
 // A layer's weight and bias, read once from the checkpoint: the digests and the floats come from
-// the same copy of the stored bytes (the digests identify the layer for --resume).
+// the same copy of the stored bytes (the digests identify the layer for --resume). The weight is
+// packed from the checkpoint's values in float32 or, with smoothing, from W·diag(s) rounded to
+// the checkpoint's dtype (the matrix the transform is computed from).
 struct LayerInput {
   std::vector<float> weights;
   std::string weight_xxh128;
@@ -99,10 +98,53 @@ struct LayerInput {
 LayerInput load_layer_input(const formats::Checkpoint& ckpt, const SelectedLayer& selected,
                             const LayerCalibration& calibration = {});
 
-// Writes `npz_path` (atomically) from the computed `math` and returns the layer's safetensors
-// tensors. With calibration calls the npz gains `act_scale` (and `smooth_scale` with smoothing)
-// after the reference members, the conformance inputs are dumped rows and the output error is
-// measured.
+// finish_layer's four steps: calibrate -> npz -> tensors -> measure.
+
+// What calibrate_layer takes from the dump: act_scale over the first calib_steps calls, rows of
+// the held-out calls after them, and the conformance inputs (rows of the first held-out call, else
+// of the first call; synthetic inputs without calls).
+struct LayerActivations {
+  CalibrationFigures figures;    // steps, tokens, held_out_calls, input_xxh128; steps == 0 without calls
+  std::vector<float> act_scale;  // [in_features]; empty without calls
+  std::vector<float> test_x;     // [kConformanceRows, in_features]
+  std::vector<float> held_x;     // [held-out rows, in_features]
+};
+// Reads and checks the layer's calls (width, values beyond kLargestActivationMagnitude). `engine`
+// (the one that computed `t`, or null for the CPU) may compute the calls' percentiles.
+LayerActivations calibrate_layer(const SelectedLayer& selected, const QuantConfig& q, const LayerCalibration& calibration,
+                                 const LayerInput& input, const LayerTransform& t, LayerEngine* engine = nullptr);
+
+// Writes the runtime's npz (atomically): its members in the runtime's order, then `act_scale` and
+// `smooth_scale` when not empty.
+void write_layer_npz(const std::filesystem::path& npz_path, const LinearLayer& layer, const QuantConfig& q,
+                     const LayerMath& math, const std::vector<float>& act_scale, const std::vector<float>& smooth);
+
+// The layer's tensors of quantized.safetensors (layer_tensor_specs) and their bytes, with the
+// conformance vectors computed from the values as stored.
+struct LayerTensors {
+  std::vector<formats::TensorSpec> tensors;
+  std::string data;                       // their bytes, back to back
+  std::vector<std::int8_t> stored_codes;  // the codes as stored, read back ([out, in], row-major)
+  LayerQuality quality;                   // the conformance figures only
+};
+LayerTensors layer_tensors(const SelectedLayer& selected, const QuantConfig& q, const LayerCalibration& calibration,
+                           const LayerInput& input, const LayerMath& math, const LayerActivations& activations);
+
+// The layer's errors: of the matrix packed (W·diag(s) with smoothing) and, with held-out rows, of
+// the output through the whole contract against x Wᵀ + b.
+struct LayerErrors {
+  double weight_norm2 = 0, duquant_err2 = 0, rtn_err2 = 0;
+  std::uint64_t held_out_rows = 0;
+  double output_fp2 = 0, output_err2 = 0;
+};
+LayerErrors measure_layer(const QuantConfig& q, const LayerCalibration& calibration, const LayerInput& input,
+                          const LayerMath& math, const LayerActivations& activations,
+                          std::span<const std::int8_t> stored_codes);
+
+// The four steps above: writes `npz_path` (atomically) from the computed `math` and returns the
+// layer's safetensors tensors with its figures. With calibration calls the npz gains `act_scale`
+// (and `smooth_scale` with smoothing) after the reference members, the conformance inputs are
+// dumped rows and the output error is measured.
 // `engine` (the one that computed `math`, or null) may compute the calibration calls' statistics.
 PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q,
                          const std::filesystem::path& npz_path, const LayerCalibration& calibration,

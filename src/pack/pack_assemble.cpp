@@ -1,0 +1,115 @@
+// The assemble stage of `duquant pack` (pack_stages.hpp): quantized.safetensors from the layers'
+// .part files.
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <span>
+
+#include "duquant/error.hpp"
+#include "formats/digest.hpp"
+#include "formats/safetensors_writer.hpp"
+#include "formats/strict_json.hpp"
+#include "pack/pack_stages.hpp"
+#include "pack_internal.hpp"
+#include "packfmt/pack_layout.hpp"
+
+namespace duquant {
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+namespace {
+
+struct Shard {
+  std::string name;
+  std::vector<std::size_t> layers;
+};
+
+std::vector<formats::TensorSpec> tensors_of(const PackRun& run, const PackState& state, std::size_t i) {
+  const SelectedLayer& sel = run.source.selection.layers[i];
+  const LayerRecord& r = *state.records[i];
+  return layer_tensor_specs(*sel.layer, sel.wbits, run.options.config.quant, r.calibration.steps > 0, r.smoothed);
+}
+
+// Layers are never split across shards; a shard ends before --max-shard-size or before a header
+// over the readers' limit (about 600,000 tensors of a 100,000-layer pack).
+std::vector<Shard> plan_shards(const PackRun& run, const PackState& state) {
+  std::vector<Shard> shards(1);
+  std::uint64_t shard_bytes = 0, shard_header = 0;
+  for (std::size_t i = 0; i < run.layer_count(); ++i) {
+    const std::uint64_t part_bytes = state.records[i]->part_bytes;
+    std::uint64_t header = 0;
+    for (const auto& spec : tensors_of(run, state, i)) header += formats::header_entry_bound(spec);
+    if (!shards.back().layers.empty() && (shard_bytes + part_bytes > run.options.max_shard_bytes ||
+                                          shard_header + header > formats::kMaxHeaderBytes - 4096)) {
+      shards.emplace_back();
+      shard_bytes = 0;
+      shard_header = 0;
+    }
+    shards.back().layers.push_back(i);
+    shard_bytes += part_bytes;
+    shard_header += header;
+  }
+  const int n = static_cast<int>(shards.size());
+  for (int s = 0; s < n; ++s) shards[s].name = n == 1 ? std::string(kQuantizedName) : quantized_shard_name(s + 1, n);
+  return shards;
+}
+
+// Writes one shard from its layers' .part files, each checked against its record again; returns
+// the file as the manifest lists it and adds its tensors to `weight_map`.
+PackedFile write_shard(const PackRun& run, const PackState& state, const Shard& shard, json& weight_map,
+                       std::uint64_t& data_bytes) {
+  std::vector<formats::TensorSpec> specs;
+  for (std::size_t i : shard.layers) {
+    const auto t = tensors_of(run, state, i);
+    for (const auto& spec : t) formats::append_new_key(weight_map, spec.name, shard.name);  // distinct names: O(1)
+    specs.insert(specs.end(), t.begin(), t.end());
+  }
+  const std::map<std::string, std::string> metadata{{"format", "pt"},
+                                                    {"duquant.format", std::string(kPackFormatName)},
+                                                    {"duquant.format_version", std::to_string(kPackFormatVersion)}};
+  formats::SafetensorsWriter writer(run.options.output / shard.name, specs, metadata);
+  Xxh128 hash;
+  const std::string header = formats::safetensors_header_bytes(specs, metadata);
+  hash.update(std::as_bytes(std::span(header.data(), header.size())));
+  for (std::size_t i : shard.layers) {
+    const fs::path part = run.part_path(i);
+    const std::string data = pack_internal::read_file_text(part);
+    const LayerRecord& r = *state.records[i];
+    DQ_CHECK(data.size() == r.part_bytes && xxh128_hex(data) == r.part_xxh128, io,
+             "{}: changed while the pack was being assembled", part.string());
+    const auto bytes = std::as_bytes(std::span(data.data(), data.size()));
+    writer.write(bytes);
+    hash.update(bytes);
+  }
+  writer.commit();
+  data_bytes += writer.data_bytes();
+  return {shard.name, header.size() + writer.data_bytes(), hash.hex()};
+}
+
+}  // namespace
+
+AssembledPack assemble_stage(const PackRun& run, const PackState& state) {
+  const std::vector<Shard> shards = plan_shards(run, state);
+  AssembledPack out;
+  out.shards = static_cast<int>(shards.size());
+  out.layer_shard.resize(run.layer_count());
+  json weight_map = json::object();
+  std::uint64_t total_data = 0;
+  for (const Shard& shard : shards) {
+    for (std::size_t i : shard.layers) out.layer_shard[i] = shard.name;
+    out.files.push_back(write_shard(run, state, shard, weight_map, total_data));
+    out.quantized_bytes += out.files.back().size;
+    pack_internal::maybe_kill("assembly");
+  }
+  if (out.shards > 1) {
+    json index;
+    index["metadata"] = {{"total_size", total_data}};
+    index["weight_map"] = weight_map;
+    const std::string text = formats::dump_json(index, 2) + "\n";
+    pack_internal::write_text_atomic(run.options.output / kQuantizedIndexName, text);
+    out.files.push_back({std::string(kQuantizedIndexName), text.size(), xxh128_hex(text)});
+  }
+  return out;
+}
+
+}  // namespace duquant
