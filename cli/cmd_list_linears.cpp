@@ -9,7 +9,7 @@
 #include "report/dryrun_report.hpp"
 #include "duquant/error.hpp"
 #include "select/linear_layers.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 #include "select/selection.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "formats/strict_json.hpp"

@@ -32,7 +32,7 @@
 #include "select/linear_layers.hpp"
 #include "pack/fold_smoothing.hpp"
 #include "pack/pack_layer.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 #include "select/selection.hpp"
 #include "formats/atomic_file.hpp"
 #include "pack_output.hpp"
@@ -495,9 +495,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
       specs.insert(specs.end(), t.begin(), t.end());
       layer_shard[i] = shard.name;
     }
-    const std::map<std::string, std::string> metadata{{"format", "pt"},
-                                                      {"duquant.format", std::string(kPackFormatName)},
-                                                      {"duquant.format_version", std::to_string(kPackFormatVersion)}};
+    const std::map<std::string, std::string> metadata = quantized_metadata();
     const fs::path path = o.output / shard.name;
     formats::SafetensorsWriter writer(path, specs, metadata);
     Xxh128 hash;
