@@ -9,7 +9,7 @@
 #include "report/dryrun_report.hpp"
 #include "duquant/error.hpp"
 #include "select/linear_layers.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 #include "select/selection.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "formats/strict_json.hpp"
@@ -43,7 +43,7 @@ struct ListLinears {
       nlohmann::ordered_json j;
       j["checkpoint"] = checkpoint;
       j["names"] = names_json(opened.names);
-      const nlohmann::ordered_json body = selection_json(selection, config);
+      const nlohmann::ordered_json body = selection_json(selection, config, &opened, checkpoint);
       for (const auto& [k, v] : body.items()) j[k] = v;
       fmt::print("{}\n", formats::dump_json(j, 2));
     } else {
@@ -64,7 +64,7 @@ Action register_list_linears(CLI::App& app) {
   auto cmd = std::make_shared<ListLinears>();
   CLI::App* c = app.add_subcommand("list-linears", "Dry run: the linear layers a selection picks, with their bits");
   c->add_option("checkpoint", cmd->checkpoint, "safetensors file, sharded index, or folder")->required();
-  c->add_flag("--json", cmd->json, "Machine-readable output: per layer name, shape, dtype, bits, bytes; totals");
+  c->add_flag("--json", cmd->json, "Machine-readable output: per layer name, shape, dtype, bits, bytes and pack bytes; totals");
   add_config_flags(*c, cmd->flags);
   return [cmd, c]() { return c->parsed() ? cmd->run() : -1; };
 }

@@ -156,12 +156,26 @@ std::vector<std::uint32_t> utf8_to_code_points(std::string_view s) {
 
 }  // namespace
 
-std::string npy_bytes(std::string_view descr, const std::vector<std::uint64_t>& shape, std::span<const std::byte> data) {
+namespace {
+
+// The header's dict, padded with spaces and ended by '\n': magic(6) + version(2) + length(2) + dict
+// + padding + '\n' is a multiple of 64, as numpy writes.
+std::string padded_header_dict(std::string_view descr, const std::vector<std::uint64_t>& shape) {
   std::string dict = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", descr, shape_repr(shape));
-  // magic(6) + version(2) + length(2) + dict + padding + '\n' is a multiple of 64, as numpy writes.
   const std::size_t unpadded = 10 + dict.size() + 1;
   dict.append((64 - unpadded % 64) % 64, ' ');
   dict += '\n';
+  return dict;
+}
+
+}  // namespace
+
+std::uint64_t npy_size(std::string_view descr, const std::vector<std::uint64_t>& shape, std::uint64_t data_bytes) {
+  return 10 + padded_header_dict(descr, shape).size() + data_bytes;
+}
+
+std::string npy_bytes(std::string_view descr, const std::vector<std::uint64_t>& shape, std::span<const std::byte> data) {
+  const std::string dict = padded_header_dict(descr, shape);
   std::string out(kMagic, 6);
   out += '\x01';
   out += '\x00';

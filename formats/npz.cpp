@@ -17,6 +17,9 @@ namespace {
 constexpr std::uint32_t kLocalSig = 0x04034b50, kCentralSig = 0x02014b50, kEndSig = 0x06054b50;
 constexpr std::uint32_t kZip64EndSig = 0x06064b50, kZip64LocatorSig = 0x07064b50;
 constexpr std::uint16_t kDosTime = 0, kDosDate = (0 << 9) | (1 << 5) | 1;  // 1980-01-01 00:00:00
+// Fixed parts of what NpzWriter writes: a local header and a central entry per member (each
+// followed by the member's name), one end record.
+constexpr std::uint64_t kLocalHeaderBytes = 30, kCentralEntryBytes = 46, kEndRecordBytes = 22;
 
 void put16(std::string& s, std::uint16_t v) {
   s += static_cast<char>(v & 0xff);
@@ -65,11 +68,17 @@ class Reader {
 
 }  // namespace
 
+std::uint64_t npz_size(const std::vector<std::pair<std::string, std::uint64_t>>& members) {
+  std::uint64_t n = kEndRecordBytes;
+  for (const auto& [key, npy] : members) n += kLocalHeaderBytes + kCentralEntryBytes + 2 * (key.size() + 4) + npy;
+  return n;
+}
+
 NpzWriter::NpzWriter(std::filesystem::path path) : file_(std::move(path)) {}
 
 void NpzWriter::add(const std::string& key, const std::string& npy) {
   const std::string name = key + ".npy";
-  DQ_CHECK(npy.size() < 0xffffffffull && file_.bytes_written() + npy.size() + 30 + name.size() < 0xffffffffull, usage,
+  DQ_CHECK(npy.size() < 0xffffffffull && file_.bytes_written() + npy.size() + kLocalHeaderBytes + name.size() < 0xffffffffull, usage,
            "{}: member '{}' would pass 4 GB (ZIP64 output is not supported)", file_.target().string(), name);
   DQ_CHECK(entries_.size() < kMaxNpzMembers, usage, "{}: member '{}' would be member {}, more than the {} a ZIP end record counts",
            file_.target().string(), name, entries_.size() + 1, kMaxNpzMembers);

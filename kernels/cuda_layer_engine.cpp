@@ -9,12 +9,14 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <span>
 
 #include "base/elementwise.hpp"
 #include "duquant/error.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/device_buffer.hpp"
 #include "kernels/layer_kernels.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant::kernels {
 namespace {
@@ -138,8 +140,9 @@ class CudaEngine final : public LayerEngine {
     }
 
     // The MSE scale search and codes; the round-to-nearest baseline on the weight itself.
-    const bool nibbles = bits <= 4;
-    const std::int64_t code_bytes = nibbles ? rows * ((cols + 1) / 2) : n;
+    const CodeStorage storage = code_storage(bits);
+    const bool nibbles = storage.nibbles;
+    const auto code_bytes = static_cast<std::int64_t>(storage.bytes(static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols)));
     float* d_scales = scales_.reserve(static_cast<std::size_t>(2 * rows), at("allocating the scales"));
     std::uint8_t* d_codes = codes_.reserve(static_cast<std::size_t>(code_bytes), at("allocating the codes"));
     double* d_err = err_.reserve(static_cast<std::size_t>(2 * rows), at("allocating the row errors"));
@@ -267,8 +270,9 @@ class CudaEngine final : public LayerEngine {
     const std::int64_t rows = w_t.rows(), cols = w_t.cols(), n = rows * cols;
     float* d_w = w_.reserve(static_cast<std::size_t>(n), at("allocating"));
     upload(d_w, w_t.data(), static_cast<std::size_t>(n));
-    const bool nibbles = bits <= 4;
-    const std::int64_t code_bytes = nibbles ? rows * ((cols + 1) / 2) : n;
+    const CodeStorage storage = code_storage(bits);
+    const bool nibbles = storage.nibbles;
+    const auto code_bytes = static_cast<std::int64_t>(storage.bytes(static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols)));
     float* d_scales = scales_.reserve(static_cast<std::size_t>(rows), at("allocating"));
     std::uint8_t* d_codes = codes_.reserve(static_cast<std::size_t>(code_bytes), at("allocating"));
     double* d_err = err_.reserve(static_cast<std::size_t>(rows), at("allocating"));
@@ -284,17 +288,7 @@ class CudaEngine final : public LayerEngine {
     download(errors.data(), d_err, errors.size());
     check(cudaStreamSynchronize(stream_), at("finishing"));
     for (double e : errors) out.squared_error += e;
-    out.codes.resize(static_cast<std::size_t>(n));
-    for (std::int64_t r = 0; r < rows; ++r)
-      for (std::int64_t c = 0; c < cols; ++c) {
-        if (!nibbles) {
-          out.codes[r * cols + c] = static_cast<std::int8_t>(bytes[r * cols + c]);
-          continue;
-        }
-        const auto byte = static_cast<unsigned char>(bytes[r * ((cols + 1) / 2) + c / 2]);
-        out.codes[r * cols + c] =
-            static_cast<std::int8_t>(c % 2 == 0 ? elementwise::unpack_low(byte) : elementwise::unpack_high(byte));
-      }
+    out.codes = unpack_codes(std::as_bytes(std::span(bytes.data(), bytes.size())), rows, cols, bits);
     if (packed_out && nibbles) *packed_out = std::move(bytes);
     return out;
   }

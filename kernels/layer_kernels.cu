@@ -276,7 +276,7 @@ __global__ void quantize_rows_kernel(const float* w_all, std::int64_t rows, std:
     }
     if (rtn) continue;
     if (packed != nullptr) {
-      const std::int64_t bytes = (cols + 1) / 2;
+      const std::int64_t bytes = ew::nibble_row_bytes(cols);
       for (std::int64_t k = lane; k < bytes; k += kLanes) {
         const int even = static_cast<int>(ew::quantize_code(w[2 * k], best_scale, lo, hi));
         const int odd = 2 * k + 1 < cols ? static_cast<int>(ew::quantize_code(w[2 * k + 1], best_scale, lo, hi)) : 0;

@@ -91,9 +91,9 @@ struct CheckpointReport {
   std::vector<std::string> warnings;
 };
 
-// Bytes a layer takes in quantized.safetensors: codes (ceil(I/2)*O at <= 4 bits, else O*I),
-// scales 4*O, perm 8*I when permuting, R_in nb*B*B*4, R_out nbo*Bo*Bo*4 unless row_rot is 0,
-// the bias as stored, and the conformance vectors test_x, test_y_fp, test_y_q (4*(I + 2*O)*4).
+// Bytes a layer takes in quantized.safetensors (its tensors as the pack's layout lists them,
+// docs/pack-format.md): codes, scales, perm when permuting, R_in, R_out unless row_rot is 0, the
+// bias (`bias_bytes`, as stored), and the conformance vectors test_x, test_y_fp, test_y_q.
 std::uint64_t packed_layer_bytes(std::uint64_t out_features, std::uint64_t in_features, int wbits,
                                  const QuantConfig& quant, std::uint64_t bias_bytes);
 // The conformance vectors' part of that.

@@ -21,7 +21,7 @@
 #include "pack/pack_stages.hpp"
 #include "pack_internal.hpp"
 #include "pack_output.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant {
 namespace fs = std::filesystem;

@@ -11,7 +11,7 @@
 #include "formats/strict_json.hpp"
 #include "pack/pack_stages.hpp"
 #include "pack_internal.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant {
 namespace fs = std::filesystem;
@@ -64,9 +64,7 @@ PackedFile write_shard(const PackRun& run, const PackState& state, const Shard& 
     for (const auto& spec : t) formats::append_new_key(weight_map, spec.name, shard.name);  // distinct names: O(1)
     specs.insert(specs.end(), t.begin(), t.end());
   }
-  const std::map<std::string, std::string> metadata{{"format", "pt"},
-                                                    {"duquant.format", std::string(kPackFormatName)},
-                                                    {"duquant.format_version", std::to_string(kPackFormatVersion)}};
+  const std::map<std::string, std::string> metadata = quantized_metadata();
   formats::SafetensorsWriter writer(run.options.output / shard.name, specs, metadata);
   Xxh128 hash;
   const std::string header = formats::safetensors_header_bytes(specs, metadata);

@@ -14,13 +14,12 @@
 #include "math/duquant_math.hpp"
 #include "base/elementwise.hpp"
 #include "duquant/error.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 #include "formats/npz.hpp"
 
 namespace duquant {
 namespace {
 
-using formats::DType;
 using formats::TensorSpec;
 
 void append(std::string& out, const void* p, std::size_t n) { out.append(static_cast<const char*>(p), n); }
@@ -95,29 +94,6 @@ std::string calibration_input_digest(const LayerCalibration& c, int calib_steps)
   return h.hex();
 }
 
-std::vector<TensorSpec> layer_tensor_specs(const LinearLayer& l, int wbits, const QuantConfig& q, bool act_scale,
-                                           bool smooth_scale) {
-  const std::uint64_t o = l.out_features, i = l.in_features;
-  std::vector<TensorSpec> t;
-  if (wbits <= 4)
-    t.push_back({l.name + ".qweight", DType::U8, {o, (i + 1) / 2}});
-  else
-    t.push_back({l.name + ".qweight", DType::I8, {o, i}});
-  t.push_back({l.name + ".scales", DType::F32, {o}});
-  if (q.permute) t.push_back({l.name + ".perm", DType::I64, {i}});
-  const auto b = static_cast<std::uint64_t>(q.block), bo = static_cast<std::uint64_t>(q.block_out);
-  t.push_back({l.name + ".R_in", DType::F32, {(i + b - 1) / b, b, b}});
-  if (q.row_rot != RowRot::off) t.push_back({l.name + ".R_out", DType::F32, {(o + bo - 1) / bo, bo, bo}});
-  if (l.bias) t.push_back({l.name + ".bias", l.bias->dtype, {o}});
-  const auto n = static_cast<std::uint64_t>(kConformanceRows);
-  t.push_back({l.name + ".test_x", DType::F32, {n, i}});
-  t.push_back({l.name + ".test_y_fp", DType::F32, {n, o}});
-  t.push_back({l.name + ".test_y_q", DType::F32, {n, o}});
-  if (act_scale) t.push_back({l.name + ".act_scale", DType::F32, {i}});
-  if (smooth_scale) t.push_back({l.name + ".smooth_scale", DType::F32, {i}});
-  return t;
-}
-
 void check_packable_call(const formats::CalibDump& dump, const std::string& layer, const formats::DumpCall& call,
                          std::span<const float> x) {
   const std::ptrdiff_t k = first_unpackable_activation(x);
@@ -180,7 +156,8 @@ void check_math_sizes(const SelectedLayer& selected, const LayerInput& in, const
   DQ_CHECK(static_cast<std::int64_t>(quant.scales.size()) == rows && static_cast<std::int64_t>(math.weight_scale.size()) == rows &&
                static_cast<std::int64_t>(t.perm.size()) == cols &&
                (math.packed.empty() ? static_cast<std::int64_t>(quant.codes.size()) == rows * cols
-                                    : selected.wbits <= 4 && static_cast<std::int64_t>(math.packed.size()) == rows * ((cols + 1) / 2)),
+                                    : code_storage(selected.wbits).nibbles &&
+                                          math.packed.size() == code_storage(selected.wbits).bytes(rows, cols)),
            internal, "layer '{}': the compute backend returned {} scales, {} codes, {} packed bytes for [{}, {}]",
            selected.layer->name, quant.scales.size(), quant.codes.size(), math.packed.size(), rows, cols);
 }
@@ -266,31 +243,11 @@ LayerTensors layer_tensors(const SelectedLayer& selected, const QuantConfig& q, 
   LayerTensors out;
   out.tensors = layer_tensor_specs(layer, selected.wbits, q, calibrated, smoothed);
   std::string& d = out.data;
-  // The codes as stored, read back for the conformance output.
+  // The codes as stored (a device packs its codes itself), read back for the conformance output.
+  const std::string stored = math.packed.empty() ? pack_codes(quant.codes, rows, cols, selected.wbits) : math.packed;
+  d += stored;
   std::vector<std::int8_t>& stored_codes = out.stored_codes;
-  if (selected.wbits <= 4) {
-    const std::int64_t packed_cols = (cols + 1) / 2;
-    std::string packed = math.packed;  // a device packs its codes itself
-    if (packed.empty()) packed.resize(static_cast<std::size_t>(rows * packed_cols), '\0');
-    for (std::int64_t r = 0; math.packed.empty() && r < rows; ++r) {
-      const std::int8_t* c = quant.codes.data() + r * cols;
-      for (std::int64_t k = 0; k < packed_cols; ++k) {
-        const int hi = 2 * k + 1 < cols ? c[2 * k + 1] : 0;
-        packed[static_cast<std::size_t>(r * packed_cols + k)] = static_cast<char>(elementwise::pack_nibbles(c[2 * k], hi));
-      }
-    }
-    d += packed;
-    stored_codes.resize(static_cast<std::size_t>(rows * cols));
-    for (std::int64_t r = 0; r < rows; ++r)
-      for (std::int64_t c = 0; c < cols; ++c) {
-        const auto byte = static_cast<unsigned char>(packed[static_cast<std::size_t>(r * packed_cols + c / 2)]);
-        stored_codes[r * cols + c] =
-            static_cast<std::int8_t>(c % 2 == 0 ? elementwise::unpack_low(byte) : elementwise::unpack_high(byte));
-      }
-  } else {
-    stored_codes = quant.codes;
-    append(d, quant.codes.data(), quant.codes.size());
-  }
+  stored_codes = unpack_codes(std::as_bytes(std::span(stored.data(), stored.size())), rows, cols, selected.wbits);
   append(d, quant.scales.data(), quant.scales.size() * sizeof(float));
   if (q.permute) append(d, t.perm.data(), t.perm.size() * sizeof(std::int64_t));
   append_stacked(d, t.r_in, q.block);

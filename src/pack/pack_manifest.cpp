@@ -11,7 +11,7 @@
 #include "math/conformance.hpp"
 #include "pack/pack_stages.hpp"
 #include "pack_internal.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant {
 namespace fs = std::filesystem;

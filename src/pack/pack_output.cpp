@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "duquant/error.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 #include "formats/output_paths.hpp"
 #include "formats/regular_file.hpp"
 

@@ -6,9 +6,10 @@
 #include <tuple>
 
 #include "duquant/error.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 #include "base/regex.hpp"
 #include "formats/dtype.hpp"
+#include "formats/regular_file.hpp"
 #include "formats/strict_json.hpp"
 
 namespace duquant {
@@ -92,22 +93,24 @@ RunConfig read_config(const Reader& r, const json& c) {
   }
   s.include_action_head = r.flag(c, p, "include_action_head");
   QuantConfig& q = config.quant;
-  q.wbits_default = r.small_int(c, p, "wbits_default", 2, 8);
+  q.wbits_default = r.small_int(c, p, "wbits_default", kMinWeightBits, kMaxWeightBits);
   const json& wbits = r.field(c, p, "wbits");
   DQ_CHECK(wbits.is_object(), format, "{}: config.wbits: expected an object", r.label);
   for (const auto& [name, bits] : wbits.items()) {
-    DQ_CHECK(bits.is_number_integer() && bits.get<std::int64_t>() >= 2 && bits.get<std::int64_t>() <= 8, format,
-             "{}: config.wbits['{}']: expected bits in [2, 8], found {}", r.label, name, formats::dump_json(bits));
+    DQ_CHECK(bits.is_number_integer() && bits.get<std::int64_t>() >= kMinWeightBits &&
+                 bits.get<std::int64_t>() <= kMaxWeightBits,
+             format, "{}: config.wbits['{}']: expected bits in [{}, {}], found {}", r.label, name, kMinWeightBits,
+             kMaxWeightBits, formats::dump_json(bits));
     s.wbits.emplace_back(name, static_cast<int>(bits.get<std::int64_t>()));
   }
   std::size_t k = 0;
   for (const json& rule : r.array(c, p, "wbits_rules")) {
     const std::string rp = fmt::format("config.wbits_rules[{}]", k++);
-    s.wbits_rules.emplace_back(r.text(rule, rp, "pattern"), r.small_int(rule, rp, "bits", 2, 8));
+    s.wbits_rules.emplace_back(r.text(rule, rp, "pattern"), r.small_int(rule, rp, "bits", kMinWeightBits, kMaxWeightBits));
   }
-  q.abits = r.small_int(c, p, "abits", 2, 16);
-  q.block = r.small_int(c, p, "block", 1, 4096);
-  q.block_out = r.small_int(c, p, "block_out", 1, 4096);
+  q.abits = r.small_int(c, p, "abits", kMinActivationBits, kMaxActivationBits);
+  q.block = r.small_int(c, p, "block", 1, kMaxBlock);
+  q.block_out = r.small_int(c, p, "block_out", 1, kMaxBlock);
   q.permute = r.flag(c, p, "permute");
   const std::string row_rot = r.text(c, p, "row_rot");
   DQ_CHECK(row_rot == "restore" || row_rot == "0" || row_rot == "propagate", format,
@@ -118,7 +121,7 @@ RunConfig read_config(const Reader& r, const json& c) {
            q.lambda_smooth);
   q.act_pct = r.number(c, p, "act_pct");
   DQ_CHECK(q.act_pct > 0 && q.act_pct <= 100, format, "{}: config.act_pct: {} is outside (0, 100]", r.label, q.act_pct);
-  q.calib_steps = r.small_int(c, p, "calib_steps", 1, 1'000'000);
+  q.calib_steps = r.small_int(c, p, "calib_steps", 1, kMaxCalibSteps);
   // Added with the naming contract: optional, absent in older manifests.
   for (const char* key : {"strip_prefix", "add_prefix"}) {
     if (!c.contains(key) || c.at(key).is_null()) continue;
@@ -148,15 +151,24 @@ RunConfig read_config(const Reader& r, const json& c) {
 
 }  // namespace
 
+json read_manifest_json(const std::filesystem::path& path) {
+  // Never blocks: a FIFO, a device or a folder is refused (io), named.
+  json j = formats::parse_strict_json(formats::read_regular_file(path, kMaxManifestBytes), path.string(), kMaxManifestDepth);
+  DQ_CHECK(j.is_object(), format, "{}: must be a JSON object, found {}", path.string(), formats::json_kind(j));
+  return j;
+}
+
 Manifest parse_manifest(const json& j, const std::string& label) {
   const Reader r{label};
   Manifest m;
   const std::string format = r.text(j, "manifest", "format");
   DQ_CHECK(format == kPackFormatName, format, "{}: format: expected '{}', found '{}'", label, kPackFormatName, format);
-  m.format_version = r.small_int(j, "manifest", "format_version", 0, 1 << 30);
+  m.format_version = r.small_int(j, "manifest", "format_version", 0, kMaxFormatVersion);
   DQ_CHECK(m.format_version == kPackFormatVersion, format, "{}: format_version {} is not supported (this duquant reads {})",
            label, m.format_version, kPackFormatVersion);
-  m.tool_version = r.text(r.field(j, "manifest", "tool"), "tool", "version");
+  const json& tool = r.field(j, "manifest", "tool");
+  m.tool_version = r.text(tool, "tool", "version");
+  if (tool.contains("name")) m.tool_name = r.text(tool, "tool", "name");
   m.config = read_config(r, r.field(j, "manifest", "config"));
   const json& ck = r.field(j, "manifest", "checkpoint");
   m.checkpoint_source = r.text(ck, "checkpoint", "source");
@@ -185,10 +197,10 @@ Manifest parse_manifest(const json& j, const std::string& label) {
     l.dtype = r.text(e, p, "dtype");
     DQ_CHECK(formats::parse_dtype(l.dtype).has_value(), format, "{}: {}.dtype: '{}' is not a safetensors dtype", label, p,
              l.dtype);
-    l.wbits = r.small_int(e, p, "wbits", 2, 8);
-    l.abits = r.small_int(e, p, "abits", 2, 16);
-    l.block = r.small_int(e, p, "block", 1, 4096);
-    l.block_out = r.small_int(e, p, "block_out", 1, 4096);
+    l.wbits = r.small_int(e, p, "wbits", kMinWeightBits, kMaxWeightBits);
+    l.abits = r.small_int(e, p, "abits", kMinActivationBits, kMaxActivationBits);
+    l.block = r.small_int(e, p, "block", 1, kMaxBlock);
+    l.block_out = r.small_int(e, p, "block_out", 1, kMaxBlock);
     DQ_CHECK(l.block == m.config.quant.block && l.block_out == m.config.quant.block_out && l.abits == m.config.quant.abits,
              format, "{}: {}: block {} / block_out {} / abits {} contradict the configuration's {} / {} / {}", label, p,
              l.block, l.block_out, l.abits, m.config.quant.block, m.config.quant.block_out, m.config.quant.abits);

@@ -8,9 +8,9 @@
 #include <sstream>
 
 #include "formats/digest.hpp"
-#include "base/elementwise.hpp"
 #include "duquant/error.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
+#include "packfmt/manifest.hpp"
 #include "formats/npz.hpp"
 #include "formats/regular_file.hpp"
 #include "formats/strict_json.hpp"
@@ -20,8 +20,6 @@ namespace fs = std::filesystem;
 using formats::NpyArray;
 
 namespace {
-
-constexpr std::uint64_t kMaxManifestBytes = 256ull << 20;
 
 std::string shape_text(const std::vector<std::uint64_t>& shape) {
   std::string s = "(";
@@ -52,10 +50,6 @@ bool parse_block_key(const std::string& key, std::string_view prefix, std::int64
   if (digits.size() > 1 && digits[0] == '0') return false;
   index = std::stoll(digits);
   return true;
-}
-
-std::string read_text(const fs::path& path, std::uint64_t limit) {
-  return formats::read_regular_file(path, limit);  // never blocks; refuses a FIFO, a device, a folder
 }
 
 // Rotation blocks [nb, B, B] -> nb matrices, the last cut to the true width `n - (nb-1)*B`.
@@ -138,7 +132,7 @@ PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
     fail(ErrorKind::format,
          "{}: meta starts with a byte order mark (U+FEFF); the runtime's json.loads fails on it and does not use this meta",
          label);
-  const nlohmann::json j = formats::parse_strict_json(text, label, 2);
+  const nlohmann::json j = formats::parse_strict_json(text, label, kMaxMetaDepth);
   DQ_CHECK(j.is_object(), format, "{}: meta must be a JSON object, found {}", label, formats::json_kind(j));
   static const char* const keys[] = {"in_features", "out_features", "block_size", "block_out_size", "enable_permute",
                                      "lambda_smooth"};
@@ -150,7 +144,7 @@ PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
   auto positive = [&](const char* key) {
     DQ_CHECK(j.contains(key), format, "{}: meta lacks '{}'", label, key);
     const nlohmann::json& v = j.at(key);
-    DQ_CHECK(v.is_number_unsigned() && v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= (1ull << 40), format,
+    DQ_CHECK(v.is_number_unsigned() && v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= kMaxMetaFeatures, format,
              "{}: meta '{}' must be an integer >= 1, found {}", label, key, formats::dump_json(v));
     return v.get<std::uint64_t>();
   };
@@ -234,11 +228,9 @@ PackDirectory PackDirectory::open(const fs::path& dir, bool tolerate_bad_manifes
   DQ_CHECK(!ec, io, "{}: cannot list: {}", dir.string(), ec.message());
   std::sort(p.npz_files_.begin(), p.npz_files_.end());
   const fs::path manifest = dir / std::string(kManifestName);
-  if (fs::symlink_status(manifest, ec).type() != fs::file_type::not_found) {  // a FIFO or a loop: read_text refuses it
+  if (fs::symlink_status(manifest, ec).type() != fs::file_type::not_found) {  // a FIFO or a loop: the reader refuses it
     try {
-      nlohmann::json j = formats::parse_strict_json(read_text(manifest, kMaxManifestBytes), manifest.string(), 16);
-      DQ_CHECK(j.is_object(), format, "{}: must be a JSON object, found {}", manifest.string(), formats::json_kind(j));
-      p.manifest_ = std::move(j);
+      p.manifest_ = read_manifest_json(manifest);
     } catch (const Error& e) {
       if (!tolerate_bad_manifest) throw;
       p.manifest_error_ = e.what();
@@ -317,12 +309,14 @@ std::optional<QuantizedLayerTensors> PackDirectory::quantized_layer(const std::s
   const formats::TensorRef* tx = q->find(layer + ".test_x");
   // in_features: I8 codes say it; nibbles give ceil(I/2), so it comes from the manifest's shape,
   // else from another tensor of the layer.
-  DQ_CHECK(bits >= 2 && bits <= 8, format, "{}: layer '{}': {} weight bits (expected 2 to 8)", label, layer, bits);
-  const formats::DType want = bits <= 4 ? formats::DType::U8 : formats::DType::I8;
+  DQ_CHECK(bits >= kMinWeightBits && bits <= kMaxWeightBits, format, "{}: layer '{}': {} weight bits (expected {} to {})",
+           label, layer, bits, kMinWeightBits, kMaxWeightBits);
+  const CodeStorage storage = code_storage(bits);
+  const formats::DType want = storage.dtype;
   DQ_CHECK(qw->dtype == want, format, "{}: tensor '{}' is {}, but {}-bit codes are stored as {}", label, qw->name,
            formats::dtype_name(qw->dtype), bits, formats::dtype_name(want));
   t.bits = bits;
-  if (qw->dtype == formats::DType::I8) {
+  if (!storage.nibbles) {
     t.in_features = qw->shape[1];
   } else {
     std::uint64_t in = 0;
@@ -336,25 +330,13 @@ std::optional<QuantizedLayerTensors> PackDirectory::quantized_layer(const std::s
       in = tx->shape[1];
     else
       in = 2 * qw->shape[1];
-    DQ_CHECK((in + 1) / 2 == qw->shape[1], format, "{}: tensor '{}' has {} bytes per row; {} input features need {}",
-             label, qw->name, qw->shape[1], in, (in + 1) / 2);
+    DQ_CHECK(storage.row_bytes(in) == qw->shape[1], format, "{}: tensor '{}' has {} bytes per row; {} input features need {}",
+             label, qw->name, qw->shape[1], in, storage.row_bytes(in));
     t.in_features = in;
   }
   const std::uint64_t o = t.out_features, i = t.in_features;
-  DQ_CHECK(o <= (1ull << 40) / i, format, "{}: tensor '{}' is too large ({} x {})", label, qw->name, o, i);
-  t.codes.resize(o * i);
-  const auto raw = q->bytes(*qw);
-  if (t.bits <= 4) {
-    const std::uint64_t pc = qw->shape[1];
-    for (std::uint64_t r = 0; r < o; ++r)
-      for (std::uint64_t k = 0; k < pc; ++k) {
-        const auto byte = static_cast<unsigned char>(raw[r * pc + k]);
-        t.codes[r * i + 2 * k] = static_cast<std::int8_t>(elementwise::unpack_low(byte));
-        if (2 * k + 1 < i) t.codes[r * i + 2 * k + 1] = static_cast<std::int8_t>(elementwise::unpack_high(byte));
-      }
-  } else {
-    std::memcpy(t.codes.data(), raw.data(), raw.size());
-  }
+  DQ_CHECK(o <= kMaxDecodedCodes / i, format, "{}: tensor '{}' is too large ({} x {})", label, qw->name, o, i);
+  t.codes = unpack_codes(q->bytes(*qw), static_cast<std::int64_t>(o), static_cast<std::int64_t>(i), bits);
   DQ_CHECK(scales != nullptr, format, "{}: layer '{}' has codes but no '.scales'", label, layer);
   DQ_CHECK(scales->dtype == formats::DType::F32, format, "{}: tensor '{}' must be F32, found {}", label, scales->name,
            formats::dtype_name(scales->dtype));

@@ -3,24 +3,15 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <string_view>
 #include <unordered_map>
 
 #include "config/config_json.hpp"
 #include "config/presets.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant {
-namespace {
-
-std::uint64_t ceil_div(std::uint64_t a, std::uint64_t b) { return (a + b - 1) / b; }
-
-// Square blocks of width `block` over `n` (the last one shorter), in float32.
-std::uint64_t rotation_bytes(std::uint64_t n, std::uint64_t block) {
-  const std::uint64_t full = n / block, rest = n % block;
-  return 4 * (full * block * block + rest * rest);
-}
-
-}  // namespace
 
 std::string dryrun_text(const Selection& selection, const RunConfig& config) {
   const std::string_view tag = runtime_log_tag(config.runtime);
@@ -84,27 +75,28 @@ std::string no_match_text(const std::vector<LinearLayer>& linears, const RunConf
   return out;
 }
 
-std::uint64_t packed_bytes_estimate(std::uint64_t o, std::uint64_t i, int wbits, const QuantConfig& q, bool has_bias) {
-  std::uint64_t bytes = wbits <= 4 ? o * ceil_div(i, 2) : o * i;  // codes
-  bytes += 4 * o;                                                  // per-row scales
-  if (q.permute) bytes += 8 * i;                                   // permutation (int64)
-  bytes += rotation_bytes(i, static_cast<std::uint64_t>(q.block));
-  if (q.row_rot != RowRot::off) bytes += rotation_bytes(o, static_cast<std::uint64_t>(q.block_out));
-  (void)has_bias;  // the bias is carried in its own dtype: counted by the caller
-  return bytes;
-}
+nlohmann::ordered_json selection_json(const Selection& selection, const RunConfig& config, const OpenedCheckpoint* opened,
+                                      const std::string& source) {
+  // The sizes come from the pack's layout (packfmt/layout.hpp), for an uncalibrated pack.
+  std::vector<LayerLayout> layouts;
+  for (const SelectedLayer& s : selection.layers) layouts.push_back(layer_layout(*s.layer, s.wbits));
+  ManifestCheckpoint ck;
+  if (opened != nullptr) {
+    ck.source = std::filesystem::path(source).filename().string();
+    for (const auto& f : opened->checkpoint.files())
+      ck.files.push_back({f.path.filename().string(), f.size, f.header_bytes});
+    ck.names = names_json(opened->names);
+  }
+  const PackSize size = pack_size(layouts, config, ck);
 
-nlohmann::ordered_json selection_json(const Selection& selection, const RunConfig& config) {
   nlohmann::ordered_json j;
   j["config"] = config_json(config);
   j["layers"] = nlohmann::ordered_json::array();
-  std::uint64_t params = 0, bytes = 0, packed = 0;
-  for (const SelectedLayer& s : selection.layers) {
+  std::uint64_t params = 0, bytes = 0;
+  for (std::size_t k = 0; k < selection.layers.size(); ++k) {
+    const SelectedLayer& s = selection.layers[k];
     const LinearLayer& l = *s.layer;
     const std::uint64_t layer_bytes = l.weight->nbytes + (l.bias ? l.bias->nbytes : 0);
-    const std::uint64_t layer_packed = packed_bytes_estimate(l.out_features, l.in_features, s.wbits, config.quant,
-                                                             l.bias != nullptr) +
-                                       (l.bias ? l.bias->nbytes : 0);
     nlohmann::ordered_json e;
     e["name"] = l.name;
     e["shape"] = {l.out_features, l.in_features};
@@ -113,17 +105,22 @@ nlohmann::ordered_json selection_json(const Selection& selection, const RunConfi
     e["abits"] = config.quant.abits;
     e["bias"] = l.bias != nullptr;
     e["bytes"] = layer_bytes;
-    e["packed_bytes"] = layer_packed;
+    e["tensor_bytes"] = size.layer_tensor_bytes[k];
+    e["npz_bytes"] = size.layer_npz_bytes[k];
+    e["packed_bytes"] = size.layer_tensor_bytes[k] + size.layer_npz_bytes[k];
     j["layers"].push_back(std::move(e));
     params += l.weight->numel + (l.bias ? l.bias->numel : 0);
     bytes += layer_bytes;
-    packed += layer_packed;
   }
   j["totals"] = {{"layers", selection.layers.size()},
                  {"linear_layers_in_checkpoint", selection.linear_count},
                  {"parameters", params},
                  {"bytes", bytes},
-                 {"packed_bytes", packed}};
+                 {"tensor_bytes", size.tensor_bytes},
+                 {"npz_bytes", size.npz_bytes},
+                 {"safetensors_bytes", size.safetensors_bytes},
+                 {"manifest_bytes", size.manifest_bytes},
+                 {"packed_bytes", size.total()}};
   j["skipped"] = {{"action_head", selection.skipped_action_head},
                   {"not_float", selection.skipped_dtype},
                   {"layers_not_found", selection.layers_not_found},

@@ -6,7 +6,7 @@
 #include <fstream>
 #include <iterator>
 
-#include "math/conformance.hpp"
+#include "packfmt/layout.hpp"
 #include "duquant/error.hpp"
 #include "select/linear_layers.hpp"
 #include "config/presets.hpp"
@@ -24,8 +24,6 @@ std::string_view last_component(std::string_view module) {
   const auto dot = module.rfind('.');
   return dot == std::string_view::npos ? module : module.substr(dot + 1);
 }
-
-std::uint64_t ceil_div(std::uint64_t a, std::uint64_t b) { return (a + b - 1) / b; }
 
 // The head dimension a config object states: head_dim, attention_head_dim, or hidden_size /
 // num_attention_heads when that divides.
@@ -146,19 +144,25 @@ HeadDims head_dims_from_config(const std::filesystem::path& checkpoint) {
   return dims;
 }
 
+// Both from the pack's layout (packfmt/layout.hpp): the layer's tensors without a bias, plus the
+// bias as stored.
 std::uint64_t packed_layer_bytes(std::uint64_t o, std::uint64_t i, int wbits, const QuantConfig& q,
                                  std::uint64_t bias_bytes) {
-  const auto b = static_cast<std::uint64_t>(q.block), bo = static_cast<std::uint64_t>(q.block_out);
-  std::uint64_t bytes = wbits <= 4 ? ceil_div(i, 2) * o : o * i;  // codes
-  bytes += 4 * o;                                                  // scales
-  if (q.permute) bytes += 8 * i;                                   // perm (int64)
-  bytes += ceil_div(i, b) * b * b * 4;                             // R_in [nb, B, B]
-  if (q.row_rot != RowRot::off) bytes += ceil_div(o, bo) * bo * bo * 4;  // R_out [nbo, Bo, Bo]
-  return bytes + bias_bytes + conformance_bytes(o, i);
+  LayerLayout l;
+  l.out_features = o;
+  l.in_features = i;
+  l.wbits = wbits;
+  return layer_tensor_bytes(l, q) + bias_bytes;
 }
 
 std::uint64_t conformance_bytes(std::uint64_t o, std::uint64_t i) {
-  return static_cast<std::uint64_t>(kConformanceRows) * (i + 2 * o) * 4;
+  LayerLayout l;
+  l.out_features = o;
+  l.in_features = i;
+  std::uint64_t n = 0;
+  for (const formats::TensorSpec& t : layer_tensor_specs(l, QuantConfig{}))
+    if (is_conformance_tensor(t, l)) n += t.nbytes();
+  return n;
 }
 
 CheckpointReport inspect_checkpoint(const formats::Checkpoint& ckpt, HeadDims head_dims) {

@@ -1,14 +1,15 @@
-// inspect: reading a pack directory's manifest.json (or, for a pack the Python runtime wrote, the
-// meta of each npz) into a PackReport. Every type is checked; nothing from nlohmann escapes.
+// inspect: reading a pack directory's manifest.json (with packfmt's reader, manifest.hpp) or, for a
+// pack the Python runtime wrote, the meta of each npz, into a PackReport. Every type is checked;
+// nothing from nlohmann escapes.
 #include <fmt/format.h>
 
 #include <algorithm>
 
 #include "duquant/error.hpp"
 #include "duquant/inspect.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
+#include "packfmt/manifest.hpp"
 #include "formats/dtype.hpp"
-#include "formats/mapped_file.hpp"
 #include "formats/npz.hpp"
 #include "formats/strict_json.hpp"
 
@@ -69,113 +70,59 @@ struct Fields {
   }
 };
 
-Quality read_quality(const Fields& q) {
-  Quality out;
-  out.rel_fro_error = q.number("rel_fro_error");
-  DQ_CHECK(out.rel_fro_error >= 0, format, "{}: rel_fro_error {} is negative", q.where, out.rel_fro_error);
-  const json& s = q.at("sqnr_db");
-  if (!s.is_null()) {
-    if (!s.is_number()) q.wrong("sqnr_db", s, "a number or null");
-    out.sqnr_db = s.get<double>();
-  }
-  return out;
+std::optional<Quality> quality_of(std::optional<double> rel, std::optional<double> sqnr, const std::string& where) {
+  // parse_manifest has checked the pair: both null (an exact layer written without a figure) or consistent.
+  DQ_CHECK(rel.has_value(), format, "{}: \"rel_fro_error\" is null, expected a number", where);
+  return Quality{*rel, sqnr};
 }
 
-std::uint64_t dtype_bytes(const std::string& name, const std::string& where) {
-  const auto dt = formats::parse_dtype(name);
-  DQ_CHECK(dt.has_value(), format, "{}: unknown dtype '{}'", where, name);
-  return (formats::dtype_bits(*dt) + 7) / 8;
+std::uint64_t dtype_bytes(const std::string& name) {
+  return (formats::dtype_bits(*formats::parse_dtype(name)) + 7) / 8;  // parse_manifest checked the name
 }
 
-PackLayerInfo read_manifest_layer(const json& entry, std::size_t index, const std::string& file,
-                                  const PackReport& report) {
-  Fields f{entry, fmt::format("{}: layers[{}]", file, index)};
-  DQ_CHECK(entry.is_object(), format, "{} is {}, expected an object", f.where, formats::json_kind(entry));
-  PackLayerInfo l;
-  l.name = f.str("name");
-  DQ_CHECK(!l.name.empty(), format, "{}: empty layer name", f.where);
-  f.where = fmt::format("{}: layers[{}] '{}'", file, index, l.name);
-  l.group = layer_group(l.name);
-  l.block_type = block_type(l.name);
-  const json& shape = f.at("shape");
-  if (!shape.is_array() || shape.size() != 2 || !shape[0].is_number_unsigned() || !shape[1].is_number_unsigned())
-    fail(ErrorKind::format, "{}: \"shape\" is {}, expected [out, in] of non-negative integers", f.where,
-         formats::json_kind(shape));
-  l.out_features = shape[0].get<std::uint64_t>();
-  l.in_features = shape[1].get<std::uint64_t>();
-  DQ_CHECK(l.out_features > 0 && l.in_features > 0 && l.out_features <= (1ull << 24) && l.in_features <= (1ull << 24),
-           format, "{}: shape [{}, {}] is out of range", f.where, l.out_features, l.in_features);
-  l.dtype = f.str("dtype");
-  l.wbits = static_cast<int>(f.int_in("wbits", 2, 8));
-  l.abits = static_cast<int>(f.int_in("abits", 2, 16));
-  l.block = f.int_in("block", 1, 4096);
-  l.block_out = f.int_in("block_out", 1, 4096);
-  l.bias = f.boolean("bias");
-  const std::uint64_t elem = dtype_bytes(l.dtype, f.where);
-  l.bytes_in = elem * l.out_features * (l.in_features + (l.bias ? 1 : 0));
-  if (f.find("weight_xxh128")) l.weight_xxh128 = f.str("weight_xxh128");
-  if (f.find("npz")) {
-    const Fields npz = f.object("npz");
-    l.npz = npz.str("name");
-    l.npz_bytes = npz.u64("size");
-  }
-  l.packed_bytes = f.object("quantized").u64("bytes");
-  if (f.find("quality")) {
-    const Fields q = f.object("quality");
-    l.duquant = read_quality(q.object("duquant"));
-    l.rtn = read_quality(q.object("rtn"));
-  }
-  if (const json* c = f.find("calibration"); c != nullptr && !c->is_null()) {
-    if (!c->is_object()) f.wrong("calibration", *c, "an object or null");
-    l.calibrated = true;
-    const auto e = c->find("output_rel_error");
-    if (e != c->end() && e->is_number()) l.output_rel_error = e->get<double>();
-  }
-  if (const json* sm = f.find("smoothing"); sm != nullptr && !sm->is_null()) l.smoothed = true;
-  const json& config = report.config;
-  if (const auto p = config.find("permute"); p != config.end() && p->is_boolean()) l.permute = p->get<bool>();
-  if (const auto s = config.find("lambda_smooth"); s != config.end() && s->is_number()) l.lambda_smooth = s->get<double>();
-  return l;
-}
-
+// The manifest, read and checked by packfmt's one reader (manifest.hpp), as inspect shows it.
 void read_manifest(const fs::path& dir, PackReport& r) {
   const fs::path path = dir / kManifestName;
   const std::string file = path.string();
-  const formats::MappedFile map = formats::MappedFile::open(path);
-  const auto bytes = map.bytes();
-  const json m = formats::parse_strict_json(
-      std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), file, 64);
-  DQ_CHECK(m.is_object(), format, "{}: the manifest is {}, expected an object", file, formats::json_kind(m));
-  const Fields top{m, file};
-  const std::string format = top.str("format");
-  DQ_CHECK(format == kPackFormatName, format, "{}: \"format\" is '{}', expected '{}'", file, format, kPackFormatName);
-  const std::int64_t version = top.int_in("format_version", 0, 1'000'000);
-  DQ_CHECK(version == kPackFormatVersion, format, "{}: format_version {} is not the version this duquant reads ({})",
-           file, version, kPackFormatVersion);
-  if (top.find("tool")) {
-    const Fields tool = top.object("tool");
-    r.tool = fmt::format("{} {}", tool.str("name"), tool.str("version"));
+  const json j = read_manifest_json(path);
+  const Manifest m = parse_manifest(j, file);
+  if (!m.tool_name.empty()) r.tool = fmt::format("{} {}", m.tool_name, m.tool_version);
+  r.config = formats::to_ordered_json(j.at("config"));  // keeps the keys; order as nlohmann sorts
+  r.checkpoint_source = m.checkpoint_source;
+  for (const ManifestFile& f : m.files)
+    if (f.name.rfind("quantized", 0) == 0) r.quantized_file_bytes += f.size;
+  for (std::size_t i = 0; i < m.layers.size(); ++i) {
+    const ManifestLayer& e = m.layers[i];
+    const std::string where = fmt::format("{}: layers[{}] '{}'", file, i, e.name);
+    DQ_CHECK(!e.name.empty(), format, "{}: layers[{}]: empty layer name", file, i);
+    DQ_CHECK(e.out_features <= kMaxLayerShape && e.in_features <= kMaxLayerShape, format,
+             "{}: shape [{}, {}] is out of range", where, e.out_features, e.in_features);
+    PackLayerInfo l;
+    l.name = e.name;
+    l.group = layer_group(l.name);
+    l.block_type = block_type(l.name);
+    l.out_features = e.out_features;
+    l.in_features = e.in_features;
+    l.dtype = e.dtype;
+    l.wbits = e.wbits;
+    l.abits = e.abits;
+    l.block = e.block;
+    l.block_out = e.block_out;
+    l.bias = e.bias;
+    l.bytes_in = dtype_bytes(l.dtype) * l.out_features * (l.in_features + (l.bias ? 1 : 0));
+    l.weight_xxh128 = e.weight_xxh128;
+    l.npz = e.npz.name;
+    l.npz_bytes = e.npz.size;
+    l.packed_bytes = e.quantized_bytes;
+    l.duquant = quality_of(e.duquant_rel_error, e.duquant_sqnr_db, where + ": quality.duquant");
+    l.rtn = quality_of(e.rtn_rel_error, e.rtn_sqnr_db, where + ": quality.rtn");
+    l.calibrated = e.calibrated;
+    l.output_rel_error = e.output_rel_error;
+    l.smoothed = e.smoothed;
+    l.permute = m.config.quant.permute;
+    l.lambda_smooth = m.config.quant.lambda_smooth;
+    r.layers.push_back(std::move(l));
   }
-  top.object("config");
-  r.config = formats::to_ordered_json(m.at("config"));  // keeps the keys; order as nlohmann sorts
-  if (top.find("checkpoint")) {
-    const Fields ck = top.object("checkpoint");
-    if (ck.find("source")) r.checkpoint_source = ck.str("source");
-  }
-  if (top.find("files")) {
-    const json& files = top.at("files");
-    if (!files.is_array()) top.wrong("files", files, "an array");
-    for (std::size_t i = 0; i < files.size(); ++i) {
-      DQ_CHECK(files[i].is_object(), format, "{}: files[{}] is {}, expected an object", file, i,
-               formats::json_kind(files[i]));
-      const Fields f{files[i], fmt::format("{}: files[{}]", file, i)};
-      const std::string name = f.str("name");
-      if (name.rfind("quantized", 0) == 0) r.quantized_file_bytes += f.u64("size");
-    }
-  }
-  const json& layers = top.at("layers");
-  if (!layers.is_array()) top.wrong("layers", layers, "an array");
-  for (std::size_t i = 0; i < layers.size(); ++i) r.layers.push_back(read_manifest_layer(layers[i], i, file, r));
 }
 
 void read_npz_only(const fs::path& dir, PackReport& r) {
@@ -192,7 +139,7 @@ void read_npz_only(const fs::path& dir, PackReport& r) {
     const std::string label = path.string();
     const formats::NpzFile npz = formats::NpzFile::open(path);
     const std::string text = formats::npy_unicode_to_utf8(npz.at("meta"), fmt::format("{}: meta", label));
-    const json meta = formats::parse_strict_json(text, fmt::format("{}: meta", label), 8);
+    const json meta = formats::parse_strict_json(text, fmt::format("{}: meta", label), kMaxMetaDepthRuntimePack);
     DQ_CHECK(meta.is_object(), format, "{}: meta is {}, expected an object", label, formats::json_kind(meta));
     const Fields f{meta, fmt::format("{}: meta", label)};
     PackLayerInfo l;
@@ -204,10 +151,10 @@ void read_npz_only(const fs::path& dir, PackReport& r) {
     DQ_CHECK(!ec, io, "{}: cannot read the size: {}", label, ec.message());
     l.in_features = f.u64("in_features");
     l.out_features = f.u64("out_features");
-    DQ_CHECK(l.out_features > 0 && l.in_features > 0 && l.out_features <= (1ull << 24) && l.in_features <= (1ull << 24),
+    DQ_CHECK(l.out_features > 0 && l.in_features > 0 && l.out_features <= kMaxLayerShape && l.in_features <= kMaxLayerShape,
              format, "{}: shape [{}, {}] is out of range", f.where, l.out_features, l.in_features);
-    l.block = f.int_in("block_size", 1, 1 << 20);
-    l.block_out = f.int_in("block_out_size", 1, 1 << 20);
+    l.block = f.int_in("block_size", 1, kMaxMetaBlock);
+    l.block_out = f.int_in("block_out_size", 1, kMaxMetaBlock);
     l.permute = f.boolean("enable_permute");
     l.lambda_smooth = f.number("lambda_smooth");
     r.layers.push_back(std::move(l));

@@ -12,7 +12,7 @@
 #include "select/linear_layers.hpp"
 #include "math/calibration.hpp"
 #include "select/layer_weights.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 #include "select/selection.hpp"
 #include "math/smoothing.hpp"
 #include "formats/folder_lock.hpp"

@@ -11,7 +11,7 @@
 
 #include "math/calibration.hpp"
 #include "duquant/error.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 #include "pack/pack_test_util.hpp"
 
 namespace duquant {

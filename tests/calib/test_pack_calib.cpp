@@ -10,7 +10,7 @@
 #include <random>
 
 #include "common/child_process.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 #include "formats/npz.hpp"
 #include "formats/safetensors_writer.hpp"
 #include "pack/pack_test_util.hpp"

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include "engine/layer_engine.hpp"
 #include "select/linear_layers.hpp"
 #include "pack/pack_layer.hpp"
+#include "packfmt/layout.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "gpu/gpu_test_util.hpp"
 #include "kernels/cuda_layer_engine.hpp"
@@ -83,14 +85,9 @@ TEST(GpuEngine, QuantizeRowsFromTheSameWeightIsTheCpuBits) {
         ASSERT_EQ(elementwise::f32_to_bits(gpu.scales[r]), elementwise::f32_to_bits(cpu.scales[r])) << cols << " row " << r;
       ASSERT_EQ(gpu.codes, cpu.codes) << cols << " columns, " << bits << " bits";
       EXPECT_EQ(gpu.squared_error, cpu.squared_error);
-      if (bits <= 4) {
-        const std::int64_t bytes = (cols + 1) / 2;
-        ASSERT_EQ(static_cast<std::int64_t>(packed.size()), 37 * bytes);
-        for (std::int64_t r = 0; r < 37; ++r)
-          for (std::int64_t k = 0; k < bytes; ++k) {
-            const int odd = 2 * k + 1 < cols ? cpu.codes[r * cols + 2 * k + 1] : 0;
-            ASSERT_EQ(static_cast<unsigned char>(packed[r * bytes + k]), elementwise::pack_nibbles(cpu.codes[r * cols + 2 * k], odd));
-          }
+      // The device packs nibbles itself: the bytes the CPU's pass packs from the same codes.
+      if (code_storage(bits).nibbles) {
+        ASSERT_EQ(packed, pack_codes(cpu.codes, 37, cols, bits)) << cols << " columns";
       }
     }
   }
@@ -155,15 +152,8 @@ void expect_equivalent(const LayerMath& cpu, const LayerMath& gpu, const MatrixF
   // Codes of the comparable rows: at most 1 % differ (elements at a rounding tie, rows whose
   // candidate was a near-tie).
   std::vector<std::int8_t> codes = gpu.quant.codes;
-  if (!gpu.packed.empty()) {
-    const std::int64_t bytes = (cols + 1) / 2;
-    codes.assign(static_cast<std::size_t>(rows * cols), 0);
-    for (std::int64_t r = 0; r < rows; ++r)
-      for (std::int64_t c = 0; c < cols; ++c) {
-        const auto byte = static_cast<unsigned char>(gpu.packed[static_cast<std::size_t>(r * bytes + c / 2)]);
-        codes[r * cols + c] = static_cast<std::int8_t>(c % 2 ? elementwise::unpack_high(byte) : elementwise::unpack_low(byte));
-      }
-  }
+  if (!gpu.packed.empty())
+    codes = unpack_codes(std::as_bytes(std::span(gpu.packed.data(), gpu.packed.size())), rows, cols, bits);
   ASSERT_EQ(codes.size(), cpu.quant.codes.size()) << what;
   std::size_t differ = 0, compared = 0;
   for (std::size_t k = 0; k < codes.size(); ++k) {

@@ -11,7 +11,7 @@
 #include "math/duquant_math.hpp"
 #include "select/linear_layers.hpp"
 #include "pack/pack_layer.hpp"
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 #include "formats/npz.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 

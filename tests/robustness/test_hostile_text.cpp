@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "packfmt/pack_layout.hpp"
+#include "packfmt/layout.hpp"
 #include "formats/npy.hpp"
 #include "formats/strict_json.hpp"
 #include "robustness/robustness_util.hpp"

@@ -198,7 +198,8 @@ TEST(Cli, JsonCarriesEveryFieldAndRealByteCounts) {
   const auto j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j.at("layers").size(), 14u);
   for (const auto& layer : j.at("layers"))
-    for (const char* key : {"name", "shape", "dtype", "wbits", "abits", "bias", "bytes", "packed_bytes"})
+    for (const char* key : {"name", "shape", "dtype", "wbits", "abits", "bias", "bytes", "tensor_bytes", "npz_bytes",
+                            "packed_bytes"})
       EXPECT_TRUE(layer.contains(key)) << key;
   const auto& q = j.at("layers").at(0);
   EXPECT_EQ(q.at("name"), expert("layers.0.self_attn.q_proj"));
@@ -209,7 +210,9 @@ TEST(Cli, JsonCarriesEveryFieldAndRealByteCounts) {
   EXPECT_EQ(q.at("bias"), false);
   EXPECT_EQ(q.at("bytes"), 16384);  // 128 x 64 BF16, as stored in the fixture
   // codes 128*32 + scales 4*128 + perm 8*64 + Rin 4 blocks 16x16 f32 + Rout 8 blocks 16x16 f32
-  EXPECT_EQ(q.at("packed_bytes"), 4096 + 512 + 512 + 4096 + 8192);
+  // + test_x [4, 64] and test_y_fp, test_y_q [4, 128] f32
+  EXPECT_EQ(q.at("tensor_bytes"), 4096 + 512 + 512 + 4096 + 8192 + 4 * (64 + 2 * 128) * 4);
+  EXPECT_EQ(q.at("packed_bytes"), q.at("tensor_bytes").get<std::uint64_t>() + q.at("npz_bytes").get<std::uint64_t>());
   EXPECT_EQ(j.at("layers").at(6).at("name"), expert("layers.0.mlp.down_proj"));
   EXPECT_EQ(j.at("layers").at(6).at("bytes"), 32768);
   const auto& totals = j.at("totals");
@@ -218,6 +221,11 @@ TEST(Cli, JsonCarriesEveryFieldAndRealByteCounts) {
   // Per expert layer: q 16384 + k 2048 + v 2048 + o 16384 + gate/up/down 3 x 32768.
   EXPECT_EQ(totals.at("bytes"), 2 * 135168);
   EXPECT_EQ(totals.at("parameters"), 2 * 135168 / 2);
+  // The whole pack directory: npz files, quantized.safetensors (header and data), the manifest.
+  EXPECT_EQ(totals.at("packed_bytes"), totals.at("npz_bytes").get<std::uint64_t>() +
+                                           totals.at("safetensors_bytes").get<std::uint64_t>() +
+                                           totals.at("manifest_bytes").get<std::uint64_t>());
+  EXPECT_GT(totals.at("safetensors_bytes").get<std::uint64_t>(), totals.at("tensor_bytes").get<std::uint64_t>());
   EXPECT_EQ(j.at("config").at("preset"), "openpi-dit");
   EXPECT_EQ(j.at("config").at("scope"), kExpert);
   EXPECT_EQ(j.at("config").at("block_out"), 16);

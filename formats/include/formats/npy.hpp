@@ -35,6 +35,8 @@ std::string npy_f32(const std::vector<std::uint64_t>& shape, std::span<const flo
 std::string npy_i64(const std::vector<std::uint64_t>& shape, std::span<const std::int64_t> values);
 // A 0-d unicode scalar ('<U{n}', n = code points), as numpy.savez stores a Python str.
 std::string npy_unicode_scalar(std::string_view utf8);
+// The size of what npy_bytes() returns for `data_bytes` bytes of data: its padded header + the data.
+std::uint64_t npy_size(std::string_view descr, const std::vector<std::uint64_t>& shape, std::uint64_t data_bytes);
 
 // Parses one .npy file held in `bytes`. Throws duquant::Error (format) naming `label`.
 NpyArray parse_npy(std::span<const std::byte> bytes, const std::string& label);

@@ -12,6 +12,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "formats/atomic_file.hpp"
@@ -41,6 +42,10 @@ class NpzWriter {
   AtomicFile file_;
   std::vector<Entry> entries_;
 };
+
+// The size of the archive NpzWriter writes for members of these keys (without ".npy") and .npy
+// sizes, in order: a local header and a central entry per member, then the end record.
+std::uint64_t npz_size(const std::vector<std::pair<std::string, std::uint64_t>>& members);
 
 struct ZipMember {
   std::string name;

@@ -168,6 +168,7 @@ DQ_HD float squared_error_recip(float w, float inv_s, float s, float lo, float h
 // quantized.safetensors stores 4-bit codes two per byte, q + 8 in each nibble:
 //   byte k of a row:  bit 7..4 = code of column 2k+1 (+8)   bit 3..0 = code of column 2k (+8)
 // An odd last column leaves the high nibble at 8 (code 0).
+DQ_HD constexpr long long nibble_row_bytes(long long cols) { return (cols + 1) / 2; }  // bytes of a row of `cols` codes
 DQ_HD unsigned char pack_nibbles(int code_even, int code_odd) {
   return static_cast<unsigned char>(((code_odd + 8) << 4) | (code_even + 8));
 }

@@ -72,14 +72,6 @@ struct PackedLayer {
   CalibrationFigures calibration;  // steps == 0 without calibration
 };
 
-// Tensors a layer contributes to quantized.safetensors (known before packing: the header is
-// written first): L.qweight, L.scales, L.perm (if permuting), L.R_in, L.R_out (unless row_rot is
-// 0), L.bias (if any, in its stored dtype), then the conformance vectors L.test_x [4, I],
-// L.test_y_fp [4, O] and L.test_y_q [4, O] (F32); with calibration L.act_scale [I] (F32), and with
-// smoothing L.smooth_scale [I] (F32).
-std::vector<formats::TensorSpec> layer_tensor_specs(const LinearLayer& layer, int wbits, const QuantConfig& q,
-                                                    bool act_scale = false, bool smooth_scale = false);
-
 // A layer's weight and bias, read once from the checkpoint: the digests and the floats come from
 // the same copy of the stored bytes (the digests identify the layer for --resume). The weight is
 // packed from the checkpoint's values in float32 or, with smoothing, from W·diag(s) rounded to

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -49,6 +50,7 @@ struct ManifestLayer {
 
 struct Manifest {
   int format_version = 0;
+  std::string tool_name;  // empty when the manifest does not name the tool
   std::string tool_version;
   RunConfig config;
   std::string checkpoint_source;
@@ -62,8 +64,13 @@ struct Manifest {
   std::vector<ManifestLayer> layers;
 };
 
+// Reads `path` as strict JSON (at most kMaxManifestBytes, nesting at most kMaxManifestDepth,
+// layout.hpp) that must be an object. Throws duquant::Error (io, format) naming the file.
+nlohmann::json read_manifest_json(const std::filesystem::path& path);
+
 // Validates and converts a parsed manifest: types, and values within what `duquant pack` accepts
-// (bits 2-8 for weights and 2-16 for activations, blocks 1-4096, 0 < act_pct <= 100, ...). `label` names the file in messages.
+// (layout.hpp's limits: bits 2-8 for weights and 2-16 for activations, blocks 1-4096,
+// 0 < act_pct <= 100, ...). `label` names the file in messages.
 Manifest parse_manifest(const nlohmann::json& j, const std::string& label);
 
 }  // namespace duquant

@@ -26,11 +26,12 @@ std::string dryrun_text(const Selection& selection, const RunConfig& config);
 std::string no_match_text(const std::vector<LinearLayer>& linears, const RunConfig& config, const LayoutGuess& layout,
                           const NameMapping& names);
 
-// Bytes a layer takes in quantized.safetensors: codes, scales, permutation and rotations.
-std::uint64_t packed_bytes_estimate(std::uint64_t out_features, std::uint64_t in_features, int wbits,
-                                    const QuantConfig& quant, bool has_bias);
-
-// Per layer: name, shape, dtype, wbits, abits, bytes, packed_bytes, bias; plus totals and config.
-nlohmann::ordered_json selection_json(const Selection& selection, const RunConfig& config);
+// Per layer: name, shape, dtype, wbits, abits, bias, bytes, and what its pack files take
+// (tensor_bytes, npz_bytes, packed_bytes); totals, with the size of the whole pack directory
+// (packed_bytes: npz files, quantized.safetensors, the manifest's estimate; docs/cli.md); and the
+// config. `opened` (the checkpoint listed, named `source` by the user) gives what the manifest
+// records about it; without it the manifest's estimate leaves that out.
+nlohmann::ordered_json selection_json(const Selection& selection, const RunConfig& config,
+                                      const OpenedCheckpoint* opened = nullptr, const std::string& source = {});
 
 }  // namespace duquant
