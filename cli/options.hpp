@@ -1,4 +1,5 @@
-// Flags shared by the commands that select layers (list-linears now; pack, verify later).
+// Flags shared by the commands that select layers and quantize them (list-linears, pack, verify,
+// inspect): selection, bit widths, the transform's settings and checkpoint naming.
 #pragma once
 
 #include <CLI/CLI.hpp>
