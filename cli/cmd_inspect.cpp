@@ -9,13 +9,13 @@
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
 #include "duquant/error.hpp"
-#include "report/html_report.hpp"
 #include "duquant/inspect.hpp"
 #include "formats/folder_lock.hpp"
 #include "formats/output_paths.hpp"
 #include "formats/regular_file.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "formats/strict_json.hpp"
+#include "report/html_report.hpp"
 
 namespace duquant::cli {
 namespace {
@@ -47,9 +47,7 @@ void add_pack_inputs(formats::InputSet& in, const fs::path& dir) {
 }
 
 // Names come from file names too, which need not be UTF-8: replace what is not, never throw.
-std::string dump(const nlohmann::ordered_json& j) {
-  return formats::dump_json(j, 2);
-}
+std::string dump(const nlohmann::ordered_json& j) { return formats::dump_json(j, 2); }
 
 struct Inspect {
   std::string target;
@@ -84,13 +82,17 @@ struct Inspect {
   // The report: the page (to its file, or to standard output instead of the text), then the text.
   void emit(const std::optional<formats::OutputFile>& out, const std::string& page, const std::string& text) const {
     if (out && !out->to_stdout) write_html_file(out->target, page);
-    if (out && out->to_stdout) fmt::print("{}", page);
-    else fmt::print("{}", text);
+    if (out && out->to_stdout)
+      fmt::print("{}", page);
+    else
+      fmt::print("{}", text);
   }
 
   int run() const {
-    DQ_CHECK(!head_dim || (*head_dim >= 1 && *head_dim <= (1 << 20)), usage, "--head-dim: {} is not a head dimension "
-             "(1 to 1048576)", head_dim.value_or(0));
+    DQ_CHECK(!head_dim || (*head_dim >= 1 && *head_dim <= (1 << 20)), usage,
+             "--head-dim: {} is not a head dimension "
+             "(1 to 1048576)",
+             head_dim.value_or(0));
     // A link loop or an over-long name: an io error naming the path (status_of), never an exception.
     DQ_CHECK(std::filesystem::exists(formats::status_of(target)), io, "{}: no such file or directory", target);
     if (looks_like_pack(target)) return run_pack();
@@ -119,8 +121,10 @@ struct Inspect {
     PackReport report = inspect_pack(target);
     // A pack being written now: what is read may change under the report.
     if (const auto holder = formats::folder_lock_holder(target))
-      report.warnings.push_back(fmt::format("being-written: a pack is being written into {} now ({}); this report may "
-                                            "not match the pack that results", target, *holder));
+      report.warnings.push_back(
+          fmt::format("being-written: a pack is being written into {} now ({}); this report may "
+                      "not match the pack that results",
+                      target, *holder));
     const HeadDims dims = head_dims(checkpoint ? std::filesystem::path(*checkpoint) : std::filesystem::path(target));
     report.head_dim_source = dims.source;
     report.warnings.insert(report.warnings.end(), dims.warnings.begin(), dims.warnings.end());
@@ -145,7 +149,8 @@ Action register_inspect(CLI::App& app) {
   c->add_option("target", cmd->target, "pack directory, or checkpoint (safetensors file, sharded index, folder)")
       ->required();
   c->add_flag("--json", cmd->json, "Print one JSON document instead of text");
-  c->add_option("--head-dim", cmd->head_dim, "Attention head dimension (default: from config.json beside the checkpoint)");
+  c->add_option("--head-dim", cmd->head_dim,
+                "Attention head dimension (default: from config.json beside the checkpoint)");
   c->add_option("--checkpoint", cmd->checkpoint, "The packed checkpoint: per-head error of attention layers");
   c->add_option("--html", cmd->html,
                 "Also write a self-contained HTML report (table and SQNR chart) to FILE; '-' writes it to standard "

@@ -6,13 +6,13 @@
 
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
-#include "report/dryrun_report.hpp"
 #include "duquant/error.hpp"
-#include "select/linear_layers.hpp"
-#include "packfmt/layout.hpp"
-#include "select/selection.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "formats/strict_json.hpp"
+#include "packfmt/layout.hpp"
+#include "report/dryrun_report.hpp"
+#include "select/linear_layers.hpp"
+#include "select/selection.hpp"
 
 namespace duquant::cli {
 namespace {
@@ -35,8 +35,10 @@ struct ListLinears {
       std::vector<std::string> names;
       for (const SelectedLayer& s : selection.layers) names.push_back(s.layer->name);
       for (const PackFileCollision& c : pack_file_collisions(names))
-        fmt::print(stderr, "duquant: warning: {}: the runtime could load only one of them from a pack; `duquant pack` "
-                   "refuses this selection (exit 3)\n", describe(c));
+        fmt::print(stderr,
+                   "duquant: warning: {}: the runtime could load only one of them from a pack; `duquant pack` "
+                   "refuses this selection (exit 3)\n",
+                   describe(c));
     }
 
     if (json) {
@@ -64,7 +66,8 @@ Action register_list_linears(CLI::App& app) {
   auto cmd = std::make_shared<ListLinears>();
   CLI::App* c = app.add_subcommand("list-linears", "Dry run: the linear layers a selection picks, with their bits");
   c->add_option("checkpoint", cmd->checkpoint, "safetensors file, sharded index, or folder")->required();
-  c->add_flag("--json", cmd->json, "Machine-readable output: per layer name, shape, dtype, bits, bytes and pack bytes; totals");
+  c->add_flag("--json", cmd->json,
+              "Machine-readable output: per layer name, shape, dtype, bits, bytes and pack bytes; totals");
   add_config_flags(*c, cmd->flags);
   return [cmd, c]() { return c->parsed() ? cmd->run() : -1; };
 }

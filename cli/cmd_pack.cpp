@@ -13,10 +13,10 @@
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
 #include "cli/process_guard.hpp"
-#include "report/dryrun_report.hpp"
 #include "duquant/error.hpp"
-#include "select/linear_layers.hpp"
 #include "duquant/pack.hpp"
+#include "report/dryrun_report.hpp"
+#include "select/linear_layers.hpp"
 #include "select/selection.hpp"
 
 namespace duquant::cli {
@@ -33,14 +33,22 @@ std::uint64_t parse_size(const std::string& text) {
   std::string unit = text.substr(used);
   for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   double mult = 1;
-  if (unit.empty() || unit == "B") mult = 1;
-  else if (unit == "KB" || unit == "K") mult = 1e3;
-  else if (unit == "MB" || unit == "M") mult = 1e6;
-  else if (unit == "GB" || unit == "G") mult = 1e9;
-  else if (unit == "KIB") mult = 1024.0;
-  else if (unit == "MIB") mult = 1024.0 * 1024;
-  else if (unit == "GIB") mult = 1024.0 * 1024 * 1024;
-  else fail(ErrorKind::usage, "--max-shard-size: unknown unit '{}' in '{}'", unit, text);
+  if (unit.empty() || unit == "B")
+    mult = 1;
+  else if (unit == "KB" || unit == "K")
+    mult = 1e3;
+  else if (unit == "MB" || unit == "M")
+    mult = 1e6;
+  else if (unit == "GB" || unit == "G")
+    mult = 1e9;
+  else if (unit == "KIB")
+    mult = 1024.0;
+  else if (unit == "MIB")
+    mult = 1024.0 * 1024;
+  else if (unit == "GIB")
+    mult = 1024.0 * 1024 * 1024;
+  else
+    fail(ErrorKind::usage, "--max-shard-size: unknown unit '{}' in '{}'", unit, text);
   DQ_CHECK(value * mult >= 1 && value * mult < 1.8e19, usage, "--max-shard-size: '{}' is out of range", text);
   return static_cast<std::uint64_t>(value * mult);
 }
@@ -83,7 +91,7 @@ struct Pack {
       const Selection selection = select_layers(linears, o.config);
       warn_about_selection(selection, opened.checkpoint);
       note_pack_progress(0, selection.layers.size());  // what an interruption says before the first layer
-      if (selection.layers.empty())  // what list-linears would say, before the error
+      if (selection.layers.empty())                    // what list-linears would say, before the error
         fmt::print(stderr, "{}", no_match_text(linears, o.config, guess_layout(opened.checkpoint), opened.names));
     }
     const bool tty = ::isatty(STDERR_FILENO) != 0;
@@ -114,17 +122,19 @@ struct Pack {
     });
     const double t = seconds();
     fmt::print("packed {} layers ({} reused) into {}\n", s.layers, s.reused, output);
-    fmt::print("  weights in: {:.1f} MB   quantized.safetensors: {:.1f} MB in {} file{}   npz: {:.1f} MB   ratio {:.2f}x\n",
-               s.weight_bytes / 1e6, s.quantized_bytes / 1e6, s.shards, s.shards == 1 ? "" : "s", s.npz_bytes / 1e6,
-               s.quantized_bytes ? static_cast<double>(s.weight_bytes) / static_cast<double>(s.quantized_bytes) : 0.0);
+    fmt::print(
+        "  weights in: {:.1f} MB   quantized.safetensors: {:.1f} MB in {} file{}   npz: {:.1f} MB   ratio {:.2f}x\n",
+        s.weight_bytes / 1e6, s.quantized_bytes / 1e6, s.shards, s.shards == 1 ? "" : "s", s.npz_bytes / 1e6,
+        s.quantized_bytes ? static_cast<double>(s.weight_bytes) / static_cast<double>(s.quantized_bytes) : 0.0);
     fmt::print("  SQNR: mean {:.2f} dB (round-to-nearest {:.2f} dB), worst {:.2f} dB ({})\n", s.mean_sqnr_db,
                s.mean_rtn_sqnr_db, s.worst_sqnr_db, s.worst_layer);
     if (!calib.empty()) {
       fmt::print("  calibration: {} of {} layers from {}{}\n", s.calibrated, s.layers, calib,
                  s.smoothed ? fmt::format(", {} smoothed (alpha {})", s.smoothed, *smooth_alpha) : std::string());
       if (s.held_out_layers > 0)
-        fmt::print("  output error on held-out calls (W{} A{}): mean {:.4f}, worst {:.4f} ({})\n", o.config.quant.wbits_default,
-                   o.config.quant.abits, s.mean_output_rel_error, s.worst_output_rel_error, s.worst_output_layer);
+        fmt::print("  output error on held-out calls (W{} A{}): mean {:.4f}, worst {:.4f} ({})\n",
+                   o.config.quant.wbits_default, o.config.quant.abits, s.mean_output_rel_error,
+                   s.worst_output_rel_error, s.worst_output_layer);
       else
         fmt::print("  output error: not measured (the dump has no calls beyond --calib-steps {})\n",
                    o.config.quant.calib_steps);
@@ -162,7 +172,8 @@ Action register_pack(CLI::App& app) {
   c->add_option("--fold-smoothing", cmd->fold_smoothing,
                 "Write the checkpoint with 1/s folded into its norms to this .safetensors file")
       ->group("Calibration");
-  c->add_flag("--strict", cmd->strict, "Selected layers missing from the dump are an error, not a warning")->group("Calibration");
+  c->add_flag("--strict", cmd->strict, "Selected layers missing from the dump are an error, not a warning")
+      ->group("Calibration");
   add_config_flags(*c, cmd->flags);
   return [cmd, c]() { return c->parsed() ? cmd->run() : -1; };
 }

@@ -9,9 +9,9 @@
 
 #include "cli/commands.hpp"
 #include "duquant/error.hpp"
-#include "synth/synth.hpp"
 #include "formats/output_paths.hpp"
 #include "formats/regular_file.hpp"
+#include "synth/synth.hpp"
 
 namespace duquant::cli {
 namespace {
@@ -48,8 +48,9 @@ struct Synth {
     if (folder) {
       if (!fs::exists(status)) return output;
       std::error_code ec;
-      DQ_CHECK(fs::is_directory(status), usage, "{}: exists and is not a folder (--model {} with {} shard(s) writes a folder)",
-               output, model, options.shards);
+      DQ_CHECK(fs::is_directory(status), usage,
+               "{}: exists and is not a folder (--model {} with {} shard(s) writes a folder)", output, model,
+               options.shards);
       DQ_CHECK(force || fs::is_empty(output, ec), usage,
                "{}: folder exists and is not empty (use --force to replace the checkpoint in it)", output);
       return output;
@@ -115,7 +116,8 @@ Action register_synth(CLI::App& app) {
   c->add_option("--seed", cmd->options.seed, "Seed of the values")->capture_default_str();
   c->add_option("--outliers", cmd->options.outlier_channels, "Outlier input channels per linear weight")
       ->capture_default_str();
-  c->add_option("--shards", cmd->shards, "Safetensors files, 1 to 99 (pi05 1, gr00t-n1.5 2); pi05 with more than 1 writes a folder");
+  c->add_option("--shards", cmd->shards,
+                "Safetensors files, 1 to 99 (pi05 1, gr00t-n1.5 2); pi05 with more than 1 writes a folder");
   c->add_option("--prefix", cmd->prefix, "Prepend to every tensor name, ending in '.' (model., _groot_model.)");
   c->add_flag("--force", cmd->force, "Replace an existing file, or the checkpoint in a non-empty folder");
   return [cmd, c]() { return c->parsed() ? cmd->run() : -1; };

@@ -33,8 +33,7 @@ struct Verify {
   }
 
   void print_text(const VerifyReport& r) const {
-    for (const Finding& f : r.pack_findings)
-      fmt::print("{:<4}  {}: {}\n", level_name(f.level), f.reason, f.message);
+    for (const Finding& f : r.pack_findings) fmt::print("{:<4}  {}: {}\n", level_name(f.level), f.reason, f.message);
     for (const LayerVerdict& l : r.layers) {
       const Level level = l.level();
       if (quiet && level == Level::ok) continue;
@@ -88,7 +87,8 @@ Action register_verify(CLI::App& app) {
   c->add_option("pack", v->pack, "Pack directory (ours, or one the Python runtime wrote)")->required();
   c->add_option("-c,--checkpoint", v->checkpoint,
                 "The FP checkpoint the pack was made from: recompute digests, transforms, quality");
-  c->add_option("-r,--reference", v->reference, "A reference pack directory to compare with (e.g. the runtime's cache)");
+  c->add_option("-r,--reference", v->reference,
+                "A reference pack directory to compare with (e.g. the runtime's cache)");
   c->add_flag("--json", v->json, "Print one JSON document instead of text");
   c->add_flag("--strict", v->strict, "Exit 1 on warnings too");
   c->add_flag("-q,--quiet", v->quiet, "Print only layers that are not OK (and the summary)");

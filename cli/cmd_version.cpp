@@ -4,8 +4,8 @@
 #include <memory>
 
 #include "cli/commands.hpp"
-#include "engine/device.hpp"
 #include "config/presets.hpp"
+#include "engine/device.hpp"
 
 namespace duquant::cli {
 
@@ -30,8 +30,8 @@ Action register_presets(CLI::App& app) {
     if (!c->parsed()) return -1;
     for (const Preset& p : presets()) {
       fmt::print("{}\n  {}\n", p.name, p.description);
-      fmt::print("  runtime {}, written for {} names; layers on pi0.5: {}, on GR00T N1.5: {}\n", runtime_name(p.runtime),
-                 p.model, p.pi05_layers, p.gr00t_layers);
+      fmt::print("  runtime {}, written for {} names; layers on pi0.5: {}, on GR00T N1.5: {}\n",
+                 runtime_name(p.runtime), p.model, p.pi05_layers, p.gr00t_layers);
       for (const auto& [knob, value] : p.knobs) fmt::print("  {} '{}'\n", knob_info(knob).flag, value);
     }
     return 0;

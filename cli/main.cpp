@@ -1,6 +1,6 @@
 // duquant: quantize robot VLA policy weights with DuQuant, offline. Exit codes: docs/cli.md.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>
@@ -41,9 +41,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("duquant ") + DUQUANT_VERSION);
   std::vector<duquant::cli::Action> actions{
-      duquant::cli::register_list_linears(app), duquant::cli::register_pack(app), duquant::cli::register_verify(app),
-      duquant::cli::register_inspect(app), duquant::cli::register_synth(app),
-      duquant::cli::register_presets(app), duquant::cli::register_version(app)};
+      duquant::cli::register_list_linears(app), duquant::cli::register_pack(app),  duquant::cli::register_verify(app),
+      duquant::cli::register_inspect(app),      duquant::cli::register_synth(app), duquant::cli::register_presets(app),
+      duquant::cli::register_version(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -72,7 +72,8 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     std::string where = e.path1().string();
     if (!e.path2().empty()) where += ", " + e.path2().string();
-    fmt::print(stderr, "duquant: error: {}: {}\n", where.empty() ? std::string("file system") : where, e.code().message());
+    fmt::print(stderr, "duquant: error: {}: {}\n", where.empty() ? std::string("file system") : where,
+               e.code().message());
     return duquant::exit_code(duquant::ErrorKind::io);
   } catch (const std::bad_alloc&) {
     std::fflush(stdout);

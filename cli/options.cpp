@@ -6,9 +6,9 @@
 
 #include <cstdio>
 
-#include "duquant/error.hpp"
 #include "config/presets.hpp"
 #include "config/settings.hpp"
+#include "duquant/error.hpp"
 
 extern char** environ;
 
@@ -24,7 +24,8 @@ OpenedCheckpoint open_named_checkpoint(const std::string& path, const RunConfig&
 void warn_about_selection(const Selection& selection, const formats::Checkpoint& checkpoint) {
   for (const auto& name : selection.layers_not_found)
     warn(fmt::format("--layers names '{}', which is no linear layer of the checkpoint", name));
-  for (const auto& name : selection.wbits_unused) warn(fmt::format("--wbits names '{}', which is not a selected layer", name));
+  for (const auto& name : selection.wbits_unused)
+    warn(fmt::format("--wbits names '{}', which is not a selected layer", name));
   for (const auto& name : selection.skipped_dtype)
     warn(fmt::format("'{}' is selected but stored as {}, which is not quantized", name,
                      formats::dtype_name(checkpoint.find(name + ".weight")->dtype)));
@@ -62,7 +63,8 @@ void add_config_flags(CLI::App& c, ConfigFlags& f) {
       ->group(sel);
   c.add_option("--wbits-default", f.wbits_default, "Weight bits, 2-8 (WBITS_DEFAULT, default 4)")->group(quant);
   c.add_option("--wbits", f.wbits, "Per-layer weight bits 'name:bits,name:bits' (WBITS)")->group(quant);
-  c.add_option("--wbits-rule", f.wbits_rules, "Weight bits by regular expression 'REGEX=bits'; repeatable, first match wins")
+  c.add_option("--wbits-rule", f.wbits_rules,
+               "Weight bits by regular expression 'REGEX=bits'; repeatable, first match wins")
       ->group(quant);
   c.add_option("--abits", f.abits, "Activation bits, 2-16 (ABITS, default 8)")->group(quant);
   c.add_option("--block", f.block, "Input block size (BLOCK, default 16)")->group(quant);

@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "select/checkpoint_names.hpp"
 #include "config/quant_config.hpp"
-#include "select/selection.hpp"
 #include "formats/safetensors_checkpoint.hpp"
+#include "select/checkpoint_names.hpp"
+#include "select/selection.hpp"
 
 namespace duquant::cli {
 

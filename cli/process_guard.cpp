@@ -42,8 +42,7 @@ ssize_t best_effort_stderr(void*, const char* buf, std::size_t size) {
   }
   if (broken && !sigismember(&old, SIGPIPE)) {  // consume the SIGPIPE this write raised
     const timespec zero{0, 0};
-    while (sigtimedwait(&pipe_set, nullptr, &zero) < 0 && errno == EINTR) {
-    }
+    while (sigtimedwait(&pipe_set, nullptr, &zero) < 0 && errno == EINTR) {}
   }
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   return static_cast<ssize_t>(size);
@@ -148,8 +147,8 @@ void check_thread_count(const char* name) {
     const std::string_view item = rest.substr(0, comma);
     const long long n = whole(item);
     DQ_CHECK(n >= 1 && n <= kMaxThreads, usage,
-             "{}: {}; give a thread count from 1 to {} (as --threads), or leave it unset for every core", shown(name, value),
-             n < 0 ? std::string("not a whole number") : fmt::format("{} threads", n), kMaxThreads);
+             "{}: {}; give a thread count from 1 to {} (as --threads), or leave it unset for every core",
+             shown(name, value), n < 0 ? std::string("not a whole number") : fmt::format("{} threads", n), kMaxThreads);
     if (comma == std::string_view::npos) break;
     rest.remove_prefix(comma + 1);
   }
@@ -165,14 +164,20 @@ void check_stack_size(const char* name) {
   const std::string_view unit = trim(value.substr(digits));
   const long long n = whole(value.substr(0, digits));
   long long scale = 0;
-  if (unit.empty() || unit == "k" || unit == "K") scale = 1LL << 10;
-  else if (unit == "b" || unit == "B") scale = 1;
-  else if (unit == "m" || unit == "M") scale = 1LL << 20;
-  else if (unit == "g" || unit == "G") scale = 1LL << 30;
+  if (unit.empty() || unit == "k" || unit == "K")
+    scale = 1LL << 10;
+  else if (unit == "b" || unit == "B")
+    scale = 1;
+  else if (unit == "m" || unit == "M")
+    scale = 1LL << 20;
+  else if (unit == "g" || unit == "G")
+    scale = 1LL << 30;
   constexpr long long kMin = 16LL << 10, kMax = 1LL << 30;
   const bool ok = n >= 0 && scale > 0 && n <= kMax / scale && n * scale >= kMin;
-  DQ_CHECK(ok, usage, "{}: give a stack size per thread from 16K to 1G (a number with B, K, M or G; K when none), or leave "
-           "it unset", shown(name, raw));
+  DQ_CHECK(ok, usage,
+           "{}: give a stack size per thread from 16K to 1G (a number with B, K, M or G; K when none), or leave "
+           "it unset",
+           shown(name, raw));
 }
 
 }  // namespace
@@ -230,7 +235,9 @@ void check_openmp_environment() {
 bool report_stdout_failure(int err) {
   if (std::ferror(stdout) == 0) return false;
   fmt::print(stderr, "duquant: error: standard output: write failed: {}\n",
-             err == EPIPE ? "Broken pipe (its reader is gone)" : err != 0 ? std::strerror(err) : "I/O error");
+             err == EPIPE ? "Broken pipe (its reader is gone)"
+             : err != 0   ? std::strerror(err)
+                          : "I/O error");
   return true;
 }
 

@@ -70,7 +70,8 @@ long temp_stop_target() {
     if (v == nullptr || *v == '\0') return 0L;
     char* end = nullptr;
     const long n = std::strtol(v, &end, 10);
-    DQ_CHECK(*end == '\0' && n >= 1 && n <= 1000000, usage, "DUQUANT_TEST_STOP_IN_TEMP={}: expected N from 1 to 1000000", v);
+    DQ_CHECK(*end == '\0' && n >= 1 && n <= 1000000, usage,
+             "DUQUANT_TEST_STOP_IN_TEMP={}: expected N from 1 to 1000000", v);
     return n;
   }();
   return stop_at;
@@ -89,7 +90,7 @@ void sync_folder_of(const fs::path& folder, const fs::path& target) {
     // The file is complete under its name, but whether the name survives a power loss is unknown.
     if (rc != 0)
       fail_file(ErrorKind::io, "{}: fsync of the folder after publishing the file failed: {}", target.string(),
-           std::strerror(err));
+                std::strerror(err));
   }
 }
 
@@ -117,16 +118,18 @@ AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
   // process run as root would otherwise swap a device node for a file.
   struct stat st {};
   if (::lstat(target_.c_str(), &st) == 0) {
-    DQ_CHECK(S_ISREG(st.st_mode), io, "{}: exists and is {}; duquant replaces only regular files: remove it or choose "
-             "another path", target_.string(), file_kind_text(st.st_mode));
+    DQ_CHECK(S_ISREG(st.st_mode), io,
+             "{}: exists and is {}; duquant replaces only regular files: remove it or choose "
+             "another path",
+             target_.string(), file_kind_text(st.st_mode));
   } else if (errno != ENOENT) {
     fail_file(ErrorKind::io, "{}: cannot access: {}", target_.string(),
-         errno == ELOOP ? std::string("too many levels of symbolic links") : std::strerror(errno));
+              errno == ELOOP ? std::string("too many levels of symbolic links") : std::strerror(errno));
   }
   const fs::path folder = target_.has_parent_path() ? target_.parent_path() : fs::path(".");
   temp_ = folder / fmt::format(".{}.tmp-{}", target_.filename().string(), ::getpid());
   const long stop_at = temp_stop_target();  // may throw: before anything is created
-  slot_ = register_temp(temp_.string());  // recorded before it exists, so an interruption never misses it
+  slot_ = register_temp(temp_.string());    // recorded before it exists, so an interruption never misses it
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) {
     const int err = errno;
@@ -156,7 +159,7 @@ void AtomicFile::write(std::span<const std::byte> data) {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0)
       fail_file(ErrorKind::io, "{}: write failed after {} bytes: {}", target_.string(), written_,
-           n < 0 ? std::strerror(errno) : "no progress");
+                n < 0 ? std::strerror(errno) : "no progress");
     p += n;
     left -= static_cast<std::size_t>(n);
     written_ += static_cast<std::uint64_t>(n);
@@ -193,7 +196,8 @@ void AtomicFile::commit() {
   const int injected = injected_fault(FaultOp::rename);
   if (injected != 0) errno = injected;
   if (injected != 0 || ::rename(temp_.c_str(), target_.c_str()) != 0)
-    fail_file(ErrorKind::io, "{}: cannot rename the finished file into place: {}", target_.string(), std::strerror(errno));
+    fail_file(ErrorKind::io, "{}: cannot rename the finished file into place: {}", target_.string(),
+              std::strerror(errno));
   committed_ = true;
   release_temp(slot_);
   if (!deferred) sync_folder_of(target_.has_parent_path() ? target_.parent_path() : fs::path("."), target_);

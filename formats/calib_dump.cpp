@@ -43,8 +43,9 @@ void open_safetensors(State& impl) {
     const std::string where = ckpt.files().at(t.file).path.string() + ": tensor '" + printable(t.name) + "'";
     const std::size_t dot = t.name.rfind(".x_");
     if (dot == std::string::npos || dot == 0 || !call_index(std::string_view(t.name).substr(dot + 1)))
-      bad(where, "is not named '<layer>.x_NNNN' (a layer name, '.x_' and at least 4 decimal digits); a safetensors "
-                 "dump holds nothing else");
+      bad(where,
+          "is not named '<layer>.x_NNNN' (a layer name, '.x_' and at least 4 decimal digits); a safetensors "
+          "dump holds nothing else");
     const std::string layer = t.name.substr(0, dot);
     const std::string call = t.name.substr(dot + 1);
     check_layer_name(layer, where);
@@ -70,7 +71,6 @@ std::optional<std::uint64_t> hdf5_signature_at(int fd, std::uint64_t size, const
   }
   return std::nullopt;
 }
-
 
 }  // namespace
 

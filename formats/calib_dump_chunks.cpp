@@ -11,8 +11,7 @@ std::uint16_t load_u16(const unsigned char* p, bool big_endian) {
 }
 
 std::uint32_t load_u32(const unsigned char* p, bool big_endian) {
-  if (big_endian)
-    return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
+  if (big_endian) return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
   return (std::uint32_t{p[3]} << 24) | (std::uint32_t{p[2]} << 16) | (std::uint32_t{p[1]} << 8) | p[0];
 }
 
@@ -145,8 +144,10 @@ std::size_t inflate_bounded(std::span<const unsigned char> in, std::vector<unsig
     const int status = inflate(&inf.z, Z_NO_FLUSH);
     const std::size_t produced = out.size() - out_left - inf.z.avail_out;
     if (produced > limit)
-      bad(where, "{}: the deflate stream inflates to more than {} bytes, the most the chunk can hold (a "
-                 "decompression bomb or corrupt data)", chunk, limit);
+      bad(where,
+          "{}: the deflate stream inflates to more than {} bytes, the most the chunk can hold (a "
+          "decompression bomb or corrupt data)",
+          chunk, limit);
     if (status == Z_STREAM_END) return produced;
     if (status == Z_OK) continue;
     if (status == Z_BUF_ERROR && inf.z.avail_in == 0 && in_left == 0)
@@ -167,17 +168,17 @@ void unshuffle(std::span<const unsigned char> in, std::vector<unsigned char>& ou
 }
 
 // Runs the filter pipeline backwards on one stored chunk; returns the chunk's bytes.
-std::span<const unsigned char> decode_chunk(const DatasetInfo& info, unsigned mask, std::span<const unsigned char> stored,
-                                            std::vector<unsigned char>& a, std::vector<unsigned char>& b,
-                                            const std::string& where, const std::string& chunk) {
+std::span<const unsigned char> decode_chunk(const DatasetInfo& info, unsigned mask,
+                                            std::span<const unsigned char> stored, std::vector<unsigned char>& a,
+                                            std::vector<unsigned char>& b, const std::string& where,
+                                            const std::string& chunk) {
   std::span<const unsigned char> cur = stored;
   auto other = [&]() -> std::vector<unsigned char>& { return (!a.empty() && cur.data() == a.data()) ? b : a; };
   for (int i = static_cast<int>(info.filters.size()) - 1; i >= 0; --i) {
     if (mask & (1u << i)) continue;
     switch (info.filters[static_cast<std::size_t>(i)]) {
       case H5Z_FILTER_FLETCHER32: {
-        if (cur.size() < 4)
-          bad(where, "{}: {} bytes is too short to hold its fletcher32 checksum", chunk, cur.size());
+        if (cur.size() < 4) bad(where, "{}: {} bytes is too short to hold its fletcher32 checksum", chunk, cur.size());
         const std::size_t n = cur.size() - 4;
         const std::uint32_t stored_sum = load_u32(cur.data() + n, false);
         const std::uint32_t sum = fletcher32(cur.data(), n);
@@ -288,6 +289,5 @@ void read_contiguous(hid_t dset, const DatasetInfo& info, int fd, const std::str
               "the data");
   decode_in_place(out, info.dtype, info.big_endian);
 }
-
 
 }  // namespace duquant::formats::calib_internal

@@ -13,7 +13,6 @@ std::recursive_mutex& hdf5_mutex() {
   return m;
 }
 
-
 struct StackText {
   std::string text;
   bool io = false;  // the system refused (open, lock or read), not the file's content
@@ -28,8 +27,7 @@ herr_t walk_entry(unsigned, const H5E_error2_t* e, void* data) noexcept {
     if (s->count++ < 4) {
       s->text += fmt::format("{}{} ({})", s->text.empty() ? "" : "; ", printable(e->desc ? e->desc : "?"), func);
     }
-  } catch (...) {
-  }
+  } catch (...) {}
   return 0;
 }
 
@@ -65,7 +63,6 @@ void quiet_hdf5(const std::string& where) {
 // ---------------------------------------------------------------------------------------------
 // HDF5 datasets
 
-
 std::optional<std::string> dtype_attribute(hid_t dset, const std::string& where) {
   const htri_t exists = H5Aexists(dset, "dtype");
   if (exists < 0) h5_fail(where, "looking for the attribute 'dtype' (H5Aexists)");
@@ -73,7 +70,8 @@ std::optional<std::string> dtype_attribute(hid_t dset, const std::string& where)
   const H5Attr attr(h5_id(H5Aopen(dset, "dtype", H5P_DEFAULT), where, "opening the attribute 'dtype' (H5Aopen)"));
   const H5Type type(h5_id(H5Aget_type(attr.get()), where, "H5Aget_type"));
   const H5T_class_t cls = H5Tget_class(type.get());
-  if (cls != H5T_STRING) bad(where, "the attribute 'dtype' is not a string (HDF5 type class {})", static_cast<int>(cls));
+  if (cls != H5T_STRING)
+    bad(where, "the attribute 'dtype' is not a string (HDF5 type class {})", static_cast<int>(cls));
   const H5Space space(h5_id(H5Aget_space(attr.get()), where, "H5Aget_space"));
   const hssize_t points = H5Sget_simple_extent_npoints(space.get());
   if (points != 1) bad(where, "the attribute 'dtype' holds {} values; expected one string", points);
@@ -126,8 +124,10 @@ void classify_type(hid_t dset, hid_t type, const std::string& where, DatasetInfo
   switch (cls) {
     case H5T_FLOAT: {
       if (size == 8)
-        bad(where, "unsupported element type: float64 (refused: it would be narrowed to float32 silently and "
-                   "doubles the dump; store float32); {}", kDtypeRule);
+        bad(where,
+            "unsupported element type: float64 (refused: it would be narrowed to float32 silently and "
+            "doubles the dump; store float32); {}",
+            kDtypeRule);
       if (size != 4 && size != 2) bad(where, "unsupported element type: {}-byte float; {}", size, kDtypeRule);
       if (!is_ieee(type, size)) {
         std::size_t spos = 0, epos = 0, esize = 0, mpos = 0, msize = 0;
@@ -151,7 +151,8 @@ void classify_type(hid_t dset, hid_t type, const std::string& where, DatasetInfo
       if (sign == H5T_SGN_NONE && size == 2 && H5Tget_precision(type) == 16 && H5Tget_offset(type) == 0 &&
           (order == H5T_ORDER_LE || order == H5T_ORDER_BE)) {
         const auto attr = dtype_attribute(dset, where);
-        if (!attr) bad(where, "unsupported element type: uint16 without the attribute dtype=\"bfloat16\"; {}", kDtypeRule);
+        if (!attr)
+          bad(where, "unsupported element type: uint16 without the attribute dtype=\"bfloat16\"; {}", kDtypeRule);
         if (*attr != "bfloat16")
           bad(where, "unsupported element type: uint16 with the attribute dtype=\"{}\"; {}", printable(*attr),
               kDtypeRule);
@@ -175,13 +176,10 @@ void classify_type(hid_t dset, hid_t type, const std::string& where, DatasetInfo
     case H5T_OPAQUE: bad(where, "unsupported element type: opaque; {}", kDtypeRule);
     case H5T_BITFIELD: bad(where, "unsupported element type: bitfield; {}", kDtypeRule);
     case H5T_TIME: bad(where, "unsupported element type: time; {}", kDtypeRule);
-    default:
-      bad(where, "unsupported element type: HDF5 type class {}; {}", static_cast<int>(cls), kDtypeRule);
+    default: bad(where, "unsupported element type: HDF5 type class {}; {}", static_cast<int>(cls), kDtypeRule);
   }
   info.esize = dtype_bits(info.dtype) / 8;
 }
-
-
 
 // Largest stored size of a deflated chunk: what deflate can emit for the chunk (and a checksum).
 std::uint64_t max_deflated_bytes(const DatasetInfo& info) {
@@ -189,8 +187,8 @@ std::uint64_t max_deflated_bytes(const DatasetInfo& info) {
 }
 
 // Checks one chunk's index entry before any of its bytes are read.
-void check_chunk(const DatasetInfo& info, const ChunkEntry& c, std::span<const hsize_t> offset,
-                 std::uint64_t file_size, const std::string& where) {
+void check_chunk(const DatasetInfo& info, const ChunkEntry& c, std::span<const hsize_t> offset, std::uint64_t file_size,
+                 const std::string& where) {
   if (c.addr == HADDR_UNDEF || c.size == 0)
     bad(where, "chunk at {} was never written (the dataset is incomplete)", dims_text(offset));
   if (c.addr > file_size || c.size > file_size - c.addr)
@@ -215,7 +213,6 @@ ChunkEntry chunk_entry(hid_t dset, std::span<const hsize_t> offset, const std::s
         "reading the chunk index (H5Dget_chunk_info_by_coord)");
   return c;
 }
-
 
 // Everything about a dataset that decides whether and how it is read; refuses the rest.
 // With check_chunks, also checks every chunk's index entry (open); read() checks them as it goes.
@@ -253,8 +250,10 @@ DatasetInfo inspect(hid_t dset, const std::string& where, std::uint64_t file_siz
     off_t offset = 0;
     hsize_t size = 0;
     H5Pget_external(dcpl.get(), 0, sizeof name - 1, name, &offset, &size);
-    bad(where, "external storage: its data lives in {} other file(s) (first '{}'); a dump keeps its data inside the "
-               "HDF5 file", external, printable(name));
+    bad(where,
+        "external storage: its data lives in {} other file(s) (first '{}'); a dump keeps its data inside the "
+        "HDF5 file",
+        external, printable(name));
   }
   const int nfilters = H5Pget_nfilters(dcpl.get());
   if (nfilters < 0) h5_fail(where, "H5Pget_nfilters");
@@ -267,8 +266,8 @@ DatasetInfo inspect(hid_t dset, const std::string& where, std::uint64_t file_siz
         H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &ncd, cd, sizeof name - 1, name, nullptr);
     if (id < 0) h5_fail(where, "H5Pget_filter2");
     if (id != H5Z_FILTER_DEFLATE && id != H5Z_FILTER_SHUFFLE && id != H5Z_FILTER_FLETCHER32)
-      bad(where, "filter {} ('{}') is not allowed; a dump may use only deflate (1), shuffle (2) and fletcher32 (3)",
-          id, printable(name));
+      bad(where, "filter {} ('{}') is not allowed; a dump may use only deflate (1), shuffle (2) and fletcher32 (3)", id,
+          printable(name));
     if (std::find(info.filters.begin(), info.filters.end(), id) != info.filters.end())
       bad(where, "filter {} ('{}') appears twice in the filter pipeline", id, printable(name));
     if (id == H5Z_FILTER_DEFLATE) {
@@ -389,8 +388,7 @@ void check_link(const Link& link, const std::string& where) {
     bad(where, "invalid link name");
   switch (link.type) {
     case H5L_TYPE_HARD: return;
-    case H5L_TYPE_SOFT:
-      bad(where, "is a soft link; a dump holds only real groups and datasets (no links)");
+    case H5L_TYPE_SOFT: bad(where, "is a soft link; a dump holds only real groups and datasets (no links)");
     case H5L_TYPE_EXTERNAL:
       bad(where, "is an external link (to an object in another file); a dump holds only real groups and datasets");
     default:
@@ -398,7 +396,6 @@ void check_link(const Link& link, const std::string& where) {
           static_cast<int>(link.type));
   }
 }
-
 
 // Opens the file and checks its whole structure into `impl`. Called with the HDF5 lock held (or in
 // the check process, which must not touch the lock: see probe_hdf5).
@@ -436,7 +433,8 @@ void scan_hdf5(State& impl) {
   };
 
   for (const Link& link : list_links(root.get(), file + ": /")) {
-    const std::string object = std::string("/").append(printable(link.name));  // append: GCC 12 warns falsely (-Wrestrict) on "literal" + std::string
+    const std::string object = std::string("/").append(
+        printable(link.name));  // append: GCC 12 warns falsely (-Wrestrict) on "literal" + std::string
     const std::string where = file + ": " + object;
     check_link(link, where);
     H5O_info_t oi{};
@@ -480,6 +478,5 @@ void scan_hdf5(State& impl) {
   if (impl.layers.empty())
     bad(file, "holds no layer groups; a dump has one group per layer, named as the module, holding x_0000, ...");
 }
-
 
 }  // namespace duquant::formats::calib_internal

@@ -2,7 +2,6 @@
 // reader's design and the HDF5 weaknesses it works around are described in calib_dump.cpp.
 #pragma once
 
-
 #include <fcntl.h>
 #include <hdf5.h>
 #include <poll.h>
@@ -17,8 +16,8 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -51,7 +50,6 @@ inline constexpr std::uint64_t kMaxChunksPerCall = std::uint64_t{1} << 20;
 inline constexpr std::size_t kMaxDtypeAttrBytes = 64;
 inline constexpr std::size_t kMaxIndexDigits = 18;  // call indices fit an int64 with room to spare
 inline constexpr unsigned char kHdf5Signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-
 
 // Messages (calib_dump_names.cpp): names and HDF5's texts come from untrusted files.
 std::size_t utf8_length(std::string_view s, std::size_t i);
@@ -120,7 +118,8 @@ struct Shape {
   std::uint64_t numel = 0;
 };
 
-inline constexpr const char* kCallShape = "a call is [tokens, in_features], rank 2 to 8 (leading dims are flattened into tokens)";
+inline constexpr const char* kCallShape =
+    "a call is [tokens, in_features], rank 2 to 8 (leading dims are flattened into tokens)";
 
 Shape check_dims(std::span<const std::uint64_t> dims, const std::string& where);
 bool all_digits(std::string_view s);
@@ -148,11 +147,11 @@ struct DatasetInfo {
   Shape shape;
   DType dtype = DType::F32;  // F32, F16 or BF16
   bool big_endian = false;
-  std::size_t esize = 4;     // bytes per element
+  std::size_t esize = 4;  // bytes per element
   H5D_layout_t layout = H5D_CONTIGUOUS;
-  std::vector<std::uint64_t> chunk;    // chunked only
+  std::vector<std::uint64_t> chunk;  // chunked only
   std::uint64_t chunk_bytes = 0;
-  std::vector<H5Z_filter_t> filters;   // in write order (pipeline index)
+  std::vector<H5Z_filter_t> filters;  // in write order (pipeline index)
   int deflate_at = -1;
   int fletcher_at = -1;
 };

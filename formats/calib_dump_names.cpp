@@ -54,11 +54,8 @@ std::string printable(std::string_view s) {
   return out;
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Shapes, names
-
-
 
 Shape check_dims(std::span<const std::uint64_t> dims, const std::string& where) {
   const std::size_t rank = dims.size();
@@ -125,7 +122,6 @@ void check_layer_name(std::string_view name, const std::string& where) {
   }
 }
 
-
 // Sorts a layer's calls by index and refuses two names for one index (x_0001 and x_00001).
 void sort_calls(Layer& layer, const std::string& where) {
   std::vector<std::size_t> order(layer.calls.size());
@@ -145,6 +141,5 @@ void sort_calls(Layer& layer, const std::string& where) {
   }
   layer = std::move(sorted);
 }
-
 
 }  // namespace duquant::formats::calib_internal

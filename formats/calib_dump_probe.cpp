@@ -91,7 +91,8 @@ void probe_hdf5(const State& impl) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
   char buf[4096];
   while (true) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       timed_out = true;
       break;
@@ -117,11 +118,15 @@ void probe_hdf5(const State& impl) {
     waited = ::waitpid(pid, &status, 0);
   } while (waited < 0 && errno == EINTR);
   if (timed_out)
-    bad(file, "HDF5 did not finish reading the file's structure within {} s (checked in a separate process); the "
-              "file is corrupt or crafted", seconds);
+    bad(file,
+        "HDF5 did not finish reading the file's structure within {} s (checked in a separate process); the "
+        "file is corrupt or crafted",
+        seconds);
   if (waited == pid && WIFSIGNALED(status))
-    bad(file, "HDF5 crashed (signal {}) reading the file's structure (checked in a separate process); the file is "
-              "corrupt or crafted, and HDF5 1.10 does not survive every such file", WTERMSIG(status));
+    bad(file,
+        "HDF5 crashed (signal {}) reading the file's structure (checked in a separate process); the file is "
+        "corrupt or crafted, and HDF5 1.10 does not survive every such file",
+        WTERMSIG(status));
   if (report == "ok") return;
   if (report.rfind("error ", 0) == 0) {
     const std::size_t eol = report.find('\n');
@@ -131,9 +136,10 @@ void probe_hdf5(const State& impl) {
                               ErrorKind::numeric, ErrorKind::internal})
       if (kind == kind_name(k)) throw Error(k, message);
   }
-  bad(file, "HDF5's check process ended without a result (wait status {}; checked in a separate process); the file "
-            "is corrupt or crafted", status);
+  bad(file,
+      "HDF5's check process ended without a result (wait status {}; checked in a separate process); the file "
+      "is corrupt or crafted",
+      status);
 }
-
 
 }  // namespace duquant::formats::calib_internal

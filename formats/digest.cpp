@@ -55,7 +55,8 @@ std::string xxh128_file(const std::filesystem::path& path) {
   Xxh128 h;
   // Sized to the file (at most 4 MiB) and not zero-filled: a pack hashes a few small files per
   // layer, and clearing 4 MiB for each was most of a tiny layer's time.
-  const std::size_t size = static_cast<std::size_t>(std::clamp<std::uint64_t>(file.size(), 4096, std::uint64_t{1} << 22));
+  const std::size_t size =
+      static_cast<std::size_t>(std::clamp<std::uint64_t>(file.size(), 4096, std::uint64_t{1} << 22));
   const auto buffer = std::make_unique_for_overwrite<char[]>(size);
   for (;;) {
     const ssize_t n = ::read(file.fd(), buffer.get(), size);

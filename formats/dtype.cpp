@@ -20,15 +20,12 @@ struct DTypeInfo {
 };
 
 constexpr std::array<DTypeInfo, 20> kDTypes{{
-    {DType::BOOL, "BOOL", 8},       {DType::F4, "F4", 4},
-    {DType::F6_E2M3, "F6_E2M3", 6}, {DType::F6_E3M2, "F6_E3M2", 6},
-    {DType::U8, "U8", 8},           {DType::I8, "I8", 8},
-    {DType::F8_E5M2, "F8_E5M2", 8}, {DType::F8_E4M3, "F8_E4M3", 8},
-    {DType::F8_E8M0, "F8_E8M0", 8}, {DType::I16, "I16", 16},
-    {DType::U16, "U16", 16},        {DType::F16, "F16", 16},
-    {DType::BF16, "BF16", 16},      {DType::I32, "I32", 32},
-    {DType::U32, "U32", 32},        {DType::F32, "F32", 32},
-    {DType::F64, "F64", 64},        {DType::I64, "I64", 64},
+    {DType::BOOL, "BOOL", 8},       {DType::F4, "F4", 4},           {DType::F6_E2M3, "F6_E2M3", 6},
+    {DType::F6_E3M2, "F6_E3M2", 6}, {DType::U8, "U8", 8},           {DType::I8, "I8", 8},
+    {DType::F8_E5M2, "F8_E5M2", 8}, {DType::F8_E4M3, "F8_E4M3", 8}, {DType::F8_E8M0, "F8_E8M0", 8},
+    {DType::I16, "I16", 16},        {DType::U16, "U16", 16},        {DType::F16, "F16", 16},
+    {DType::BF16, "BF16", 16},      {DType::I32, "I32", 32},        {DType::U32, "U32", 32},
+    {DType::F32, "F32", 32},        {DType::F64, "F64", 64},        {DType::I64, "I64", 64},
     {DType::U64, "U64", 64},        {DType::C64, "C64", 64},
 }};
 
@@ -53,9 +50,7 @@ bool converts_to_f32(DType dtype) noexcept {
 void convert_to_f32(DType dtype, const std::byte* src, std::uint64_t count, float* dst) {
   // memcpy of each element: mapped data may sit at any alignment (the header length is free).
   switch (dtype) {
-    case DType::F32:
-      std::memcpy(dst, src, count * sizeof(float));
-      return;
+    case DType::F32: std::memcpy(dst, src, count * sizeof(float)); return;
     case DType::BF16:
       for (std::uint64_t i = 0; i < count; ++i) {
         std::uint16_t h;
@@ -71,8 +66,7 @@ void convert_to_f32(DType dtype, const std::byte* src, std::uint64_t count, floa
       }
       return;
     default:
-      fail(ErrorKind::internal, "convert_to_f32 called with dtype {}, which is not a float type",
-           dtype_name(dtype));
+      fail(ErrorKind::internal, "convert_to_f32 called with dtype {}, which is not a float type", dtype_name(dtype));
   }
 }
 

@@ -24,8 +24,10 @@ std::optional<FaultPlan> parse_plan(const char* value) {
   if (value == nullptr || *value == '\0') return std::nullopt;
   const std::string_view text(value);
   auto bad = [&]() -> std::optional<FaultPlan> {
-    fail(ErrorKind::usage, "DUQUANT_TEST_FAULT={}: expected OP:N[:ERRNO] with OP write|fsync|rename|flock, N >= 1, "
-         "ERRNO ENOSPC|EIO|ENOLCK", text);
+    fail(ErrorKind::usage,
+         "DUQUANT_TEST_FAULT={}: expected OP:N[:ERRNO] with OP write|fsync|rename|flock, N >= 1, "
+         "ERRNO ENOSPC|EIO|ENOLCK",
+         text);
   };
   const auto c1 = text.find(':');
   if (c1 == std::string_view::npos) return bad();
@@ -37,17 +39,26 @@ std::optional<FaultPlan> parse_plan(const char* value) {
     rest = rest.substr(0, c2);
   }
   FaultPlan plan;
-  if (op == "write") plan.op = FaultOp::write;
-  else if (op == "fsync") plan.op = FaultOp::fsync;
-  else if (op == "rename") plan.op = FaultOp::rename;
-  else if (op == "flock") plan.op = FaultOp::flock;
-  else return bad();
+  if (op == "write")
+    plan.op = FaultOp::write;
+  else if (op == "fsync")
+    plan.op = FaultOp::fsync;
+  else if (op == "rename")
+    plan.op = FaultOp::rename;
+  else if (op == "flock")
+    plan.op = FaultOp::flock;
+  else
+    return bad();
   const auto [end, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), plan.nth);
   if (ec != std::errc() || end != rest.data() + rest.size() || plan.nth == 0) return bad();
-  if (err == "ENOSPC") plan.error = ENOSPC;
-  else if (err == "EIO") plan.error = EIO;
-  else if (err == "ENOLCK") plan.error = ENOLCK;
-  else return bad();
+  if (err == "ENOSPC")
+    plan.error = ENOSPC;
+  else if (err == "EIO")
+    plan.error = EIO;
+  else if (err == "ENOLCK")
+    plan.error = ENOLCK;
+  else
+    return bad();
   return plan;
 }
 

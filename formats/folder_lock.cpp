@@ -73,8 +73,10 @@ FolderLock FolderLock::acquire(const fs::path& folder, std::string_view label, b
   if (rc != 0) {
     const int err = errno;
     if (err == EWOULDBLOCK)
-      fail(ErrorKind::io, "{}: another duquant is writing this folder ({}, holding {}); wait for it to end or choose "
-           "another folder (nothing was changed)", label, holder_text(lock.fd_), path.string());
+      fail(ErrorKind::io,
+           "{}: another duquant is writing this folder ({}, holding {}); wait for it to end or choose "
+           "another folder (nothing was changed)",
+           label, holder_text(lock.fd_), path.string());
     if (cannot_lock(err) && allow_unlocked) return lock;
     fail(ErrorKind::io, "{}: cannot lock {}: {}{}", label, path.string(), std::strerror(err),
          cannot_lock(err) ? "; this file system does not support locks (some NFS and FUSE mounts): --no-lock writes "

@@ -60,13 +60,15 @@ void on_sigbus(int sig, siginfo_t* info, void* context) {
     std::size_t len = 0;
     put(msg, sizeof msg, &len, "duquant: error: ");
     put(msg, sizeof msg, &len, path != nullptr ? path : "an input file");
-    put(msg, sizeof msg, &len, ": the file shrank while it was being read (truncated or rewritten by another program): "
-                               "no data at byte offset ");
+    put(msg, sizeof msg, &len,
+        ": the file shrank while it was being read (truncated or rewritten by another program): "
+        "no data at byte offset ");
     put_number(msg, sizeof msg, &len, addr - begin);
     put(msg, sizeof msg, &len, " of the ");
     put_number(msg, sizeof msg, &len, size);
-    put(msg, sizeof msg, &len, " bytes mapped when it was opened; nothing unfinished was published "
-                               "(pack: --resume continues once the file is whole)\n");
+    put(msg, sizeof msg, &len,
+        " bytes mapped when it was opened; nothing unfinished was published "
+        "(pack: --resume continues once the file is whole)\n");
     const ssize_t ignored = ::write(STDERR_FILENO, msg, len);
     (void)ignored;
     ::_exit(exit_code(ErrorKind::io));
@@ -165,11 +167,14 @@ void MappedFile::check_unchanged(const char* stage) const {
     fail(ErrorKind::io, "{}: {}: the file is gone ({}) since it was opened; the result would not match any file",
          path_.string(), stage, std::strerror(errno));
   if (static_cast<std::uint64_t>(st.st_dev) != dev_ || static_cast<std::uint64_t>(st.st_ino) != ino_)
-    fail(ErrorKind::io, "{}: {}: the file was replaced by another one while it was being read; run again on the new file",
+    fail(ErrorKind::io,
+         "{}: {}: the file was replaced by another one while it was being read; run again on the new file",
          path_.string(), stage);
   if (static_cast<std::uint64_t>(st.st_size) != size_ || nanoseconds(st.st_mtim) != mtime_ns_)
-    fail(ErrorKind::io, "{}: {}: the file was modified while it was being read (size {} -> {} bytes{}); run again "
-         "once it is complete", path_.string(), stage, size_, static_cast<std::uint64_t>(st.st_size),
+    fail(ErrorKind::io,
+         "{}: {}: the file was modified while it was being read (size {} -> {} bytes{}); run again "
+         "once it is complete",
+         path_.string(), stage, size_, static_cast<std::uint64_t>(st.st_size),
          nanoseconds(st.st_mtim) != mtime_ns_ ? ", modification time changed" : "");
 }
 

@@ -65,7 +65,8 @@ class HeaderParser {
     std::uint64_t v = 0;
     while (i_ < t_.size() && std::isdigit(static_cast<unsigned char>(t_[i_]))) {
       const std::uint64_t digit = static_cast<std::uint64_t>(t_[i_] - '0');
-      if (__builtin_mul_overflow(v, 10u, &v) || __builtin_add_overflow(v, digit, &v)) error("dimension overflows 64 bits");
+      if (__builtin_mul_overflow(v, 10u, &v) || __builtin_add_overflow(v, digit, &v))
+        error("dimension overflows 64 bits");
       ++i_;
     }
     if (i_ == start) error("expected a non-negative integer dimension");
@@ -174,7 +175,8 @@ std::uint64_t npy_size(std::string_view descr, const std::vector<std::uint64_t>&
   return 10 + padded_header_dict(descr, shape).size() + data_bytes;
 }
 
-std::string npy_bytes(std::string_view descr, const std::vector<std::uint64_t>& shape, std::span<const std::byte> data) {
+std::string npy_bytes(std::string_view descr, const std::vector<std::uint64_t>& shape,
+                      std::span<const std::byte> data) {
   const std::string dict = padded_header_dict(descr, shape);
   std::string out(kMagic, 6);
   out += '\x01';
@@ -220,8 +222,8 @@ NpyArray parse_npy(std::span<const std::byte> bytes, const std::string& label) {
     header_len = l;
     prefix = 12;
   }
-  DQ_CHECK(header_len <= bytes.size() - prefix, format, "{}: npy header of {} bytes runs past the {}-byte array",
-           label, header_len, bytes.size());
+  DQ_CHECK(header_len <= bytes.size() - prefix, format, "{}: npy header of {} bytes runs past the {}-byte array", label,
+           header_len, bytes.size());
   std::string_view text(reinterpret_cast<const char*>(bytes.data() + prefix), header_len);
   for (char c : text)
     DQ_CHECK(static_cast<unsigned char>(c) >= 0x20 || c == '\n' || c == '\t' || c == '\r', format,
@@ -255,7 +257,9 @@ NpyArray parse_npy(std::span<const std::byte> bytes, const std::string& label) {
   }
   if (!p.at_end()) p.error("text after the header dict");
   DQ_CHECK(descr && fortran && shape, format, "{}: npy header lacks {}", label,
-           !descr ? "'descr'" : !fortran ? "'fortran_order'" : "'shape'");
+           !descr     ? "'descr'"
+           : !fortran ? "'fortran_order'"
+                      : "'shape'");
   const auto d = parse_descr(*descr);
   DQ_CHECK(d.has_value(), format,
            "{}: npy dtype '{}' is not accepted (only little-endian <f4 <f8 <i8 <i4 |i1 |u1 |b1 <U<n>; no object, "

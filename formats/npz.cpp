@@ -78,10 +78,12 @@ NpzWriter::NpzWriter(std::filesystem::path path) : file_(std::move(path)) {}
 
 void NpzWriter::add(const std::string& key, const std::string& npy) {
   const std::string name = key + ".npy";
-  DQ_CHECK(npy.size() < 0xffffffffull && file_.bytes_written() + npy.size() + kLocalHeaderBytes + name.size() < 0xffffffffull, usage,
-           "{}: member '{}' would pass 4 GB (ZIP64 output is not supported)", file_.target().string(), name);
-  DQ_CHECK(entries_.size() < kMaxNpzMembers, usage, "{}: member '{}' would be member {}, more than the {} a ZIP end record counts",
-           file_.target().string(), name, entries_.size() + 1, kMaxNpzMembers);
+  DQ_CHECK(npy.size() < 0xffffffffull &&
+               file_.bytes_written() + npy.size() + kLocalHeaderBytes + name.size() < 0xffffffffull,
+           usage, "{}: member '{}' would pass 4 GB (ZIP64 output is not supported)", file_.target().string(), name);
+  DQ_CHECK(entries_.size() < kMaxNpzMembers, usage,
+           "{}: member '{}' would be member {}, more than the {} a ZIP end record counts", file_.target().string(),
+           name, entries_.size() + 1, kMaxNpzMembers);
   Entry e;
   e.name = name;
   e.crc = crc32_of(std::as_bytes(std::span(npy.data(), npy.size())));
@@ -120,10 +122,10 @@ void NpzWriter::commit() {
     put32(cd, e.size);
     put32(cd, e.size);
     put16(cd, static_cast<std::uint16_t>(e.name.size()));
-    put16(cd, 0);  // extra
-    put16(cd, 0);  // comment
-    put16(cd, 0);  // disk
-    put16(cd, 0);  // internal attributes
+    put16(cd, 0);               // extra
+    put16(cd, 0);               // comment
+    put16(cd, 0);               // disk
+    put16(cd, 0);               // internal attributes
     put32(cd, 0100644u << 16);  // external attributes: regular file, rw-r--r--
     put32(cd, e.offset);
     cd += e.name;
@@ -203,7 +205,8 @@ std::vector<ZipMember> parse_zip(std::span<const std::byte> bytes, const std::st
     for (std::uint64_t e = at + 46 + name_len; e + 4 <= at + 46 + name_len + extra_len;) {
       const auto id = r.get<std::uint16_t>(e, "extra id");
       const auto len = r.get<std::uint16_t>(e + 2, "extra length");
-      DQ_CHECK(e + 4 + len <= at + 46 + name_len + extra_len, format, "{}: member '{}': extra field overruns", label, name);
+      DQ_CHECK(e + 4 + len <= at + 46 + name_len + extra_len, format, "{}: member '{}': extra field overruns", label,
+               name);
       if (id == 0x0001) {
         std::uint64_t p = e + 4;
         auto take = [&](std::uint64_t& field) {
@@ -230,8 +233,8 @@ std::vector<ZipMember> parse_zip(std::span<const std::byte> bytes, const std::st
     const auto local_name_len = r.get<std::uint16_t>(offset + 26, "local name length");
     const auto local_extra_len = r.get<std::uint16_t>(offset + 28, "local extra length");
     r.need(offset + 30, local_name_len, "local name");
-    DQ_CHECK(std::string_view(reinterpret_cast<const char*>(bytes.data() + offset + 30), local_name_len) == name, format,
-             "{}: member '{}': local header names another file", label, name);
+    DQ_CHECK(std::string_view(reinterpret_cast<const char*>(bytes.data() + offset + 30), local_name_len) == name,
+             format, "{}: member '{}': local header names another file", label, name);
     const std::uint64_t data = offset + 30 + local_name_len + local_extra_len;
     DQ_CHECK(data <= cd_offset && csize <= cd_offset - data, format,
              "{}: member '{}': {} bytes at byte {} run into the central directory at {}", label, name, csize, data,

@@ -42,7 +42,8 @@ std::vector<fs::path> files_in(const fs::path& folder) {
     const fs::file_type t = it->symlink_status(sec).type();
     if (t == fs::file_type::directory) {
       std::error_code sub;
-      for (fs::directory_iterator s(it->path(), sub), send; !sub && s != send; s.increment(sub)) out.push_back(s->path());
+      for (fs::directory_iterator s(it->path(), sub), send; !sub && s != send; s.increment(sub))
+        out.push_back(s->path());
     } else {
       out.push_back(it->path());
     }
@@ -94,7 +95,8 @@ void InputSet::check_output_file(const fs::path& output, std::string_view output
              output_label, describe_input(in));
     DQ_CHECK(!same(in, id), usage,
              "{}: the output is the same file as the input {} (a hard or symbolic link to it); choose another path "
-             "(nothing was written)", output_label, describe_input(in));
+             "(nothing was written)",
+             output_label, describe_input(in));
   }
 }
 
@@ -106,7 +108,8 @@ void InputSet::check_output_folder(const fs::path& output, std::string_view outp
     if (exempt(in)) continue;
     DQ_CHECK(!path_inside(in.path, output), usage,
              "{}: the output folder holds the input {}; the folder is the pack's own (its files are replaced and "
-             "removed): pack into another folder (nothing was written)", output_label, describe_input(in));
+             "removed): pack into another folder (nothing was written)",
+             output_label, describe_input(in));
     DQ_CHECK(!same(in, folder_id), usage, "{}: the output folder is the input {} (nothing was written)", output_label,
              describe_input(in));
   }
@@ -116,8 +119,8 @@ void InputSet::check_output_folder(const fs::path& output, std::string_view outp
     for (const InputPath& in : paths_)
       DQ_CHECK(exempt(in) || !same(in, id), usage,
                "{}: {} in the output folder is the same file as the input {} (a hard or symbolic link to it); pack "
-               "into another folder, or remove the link (nothing was written)", output_label, f.string(),
-               describe_input(in));
+               "into another folder, or remove the link (nothing was written)",
+               output_label, f.string(), describe_input(in));
   }
 }
 

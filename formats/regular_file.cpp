@@ -38,7 +38,6 @@ fs::file_status status_from(const fs::path& path, std::string_view label, bool f
   return fs::file_status(fs::file_type::unknown, perms);
 }
 
-
 }  // namespace
 
 const char* file_type_text(fs::file_type t) noexcept {
@@ -78,7 +77,8 @@ RegularFile RegularFile::open(const fs::path& path, std::string_view label) {
   }
   struct stat st {};
   if (::fstat(f.fd_, &st) != 0) fail(ErrorKind::io, "{}: cannot stat: {}", f.label_, std::strerror(errno));
-  DQ_CHECK(S_ISREG(st.st_mode), io, "{}: not a regular file ({}); expected a file", f.label_, file_kind_text(st.st_mode));
+  DQ_CHECK(S_ISREG(st.st_mode), io, "{}: not a regular file ({}); expected a file", f.label_,
+           file_kind_text(st.st_mode));
   // Reads of a regular file never block; clear the flag anyway so that a read is a plain read.
   if (const int flags = ::fcntl(f.fd_, F_GETFL); flags >= 0) ::fcntl(f.fd_, F_SETFL, flags & ~O_NONBLOCK);
   f.size_ = static_cast<std::uint64_t>(st.st_size);
@@ -110,7 +110,8 @@ std::vector<std::byte> RegularFile::read_all_bytes(std::uint64_t limit) const {
   std::vector<std::byte> bytes(static_cast<std::size_t>(size_));
   std::uint64_t done = 0;
   while (done < size_) {
-    const ssize_t n = ::pread(fd_, bytes.data() + done, static_cast<std::size_t>(size_ - done), static_cast<off_t>(done));
+    const ssize_t n =
+        ::pread(fd_, bytes.data() + done, static_cast<std::size_t>(size_ - done), static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
     DQ_CHECK(n >= 0, io, "{}: read failed after {} bytes: {}", label_, done, std::strerror(errno));
     DQ_CHECK(n > 0, io, "{}: short read ({} of {} bytes): the file shrank while it was read", label_, done, size_);
@@ -131,8 +132,8 @@ std::string read_regular_file(const fs::path& path, std::uint64_t limit, std::st
 void require_regular_file(const fs::path& path, std::string_view label) {
   const fs::file_status s = status_from(path, label, /*follow=*/true);
   DQ_CHECK(s.type() != fs::file_type::not_found, io, "{}: no such file", label_of(path, label));
-  DQ_CHECK(s.type() == fs::file_type::regular, io, "{}: not a regular file ({}); expected a file", label_of(path, label),
-           file_type_text(s.type()));
+  DQ_CHECK(s.type() == fs::file_type::regular, io, "{}: not a regular file ({}); expected a file",
+           label_of(path, label), file_type_text(s.type()));
 }
 
 fs::file_status status_of(const fs::path& path, std::string_view label) { return status_from(path, label, true); }
@@ -156,8 +157,8 @@ fs::path confined_path(const fs::path& folder, const std::string& name, std::str
   auto f = real_folder.begin();
   auto r = real.begin();
   for (; f != real_folder.end(); ++f, ++r)
-    DQ_CHECK(r != real.end() && *r == *f, format, "{}: '{}' is a symbolic link to {}, outside the pack folder {}", label,
-             name, real.string(), real_folder.string());
+    DQ_CHECK(r != real.end() && *r == *f, format, "{}: '{}' is a symbolic link to {}, outside the pack folder {}",
+             label, name, real.string(), real_folder.string());
   return full;
 }
 

@@ -32,18 +32,18 @@ std::string read_small_file(const fs::path& path, std::uint64_t limit) {
 // lexical on purpose: Hugging Face caches link shards to blobs elsewhere, which is legitimate.
 void check_shard_name(const std::string& shard, const std::string& tensor, const std::string& label) {
   DQ_CHECK(!shard.empty(), format, "{}: tensor '{}' maps to an empty shard name", label, tensor);
-  DQ_CHECK(shard.find('\0') == std::string::npos, format, "{}: tensor '{}': shard name contains a NUL byte",
-           label, tensor);
+  DQ_CHECK(shard.find('\0') == std::string::npos, format, "{}: tensor '{}': shard name contains a NUL byte", label,
+           tensor);
   const fs::path p(shard);
   DQ_CHECK(!p.is_absolute() && !p.has_root_name() && !p.has_root_directory(), format,
-           "{}: tensor '{}': shard '{}' is an absolute path; shards must lie inside the checkpoint's folder",
-           label, tensor, shard);
+           "{}: tensor '{}': shard '{}' is an absolute path; shards must lie inside the checkpoint's folder", label,
+           tensor, shard);
   for (const auto& part : p) {
-    DQ_CHECK(part != "..", format,
-             "{}: tensor '{}': shard '{}' escapes the checkpoint's folder through '..'", label, tensor, shard);
+    DQ_CHECK(part != "..", format, "{}: tensor '{}': shard '{}' escapes the checkpoint's folder through '..'", label,
+             tensor, shard);
   }
-  DQ_CHECK(ends_with(shard, ".safetensors"), format,
-           "{}: tensor '{}': shard '{}' is not a .safetensors file", label, tensor, shard);
+  DQ_CHECK(ends_with(shard, ".safetensors"), format, "{}: tensor '{}': shard '{}' is not a .safetensors file", label,
+           tensor, shard);
 }
 
 }  // namespace
@@ -56,8 +56,8 @@ std::map<std::string, std::string> parse_safetensors_index(std::string_view text
   DQ_CHECK(map.is_object(), format, "{}: \"weight_map\" must be an object, found {}", label, json_kind(map));
   std::map<std::string, std::string> out;
   for (const auto& [tensor, shard] : map.items()) {
-    DQ_CHECK(shard.is_string(), format, "{}: weight_map['{}'] must be a shard file name, found {}", label,
-             tensor, json_kind(shard));
+    DQ_CHECK(shard.is_string(), format, "{}: weight_map['{}'] must be a shard file name, found {}", label, tensor,
+             json_kind(shard));
     check_shard_name(shard.get<std::string>(), tensor, label);
     out.emplace(tensor, shard.get<std::string>());
   }
@@ -149,10 +149,10 @@ Checkpoint Checkpoint::open(const fs::path& path) {
     for (std::size_t i = first; i < ckpt.tensors_.size(); ++i) {
       const TensorRef& t = ckpt.tensors_[i];
       const auto it = weight_map.find(t.name);
-      DQ_CHECK(it != weight_map.end(), format, "{}: tensor '{}' is in shard '{}' but not in the index", label,
-               t.name, shard);
-      DQ_CHECK(it->second == shard, format, "{}: tensor '{}' is in shard '{}' but the index places it in '{}'",
-               label, t.name, shard, it->second);
+      DQ_CHECK(it != weight_map.end(), format, "{}: tensor '{}' is in shard '{}' but not in the index", label, t.name,
+               shard);
+      DQ_CHECK(it->second == shard, format, "{}: tensor '{}' is in shard '{}' but the index places it in '{}'", label,
+               t.name, shard, it->second);
     }
   }
   for (const auto& [tensor, shard] : weight_map)
@@ -212,8 +212,8 @@ void Checkpoint::check_unchanged(const char* stage) const {
 void Checkpoint::read_f32(const TensorRef& t, std::span<float> out) const {
   DQ_CHECK(converts_to_f32(t.dtype), format, "{}: tensor '{}' is {}; only F32, F16 and BF16 convert to float32",
            files_.at(t.file).path.string(), t.stored_name, dtype_name(t.dtype));
-  DQ_CHECK(out.size() == t.numel, internal, "read_f32('{}'): output holds {} floats, tensor has {}", t.name,
-           out.size(), t.numel);
+  DQ_CHECK(out.size() == t.numel, internal, "read_f32('{}'): output holds {} floats, tensor has {}", t.name, out.size(),
+           t.numel);
   convert_to_f32(t.dtype, bytes(t).data(), t.numel, out.data());
 }
 

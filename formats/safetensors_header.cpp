@@ -14,28 +14,22 @@ namespace {
 
 using nlohmann::json;
 
-std::string shape_text(const std::vector<std::uint64_t>& shape) {
-  return fmt::format("[{}]", fmt::join(shape, ", "));
-}
+std::string shape_text(const std::vector<std::uint64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
-std::uint64_t as_count(const json& v, const std::string& label, const std::string& tensor,
-                       const char* field) {
-  DQ_CHECK(v.is_number_unsigned(), format,
-           "{}: tensor '{}': {} must hold non-negative integers, found {} ({})", label, tensor, field,
-           json_kind(v), dump_json(v));
+std::uint64_t as_count(const json& v, const std::string& label, const std::string& tensor, const char* field) {
+  DQ_CHECK(v.is_number_unsigned(), format, "{}: tensor '{}': {} must hold non-negative integers, found {} ({})", label,
+           tensor, field, json_kind(v), dump_json(v));
   return v.get<std::uint64_t>();
 }
 
 TensorEntry parse_entry(const std::string& name, const json& v, const std::string& label) {
-  DQ_CHECK(name.size() <= kMaxTensorNameBytes, format,
-           "{}: tensor '{}': a name of {} bytes; at most {} are accepted", label, name_for_message(name), name.size(),
-           kMaxTensorNameBytes);
+  DQ_CHECK(name.size() <= kMaxTensorNameBytes, format, "{}: tensor '{}': a name of {} bytes; at most {} are accepted",
+           label, name_for_message(name), name.size(), kMaxTensorNameBytes);
   const auto parts = static_cast<std::uint64_t>(std::count(name.begin(), name.end(), '.')) + 1;
   DQ_CHECK(parts <= kMaxTensorNameParts, format,
-           "{}: tensor '{}': a name of {} dot-separated parts; at most {} are accepted", label,
-           name_for_message(name), parts, kMaxTensorNameParts);
-  DQ_CHECK(v.is_object(), format, "{}: tensor '{}': entry must be an object, found {}", label, name,
-           json_kind(v));
+           "{}: tensor '{}': a name of {} dot-separated parts; at most {} are accepted", label, name_for_message(name),
+           parts, kMaxTensorNameParts);
+  DQ_CHECK(v.is_object(), format, "{}: tensor '{}': entry must be an object, found {}", label, name, json_kind(v));
   for (const char* field : {"dtype", "shape", "data_offsets"})
     DQ_CHECK(v.contains(field), format, "{}: tensor '{}': missing \"{}\"", label, name, field);
 
@@ -45,8 +39,7 @@ TensorEntry parse_entry(const std::string& name, const json& v, const std::strin
   DQ_CHECK(dtype.is_string(), format, "{}: tensor '{}': dtype must be a string, found {}", label, name,
            json_kind(dtype));
   const auto parsed = parse_dtype(dtype.get<std::string>());
-  DQ_CHECK(parsed.has_value(), format, "{}: tensor '{}': unknown dtype '{}'", label, name,
-           dtype.get<std::string>());
+  DQ_CHECK(parsed.has_value(), format, "{}: tensor '{}': unknown dtype '{}'", label, name, dtype.get<std::string>());
   t.dtype = *parsed;
 
   const json& shape = v["shape"];
@@ -59,28 +52,25 @@ TensorEntry parse_entry(const std::string& name, const json& v, const std::strin
     t.shape.push_back(dim);
     if (!overflow && __builtin_mul_overflow(t.numel, dim, &t.numel)) overflow = true;
   }
-  DQ_CHECK(!overflow, format, "{}: tensor '{}': shape {} has 2^64 or more elements", label, name,
-           shape_text(t.shape));
+  DQ_CHECK(!overflow, format, "{}: tensor '{}': shape {} has 2^64 or more elements", label, name, shape_text(t.shape));
 
   const json& offsets = v["data_offsets"];
   DQ_CHECK(offsets.is_array() && offsets.size() == 2, format,
-           "{}: tensor '{}': data_offsets must be an array of two integers, found {}", label, name,
-           dump_json(offsets));
+           "{}: tensor '{}': data_offsets must be an array of two integers, found {}", label, name, dump_json(offsets));
   t.begin = as_count(offsets[0], label, name, "data_offsets");
   t.end = as_count(offsets[1], label, name, "data_offsets");
-  DQ_CHECK(t.begin <= t.end, format, "{}: tensor '{}': data_offsets [{}, {}] end before they begin",
-           label, name, t.begin, t.end);
+  DQ_CHECK(t.begin <= t.end, format, "{}: tensor '{}': data_offsets [{}, {}] end before they begin", label, name,
+           t.begin, t.end);
 
   std::uint64_t bits = 0;
   DQ_CHECK(!__builtin_mul_overflow(t.numel, std::uint64_t{dtype_bits(t.dtype)}, &bits), format,
-           "{}: tensor '{}': {} elements of {} ({} bits each) overflow a 64-bit bit count", label, name,
-           t.numel, dtype_name(t.dtype), dtype_bits(t.dtype));
+           "{}: tensor '{}': {} elements of {} ({} bits each) overflow a 64-bit bit count", label, name, t.numel,
+           dtype_name(t.dtype), dtype_bits(t.dtype));
   DQ_CHECK(bits % 8 == 0, format, "{}: tensor '{}': {} elements of {} ({} bits each) are not a whole number of bytes",
            label, name, t.numel, dtype_name(t.dtype), dtype_bits(t.dtype));
   DQ_CHECK(bits / 8 == t.end - t.begin, format,
-           "{}: tensor '{}': shape {} of {} needs {} bytes but data_offsets [{}, {}] span {} bytes",
-           label, name, shape_text(t.shape), dtype_name(t.dtype), bits / 8, t.begin, t.end,
-           t.end - t.begin);
+           "{}: tensor '{}': shape {} of {} needs {} bytes but data_offsets [{}, {}] span {} bytes", label, name,
+           shape_text(t.shape), dtype_name(t.dtype), bits / 8, t.begin, t.end, t.end - t.begin);
   return t;
 }
 
@@ -207,7 +197,8 @@ class FastHeader {
   bool finish_entry() {
     TensorEntry& t = entry_;
     if (t.name.size() > kMaxTensorNameBytes) return false;
-    if (static_cast<std::uint64_t>(std::count(t.name.begin(), t.name.end(), '.')) + 1 > kMaxTensorNameParts) return false;
+    if (static_cast<std::uint64_t>(std::count(t.name.begin(), t.name.end(), '.')) + 1 > kMaxTensorNameParts)
+      return false;
     t.numel = 1;
     for (const std::uint64_t dim : t.shape)
       if (__builtin_mul_overflow(t.numel, dim, &t.numel)) return false;
@@ -265,21 +256,21 @@ std::string name_for_message(const std::string& name) {
 }
 
 SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, const std::string& label) {
-  DQ_CHECK(file.size() >= 8, format, "{}: {} bytes is too short for a safetensors file (8-byte header length)",
-           label, file.size());
+  DQ_CHECK(file.size() >= 8, format, "{}: {} bytes is too short for a safetensors file (8-byte header length)", label,
+           file.size());
   std::uint64_t n = 0;
   std::memcpy(&n, file.data(), 8);  // little-endian on every supported host
-  DQ_CHECK(n <= kMaxHeaderBytes, format, "{}: header length {} exceeds the {}-byte limit", label, n,
-           kMaxHeaderBytes);
-  DQ_CHECK(n <= file.size() - 8, format, "{}: header length {} runs past the end of the {}-byte file", label,
-           n, file.size());
+  DQ_CHECK(n <= kMaxHeaderBytes, format, "{}: header length {} exceeds the {}-byte limit", label, n, kMaxHeaderBytes);
+  DQ_CHECK(n <= file.size() - 8, format, "{}: header length {} runs past the end of the {}-byte file", label, n,
+           file.size());
 
   SafetensorsHeader h;
   h.header_bytes = n;
   h.data_start = 8 + n;
   const std::string_view text(reinterpret_cast<const char*>(file.data() + 8), n);
-  DQ_CHECK(!text.empty() && text.front() == '{', format, "{}: header does not start with '{{' (first byte {})",
-           label, text.empty() ? std::string("none: empty header") : fmt::format("0x{:02x}", static_cast<unsigned char>(text.front())));
+  DQ_CHECK(!text.empty() && text.front() == '{', format, "{}: header does not start with '{{' (first byte {})", label,
+           text.empty() ? std::string("none: empty header")
+                        : fmt::format("0x{:02x}", static_cast<unsigned char>(text.front())));
   const json root = parse_entries_fast(text, h) ? json::object() : parse_strict_json(text, label + ": header", 3);
   DQ_CHECK(root.is_object(), format, "{}: header must be a JSON object", label);
 
@@ -289,8 +280,7 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, cons
       DQ_CHECK(value.is_object(), format, "{}: __metadata__ must be an object of strings, found {}", label,
                json_kind(value));
       for (const auto& [mk, mv] : value.items()) {
-        DQ_CHECK(mv.is_string(), format, "{}: __metadata__['{}'] must be a string, found {}", label, mk,
-                 json_kind(mv));
+        DQ_CHECK(mv.is_string(), format, "{}: __metadata__['{}'] must be a string, found {}", label, mk, json_kind(mv));
         h.metadata.emplace(mk, mv.get<std::string>());
       }
       continue;
@@ -309,11 +299,12 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, cons
   const TensorEntry* previous = nullptr;
   for (const TensorEntry& t : h.tensors) {
     if (t.begin < expected)
-      fail(ErrorKind::format, "{}: tensor '{}' at data_offsets [{}, {}] overlaps tensor '{}' which ends at {}",
-           label, t.name, t.begin, t.end, previous->name, expected);
+      fail(ErrorKind::format, "{}: tensor '{}' at data_offsets [{}, {}] overlaps tensor '{}' which ends at {}", label,
+           t.name, t.begin, t.end, previous->name, expected);
     if (t.begin > expected)
-      fail(ErrorKind::format, "{}: gap of {} bytes before tensor '{}' (data_offsets [{}, {}], previous data ends at {})",
-           label, t.begin - expected, t.name, t.begin, t.end, expected);
+      fail(ErrorKind::format,
+           "{}: gap of {} bytes before tensor '{}' (data_offsets [{}, {}], previous data ends at {})", label,
+           t.begin - expected, t.name, t.begin, t.end, expected);
     expected = t.end;
     previous = &t;
   }
@@ -321,8 +312,9 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, cons
     fail(ErrorKind::format, "{}: {} trailing bytes after the last tensor (tensors cover {} of the {}-byte data region)",
          label, data_bytes - expected, expected, data_bytes);
   if (expected > data_bytes)
-    fail(ErrorKind::format, "{}: tensors need {} bytes of data but the file holds only {} ({} short)",
-         label, expected, data_bytes, expected - data_bytes == 1 ? std::string("1 byte") : fmt::format("{} bytes", expected - data_bytes));
+    fail(ErrorKind::format, "{}: tensors need {} bytes of data but the file holds only {} ({} short)", label, expected,
+         data_bytes,
+         expected - data_bytes == 1 ? std::string("1 byte") : fmt::format("{} bytes", expected - data_bytes));
   return h;
 }
 

@@ -68,8 +68,7 @@ void SafetensorsWriter::write(std::span<const std::byte> chunk) {
 }
 
 void SafetensorsWriter::commit() {
-  DQ_CHECK(written_ == total_, internal, "{}: {} of {} data bytes written", file_.target().string(), written_,
-           total_);
+  DQ_CHECK(written_ == total_, internal, "{}: {} of {} data bytes written", file_.target().string(), written_, total_);
   file_.commit();
 }
 

@@ -119,10 +119,10 @@ class StrictHandler {
   nlohmann::json& root_;
   const std::string& what_;
   const int max_depth_;
-  std::vector<nlohmann::json*> stack_;        // the open objects and arrays, innermost last
-  nlohmann::json* element_ = nullptr;         // where the value of the last key goes
-  std::vector<const std::string*> keys_;      // per open object: its last key (a key of the map: stable)
-  std::vector<const std::string*> names_;     // per open object: the key it is the value of
+  std::vector<nlohmann::json*> stack_;     // the open objects and arrays, innermost last
+  nlohmann::json* element_ = nullptr;      // where the value of the last key goes
+  std::vector<const std::string*> keys_;   // per open object: its last key (a key of the map: stable)
+  std::vector<const std::string*> names_;  // per open object: the key it is the value of
 };
 
 }  // namespace
@@ -221,15 +221,24 @@ std::optional<std::size_t> invalid_utf8_offset(std::string_view s) {
     const unsigned char c = b(i);
     std::size_t n = 0;
     unsigned char lo = 0x80, hi = 0xbf;  // the range of the second byte
-    if (c < 0x80) n = 1;
-    else if (c >= 0xc2 && c <= 0xdf) n = 2;
-    else if (c == 0xe0) n = 3, lo = 0xa0;
-    else if (c == 0xed) n = 3, hi = 0x9f;
-    else if (c >= 0xe1 && c <= 0xef) n = 3;
-    else if (c == 0xf0) n = 4, lo = 0x90;
-    else if (c == 0xf4) n = 4, hi = 0x8f;
-    else if (c >= 0xf1 && c <= 0xf3) n = 4;
-    else return i;
+    if (c < 0x80)
+      n = 1;
+    else if (c >= 0xc2 && c <= 0xdf)
+      n = 2;
+    else if (c == 0xe0)
+      n = 3, lo = 0xa0;
+    else if (c == 0xed)
+      n = 3, hi = 0x9f;
+    else if (c >= 0xe1 && c <= 0xef)
+      n = 3;
+    else if (c == 0xf0)
+      n = 4, lo = 0x90;
+    else if (c == 0xf4)
+      n = 4, hi = 0x8f;
+    else if (c >= 0xf1 && c <= 0xf3)
+      n = 4;
+    else
+      return i;
     if (i + n > s.size()) return i;
     for (std::size_t k = 1; k < n; ++k) {
       const unsigned char lo_k = k == 1 ? lo : 0x80, hi_k = k == 1 ? hi : 0xbf;

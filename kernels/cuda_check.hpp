@@ -16,9 +16,7 @@ namespace duquant::kernels {
 struct Stage {
   const std::string* layer = nullptr;  // null outside a layer (setting a device up)
   const char* what = "";
-  std::string text() const {
-    return layer ? fmt::format("layer '{}': {}", *layer, what) : std::string(what);
-  }
+  std::string text() const { return layer ? fmt::format("layer '{}': {}", *layer, what) : std::string(what); }
 };
 
 inline void check(cudaError_t status, const Stage& stage) {

@@ -29,7 +29,8 @@ struct Blocks {
 Blocks blocks_of(std::int64_t n, std::int64_t block) { return {block, n / block, n % block}; }
 
 int as_int(std::int64_t v, const Stage& stage) {
-  if (v < 0 || v > INT_MAX) fail(ErrorKind::device, "{}: {} exceeds the 32-bit sizes of cuBLAS and cuSOLVER", stage.text(), v);
+  if (v < 0 || v > INT_MAX)
+    fail(ErrorKind::device, "{}: {} exceeds the 32-bit sizes of cuBLAS and cuSOLVER", stage.text(), v);
   return static_cast<int>(v);
 }
 
@@ -56,7 +57,7 @@ class CudaEngine final : public LayerEngine {
       check(cusolverDnCreateSyevjInfo(&syevj_), s);
       // The tolerance stays cuSOLVER's default, machine accuracy.
       check(cusolverDnXsyevjSetMaxSweeps(syevj_, 100), s);
-      check(cusolverDnXsyevjSetSortEig(syevj_, 1), s);     // ascending, as syevBatched
+      check(cusolverDnXsyevjSetSortEig(syevj_, 1), s);  // ascending, as syevBatched
       check(cusolverDnCreateParams(&params_), s);
     } catch (...) {
       release();  // a throwing constructor runs no destructor
@@ -77,7 +78,8 @@ class CudaEngine final : public LayerEngine {
     as_int(rows, at("the layer's rows"));
     as_int(cols, at("the layer's columns"));
     DQ_CHECK(rows > 0 && cols > 0 && q.block > 0 && q.block_out > 0 && bits >= 2 && bits <= 8, internal,
-             "layer '{}': CUDA engine asked for [{}, {}], block {}/{}, {} bits", layer, rows, cols, q.block, q.block_out, bits);
+             "layer '{}': CUDA engine asked for [{}, {}], block {}/{}, {} bits", layer, rows, cols, q.block,
+             q.block_out, bits);
     const bool row_rot = q.row_rot != RowRot::off;
     const Blocks in_blocks = blocks_of(cols, q.block), out_blocks = blocks_of(rows, q.block_out);
 
@@ -130,7 +132,8 @@ class CudaEngine final : public LayerEngine {
       const std::int64_t picked = elementwise::sign_search_picked(cols);
       const auto sp = static_cast<std::size_t>(rows * picked);
       launch_choose_signs(d_wprime, d_cur, rows, cols, q.block_out, out_.rot_full.get(), out_.rot_tail.get(), bits,
-                          sampled_.reserve(sp, at("allocating the sign search")), trial_.reserve(sp, at("allocating the sign search")),
+                          sampled_.reserve(sp, at("allocating the sign search")),
+                          trial_.reserve(sp, at("allocating the sign search")),
                           rowmax_.reserve(static_cast<std::size_t>(rows), at("allocating the sign search")),
                           trialmax_.reserve(static_cast<std::size_t>(rows), at("allocating the sign search")),
                           rowerr_.reserve(static_cast<std::size_t>(rows), at("allocating the sign search")), stream_);
@@ -142,12 +145,14 @@ class CudaEngine final : public LayerEngine {
     // The MSE scale search and codes; the round-to-nearest baseline on the weight itself.
     const CodeStorage storage = code_storage(bits);
     const bool nibbles = storage.nibbles;
-    const auto code_bytes = static_cast<std::int64_t>(storage.bytes(static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols)));
+    const auto code_bytes =
+        static_cast<std::int64_t>(storage.bytes(static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols)));
     float* d_scales = scales_.reserve(static_cast<std::size_t>(2 * rows), at("allocating the scales"));
     std::uint8_t* d_codes = codes_.reserve(static_cast<std::size_t>(code_bytes), at("allocating the codes"));
     double* d_err = err_.reserve(static_cast<std::size_t>(2 * rows), at("allocating the row errors"));
-    launch_quantize_rows(d_wt, rows, cols, bits, false, d_scales, nibbles ? nullptr : reinterpret_cast<std::int8_t*>(d_codes),
-                         nibbles ? d_codes : nullptr, d_err, stream_);
+    launch_quantize_rows(d_wt, rows, cols, bits, false, d_scales,
+                         nibbles ? nullptr : reinterpret_cast<std::int8_t*>(d_codes), nibbles ? d_codes : nullptr,
+                         d_err, stream_);
     launched("the MSE scale search and codes");
     launch_quantize_rows(d_w, rows, cols, bits, true, d_scales + rows, nullptr, nullptr, d_err + rows, stream_);
     launched("the round-to-nearest baseline");
@@ -177,8 +182,9 @@ class CudaEngine final : public LayerEngine {
     return m;
   }
 
-  bool call_percentiles(std::span<const float> x, std::int64_t rows, const LayerTransform& t, std::span<const float> smooth,
-                        double q, const std::string& layer, std::vector<float>& out) override {
+  bool call_percentiles(std::span<const float> x, std::int64_t rows, const LayerTransform& t,
+                        std::span<const float> smooth, double q, const std::string& layer,
+                        std::vector<float>& out) override {
     const auto cols = static_cast<std::int64_t>(t.perm.size());
     if (rows < 1 || cols < 1 || rows * cols > INT_MAX || t.r_in.empty()) return false;  // CUB's 32-bit item count
     const std::int64_t block = t.r_in.front().rows();
@@ -213,7 +219,8 @@ class CudaEngine final : public LayerEngine {
     }
     const float* d_tail = d_full + b.full * block * block;  // the tail block, b.tail² values, follows the full ones
     float* d_abs = wperm_.reserve(n, s);
-    launch_activation_transform(d_x, rows, cols, d_perm, d_smooth, static_cast<int>(block), d_full, d_tail, d_abs, stream_);
+    launch_activation_transform(d_x, rows, cols, d_perm, d_smooth, static_cast<int>(block), d_full, d_tail, d_abs,
+                                stream_);
     launched("calibration: the activation transform");
     const Stage p = at("calibration: per-channel percentiles (CUB DeviceSegmentedRadixSort)");
     cudaError_t status = cudaSuccess;
@@ -238,8 +245,8 @@ class CudaEngine final : public LayerEngine {
     float* d_w = w_.reserve(static_cast<std::size_t>(n), at("allocating"));
     upload(d_w, w.data, static_cast<std::size_t>(n));
     float* d_energy = energy_.reserve(static_cast<std::size_t>(w.cols), at("allocating"));
-    launch_channel_energy(d_w, w.rows, w.cols, lambda, sums_.reserve(static_cast<std::size_t>(w.cols), at("allocating")), d_energy,
-                          stream_);
+    launch_channel_energy(d_w, w.rows, w.cols, lambda,
+                          sums_.reserve(static_cast<std::size_t>(w.cols), at("allocating")), d_energy, stream_);
     launched("channel energies");
     std::vector<float> e(static_cast<std::size_t>(w.cols));
     download(e.data(), d_energy, e.size());
@@ -272,12 +279,14 @@ class CudaEngine final : public LayerEngine {
     upload(d_w, w_t.data(), static_cast<std::size_t>(n));
     const CodeStorage storage = code_storage(bits);
     const bool nibbles = storage.nibbles;
-    const auto code_bytes = static_cast<std::int64_t>(storage.bytes(static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols)));
+    const auto code_bytes =
+        static_cast<std::int64_t>(storage.bytes(static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols)));
     float* d_scales = scales_.reserve(static_cast<std::size_t>(rows), at("allocating"));
     std::uint8_t* d_codes = codes_.reserve(static_cast<std::size_t>(code_bytes), at("allocating"));
     double* d_err = err_.reserve(static_cast<std::size_t>(rows), at("allocating"));
-    launch_quantize_rows(d_w, rows, cols, bits, false, d_scales, nibbles ? nullptr : reinterpret_cast<std::int8_t*>(d_codes),
-                         nibbles ? d_codes : nullptr, d_err, stream_);
+    launch_quantize_rows(d_w, rows, cols, bits, false, d_scales,
+                         nibbles ? nullptr : reinterpret_cast<std::int8_t*>(d_codes), nibbles ? d_codes : nullptr,
+                         d_err, stream_);
     launched("the MSE scale search and codes");
     QuantizedRows out;
     out.scales.resize(static_cast<std::size_t>(rows));
@@ -335,11 +344,13 @@ class CudaEngine final : public LayerEngine {
 
   template <typename T, typename U>
   void download(T* host, const U* device, std::size_t count) {
-    check(cudaMemcpyAsync(host, device, count * sizeof(T), cudaMemcpyDeviceToHost, stream_), at("copying results back"));
+    check(cudaMemcpyAsync(host, device, count * sizeof(T), cudaMemcpyDeviceToHost, stream_),
+          at("copying results back"));
   }
   template <typename T>
   void upload(T* device, const T* host, std::size_t count) {
-    check(cudaMemcpyAsync(device, host, count * sizeof(T), cudaMemcpyHostToDevice, stream_), at("copying to the device"));
+    check(cudaMemcpyAsync(device, host, count * sizeof(T), cudaMemcpyHostToDevice, stream_),
+          at("copying to the device"));
   }
 
   // Gram_b = Xb^T Xb of the column blocks of row-major X [rows, cols] (column-major: X^T, lda cols).
@@ -349,8 +360,8 @@ class CudaEngine final : public LayerEngine {
     const int bw = as_int(b.block, s), k = as_int(rows, s), ld = as_int(cols, s);
     if (b.full > 0) {
       double* g = in_.gram_full.reserve(static_cast<std::size_t>(b.full * b.block * b.block), s);
-      check(cublasDgemmStridedBatched(blas_, CUBLAS_OP_N, CUBLAS_OP_T, bw, bw, k, &one, x, ld, b.block, x, ld, b.block, &zero,
-                                      g, bw, b.block * b.block, as_int(b.full, s)),
+      check(cublasDgemmStridedBatched(blas_, CUBLAS_OP_N, CUBLAS_OP_T, bw, bw, k, &one, x, ld, b.block, x, ld, b.block,
+                                      &zero, g, bw, b.block * b.block, as_int(b.full, s)),
             s);
     }
     if (b.tail > 0) {
@@ -399,23 +410,24 @@ class CudaEngine final : public LayerEngine {
     int* d_info = info_.reserve(static_cast<std::size_t>(batch), s);
     if (n <= 32) {
       int lwork = 0;
-      check(cusolverDnDsyevjBatched_bufferSize(solver_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, a, n, w, &lwork,
-                                               syevj_, batch),
+      check(cusolverDnDsyevjBatched_bufferSize(solver_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, a, n, w,
+                                               &lwork, syevj_, batch),
             s);
       double* work = work_.reserve(static_cast<std::size_t>(lwork), s);
-      check(cusolverDnDsyevjBatched(solver_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, a, n, w, work, lwork, d_info,
-                                    syevj_, batch),
+      check(cusolverDnDsyevjBatched(solver_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, a, n, w, work, lwork,
+                                    d_info, syevj_, batch),
             s);
     } else {
       std::size_t device_bytes = 0, host_bytes = 0;
-      check(cusolverDnXsyevBatched_bufferSize(solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, CUDA_R_64F, a,
-                                              n, CUDA_R_64F, w, CUDA_R_64F, &device_bytes, &host_bytes, batch),
+      check(cusolverDnXsyevBatched_bufferSize(solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n,
+                                              CUDA_R_64F, a, n, CUDA_R_64F, w, CUDA_R_64F, &device_bytes, &host_bytes,
+                                              batch),
             s);
       double* work = work_.reserve((device_bytes + sizeof(double) - 1) / sizeof(double), s);
       host_work_.resize(host_bytes);
-      check(cusolverDnXsyevBatched(solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, CUDA_R_64F, a, n,
-                                   CUDA_R_64F, w, CUDA_R_64F, work, device_bytes, host_bytes ? host_work_.data() : nullptr,
-                                   host_bytes, d_info, batch),
+      check(cusolverDnXsyevBatched(solver_, params_, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, CUDA_R_64F, a,
+                                   n, CUDA_R_64F, w, CUDA_R_64F, work, device_bytes,
+                                   host_bytes ? host_work_.data() : nullptr, host_bytes, d_info, batch),
             s);
     }
     std::vector<int> info(static_cast<std::size_t>(batch));
@@ -423,8 +435,9 @@ class CudaEngine final : public LayerEngine {
     check(cudaStreamSynchronize(stream_), s);
     for (int k = 0; k < batch; ++k)
       if (info[static_cast<std::size_t>(k)] != 0)
-        fail(ErrorKind::numeric, "layer '{}': {}: block {} of {} ({}x{} Gram matrix) did not converge (cuSOLVER info {})",
-             *layer_, what, first + k, total, n, n, info[static_cast<std::size_t>(k)]);
+        fail(ErrorKind::numeric,
+             "layer '{}': {}: block {} of {} ({}x{} Gram matrix) did not converge (cuSOLVER info {})", *layer_, what,
+             first + k, total, n, n, info[static_cast<std::size_t>(k)]);
   }
 
   void rotations(BlockSet& set, const Blocks& b, const char* what) {
@@ -450,7 +463,8 @@ class CudaEngine final : public LayerEngine {
     out.reserve(static_cast<std::size_t>(b.count()));  // the copies target these matrices' storage
     for (std::int64_t k = 0; k < b.full; ++k) {
       out.emplace_back(b.block, b.block);
-      download(out.back().data(), set.rot_full.get() + k * b.block * b.block, static_cast<std::size_t>(b.block * b.block));
+      download(out.back().data(), set.rot_full.get() + k * b.block * b.block,
+               static_cast<std::size_t>(b.block * b.block));
     }
     if (b.tail > 0) {
       out.emplace_back(b.tail, b.tail);
@@ -466,13 +480,15 @@ class CudaEngine final : public LayerEngine {
     const Stage s = at("rotating the column blocks (cublasSgemmStridedBatched)");
     const int bw = as_int(b.block, s), n = as_int(rows, s), ld = as_int(cols, s);
     if (b.full > 0)
-      check(cublasSgemmStridedBatched(blas_, CUBLAS_OP_N, CUBLAS_OP_N, bw, n, bw, &one, in_.rot_full.get(), bw, b.block * b.block,
-                                      x, ld, b.block, &zero, y, ld, b.block, as_int(b.full, s)),
+      check(cublasSgemmStridedBatched(blas_, CUBLAS_OP_N, CUBLAS_OP_N, bw, n, bw, &one, in_.rot_full.get(), bw,
+                                      b.block * b.block, x, ld, b.block, &zero, y, ld, b.block, as_int(b.full, s)),
             s);
     if (b.tail > 0) {
       const int tw = as_int(b.tail, s);
       const std::int64_t off = b.full * b.block;
-      check(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, tw, n, tw, &one, in_.rot_tail.get(), tw, x + off, ld, &zero, y + off, ld), s);
+      check(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, tw, n, tw, &one, in_.rot_tail.get(), tw, x + off, ld, &zero,
+                        y + off, ld),
+            s);
     }
   }
 
@@ -483,13 +499,15 @@ class CudaEngine final : public LayerEngine {
     (void)rows;
     const int bw = as_int(b.block, s), m = as_int(cols, s), ld = as_int(cols, s);
     if (b.full > 0)
-      check(cublasSgemmStridedBatched(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, bw, bw, &one, x, ld, b.block * cols, out_.rot_full.get(),
-                                      bw, b.block * b.block, &zero, y, ld, b.block * cols, as_int(b.full, s)),
+      check(cublasSgemmStridedBatched(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, bw, bw, &one, x, ld, b.block * cols,
+                                      out_.rot_full.get(), bw, b.block * b.block, &zero, y, ld, b.block * cols,
+                                      as_int(b.full, s)),
             s);
     if (b.tail > 0) {
       const int tw = as_int(b.tail, s);
       const std::int64_t off = b.full * b.block * cols;
-      check(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, tw, tw, &one, x + off, ld, out_.rot_tail.get(), tw, &zero, y + off, ld),
+      check(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, m, tw, tw, &one, x + off, ld, out_.rot_tail.get(), tw, &zero,
+                        y + off, ld),
             s);
     }
   }

@@ -4,9 +4,8 @@
 #include "kernels/cuda_runtime_info.hpp"
 
 extern "C" __attribute__((visibility("default"))) const duquant::kernels::CudaModule* duquant_cuda_module() {
-  static const duquant::kernels::CudaModule module{duquant::kernels::kCudaModuleAbiVersion,
-                                                   sizeof(duquant::kernels::CudaModule), &duquant::kernels::device_count,
-                                                   &duquant::kernels::compiled_architectures,
-                                                   &duquant::kernels::make_cuda_engine};
+  static const duquant::kernels::CudaModule module{
+      duquant::kernels::kCudaModuleAbiVersion, sizeof(duquant::kernels::CudaModule), &duquant::kernels::device_count,
+      &duquant::kernels::compiled_architectures, &duquant::kernels::make_cuda_engine};
   return &module;
 }

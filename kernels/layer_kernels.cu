@@ -19,7 +19,8 @@ constexpr unsigned kFullMask = 0xffffffffu;
 
 unsigned grid_for(std::int64_t count, unsigned threads = kThreads) {
   const std::int64_t blocks = (count + threads - 1) / threads;
-  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 1048576 ? 1048576 : blocks));  // grid-stride loops cover the rest
+  return static_cast<unsigned>(blocks < 1 ? 1
+                                          : (blocks > 1048576 ? 1048576 : blocks));  // grid-stride loops cover the rest
 }
 
 __device__ std::int64_t thread_index() { return static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
@@ -27,7 +28,8 @@ __device__ std::int64_t thread_stride() { return static_cast<std::int64_t>(gridD
 
 // ---- channel energies -------------------------------------------------------------------------
 
-__global__ void column_energy_kernel(const float* w, std::int64_t rows, std::int64_t cols, double* sums, float* energy) {
+__global__ void column_energy_kernel(const float* w, std::int64_t rows, std::int64_t cols, double* sums,
+                                     float* energy) {
   for (std::int64_t c = thread_index(); c < cols; c += thread_stride()) {
     double sum = 0;
     for (std::int64_t r = 0; r < rows; ++r) sum = ew::energy_add(sum, w[r * cols + c]);  // rows in order, as the CPU
@@ -46,7 +48,8 @@ __global__ void smooth_energy_kernel(std::int64_t cols, float lambda, float* ene
     mean = static_cast<float>(total / static_cast<double>(cols > 1 ? cols : 1));
   }
   __syncthreads();
-  for (std::int64_t c = threadIdx.x; c < cols; c += blockDim.x) energy[c] = ew::smoothed_energy(energy[c], mean, lambda);
+  for (std::int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+    energy[c] = ew::smoothed_energy(energy[c], mean, lambda);
 }
 
 // ---- permutation ------------------------------------------------------------------------------
@@ -72,9 +75,9 @@ std::size_t align_up(std::size_t n) { return (n + 255) / 256 * 256; }
 
 std::size_t cub_temp_bytes(std::int64_t cols, cudaError_t& status) {
   std::size_t bytes = 0;
-  status = cub::DeviceRadixSort::SortPairsDescending(nullptr, bytes, static_cast<const float*>(nullptr),
-                                                     static_cast<float*>(nullptr), static_cast<const std::int64_t*>(nullptr),
-                                                     static_cast<std::int64_t*>(nullptr), static_cast<int>(cols));
+  status = cub::DeviceRadixSort::SortPairsDescending(
+      nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
+      static_cast<const std::int64_t*>(nullptr), static_cast<std::int64_t*>(nullptr), static_cast<int>(cols));
   return bytes;
 }
 
@@ -150,9 +153,9 @@ __device__ double ordered_sum(const double* v, std::int64_t n) {
   return total;
 }
 
-__global__ void choose_signs_kernel(const float* w_in, float* current, std::int64_t rows, std::int64_t cols, int block_out,
-                                    float* r_full, float* r_tail, int bits, float* sampled, float* trial, float* row_max,
-                                    float* trial_max, double* row_err) {
+__global__ void choose_signs_kernel(const float* w_in, float* current, std::int64_t rows, std::int64_t cols,
+                                    int block_out, float* r_full, float* r_tail, int bits, float* sampled, float* trial,
+                                    float* row_max, float* trial_max, double* row_err) {
   const std::int64_t b = blockIdx.x;
   const std::int64_t r0 = b * block_out;
   const std::int64_t s = rows - r0 < block_out ? rows - r0 : block_out;
@@ -181,7 +184,8 @@ __global__ void choose_signs_kernel(const float* w_in, float* current, std::int6
     if (lane == 0) rmax[i] = m;
   }
   __syncthreads();
-  for (std::int64_t i = threadIdx.x; i < s; i += blockDim.x) rerr[i] = ew::sampled_row_error(cs + i * picked, picked, rmax[i], bits);
+  for (std::int64_t i = threadIdx.x; i < s; i += blockDim.x)
+    rerr[i] = ew::sampled_row_error(cs + i * picked, picked, rmax[i], bits);
   __syncthreads();
   if (threadIdx.x == 0) error = ordered_sum(rerr, s);
   __syncthreads();
@@ -193,7 +197,8 @@ __global__ void choose_signs_kernel(const float* w_in, float* current, std::int6
     for (std::int64_t i = warp; i < s; i += warps) {
       const float u2 = 2.0f * u[i * s + k];
       float m = 0;
-      for (std::int64_t c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(__fsub_rn(cur[i * cols + c], __fmul_rn(u2, xk[c]))));
+      for (std::int64_t c = lane; c < cols; c += 32)
+        m = fmaxf(m, fabsf(__fsub_rn(cur[i * cols + c], __fmul_rn(u2, xk[c]))));
       m = warp_max(m);
       if (lane == 0) tmax[i] = m;
     }
@@ -202,7 +207,8 @@ __global__ void choose_signs_kernel(const float* w_in, float* current, std::int6
       ts[x] = __fsub_rn(cs[x], __fmul_rn(2.0f * u[i * s + k], xk[c * stride]));
     }
     __syncthreads();
-    for (std::int64_t i = threadIdx.x; i < s; i += blockDim.x) rerr[i] = ew::sampled_row_error(ts + i * picked, picked, tmax[i], bits);
+    for (std::int64_t i = threadIdx.x; i < s; i += blockDim.x)
+      rerr[i] = ew::sampled_row_error(ts + i * picked, picked, tmax[i], bits);
     __syncthreads();
     if (threadIdx.x == 0) {
       const double e = ordered_sum(rerr, s);
@@ -291,9 +297,9 @@ __global__ void quantize_rows_kernel(const float* w_all, std::int64_t rows, std:
 
 // ---- calibration ------------------------------------------------------------------------------
 
-__global__ void activation_transform_kernel(const float* x, std::int64_t rows, std::int64_t cols, const std::int64_t* perm,
-                                            const float* smooth, int block, const float* r_full, const float* r_tail,
-                                            float* abs_t) {
+__global__ void activation_transform_kernel(const float* x, std::int64_t rows, std::int64_t cols,
+                                            const std::int64_t* perm, const float* smooth, int block,
+                                            const float* r_full, const float* r_tail, float* abs_t) {
   const std::int64_t n = rows * cols;
   for (std::int64_t t = thread_index(); t < n; t += thread_stride()) {
     const std::int64_t r = t / cols, j = t - r * cols;
@@ -326,9 +332,9 @@ __global__ void percentile_kernel(const float* sorted, std::int64_t rows, std::i
 
 std::size_t segmented_temp_bytes(std::int64_t rows, std::int64_t cols, cudaError_t& status) {
   std::size_t bytes = 0;
-  status = cub::DeviceSegmentedRadixSort::SortKeys(nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
-                                                    static_cast<int>(rows * cols), static_cast<int>(cols),
-                                                    static_cast<const int*>(nullptr), static_cast<const int*>(nullptr));
+  status = cub::DeviceSegmentedRadixSort::SortKeys(
+      nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr), static_cast<int>(rows * cols),
+      static_cast<int>(cols), static_cast<const int*>(nullptr), static_cast<const int*>(nullptr));
   return bytes;
 }
 
@@ -337,8 +343,8 @@ std::size_t segmented_temp_bytes(std::int64_t rows, std::int64_t cols, cudaError
 void launch_activation_transform(const float* x, std::int64_t rows, std::int64_t cols, const std::int64_t* perm,
                                  const float* smooth, int block, const float* r_full, const float* r_tail, float* abs_t,
                                  cudaStream_t stream) {
-  activation_transform_kernel<<<grid_for(rows * cols), kThreads, 0, stream>>>(x, rows, cols, perm, smooth, block, r_full,
-                                                                                r_tail, abs_t);
+  activation_transform_kernel<<<grid_for(rows * cols), kThreads, 0, stream>>>(x, rows, cols, perm, smooth, block,
+                                                                              r_full, r_tail, abs_t);
 }
 
 std::size_t percentile_scratch_bytes(std::int64_t rows, std::int64_t cols, cudaError_t& status) {
@@ -347,8 +353,8 @@ std::size_t percentile_scratch_bytes(std::int64_t rows, std::int64_t cols, cudaE
          align_up(segmented_temp_bytes(rows, cols, status));
 }
 
-cudaError_t launch_channel_percentiles(const float* abs_t, std::int64_t rows, std::int64_t cols, double q, void* scratch,
-                                       float* out, cudaStream_t stream) {
+cudaError_t launch_channel_percentiles(const float* abs_t, std::int64_t rows, std::int64_t cols, double q,
+                                       void* scratch, float* out, cudaStream_t stream) {
   auto* base = static_cast<unsigned char*>(scratch);
   const auto n = static_cast<std::size_t>(rows * cols);
   auto* sorted = reinterpret_cast<float*>(base);
@@ -358,15 +364,16 @@ cudaError_t launch_channel_percentiles(const float* abs_t, std::int64_t rows, st
   std::size_t temp_bytes = segmented_temp_bytes(rows, cols, status);
   if (status != cudaSuccess) return status;
   segment_offsets_kernel<<<grid_for(cols + 1), kThreads, 0, stream>>>(cols, rows, offsets);
-  status = cub::DeviceSegmentedRadixSort::SortKeys(temp, temp_bytes, abs_t, sorted, static_cast<int>(n), static_cast<int>(cols),
-                                                    offsets, offsets + 1, 0, static_cast<int>(sizeof(float) * 8), stream);
+  status = cub::DeviceSegmentedRadixSort::SortKeys(temp, temp_bytes, abs_t, sorted, static_cast<int>(n),
+                                                   static_cast<int>(cols), offsets, offsets + 1, 0,
+                                                   static_cast<int>(sizeof(float) * 8), stream);
   if (status != cudaSuccess) return status;
   percentile_kernel<<<grid_for(cols), kThreads, 0, stream>>>(sorted, rows, cols, q, out);
   return cudaSuccess;
 }
 
-void launch_channel_energy(const float* w, std::int64_t rows, std::int64_t cols, double lambda, double* sums, float* energy,
-                           cudaStream_t stream) {
+void launch_channel_energy(const float* w, std::int64_t rows, std::int64_t cols, double lambda, double* sums,
+                           float* energy, cudaStream_t stream) {
   column_energy_kernel<<<grid_for(cols), kThreads, 0, stream>>>(w, rows, cols, sums, energy);
   // The CPU's test, on the double, then the float32 lambda.
   if (lambda > 0) smooth_energy_kernel<<<1, kThreads, 0, stream>>>(cols, static_cast<float>(lambda), energy);
@@ -384,8 +391,9 @@ cudaError_t launch_zigzag_permutation(const float* energy, std::int64_t cols, vo
   if (status != cudaSuccess) return status;
   iota_kernel<<<grid_for(cols), kThreads, 0, stream>>>(cols, s.values_in);
   // Radix sort is stable: equal energies keep the lower channel index first, as std::stable_sort.
-  status = cub::DeviceRadixSort::SortPairsDescending(s.temp, s.temp_bytes, energy, s.keys_out, s.values_in, s.values_out,
-                                                     static_cast<int>(cols), 0, static_cast<int>(sizeof(float) * 8), stream);
+  status =
+      cub::DeviceRadixSort::SortPairsDescending(s.temp, s.temp_bytes, energy, s.keys_out, s.values_in, s.values_out,
+                                                static_cast<int>(cols), 0, static_cast<int>(sizeof(float) * 8), stream);
   if (status != cudaSuccess) return status;
   zigzag_kernel<<<grid_for(cols), kThreads, 0, stream>>>(s.values_out, cols, perm);
   return cudaSuccess;
@@ -404,17 +412,19 @@ void launch_to_double(const float* in, std::int64_t count, double* out, cudaStre
   to_double_kernel<<<grid_for(count), kThreads, 0, stream>>>(in, count, out);
 }
 
-void launch_canonical_rotations(const double* vectors, int n, std::int64_t batch, float* rotations, cudaStream_t stream) {
+void launch_canonical_rotations(const double* vectors, int n, std::int64_t batch, float* rotations,
+                                cudaStream_t stream) {
   canonical_rotations_kernel<<<grid_for(batch * n), kThreads, 0, stream>>>(vectors, n, batch, rotations);
 }
 
-void launch_reference_weight_scale(const float* m, std::int64_t rows, std::int64_t cols, float* out, cudaStream_t stream) {
+void launch_reference_weight_scale(const float* m, std::int64_t rows, std::int64_t cols, float* out,
+                                   cudaStream_t stream) {
   reference_weight_scale_kernel<<<grid_for(rows * 32), kThreads, 0, stream>>>(m, rows, cols, out);
 }
 
-void launch_choose_signs(const float* w_in, float* current, std::int64_t rows, std::int64_t cols, int block_out, float* r_full,
-                         float* r_tail, int bits, float* sampled, float* trial, float* row_max, float* trial_max,
-                         double* row_err, cudaStream_t stream) {
+void launch_choose_signs(const float* w_in, float* current, std::int64_t rows, std::int64_t cols, int block_out,
+                         float* r_full, float* r_tail, int bits, float* sampled, float* trial, float* row_max,
+                         float* trial_max, double* row_err, cudaStream_t stream) {
   const std::int64_t blocks = (rows + block_out - 1) / block_out;
   choose_signs_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
       w_in, current, rows, cols, block_out, r_full, r_tail, bits, sampled, trial, row_max, trial_max, row_err);
@@ -422,8 +432,8 @@ void launch_choose_signs(const float* w_in, float* current, std::int64_t rows, s
 
 void launch_quantize_rows(const float* w, std::int64_t rows, std::int64_t cols, int bits, bool rtn, float* scales,
                           std::int8_t* codes, std::uint8_t* packed, double* row_err, cudaStream_t stream) {
-  quantize_rows_kernel<<<grid_for(rows * ew::kErrorLanes), kThreads, 0, stream>>>(w, rows, cols, bits, rtn, scales, codes,
-                                                                                    packed, row_err);
+  quantize_rows_kernel<<<grid_for(rows * ew::kErrorLanes), kThreads, 0, stream>>>(w, rows, cols, bits, rtn, scales,
+                                                                                  codes, packed, row_err);
 }
 
 }  // namespace duquant::kernels

@@ -63,7 +63,7 @@ void launch_activation_transform(const float* x, std::int64_t rows, std::int64_t
 std::size_t percentile_scratch_bytes(std::int64_t rows, std::int64_t cols, cudaError_t& status);
 // out[j] = max(q-quantile of channel j's |x_t| (torch.quantile, linear), 1e-6): each channel's rows
 // sorted (CUB segmented radix sort) and elementwise::quantile_interpolate. Returns CUB's status.
-cudaError_t launch_channel_percentiles(const float* abs_t, std::int64_t rows, std::int64_t cols, double q, void* scratch,
-                                       float* out, cudaStream_t stream);
+cudaError_t launch_channel_percentiles(const float* abs_t, std::int64_t rows, std::int64_t cols, double q,
+                                       void* scratch, float* out, cudaStream_t stream);
 
 }  // namespace duquant::kernels

@@ -44,7 +44,7 @@ template <typename... Args>
 }  // namespace duquant
 
 // Checks a condition that depends on input (never compiled out, unlike assert).
-#define DQ_CHECK(cond, kind, ...)                                  \
-  do {                                                             \
+#define DQ_CHECK(cond, kind, ...)                                          \
+  do {                                                                     \
     if (!(cond)) ::duquant::fail(::duquant::ErrorKind::kind, __VA_ARGS__); \
   } while (0)

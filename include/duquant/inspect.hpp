@@ -26,8 +26,8 @@ namespace duquant {
 // Which part of the policy a linear layer belongs to, decided by pi0.5 and GR00T N1.5 module
 // names (docs/inspect.md lists the rules).
 enum class LayerGroup { vision, language_model, action_expert, other };
-inline constexpr LayerGroup kLayerGroups[] = {LayerGroup::vision, LayerGroup::language_model,
-                                              LayerGroup::action_expert, LayerGroup::other};
+inline constexpr LayerGroup kLayerGroups[] = {LayerGroup::vision, LayerGroup::language_model, LayerGroup::action_expert,
+                                              LayerGroup::other};
 LayerGroup layer_group(std::string_view module);
 std::string_view group_key(LayerGroup group) noexcept;    // "vision", "language_model", ...
 std::string_view group_title(LayerGroup group) noexcept;  // "vision", "language model", ...
@@ -50,8 +50,8 @@ HeadAxis head_axis(std::string_view module);
 struct HeadDims {
   std::optional<std::int64_t> all;
   std::map<LayerGroup, std::int64_t> by_group;
-  std::string source;                  // "--head-dim", "<dir>/config.json", or empty
-  std::vector<std::string> warnings;   // a config.json that could not be used, and why
+  std::string source;                 // "--head-dim", "<dir>/config.json", or empty
+  std::vector<std::string> warnings;  // a config.json that could not be used, and why
 
   std::optional<std::int64_t> of(std::string_view module) const;
   bool known() const { return all.has_value() || !by_group.empty(); }
@@ -67,8 +67,8 @@ struct GroupStats {
   LayerGroup group{};
   std::size_t layers = 0;
   std::size_t attention_layers = 0;
-  std::uint64_t parameters = 0;  // weights and biases
-  std::uint64_t bytes = 0;       // as stored
+  std::uint64_t parameters = 0;               // weights and biases
+  std::uint64_t bytes = 0;                    // as stored
   std::map<std::string, std::size_t> dtypes;  // weight dtype -> layers
 };
 
@@ -76,8 +76,8 @@ struct PresetEstimate {
   std::string name;
   std::string description;
   std::size_t layers = 0;
-  std::uint64_t bytes_in = 0;      // weights and biases of the selected layers, as stored
-  std::uint64_t packed_bytes = 0;  // their estimated size in quantized.safetensors
+  std::uint64_t bytes_in = 0;           // weights and biases of the selected layers, as stored
+  std::uint64_t packed_bytes = 0;       // their estimated size in quantized.safetensors
   std::uint64_t conformance_bytes = 0;  // of which conformance vectors
   int block = 0, block_out = 0, wbits_default = 0;
 };
@@ -119,8 +119,8 @@ struct PackLayerInfo {
   LayerGroup group{};
   std::string block_type;
   std::uint64_t out_features = 0, in_features = 0;
-  std::string dtype;            // empty when unknown (a runtime pack)
-  int wbits = 0, abits = 0;     // 0 when unknown
+  std::string dtype;         // empty when unknown (a runtime pack)
+  int wbits = 0, abits = 0;  // 0 when unknown
   std::int64_t block = 0, block_out = 0;
   bool permute = false;
   double lambda_smooth = 0;
@@ -142,11 +142,11 @@ struct PackLayerInfo {
 
 struct PackReport {
   std::string path;
-  bool has_manifest = false;   // false: npz files only (a pack the Python runtime wrote)
-  std::string tool;            // "duquant 0.1.0"
+  bool has_manifest = false;  // false: npz files only (a pack the Python runtime wrote)
+  std::string tool;           // "duquant 0.1.0"
   nlohmann::ordered_json config = nlohmann::ordered_json::object();  // the manifest's, as written
   std::string checkpoint_source;
-  std::vector<PackLayerInfo> layers;  // worst DuQuant SQNR first (runtime packs: by name)
+  std::vector<PackLayerInfo> layers;       // worst DuQuant SQNR first (runtime packs: by name)
   std::uint64_t quantized_file_bytes = 0;  // quantized.safetensors (+ shards, index) as listed
   std::string head_dim_source;
   std::vector<std::string> warnings;

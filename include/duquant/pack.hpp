@@ -1,7 +1,8 @@
 // `duquant pack`: the whole pipeline from a checkpoint to a pack directory.
 //
 // Layers are packed one at a time (each with every core), so memory is bounded by the largest
-// layer; with CUDA devices, one layer per device is computed while the next one is read. Every file is written under a temporary name and renamed; per-layer results are kept in
+// layer; with CUDA devices, one layer per device is computed while the next one is read. Every file is written under a
+// temporary name and renamed; per-layer results are kept in
 // `<out>/.duquant-work/` until quantized.safetensors and, last, manifest.json are written, so an
 // interrupted run continues with --resume and ends with the same bytes as an uninterrupted one.
 #pragma once
@@ -22,14 +23,14 @@ struct PackOptions {
   RunConfig config;
   bool resume = false;
   bool force = false;
-  bool no_lock = false;                  // write without the folder's lock where the file system has none
-  std::filesystem::path config_file;     // --config, read completely before the first write (an input)
+  bool no_lock = false;                           // write without the folder's lock where the file system has none
+  std::filesystem::path config_file;              // --config, read completely before the first write (an input)
   std::uint64_t max_shard_bytes = 4'000'000'000;  // quantized.safetensors is sharded past this
   // Calibration (docs/calibration.md): an activation dump, smoothing, folding.
-  std::filesystem::path calib;                 // empty: no calibration
-  std::optional<double> smooth_alpha;          // smoothing strength α in [0, 1]; needs `calib`
-  std::filesystem::path fold_smoothing;        // write the checkpoint with 1/s folded into its norms here
-  bool strict = false;                         // selected layers missing from the dump are an error
+  std::filesystem::path calib;                   // empty: no calibration
+  std::optional<double> smooth_alpha;            // smoothing strength α in [0, 1]; needs `calib`
+  std::filesystem::path fold_smoothing;          // write the checkpoint with 1/s folded into its norms here
+  bool strict = false;                           // selected layers missing from the dump are an error
   std::function<void(const std::string&)> warn;  // one-line warnings (missing layers, ...)
   // Compute device (layer_engine.hpp, docs/cuda-backend.md): "cpu", "auto", "cuda", "cuda:0,1".
   std::string device = "cpu";
@@ -42,8 +43,8 @@ struct PackProgress {
   std::string name;
   std::uint64_t out_features = 0, in_features = 0;
   int wbits = 0;
-  bool reused = false;            // taken from an earlier run (--resume)
-  std::uint64_t bytes_done = 0;   // weight bytes of the layers finished so far
+  bool reused = false;           // taken from an earlier run (--resume)
+  std::uint64_t bytes_done = 0;  // weight bytes of the layers finished so far
   std::uint64_t bytes_total = 0;
   double sqnr_db = 0;
 };
@@ -63,10 +64,10 @@ struct PackSummary {
   std::string worst_output_layer;
   // Where the time went, summed over the layers packed in this run (with a GPU reading the next
   // layer overlaps computing the current one, so the sum can exceed the wall time).
-  std::string device;             // the engines used: "cpu", "cuda:0,1"
-  double read_seconds = 0;        // weights read and converted to float32 (and smoothed)
-  double compute_seconds = 0;     // transform, sign choice, scale search, codes (the engine)
-  double finish_seconds = 0;      // npz, conformance vectors, calibration, records
+  std::string device;          // the engines used: "cpu", "cuda:0,1"
+  double read_seconds = 0;     // weights read and converted to float32 (and smoothed)
+  double compute_seconds = 0;  // transform, sign choice, scale search, codes (the engine)
+  double finish_seconds = 0;   // npz, conformance vectors, calibration, records
 };
 
 // Runs the pack. `progress` is called after each layer. Throws duquant::Error.

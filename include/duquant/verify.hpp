@@ -27,7 +27,7 @@ inline constexpr double kQualityFloor = 1e-6;            // absolute: rel. error
 inline constexpr double kEigenbasisTolerance = 1e-3;     // ‖offdiag(RᵀGR)‖ / ‖G‖ (rotations fit W)
 inline constexpr double kEnergyTieTolerance = 1e-6;      // relative: channels this close may trade places
 inline constexpr double kEigenGapTolerance = 1e-5;       // relative to λ_max: eigenvalues treated as repeated
-inline constexpr double kSubspaceTolerance = 1e-2;       // 1 − Σcos² of a column against its eigenspace (no checkpoint)
+inline constexpr double kSubspaceTolerance = 1e-2;  // 1 − Σcos² of a column against its eigenspace (no checkpoint)
 // With the checkpoint: a column's allowed 1 − Σcos² is max(floor, (noise · λ_max / gap)²), gap the
 // distance from its eigenvalue to the nearest one outside its cluster (Davis-Kahan: a float32 solver's
 // error in an eigenvector is about its residual over that gap).
@@ -46,7 +46,7 @@ struct Finding {
 
 struct LayerVerdict {
   std::string name;
-  std::string file;                // npz file name ("" when the layer has none)
+  std::string file;  // npz file name ("" when the layer has none)
   std::vector<Finding> findings;
   nlohmann::ordered_json numbers;  // measured values (errors, tolerances) for --json
   Level level() const;             // worst finding (info counts as OK)

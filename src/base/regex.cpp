@@ -189,14 +189,13 @@ Regex::Regex(std::string pattern, const std::string& source) : pattern_(std::mov
   const std::string& translated = t.pcre2;
   int code = 0;
   PCRE2_SIZE offset = 0;
-  impl_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
-                              PCRE2_UTF | PCRE2_UCP, &code, &offset, nullptr);
+  impl_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(), PCRE2_UTF | PCRE2_UCP,
+                              &code, &offset, nullptr);
   if (impl_->code == nullptr) {
     PCRE2_UCHAR buffer[256];
     pcre2_get_error_message(code, buffer, sizeof buffer);
     fail(ErrorKind::usage, "{}: invalid regular expression '{}' at offset {}: {}", source, pattern_,
-         origin[std::min<std::size_t>(offset, origin.size() - 1)],
-         reinterpret_cast<const char*>(buffer));
+         origin[std::min<std::size_t>(offset, origin.size() - 1)], reinterpret_cast<const char*>(buffer));
   }
   pcre2_jit_compile(impl_->code, PCRE2_JIT_COMPLETE);  // optional speed-up; falls back to the interpreter
 }

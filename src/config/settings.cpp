@@ -7,8 +7,8 @@
 #include <cstring>
 #include <unordered_map>
 
-#include "duquant/error.hpp"
 #include "base/regex.hpp"
+#include "duquant/error.hpp"
 #include "formats/regular_file.hpp"
 #include "formats/strict_json.hpp"
 
@@ -19,8 +19,8 @@ namespace duquant {
 namespace {
 
 // Variables the runtime reads that do not affect what is packed: accepted and ignored.
-constexpr std::string_view kRuntimeOnly[] = {"PACKDIR", "DRYRUN",      "DEBUG",           "PROFILE",
-                                             "PROFILE_SYNC", "PRECACHE_WEIGHTS"};
+constexpr std::string_view kRuntimeOnly[] = {"PACKDIR", "DRYRUN",       "DEBUG",
+                                             "PROFILE", "PROFILE_SYNC", "PRECACHE_WEIGHTS"};
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
@@ -49,8 +49,8 @@ long long parse_int_text(std::string_view text, const std::string& source, const
   const std::string_view t = number_text(text);
   long long v = 0;
   const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
-  DQ_CHECK(!t.empty() && ec == std::errc() && end == t.data() + t.size(), usage, "{}: '{}' is not an integer",
-           source, whole);
+  DQ_CHECK(!t.empty() && ec == std::errc() && end == t.data() + t.size(), usage, "{}: '{}' is not an integer", source,
+           whole);
   return v;
 }
 
@@ -106,13 +106,13 @@ std::vector<std::pair<std::string, int>> parse_wbits(const Setting& s) {
     item = trim(item);
     if (item.empty()) continue;
     const std::size_t colon = item.rfind(':');
-    DQ_CHECK(colon != std::string_view::npos && colon > 0, usage,
-             "{}: '{}' is not 'layer:bits' (in '{}')", s.source, item, s.value);
+    DQ_CHECK(colon != std::string_view::npos && colon > 0, usage, "{}: '{}' is not 'layer:bits' (in '{}')", s.source,
+             item, s.value);
     const std::string name(trim(item.substr(0, colon)));
     const int bits = parse_bits_text(item.substr(colon + 1), s);
     const auto [same, added] = index.try_emplace(name, out.size());
-    DQ_CHECK(added || out[same->second].second == bits, usage, "{}: layer '{}' is given {} and {} bits", s.source,
-             name, added ? 0 : out[same->second].second, bits);
+    DQ_CHECK(added || out[same->second].second == bits, usage, "{}: layer '{}' is given {} and {} bits", s.source, name,
+             added ? 0 : out[same->second].second, bits);
     if (added) out.emplace_back(name, bits);
   }
   return out;
@@ -141,8 +141,10 @@ std::string check_prefix(const Setting& s) {
 // matched against names that are UTF-8: text that is not UTF-8 is refused before any work.
 void check_utf8(const Setting& s) {
   if (const auto at = formats::invalid_utf8_offset(s.value))
-    fail(ErrorKind::usage, "{}: the value is not valid UTF-8 (byte 0x{:02x} at offset {}); names, scopes and "
-         "expressions must be UTF-8 text", s.source, static_cast<unsigned char>(s.value[*at]), *at);
+    fail(ErrorKind::usage,
+         "{}: the value is not valid UTF-8 (byte 0x{:02x} at offset {}); names, scopes and "
+         "expressions must be UTF-8 text",
+         s.source, static_cast<unsigned char>(s.value[*at]), *at);
 }
 
 }  // namespace
@@ -277,14 +279,22 @@ void apply_config_text(std::string_view text, const std::string& path, Settings&
     if (v.is_boolean()) return v.get<bool>() ? "1" : "0";
     if (v.is_number_integer() || v.is_number_unsigned()) return std::to_string(v.get<long long>());
     if (v.is_number_float()) return fmt::format("{}", v.get<double>());
-    fail(ErrorKind::format, "{}: \"{}\" must be a string, number or boolean, found {}", path, key, formats::json_kind(v));
+    fail(ErrorKind::format, "{}: \"{}\" must be a string, number or boolean, found {}", path, key,
+         formats::json_kind(v));
   };
-  static const std::map<std::string, Knob> keys{
-      {"scope", Knob::scope},          {"include", Knob::include},         {"exclude", Knob::exclude},
-      {"include_action_head", Knob::include_action_head},                  {"wbits_default", Knob::wbits_default},
-      {"abits", Knob::abits},          {"block", Knob::block},             {"block_out", Knob::block_out},
-      {"permute", Knob::permute},      {"row_rot", Knob::row_rot},         {"lambda_smooth", Knob::lambda_smooth},
-      {"act_pct", Knob::act_pct},      {"calib_steps", Knob::calib_steps}};
+  static const std::map<std::string, Knob> keys{{"scope", Knob::scope},
+                                                {"include", Knob::include},
+                                                {"exclude", Knob::exclude},
+                                                {"include_action_head", Knob::include_action_head},
+                                                {"wbits_default", Knob::wbits_default},
+                                                {"abits", Knob::abits},
+                                                {"block", Knob::block},
+                                                {"block_out", Knob::block_out},
+                                                {"permute", Knob::permute},
+                                                {"row_rot", Knob::row_rot},
+                                                {"lambda_smooth", Knob::lambda_smooth},
+                                                {"act_pct", Knob::act_pct},
+                                                {"calib_steps", Knob::calib_steps}};
   for (const auto& [key, value] : c.items()) {
     const std::string source = path + ": " + key;
     if (const auto k = keys.find(key); k != keys.end()) {
@@ -303,7 +313,8 @@ void apply_config_text(std::string_view text, const std::string& path, Settings&
     } else if (key == "wbits_rules") {
       DQ_CHECK(value.is_array(), format, "{}: must be an array of {{pattern, bits}}", source);
       for (const auto& r : value) {
-        DQ_CHECK(r.is_object() && r.contains("pattern") && r.contains("bits"), format, "{}: each rule needs pattern and bits", source);
+        DQ_CHECK(r.is_object() && r.contains("pattern") && r.contains("bits"), format,
+                 "{}: each rule needs pattern and bits", source);
         settings.add_wbits_rule(text_of(r["pattern"], key) + "=" + text_of(r["bits"], key), source);
       }
     } else if (key == "runtime") {
@@ -346,8 +357,10 @@ RunConfig resolve(const Settings& settings) {
   if (const Setting* s = settings.get(Knob::scope)) sel.scope = s->value;
   if (const Setting* s = settings.get(Knob::include)) sel.include = s->value;
   if (const Setting* s = settings.get(Knob::exclude)) sel.exclude = s->value;
-  Regex include_check(sel.include, settings.get(Knob::include) ? settings.get(Knob::include)->source : "default include");
-  Regex exclude_check(sel.exclude, settings.get(Knob::exclude) ? settings.get(Knob::exclude)->source : "default exclude");
+  Regex include_check(sel.include,
+                      settings.get(Knob::include) ? settings.get(Knob::include)->source : "default include");
+  Regex exclude_check(sel.exclude,
+                      settings.get(Knob::exclude) ? settings.get(Knob::exclude)->source : "default exclude");
   for (const Setting& s : settings.not_linear()) {
     Regex check(s.value, s.source);
     sel.not_linear.push_back(s.value);

@@ -21,7 +21,8 @@ const kernels::CudaModule* cuda_module(std::string& why) {
   static std::string failure;
   std::call_once(once, [] {
     std::vector<std::string> candidates;
-    if (const char* env = std::getenv("DUQUANT_CUDA_MODULE"); env != nullptr && *env != '\0') candidates.emplace_back(env);
+    if (const char* env = std::getenv("DUQUANT_CUDA_MODULE"); env != nullptr && *env != '\0')
+      candidates.emplace_back(env);
     std::error_code ec;
     const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
     if (!ec) candidates.push_back((exe.parent_path() / DUQUANT_CUDA_MODULE_NAME).string());
@@ -44,9 +45,11 @@ const kernels::CudaModule* cuda_module(std::string& why) {
       const kernels::CudaModule* found = entry();
       if (found == nullptr || found->abi_version != kernels::kCudaModuleAbiVersion ||
           found->struct_size != sizeof(kernels::CudaModule)) {
-        failure = fmt::format("{} was built for another duquant (module interface {}, {} bytes; this duquant needs {}, "
-                              "{} bytes): rebuild it with this version", path, found ? found->abi_version : 0u,
-                              found ? found->struct_size : 0u, kernels::kCudaModuleAbiVersion, sizeof(kernels::CudaModule));
+        failure = fmt::format(
+            "{} was built for another duquant (module interface {}, {} bytes; this duquant needs {}, "
+            "{} bytes): rebuild it with this version",
+            path, found ? found->abi_version : 0u, found ? found->struct_size : 0u, kernels::kCudaModuleAbiVersion,
+            sizeof(kernels::CudaModule));
         continue;
       }
       module = found;

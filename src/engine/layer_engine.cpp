@@ -4,8 +4,8 @@
 #include <cstdlib>
 #include <set>
 
-#include "engine/device.hpp"
 #include "duquant/error.hpp"
+#include "engine/device.hpp"
 
 #include "engine/cuda_loader.hpp"
 
@@ -42,7 +42,8 @@ std::vector<int> parse_indices(const std::string& spec, const std::string& list)
   while (true) {
     const std::size_t comma = list.find(',', start);
     const std::string item = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    DQ_CHECK(!item.empty() && item.size() <= 4 && std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; }),
+    DQ_CHECK(!item.empty() && item.size() <= 4 &&
+                 std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; }),
              usage, "--device {}: '{}' is not a device index (expected cuda:N[,M...])", spec, item);
     const int index = std::stoi(item);
     DQ_CHECK(seen.insert(index).second, usage, "--device {}: device {} is named twice", spec, index);
@@ -82,7 +83,8 @@ DevicePlan open_devices(const std::string& spec, const std::function<void(const 
   if (spec.rfind("cuda:", 0) == 0) wanted = parse_indices(spec, spec.substr(5));
   const DeviceReport report = probe_devices();
   if (!report.cuda_built || report.cuda_devices == 0) {
-    const std::string why = report.cuda_built ? fmt::format("no CUDA device ({})", report.cuda_status) : report.cuda_status;
+    const std::string why =
+        report.cuda_built ? fmt::format("no CUDA device ({})", report.cuda_status) : report.cuda_status;
     if (is_auto) {
       if (notice) notice(fmt::format("{}: packing on the CPU", why));
       return cpu();

@@ -40,7 +40,8 @@ std::vector<float> transform_activations(std::span<const float> x, std::int64_t 
   for (std::int64_t p : perm) DQ_CHECK(p >= 0 && p < n, format, "activations: perm entry {} outside [0, {})", p, n);
   std::int64_t covered = 0;
   for (const MatrixF& r : r_in) {
-    DQ_CHECK(r.rows() == r.cols() && r.rows() >= 1, format, "activations: Rin block of shape [{}, {}]", r.rows(), r.cols());
+    DQ_CHECK(r.rows() == r.cols() && r.rows() >= 1, format, "activations: Rin block of shape [{}, {}]", r.rows(),
+             r.cols());
     covered += r.rows();
   }
   DQ_CHECK(covered == n, format, "activations: Rin blocks cover {} of {} inputs", covered, n);
@@ -65,7 +66,8 @@ std::vector<float> transform_activations(std::span<const float> x, std::int64_t 
         const std::int64_t s = rot.rows();
         const double* vb = v.data() + off;
         const auto inputs = [vb](long long k) { return vb[k]; };
-        for (std::int64_t c = 0; c < s; ++c) yr[off + c] = elementwise::transformed_activation(inputs, rot.data(), s, c);
+        for (std::int64_t c = 0; c < s; ++c)
+          yr[off + c] = elementwise::transformed_activation(inputs, rot.data(), s, c);
         off += s;
       }
     }
@@ -76,8 +78,8 @@ std::vector<float> transform_activations(std::span<const float> x, std::int64_t 
 void fake_quantize_activations(std::span<float> x_t, std::int64_t rows, std::span<const float> act_scale, int abits) {
   const auto n = static_cast<std::int64_t>(act_scale.size());
   DQ_CHECK(abits >= 2 && abits <= 16, internal, "activation bits {} outside 2-16", abits);
-  DQ_CHECK(static_cast<std::int64_t>(x_t.size()) == rows * n, format, "activations: {} values for [{}, {}] with {} scales",
-           x_t.size(), rows, n, act_scale.size());
+  DQ_CHECK(static_cast<std::int64_t>(x_t.size()) == rows * n, format,
+           "activations: {} values for [{}, {}] with {} scales", x_t.size(), rows, n, act_scale.size());
   const auto hi = static_cast<float>(elementwise::qmax(abits));
   const float lo = -hi - 1.0f;
   for (std::int64_t r = 0; r < rows; ++r)
@@ -88,15 +90,18 @@ void fake_quantize_activations(std::span<float> x_t, std::int64_t rows, std::spa
 }
 
 ActivationCalibrator::ActivationCalibrator(std::int64_t in_features, double act_pct, int abits)
-    : in_features_(in_features), q_(act_pct / 100.0), abits_(abits), running_(static_cast<std::size_t>(in_features), 0.0f) {
+    : in_features_(in_features),
+      q_(act_pct / 100.0),
+      abits_(abits),
+      running_(static_cast<std::size_t>(in_features), 0.0f) {
   DQ_CHECK(in_features >= 1, internal, "calibration of a layer with {} inputs", in_features);
   DQ_CHECK(act_pct > 0 && act_pct <= 100, usage, "--act-pct {} outside (0, 100]", act_pct);
   DQ_CHECK(abits >= 2 && abits <= 16, usage, "--abits {} outside 2-16", abits);
 }
 
 void ActivationCalibrator::add_percentiles(std::span<const float> p) {
-  DQ_CHECK(static_cast<std::int64_t>(p.size()) == in_features_, internal, "calibration: {} percentiles for {} inputs", p.size(),
-           in_features_);
+  DQ_CHECK(static_cast<std::int64_t>(p.size()) == in_features_, internal, "calibration: {} percentiles for {} inputs",
+           p.size(), in_features_);
   for (std::size_t j = 0; j < p.size(); ++j) running_[j] = std::max(running_[j], p[j]);
   ++steps_;
 }

@@ -3,8 +3,8 @@
 #include <cmath>
 #include <numbers>
 
-#include "math/calibration.hpp"
 #include "duquant/error.hpp"
+#include "math/calibration.hpp"
 
 namespace duquant {
 namespace {
@@ -24,8 +24,8 @@ std::vector<std::int64_t> block_offsets(const std::vector<MatrixF>& blocks, std:
   std::vector<std::int64_t> off;
   std::int64_t at = 0;
   for (const MatrixF& r : blocks) {
-    DQ_CHECK(r.rows() == r.cols() && r.rows() > 0, format, "conformance: a {} block is {}x{}, not square", what, r.rows(),
-             r.cols());
+    DQ_CHECK(r.rows() == r.cols() && r.rows() > 0, format, "conformance: a {} block is {}x{}, not square", what,
+             r.rows(), r.cols());
     off.push_back(at);
     at += r.rows();
   }
@@ -72,8 +72,8 @@ std::vector<float> conformance_reference_output(std::span<const float> x, std::i
   const std::int64_t o_n = w.rows, i_n = w.cols;
   DQ_CHECK(rows >= 0 && static_cast<std::int64_t>(x.size()) == rows * i_n, format,
            "conformance: {} input values for [{}, {}]", x.size(), rows, i_n);
-  DQ_CHECK(bias.empty() || static_cast<std::int64_t>(bias.size()) == o_n, format, "conformance: bias of {} for {} outputs",
-           bias.size(), o_n);
+  DQ_CHECK(bias.empty() || static_cast<std::int64_t>(bias.size()) == o_n, format,
+           "conformance: bias of {} for {} outputs", bias.size(), o_n);
   std::vector<float> y(static_cast<std::size_t>(rows * o_n));
   // Each output element is one sum in a fixed order, whichever thread computes it.
 #pragma omp parallel for schedule(static) if (rows * o_n * i_n >= (1 << 20))
@@ -94,22 +94,22 @@ std::vector<float> conformance_pack_output(std::span<const float> x, std::int64_
                                            std::int64_t in_features, std::span<const std::int64_t> perm,
                                            const std::vector<MatrixF>& r_in, std::span<const std::int8_t> codes,
                                            std::span<const float> scales, const std::vector<MatrixF>& r_out,
-                                           RowRot row_rot, std::span<const float> bias,
-                                           const ActivationContract& act) {
+                                           RowRot row_rot, std::span<const float> bias, const ActivationContract& act) {
   const std::int64_t o_n = out_features, i_n = in_features;
   DQ_CHECK(rows >= 0 && o_n >= 0 && i_n >= 0 && static_cast<std::int64_t>(x.size()) == rows * i_n, format,
            "conformance: {} input values for [{}, {}]", x.size(), rows, i_n);
-  DQ_CHECK(static_cast<std::int64_t>(codes.size()) == o_n * i_n && static_cast<std::int64_t>(scales.size()) == o_n, format,
-           "conformance: {} codes and {} scales for a [{}, {}] weight", codes.size(), scales.size(), o_n, i_n);
-  DQ_CHECK(bias.empty() || static_cast<std::int64_t>(bias.size()) == o_n, format, "conformance: bias of {} for {} outputs",
-           bias.size(), o_n);
-  DQ_CHECK(perm.empty() || static_cast<std::int64_t>(perm.size()) == i_n, format, "conformance: perm of {} for {} inputs",
-           perm.size(), i_n);
+  DQ_CHECK(static_cast<std::int64_t>(codes.size()) == o_n * i_n && static_cast<std::int64_t>(scales.size()) == o_n,
+           format, "conformance: {} codes and {} scales for a [{}, {}] weight", codes.size(), scales.size(), o_n, i_n);
+  DQ_CHECK(bias.empty() || static_cast<std::int64_t>(bias.size()) == o_n, format,
+           "conformance: bias of {} for {} outputs", bias.size(), o_n);
+  DQ_CHECK(perm.empty() || static_cast<std::int64_t>(perm.size()) == i_n, format,
+           "conformance: perm of {} for {} inputs", perm.size(), i_n);
   for (std::int64_t p : perm) DQ_CHECK(p >= 0 && p < i_n, format, "conformance: perm entry {} outside [0, {})", p, i_n);
   const std::vector<std::int64_t> in_off = block_offsets(r_in, i_n, "R_in");
   DQ_CHECK((row_rot == RowRot::off) == r_out.empty(), format, "conformance: {} output rotations with row_rot {}",
            r_out.size(), row_rot_name(row_rot));
-  const std::vector<std::int64_t> out_off = r_out.empty() ? std::vector<std::int64_t>{} : block_offsets(r_out, o_n, "R_out");
+  const std::vector<std::int64_t> out_off =
+      r_out.empty() ? std::vector<std::int64_t>{} : block_offsets(r_out, o_n, "R_out");
 
   // x_t = x[:, perm] · Rin (per block), kept in double; with an activation contract, as the
   // calibrated runtime computes it (float32, smoothed and fake-quantized).

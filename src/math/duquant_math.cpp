@@ -15,9 +15,7 @@ namespace duquant {
 
 std::int64_t block_count(std::int64_t n, std::int64_t block) { return (n + block - 1) / block; }
 
-std::int64_t block_width(std::int64_t n, std::int64_t block, std::int64_t b) {
-  return std::min(block, n - b * block);
-}
+std::int64_t block_width(std::int64_t n, std::int64_t block, std::int64_t b) { return std::min(block, n - b * block); }
 
 std::vector<float> channel_energy(const WeightView& w, double lambda_smooth) {
   // Row by row for the cache; each column's sum still runs over the rows in order (elementwise.hpp).
@@ -94,7 +92,6 @@ MatrixF permute_columns(const WeightView& w, const std::vector<std::int64_t>& pe
   return out;
 }
 
-
 }  // namespace
 
 LayerTransform compute_transform(const WeightView& w, const QuantConfig& q, MatrixF* permuted_out) {
@@ -144,7 +141,8 @@ LayerTransform compute_transform(const WeightView& w, const QuantConfig& q, Matr
   if (q.row_rot != RowRot::off) {
     const std::int64_t nbo = block_count(w.rows, q.block_out);
     t.r_out.resize(static_cast<std::size_t>(nbo));
-#pragma omp parallel for schedule(dynamic) if (nbo > 1 && nbo * q.block_out * q.block_out * (w.cols + q.block_out) >= kParallelWork)
+#pragma omp parallel for schedule(dynamic) if (nbo > 1 && nbo * q.block_out * q.block_out * (w.cols + q.block_out) >= \
+                                                              kParallelWork)
     for (std::int64_t b = 0; b < nbo; ++b) {
       const std::int64_t s = block_width(w.rows, q.block_out, b);
       const Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> rows(
@@ -197,7 +195,8 @@ void apply_output_rotation(MatrixF& w_t, const LayerTransform& t, std::int64_t b
 
 std::vector<float> reference_weight_scale(const MatrixF& m) {
   std::vector<float> s(static_cast<std::size_t>(m.rows()));
-  for (Eigen::Index r = 0; r < m.rows(); ++r) s[r] = elementwise::reference_weight_scale(m.row(r).cwiseAbs().maxCoeff());
+  for (Eigen::Index r = 0; r < m.rows(); ++r)
+    s[r] = elementwise::reference_weight_scale(m.row(r).cwiseAbs().maxCoeff());
   return s;
 }
 
@@ -256,7 +255,8 @@ QuantizedRows quantize_rows(const MatrixF& w_t, int bits) {
     const float s = scales[best];
     out.scales[r] = s;
     std::int8_t* q = out.codes.data() + r * cols;
-    for (Eigen::Index c = 0; c < cols; ++c) q[c] = static_cast<std::int8_t>(elementwise::quantize_code(w[c], s, lo, hi));
+    for (Eigen::Index c = 0; c < cols; ++c)
+      q[c] = static_cast<std::int8_t>(elementwise::quantize_code(w[c], s, lo, hi));
     row_error[r] = errors[best];
   }
   for (double e : row_error) out.squared_error += e;  // fixed order: deterministic for any thread count
@@ -296,7 +296,8 @@ double sampled_quantization_error(const MatrixF& sampled, const float* row_max, 
 }
 
 void row_maxima(const MatrixF& m, std::vector<float>& out) {
-  for (Eigen::Index r = 0; r < m.rows(); ++r) out[static_cast<std::size_t>(r)] = row_max_abs(m.data() + r * m.cols(), m.cols());
+  for (Eigen::Index r = 0; r < m.rows(); ++r)
+    out[static_cast<std::size_t>(r)] = row_max_abs(m.data() + r * m.cols(), m.cols());
 }
 
 }  // namespace

@@ -19,11 +19,11 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 // Where a layer's input comes from when it shares it with siblings: the block prefix, the module
 // path inside the block (".self_attn." or ".mlp."), the sibling leaf names and the kind of block.
 struct SharedInput {
-  std::string block;                        // name prefix before ".self_attn." / ".mlp."
-  std::string_view sub;                     // ".self_attn." or ".mlp."
-  std::vector<std::string_view> siblings;   // leaf names of the linears that read the input
-  bool attention = false;                   // q/k/v (else an MLP input)
-  bool siglip_mlp = false;                  // fc1
+  std::string block;                       // name prefix before ".self_attn." / ".mlp."
+  std::string_view sub;                    // ".self_attn." or ".mlp."
+  std::vector<std::string_view> siblings;  // leaf names of the linears that read the input
+  bool attention = false;                  // q/k/v (else an MLP input)
+  bool siglip_mlp = false;                 // fc1
 };
 
 std::optional<SharedInput> shared_input(std::string_view name) {
@@ -44,8 +44,7 @@ std::optional<SharedInput> shared_input(std::string_view name) {
     const std::size_t suffix = r.sub.size() + r.leaf.size();
     if (name.size() <= suffix) continue;  // the block prefix must not be empty
     if (!ends_with(name, r.leaf) || name.compare(name.size() - suffix, r.sub.size(), r.sub) != 0) continue;
-    return SharedInput{std::string(name.substr(0, name.size() - suffix)), r.sub, r.siblings, r.attention,
-                       r.siglip_mlp};
+    return SharedInput{std::string(name.substr(0, name.size() - suffix)), r.sub, r.siblings, r.attention, r.siglip_mlp};
   }
   return std::nullopt;
 }
@@ -62,8 +61,7 @@ bool has_prefix_tensor(const formats::Checkpoint& ckpt, const std::string& prefi
 
 // Fills key, norm, norm_weight and norm_bias of a shared-input group whose members read
 // `in_features` channels.
-void describe_norm(const formats::Checkpoint& ckpt, const SharedInput& in, std::uint64_t in_features,
-                   SmoothGroup& g) {
+void describe_norm(const formats::Checkpoint& ckpt, const SharedInput& in, std::uint64_t in_features, SmoothGroup& g) {
   if (in.siglip_mlp || (in.attention && has_prefix_tensor(ckpt, in.block + ".layer_norm1"))) {
     // SigLIP: LayerNorm(x)·w + b. The bias is optional (LayerNorm(bias=False), or a checkpoint
     // that stores none): without one only w is folded and norm_bias stays empty.
@@ -91,8 +89,8 @@ void describe_norm(const formats::Checkpoint& ckpt, const SharedInput& in, std::
   const formats::TensorRef* dw = ckpt.find(g.key + ".dense.weight");
   const formats::TensorRef* db = ckpt.find(g.key + ".dense.bias");
   const bool gemma = is_vector(w, in_features);
-  const bool ada = float_dtype(dw) && dw->shape.size() == 2 && dw->shape[0] == 3 * in_features &&
-                   dw->shape[1] > 0 && is_vector(db, 3 * in_features);
+  const bool ada = float_dtype(dw) && dw->shape.size() == 2 && dw->shape[0] == 3 * in_features && dw->shape[1] > 0 &&
+                   is_vector(db, 3 * in_features);
   // Both a plain weight and a modulation: not a form we know how to fold, so no norm.
   if (w != nullptr && (dw != nullptr || db != nullptr)) return;
   if (gemma) {
@@ -116,8 +114,7 @@ SmoothGroup shared_group(const formats::Checkpoint& ckpt, const std::vector<Line
     if (it != position.end()) members.push_back(it->second);
   }
   std::sort(members.begin(), members.end());
-  DQ_CHECK(!members.empty(), internal, "smoothing groups: selected layer '{}' is not a linear of the checkpoint",
-           name);
+  DQ_CHECK(!members.empty(), internal, "smoothing groups: selected layer '{}' is not a linear of the checkpoint", name);
   const LinearLayer& first = linears[members.front()];
   SmoothGroup g;
   for (std::size_t m : members) {
@@ -185,8 +182,8 @@ std::vector<float> smoothed_weight(std::span<const float> w, std::int64_t rows, 
                                    std::span<const float> s, formats::DType dtype) {
   DQ_CHECK(rows >= 0 && cols >= 0 && static_cast<std::uint64_t>(rows) * static_cast<std::uint64_t>(cols) == w.size(),
            internal, "smoothed weight: {} values for a [{}, {}] weight", w.size(), rows, cols);
-  DQ_CHECK(static_cast<std::int64_t>(s.size()) == cols, internal, "smoothed weight: {} scales for {} columns",
-           s.size(), cols);
+  DQ_CHECK(static_cast<std::int64_t>(s.size()) == cols, internal, "smoothed weight: {} scales for {} columns", s.size(),
+           cols);
   using formats::DType;
   DQ_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16, internal,
            "smoothed weight: cannot round to {} (F32, F16 or BF16 only)", formats::dtype_name(dtype));

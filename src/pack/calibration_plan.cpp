@@ -42,8 +42,8 @@ bool has_calls(const formats::CalibDump& dump, const std::string& layer) {
 
 }  // namespace
 
-CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint& ckpt, const std::vector<LinearLayer>& linears,
-                                 const Selection& selection) {
+CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint& ckpt,
+                                 const std::vector<LinearLayer>& linears, const Selection& selection) {
   CalibrationPlan plan;
   const QuantConfig& q = o.config.quant;
   if (o.calib.empty()) {
@@ -70,7 +70,8 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
       const auto st = stored_of.find(layer);
       if (st != stored_of.end() && st->second != layer && has_calls(dump, st->second) && o.warn &&
           warned_both.insert(layer).second)
-        o.warn(fmt::format("{}: holds calls under both '{}' and '{}'; the first is used", dump_label, layer, st->second));
+        o.warn(
+            fmt::format("{}: holds calls under both '{}' and '{}'; the first is used", dump_label, layer, st->second));
       return layer;
     }
     const auto st = stored_of.find(layer);
@@ -84,7 +85,8 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
     if (key.empty()) continue;
     for (const formats::DumpCall& c : *dump.calls(key))
       DQ_CHECK(c.cols == l.in_features, format,
-               "{}: layer '{}' call {} is [{}, {}] but the layer's weight is [{}, {}]: the dump has width {}, the layer reads {}",
+               "{}: layer '{}' call {} is [{}, {}] but the layer's weight is [{}, {}]: the dump has width {}, the "
+               "layer reads {}",
                dump_label, key, c.name, c.rows, c.cols, l.out_features, l.in_features, c.cols, l.in_features);
     plan.source_of[l.name] = key;
   }
@@ -145,8 +147,8 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
     if (!o.fold_smoothing.empty() && *g.norm == NormKind::ada_rms && plan.group_of.count(g.key + ".dense")) {
       // The fold would change a layer this pack quantizes from the original weights.
       if (o.warn)
-        o.warn(fmt::format("{}: not smoothed: its adaptive norm's dense layer is selected too, and folding would change it",
-                           g.key));
+        o.warn(fmt::format(
+            "{}: not smoothed: its adaptive norm's dense layer is selected too, and folding would change it", g.key));
       continue;
     }
     std::string source;
@@ -174,7 +176,8 @@ CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint
     for (const std::string& m : g.layers) {
       const auto l_it = linear_named.find(m);
       const LinearLayer* l = l_it == linear_named.end() ? nullptr : l_it->second;
-      DQ_CHECK(l != nullptr && l->in_features == first->in_features, internal, "smoothing group '{}': member '{}'", g.key, m);
+      DQ_CHECK(l != nullptr && l->in_features == first->in_features, internal, "smoothing group '{}': member '{}'",
+               g.key, m);
       const std::vector<float> w = load_weight(ckpt, *l);
       for (std::size_t e = 0; e < w.size(); ++e) w_absmax[e % n] = std::max(w_absmax[e % n], std::fabs(w[e]));
       ckpt.release(*l->weight);

@@ -13,10 +13,10 @@
 #include <cstring>
 
 #include "base/elementwise.hpp"
-#include "formats/digest.hpp"
 #include "duquant/error.hpp"
-#include "pack/fold_smoothing.hpp"
+#include "formats/digest.hpp"
 #include "formats/safetensors_writer.hpp"
+#include "pack/fold_smoothing.hpp"
 
 namespace duquant {
 
@@ -149,8 +149,8 @@ std::map<std::string, Edit> plan_edits(const formats::Checkpoint& ckpt, const st
       case NormKind::ada_rms: {
         const TensorRef& dw = norm_tensor(ckpt, g, g.norm_weight, {});
         DQ_CHECK(dw.shape.size() == 2 && dw.shape[0] == 3 * in, internal,
-                 "fold smoothing: group '{}': '{}' must be [{}, C] (scale, shift and gate of {} inputs)", key,
-                 dw.name, 3 * in, in);
+                 "fold smoothing: group '{}': '{}' must be [{}, C] (scale, shift and gate of {} inputs)", key, dw.name,
+                 3 * in, in);
         add(dw.stored_name, Op::ada_weight, s, key);
         add(norm_tensor(ckpt, g, g.norm_bias, {3 * in}).stored_name, Op::ada_bias, s, key);
         break;
@@ -160,8 +160,7 @@ std::map<std::string, Edit> plan_edits(const formats::Checkpoint& ckpt, const st
   return edits;
 }
 
-[[noreturn]] void overflow(const TensorRef& t, const Edit& e, std::uint64_t index, float before, float after,
-                           float s) {
+[[noreturn]] void overflow(const TensorRef& t, const Edit& e, std::uint64_t index, float before, float after, float s) {
   fail(ErrorKind::numeric,
        "fold smoothing: group '{}': element {} of '{}' is {} and becomes {} with smoothing scale {}, beyond {}",
        e.group, index, t.stored_name, before, after, s, formats::dtype_name(t.dtype));
@@ -195,8 +194,8 @@ void write_edited(const formats::Checkpoint& ckpt, const TensorRef& t, const Edi
     };
     switch (e.op) {
       case Op::member_weight: {
-        const std::vector<float> sw = smoothed_weight(v, static_cast<std::int64_t>(nr), static_cast<std::int64_t>(cols),
-                                                      s, t.dtype);
+        const std::vector<float> sw =
+            smoothed_weight(v, static_cast<std::int64_t>(nr), static_cast<std::int64_t>(cols), s, t.dtype);
         for (std::size_t k = 0; k < n; ++k) apply(k, s[k % cols], sw[k]);
         encode(t.dtype, v, out.data());
         break;
@@ -240,8 +239,8 @@ void write_folded_checkpoint(const formats::Checkpoint& ckpt, const std::vector<
            "fold smoothing: the output {} is the input checkpoint {}; choose another path", out.string(),
            ckpt.source().string());
   for (const formats::CheckpointFile& f : ckpt.files())
-    DQ_CHECK(!same_file(out, f.path), usage,
-             "fold smoothing: the output {} is the input file {}; choose another path", out.string(), f.path.string());
+    DQ_CHECK(!same_file(out, f.path), usage, "fold smoothing: the output {} is the input file {}; choose another path",
+             out.string(), f.path.string());
 
   const std::map<std::string, Edit> edits = plan_edits(ckpt, groups, scales);
 

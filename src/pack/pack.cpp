@@ -36,8 +36,8 @@ void check_interruption_seams() {
     bool ok = v == "assembly";
     for (const std::string point : {"layer:", "read:"})
       if (!ok && v.rfind(point, 0) == 0 && v.size() > point.size() && v.size() <= point.size() + 9) {
-        ok = v[point.size()] != '0' &&
-             std::all_of(v.begin() + static_cast<std::ptrdiff_t>(point.size()), v.end(), [](char c) { return c >= '0' && c <= '9'; });
+        ok = v[point.size()] != '0' && std::all_of(v.begin() + static_cast<std::ptrdiff_t>(point.size()), v.end(),
+                                                   [](char c) { return c >= '0' && c <= '9'; });
       }
     DQ_CHECK(ok, usage, "{}={}: expected layer:N, read:N (N from 1 to 999999999) or assembly", seam, v);
   }
@@ -95,8 +95,9 @@ PackSource::PackSource(const PackOptions& o)
     : opened(open_checkpoint(o.checkpoint, o.config.naming)),
       linears(find_linear_layers(opened.checkpoint, o.config.selection.not_linear)),
       selection(select_layers(linears, o.config)) {
-  DQ_CHECK(!selection.layers.empty(), no_match, "{}: the selection matches none of its {} linear layers (try `duquant list-linears`)",
-           o.checkpoint.string(), linears.size());
+  DQ_CHECK(!selection.layers.empty(), no_match,
+           "{}: the selection matches none of its {} linear layers (try `duquant list-linears`)", o.checkpoint.string(),
+           linears.size());
   DQ_CHECK(o.max_shard_bytes > 0, usage, "--max-shard-size must be positive");
   // Zero or absurd widths and npz member counts: refused before anything is created.
   check_selected_shapes(selection, o.config.quant, o.checkpoint.string(), !o.calib.empty(), o.smooth_alpha.has_value());
@@ -108,7 +109,11 @@ PackSource::PackSource(const PackOptions& o)
 }
 
 PackRun::PackRun(const PackOptions& o, const PackSource& src, const CalibrationPlan& p)
-    : options(o), source(src), plan(p), work(o.output / kWorkDirName), config_text(formats::dump_json(config_json(o.config))) {
+    : options(o),
+      source(src),
+      plan(p),
+      work(o.output / kWorkDirName),
+      config_text(formats::dump_json(config_json(o.config))) {
   // The configuration's text grows with the model (a --config may give every layer its bits): it is
   // hashed once and the state copied per layer (the same digest as hashing the whole text each time).
   const std::string prefix = fmt::format("{}\n{}\n", DUQUANT_VERSION, config_text);
@@ -129,7 +134,8 @@ std::string PackRun::fingerprint(std::size_t i, const std::string& weight_xxh128
                                  const std::string& calib_digest) const {
   const SelectedLayer& sel = source.selection.layers[i];
   Xxh128 h(fingerprint_prefix);
-  const std::string rest = fmt::format("{}\n{}\n{}\n{}\n{}", sel.layer->name, sel.wbits, weight_xxh128, bias_xxh128, calib_digest);
+  const std::string rest =
+      fmt::format("{}\n{}\n{}\n{}\n{}", sel.layer->name, sel.wbits, weight_xxh128, bias_xxh128, calib_digest);
   h.update(std::as_bytes(std::span(rest.data(), rest.size())));
   return h.hex();
 }
@@ -149,7 +155,8 @@ std::map<std::string, std::string> fold_smoothing_stage(const PackOptions& o, co
     if (g.norm && plan.scales.count(g.key)) foldable[g.key] = plan.scales.at(g.key);
   // Through a symbolic link, the file it points to is replaced and the link stays (check_output).
   std::error_code link_ec;
-  const fs::path fold_target = fs::is_symlink(o.fold_smoothing, link_ec) ? formats::resolved_path(o.fold_smoothing) : o.fold_smoothing;
+  const fs::path fold_target =
+      fs::is_symlink(o.fold_smoothing, link_ec) ? formats::resolved_path(o.fold_smoothing) : o.fold_smoothing;
   write_folded_checkpoint(source.checkpoint(), plan.groups, foldable, fold_target, &folded_digests);
   return folded_digests;
 }
@@ -159,7 +166,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   const PackSource source(o);
   pack_output::check_output(o, source.checkpoint());
   const CalibrationPlan plan = plan_calibration(o, source.checkpoint(), source.linears, source.selection);
-  DevicePlan devices = open_devices(o.device, o.notice);  // before anything is written
+  DevicePlan devices = open_devices(o.device, o.notice);         // before anything is written
   const formats::FolderLock lock = pack_output::lock_output(o);  // held to the end; the kernel drops it on any exit
   pack_output::prepare_output(o);
   PackRun run(o, source, plan);

@@ -34,8 +34,12 @@ class LayerPipeline {
  public:
   LayerPipeline(std::vector<std::function<LayerInput()>> readers, DevicePlan& devices, const QuantConfig& q,
                 std::vector<std::pair<int, std::string>> layers)
-      : readers_(std::move(readers)), devices_(devices), q_(q), layers_(std::move(layers)),
-        reads_(readers_.size()), computes_(readers_.size()) {}
+      : readers_(std::move(readers)),
+        devices_(devices),
+        q_(q),
+        layers_(std::move(layers)),
+        reads_(readers_.size()),
+        computes_(readers_.size()) {}
   LayerPipeline(const LayerPipeline&) = delete;
   LayerPipeline& operator=(const LayerPipeline&) = delete;
   ~LayerPipeline() {  // never leave a task running on engines about to be destroyed
@@ -148,7 +152,8 @@ PackProgress progress_of(const PackRun& run, std::size_t i, const PackState& sta
   p.reused = state.reused[i];
   p.bytes_done = bytes_done;
   p.bytes_total = bytes_total;
-  p.sqnr_db = pack_internal::sqnr_db(quality.weight_norm2, quality.duquant_err2).value_or(std::numeric_limits<double>::infinity());
+  p.sqnr_db = pack_internal::sqnr_db(quality.weight_norm2, quality.duquant_err2)
+                  .value_or(std::numeric_limits<double>::infinity());
   return p;
 }
 

@@ -2,20 +2,20 @@
 
 #include <fmt/format.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <span>
 
-#include "math/calibration.hpp"
-#include "math/conformance.hpp"
-#include "formats/digest.hpp"
-#include "math/smoothing.hpp"
-#include "math/duquant_math.hpp"
 #include "base/elementwise.hpp"
 #include "duquant/error.hpp"
-#include "packfmt/layout.hpp"
+#include "formats/digest.hpp"
 #include "formats/npz.hpp"
+#include "math/calibration.hpp"
+#include "math/conformance.hpp"
+#include "math/duquant_math.hpp"
+#include "math/smoothing.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant {
 namespace {
@@ -37,11 +37,13 @@ void append_stacked(std::string& out, const std::vector<MatrixF>& blocks, std::i
 // test_x, test_y_fp and test_y_q (docs/pack-format.md, "Conformance vectors"), from the values
 // exactly as the pack stores them; their error figures go to `quality`. `x` holds the inputs
 // (kConformanceRows rows); y_fp uses the checkpoint's own weight `w_fp`.
-void append_conformance(std::string& out, LayerQuality& quality, std::span<const float> bias, const std::vector<float>& x,
-                        const WeightView& w_fp, const LayerTransform& t, std::span<const std::int8_t> codes,
-                        std::span<const float> scales, const QuantConfig& q, const ActivationContract& act) {
+void append_conformance(std::string& out, LayerQuality& quality, std::span<const float> bias,
+                        const std::vector<float>& x, const WeightView& w_fp, const LayerTransform& t,
+                        std::span<const std::int8_t> codes, std::span<const float> scales, const QuantConfig& q,
+                        const ActivationContract& act) {
   const std::vector<float> y_fp = conformance_reference_output(x, kConformanceRows, w_fp, bias);
-  const std::span<const std::int64_t> perm = q.permute ? std::span<const std::int64_t>(t.perm) : std::span<const std::int64_t>();
+  const std::span<const std::int64_t> perm =
+      q.permute ? std::span<const std::int64_t>(t.perm) : std::span<const std::int64_t>();
   const std::vector<float> y_q = conformance_pack_output(x, kConformanceRows, w_fp.rows, w_fp.cols, perm, t.r_in, codes,
                                                          scales, t.r_out, q.row_rot, bias, act);
   for (std::size_t k = 0; k < y_fp.size(); ++k) {
@@ -99,13 +101,16 @@ void check_packable_call(const formats::CalibDump& dump, const std::string& laye
   const std::ptrdiff_t k = first_unpackable_activation(x);
   if (k < 0) return;
   const auto cols = std::max<std::uint64_t>(call.cols, 1);
-  fail(ErrorKind::numeric, "{}: layer '{}' call {} [{}, {}] is {}; activations beyond +-{:g} cannot be packed (float32 "
-       "products with the weights would overflow, and the pack would not verify)", dump.path().string(), layer, call.name,
-       static_cast<std::uint64_t>(k) / cols, static_cast<std::uint64_t>(k) % cols, x[static_cast<std::size_t>(k)],
+  fail(ErrorKind::numeric,
+       "{}: layer '{}' call {} [{}, {}] is {}; activations beyond +-{:g} cannot be packed (float32 "
+       "products with the weights would overflow, and the pack would not verify)",
+       dump.path().string(), layer, call.name, static_cast<std::uint64_t>(k) / cols,
+       static_cast<std::uint64_t>(k) % cols, x[static_cast<std::size_t>(k)],
        static_cast<double>(kLargestActivationMagnitude));
 }
 
-LayerInput load_layer_input(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const LayerCalibration& calib) {
+LayerInput load_layer_input(const formats::Checkpoint& ckpt, const SelectedLayer& selected,
+                            const LayerCalibration& calib) {
   const LinearLayer& layer = *selected.layer;
   LayerInput in;
   {  // One read of the mapped file: the digest and the floats come from the same bytes, whatever
@@ -153,7 +158,8 @@ void check_math_sizes(const SelectedLayer& selected, const LayerInput& in, const
   const std::int64_t rows = in.rows, cols = in.cols;
   const LayerTransform& t = math.t;
   const QuantizedRows& quant = math.quant;
-  DQ_CHECK(static_cast<std::int64_t>(quant.scales.size()) == rows && static_cast<std::int64_t>(math.weight_scale.size()) == rows &&
+  DQ_CHECK(static_cast<std::int64_t>(quant.scales.size()) == rows &&
+               static_cast<std::int64_t>(math.weight_scale.size()) == rows &&
                static_cast<std::int64_t>(t.perm.size()) == cols &&
                (math.packed.empty() ? static_cast<std::int64_t>(quant.codes.size()) == rows * cols
                                     : code_storage(selected.wbits).nibbles &&
@@ -180,8 +186,9 @@ LayerActivations calibrate_layer(const SelectedLayer& selected, const QuantConfi
   std::vector<float> x;
   for (std::size_t k = 0; k < plan.steps + plan.held_out; ++k) {
     const formats::DumpCall& call = (*calib.calls)[k];
-    DQ_CHECK(call.cols == layer.in_features, format, "{}: layer '{}' call {} has width {}, the layer's weight [{}, {}] reads {}",
-             calib.dump->path().string(), calib.name, call.name, call.cols, rows, cols, cols);
+    DQ_CHECK(call.cols == layer.in_features, format,
+             "{}: layer '{}' call {} has width {}, the layer's weight [{}, {}] reads {}", calib.dump->path().string(),
+             calib.name, call.name, call.cols, rows, cols, cols);
     calib.dump->read(calib.name, call, x);
     check_packable_call(*calib.dump, calib.name, call, x);  // the rule verify applies to test_x and act_scale
     hash_floats(h, x);
@@ -254,18 +261,20 @@ LayerTensors layer_tensors(const SelectedLayer& selected, const QuantConfig& q, 
   if (q.row_rot != RowRot::off) append_stacked(d, t.r_out, q.block_out);
   if (layer.bias) append(d, in.bias_bytes.data(), in.bias_bytes.size());
   const ActivationContract contract{calib.smooth, acts.act_scale, q.abits};
-  append_conformance(d, out.quality, in.bias, acts.test_x, in.checkpoint_view(), t, stored_codes, quant.scales, q, contract);
+  append_conformance(d, out.quality, in.bias, acts.test_x, in.checkpoint_view(), t, stored_codes, quant.scales, q,
+                     contract);
   if (calibrated) append(d, acts.act_scale.data(), acts.act_scale.size() * sizeof(float));
   if (smoothed) append(d, calib.smooth.data(), calib.smooth.size() * sizeof(float));
   std::uint64_t expected = 0;
   for (const TensorSpec& s : out.tensors) expected += s.nbytes();
-  DQ_CHECK(expected == d.size(), internal, "layer '{}': {} bytes of tensors produced, {} declared", layer.name, d.size(),
-           expected);
+  DQ_CHECK(expected == d.size(), internal, "layer '{}': {} bytes of tensors produced, {} declared", layer.name,
+           d.size(), expected);
   return out;
 }
 
-LayerErrors measure_layer(const QuantConfig& q, const LayerCalibration& calib, const LayerInput& in, const LayerMath& math,
-                          const LayerActivations& acts, std::span<const std::int8_t> stored_codes) {
+LayerErrors measure_layer(const QuantConfig& q, const LayerCalibration& calib, const LayerInput& in,
+                          const LayerMath& math, const LayerActivations& acts,
+                          std::span<const std::int8_t> stored_codes) {
   const std::int64_t rows = in.rows, cols = in.cols;
   const WeightView w_fp = in.checkpoint_view();
   const LayerTransform& t = math.t;
@@ -275,8 +284,9 @@ LayerErrors measure_layer(const QuantConfig& q, const LayerCalibration& calib, c
     const ActivationContract contract{calib.smooth, acts.act_scale, q.abits};
     const auto n = static_cast<std::int64_t>(acts.held_x.size()) / cols;
     const std::vector<float> y_fp = conformance_reference_output(acts.held_x, n, w_fp, in.bias);
-    const std::vector<float> y_q = conformance_pack_output(acts.held_x, n, rows, cols, used_perm(q, t), t.r_in, stored_codes,
-                                                           math.quant.scales, t.r_out, q.row_rot, in.bias, contract);
+    const std::vector<float> y_q =
+        conformance_pack_output(acts.held_x, n, rows, cols, used_perm(q, t), t.r_in, stored_codes, math.quant.scales,
+                                t.r_out, q.row_rot, in.bias, contract);
     for (std::size_t k = 0; k < y_fp.size(); ++k) {
       const double e = static_cast<double>(y_q[k]) - static_cast<double>(y_fp[k]);
       out.output_fp2 += static_cast<double>(y_fp[k]) * static_cast<double>(y_fp[k]);
@@ -292,9 +302,9 @@ LayerErrors measure_layer(const QuantConfig& q, const LayerCalibration& calib, c
   return out;
 }
 
-PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q,
-                         const std::filesystem::path& npz_path, const LayerCalibration& calib, const LayerInput& in,
-                         const LayerMath& math, LayerEngine* engine) {
+PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q, const std::filesystem::path& npz_path,
+                         const LayerCalibration& calib, const LayerInput& in, const LayerMath& math,
+                         LayerEngine* engine) {
   check_math_sizes(selected, in, math);
   const LayerActivations acts = calibrate_layer(selected, q, calib, in, math.t, engine);
   write_layer_npz(npz_path, *selected.layer, q, math, acts.act_scale, calib.smooth);

@@ -25,7 +25,7 @@ namespace {
 json conformance_json(const LayerQuality& q) {
   json j;
   j["rows"] = kConformanceRows;
-  j["rel_error_q_vs_fp"] = q.conformance_fp2 > 0 ? json(std::sqrt(q.conformance_err2 / q.conformance_fp2))
+  j["rel_error_q_vs_fp"] = q.conformance_fp2 > 0     ? json(std::sqrt(q.conformance_err2 / q.conformance_fp2))
                            : q.conformance_err2 == 0 ? json(0.0)
                                                      : json(nullptr);
   return j;
@@ -60,7 +60,8 @@ json header_json(const PackRun& run, const AssembledPack& assembled) {
   ck["names"] = names_json(run.source.opened.names);
   m["checkpoint"] = ck;
   json files = json::array();
-  for (const PackedFile& f : assembled.files) files.push_back({{"name", f.name}, {"size", f.size}, {"xxh128", f.xxh128}});
+  for (const PackedFile& f : assembled.files)
+    files.push_back({{"name", f.name}, {"size", f.size}, {"xxh128", f.xxh128}});
   m["files"] = files;
   if (run.plan.dump) {
     json c;
@@ -168,7 +169,8 @@ void manifest_stage(const PackRun& run, const PackState& state, const AssembledP
   json layers = json::array();
   Totals totals;
   summary.worst_sqnr_db = std::numeric_limits<double>::infinity();
-  for (std::size_t i = 0; i < run.layer_count(); ++i) layers.push_back(layer_json(run, state, assembled, i, summary, totals));
+  for (std::size_t i = 0; i < run.layer_count(); ++i)
+    layers.push_back(layer_json(run, state, assembled, i, summary, totals));
   m["layers"] = layers;
   pack_internal::write_text_atomic(run.options.output / kManifestName, formats::dump_json(m, 2) + "\n");
 

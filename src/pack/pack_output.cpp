@@ -1,7 +1,7 @@
 #include "pack_output.hpp"
 
-#include <fmt/format.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,20 +12,24 @@
 #include <vector>
 
 #include "duquant/error.hpp"
-#include "packfmt/layout.hpp"
 #include "formats/output_paths.hpp"
 #include "formats/regular_file.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant::pack_output {
 namespace fs = std::filesystem;
 
 bool is_ours(const std::string& name) {
-  auto ends = [&](std::string_view s) { return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0; };
+  auto ends = [&](std::string_view s) {
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
   return ends(".npz") || name == kManifestName || name == kQuantizedName || name == kQuantizedIndexName ||
          (name.rfind("quantized-", 0) == 0 && ends(".safetensors")) || name == kWorkDirName;
 }
 
-bool is_stale_temp(const std::string& name) { return name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos; }
+bool is_stale_temp(const std::string& name) {
+  return name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos;
+}
 
 // A temporary file this writer may remove: its own, or one whose writer is gone. Temporary names
 // end in ".tmp-<pid>" (AtomicFile); with the folder's lock held, another live pid's file belongs to
@@ -84,7 +88,8 @@ void check_reused_output(const fs::path& out) {
     if (name == kWorkDirName) {
       DQ_CHECK(t == fs::file_type::directory, usage,
                "{}: {} is {}, not the folder pack keeps its work records in; pack writes nothing through it: remove "
-               "or rename it", label, p.string(), formats::file_type_text(t));
+               "or rename it",
+               label, p.string(), formats::file_type_text(t));
       for (const std::string& record : entries_of(p, p.string())) {
         const fs::file_type rt = formats::symlink_status_of(p / record, p.string()).type();
         DQ_CHECK(rt == fs::file_type::regular, usage,
@@ -95,7 +100,8 @@ void check_reused_output(const fs::path& out) {
     }
     DQ_CHECK(t == fs::file_type::regular, usage,
              "{}: {} is {} where pack writes, reads or replaces a regular file of that name; pack neither follows "
-             "nor removes it: remove or rename it", label, p.string(), formats::file_type_text(t));
+             "nor removes it: remove or rename it",
+             label, p.string(), formats::file_type_text(t));
   }
 }
 
@@ -157,13 +163,15 @@ void check_output(const PackOptions& o, const formats::Checkpoint& ckpt) {
     const formats::OutputFile fold = formats::check_output_file(o.fold_smoothing, "--fold-smoothing", o.force, false);
     inputs.check_output_file(fold.target, flabel);
     DQ_CHECK(!formats::path_inside(fold.target, out), usage,
-             "{}: lies in the output folder {}, which holds only the pack's own files; choose a path outside it (nothing was written)", flabel,
-             out.string());
+             "{}: lies in the output folder {}, which holds only the pack's own files; choose a path outside it "
+             "(nothing was written)",
+             flabel, out.string());
   }
   // The one reliable test of writability (permissions, ACLs, read-only mounts, root): create a file.
   const fs::path probe = existing / fmt::format(".duquant-probe.tmp-{}", ::getpid());
   const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  DQ_CHECK(fd >= 0, io, "{}: cannot write into {}: {}; nothing was done", label, existing.string(), std::strerror(errno));
+  DQ_CHECK(fd >= 0, io, "{}: cannot write into {}: {}; nothing was done", label, existing.string(),
+           std::strerror(errno));
   ::close(fd);
   ::unlink(probe.c_str());
 }
@@ -242,8 +250,8 @@ void prepare_output(const PackOptions& o) {
   DQ_CHECK(!ec, io, "{}: cannot create: {}", (out / kWorkDirName).string(), ec.message());
   // Swapped for a link since check_output? Records are never written through one.
   DQ_CHECK(fs::symlink_status(out / kWorkDirName, ec).type() == fs::file_type::directory, io,
-           "{}: is not a real folder (a symbolic link?); pack writes nothing through it", (out / kWorkDirName).string());
+           "{}: is not a real folder (a symbolic link?); pack writes nothing through it",
+           (out / kWorkDirName).string());
 }
-
 
 }  // namespace duquant::pack_output

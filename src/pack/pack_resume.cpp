@@ -80,11 +80,11 @@ PackState resume_stage(const PackRun& run) {
     state.bias_xxh128[i] = layer.bias ? xxh128_hex(ckpt.bytes(*layer.bias)) : "none";
     const std::string calib_digest =
         calib.has_calls() ? calibration_input_digest(calib, run.options.config.quant.calib_steps) : std::string("none");
-    std::optional<LayerRecord> record =
-        read_layer_record(run.record_path(i), run.fingerprint(i, state.weight_xxh128[i], state.bias_xxh128[i], calib_digest));
+    std::optional<LayerRecord> record = read_layer_record(
+        run.record_path(i), run.fingerprint(i, state.weight_xxh128[i], state.bias_xxh128[i], calib_digest));
     const fs::path npz_path = run.npz_path(i), part_path = run.part_path(i);
-    if (record && (!is_plain_file(npz_path) || !is_plain_file(part_path) || xxh128_file(npz_path) != record->npz_xxh128 ||
-                   xxh128_file(part_path) != record->part_xxh128))
+    if (record && (!is_plain_file(npz_path) || !is_plain_file(part_path) ||
+                   xxh128_file(npz_path) != record->npz_xxh128 || xxh128_file(part_path) != record->part_xxh128))
       record.reset();
     state.reused[i] = record.has_value();
     state.records[i] = std::move(record);

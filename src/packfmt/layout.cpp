@@ -36,8 +36,8 @@ std::string pack_file_name(std::string_view module) {
   // Per character, as the runtime's Python str: a non-ASCII character (several UTF-8 bytes) is one '_'.
   for (std::size_t i = 0; i < module.size();) {
     const char c = module[i];
-    const bool keep = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
-                      c == '.' || c == '-';
+    const bool keep =
+        (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
     s += keep ? c : '_';
     i += utf8_sequence_length(module, i);
   }
@@ -92,7 +92,8 @@ std::string pack_meta_json(std::uint64_t in_features, std::uint64_t out_features
   return fmt::format(
       "{{\"in_features\": {}, \"out_features\": {}, \"block_size\": {}, \"block_out_size\": {}, "
       "\"enable_permute\": {}, \"lambda_smooth\": {}}}",
-      in_features, out_features, q.block, q.block_out, q.permute ? "true" : "false", python_float_repr(q.lambda_smooth));
+      in_features, out_features, q.block, q.block_out, q.permute ? "true" : "false",
+      python_float_repr(q.lambda_smooth));
 }
 
 std::string quantized_shard_name(int i, int n) { return fmt::format("quantized-{:05d}-of-{:05d}.safetensors", i, n); }
@@ -140,10 +141,12 @@ std::vector<TensorSpec> layer_tensor_specs(const LayerLayout& l, const QuantConf
 
 bool is_conformance_tensor(const TensorSpec& tensor, const LayerLayout& layer) {
   const std::string_view name = tensor.name;
-  if (name.size() <= layer.name.size() + 1 || name.substr(0, layer.name.size()) != layer.name || name[layer.name.size()] != '.')
+  if (name.size() <= layer.name.size() + 1 || name.substr(0, layer.name.size()) != layer.name ||
+      name[layer.name.size()] != '.')
     return false;
   const std::string_view part = name.substr(layer.name.size() + 1);
-  return std::find(std::begin(kConformanceTensors), std::end(kConformanceTensors), part) != std::end(kConformanceTensors);
+  return std::find(std::begin(kConformanceTensors), std::end(kConformanceTensors), part) !=
+         std::end(kConformanceTensors);
 }
 
 std::vector<TensorSpec> layer_tensor_specs(const LinearLayer& layer, int wbits, const QuantConfig& q, bool act_scale,
@@ -188,7 +191,8 @@ std::uint64_t layer_npz_bytes(const LayerLayout& layer, const QuantConfig& q) {
   return formats::npz_size(members);
 }
 
-PackSize pack_size(const std::vector<LayerLayout>& layers, const RunConfig& config, const ManifestCheckpoint& checkpoint) {
+PackSize pack_size(const std::vector<LayerLayout>& layers, const RunConfig& config,
+                   const ManifestCheckpoint& checkpoint) {
   PackSize s;
   std::vector<TensorSpec> specs;
   for (const LayerLayout& l : layers) {

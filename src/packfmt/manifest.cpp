@@ -5,12 +5,12 @@
 #include <cmath>
 #include <tuple>
 
-#include "duquant/error.hpp"
-#include "packfmt/layout.hpp"
 #include "base/regex.hpp"
+#include "duquant/error.hpp"
 #include "formats/dtype.hpp"
 #include "formats/regular_file.hpp"
 #include "formats/strict_json.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant {
 namespace {
@@ -45,7 +45,8 @@ struct Reader {
   }
   bool flag(const json& obj, const std::string& path, const char* key) const {
     const json& v = field(obj, path, key);
-    DQ_CHECK(v.is_boolean(), format, "{}: {}.{}: expected true or false, found {}", label, path, key, formats::dump_json(v));
+    DQ_CHECK(v.is_boolean(), format, "{}: {}.{}: expected true or false, found {}", label, path, key,
+             formats::dump_json(v));
     return v.get<bool>();
   }
   double number(const json& obj, const std::string& path, const char* key) const {
@@ -77,8 +78,8 @@ RunConfig read_config(const Reader& r, const json& c) {
   const std::string p = "config";
   RunConfig config;
   const std::string runtime = r.text(c, p, "runtime");
-  DQ_CHECK(runtime == "openpi" || runtime == "gr00t", format, "{}: config.runtime: expected openpi or gr00t, found '{}'",
-           r.label, runtime);
+  DQ_CHECK(runtime == "openpi" || runtime == "gr00t", format,
+           "{}: config.runtime: expected openpi or gr00t, found '{}'", r.label, runtime);
   config.runtime = runtime == "gr00t" ? Runtime::gr00t : Runtime::openpi;
   const json& preset = r.field(c, p, "preset");
   DQ_CHECK(preset.is_null() || preset.is_string(), format, "{}: config.preset: expected a string or null", r.label);
@@ -106,7 +107,8 @@ RunConfig read_config(const Reader& r, const json& c) {
   std::size_t k = 0;
   for (const json& rule : r.array(c, p, "wbits_rules")) {
     const std::string rp = fmt::format("config.wbits_rules[{}]", k++);
-    s.wbits_rules.emplace_back(r.text(rule, rp, "pattern"), r.small_int(rule, rp, "bits", kMinWeightBits, kMaxWeightBits));
+    s.wbits_rules.emplace_back(r.text(rule, rp, "pattern"),
+                               r.small_int(rule, rp, "bits", kMinWeightBits, kMaxWeightBits));
   }
   q.abits = r.small_int(c, p, "abits", kMinActivationBits, kMaxActivationBits);
   q.block = r.small_int(c, p, "block", 1, kMaxBlock);
@@ -117,19 +119,21 @@ RunConfig read_config(const Reader& r, const json& c) {
            "{}: config.row_rot: expected restore, 0 or propagate, found '{}'", r.label, row_rot);
   q.row_rot = row_rot == "restore" ? RowRot::restore : row_rot == "0" ? RowRot::off : RowRot::propagate;
   q.lambda_smooth = r.number(c, p, "lambda_smooth");
-  DQ_CHECK(q.lambda_smooth >= 0 && q.lambda_smooth <= 1, format, "{}: config.lambda_smooth: {} is outside [0, 1]", r.label,
-           q.lambda_smooth);
+  DQ_CHECK(q.lambda_smooth >= 0 && q.lambda_smooth <= 1, format, "{}: config.lambda_smooth: {} is outside [0, 1]",
+           r.label, q.lambda_smooth);
   q.act_pct = r.number(c, p, "act_pct");
   DQ_CHECK(q.act_pct > 0 && q.act_pct <= 100, format, "{}: config.act_pct: {} is outside (0, 100]", r.label, q.act_pct);
   q.calib_steps = r.small_int(c, p, "calib_steps", 1, kMaxCalibSteps);
   // Added with the naming contract: optional, absent in older manifests.
   for (const char* key : {"strip_prefix", "add_prefix"}) {
     if (!c.contains(key) || c.at(key).is_null()) continue;
-    (std::string_view(key) == "strip_prefix" ? config.naming.strip_prefix : config.naming.add_prefix) = r.text(c, p, key);
+    (std::string_view(key) == "strip_prefix" ? config.naming.strip_prefix : config.naming.add_prefix) =
+        r.text(c, p, key);
   }
   if (c.contains("not_linear"))
     for (const json& v : r.array(c, p, "not_linear")) {
-      DQ_CHECK(v.is_string(), format, "{}: config.not_linear: expected strings, found {}", r.label, formats::json_kind(v));
+      DQ_CHECK(v.is_string(), format, "{}: config.not_linear: expected strings, found {}", r.label,
+               formats::json_kind(v));
       s.not_linear.push_back(v.get<std::string>());
     }
   // Every expression must compile: a manifest whose selection cannot be run is refused naming the
@@ -145,7 +149,8 @@ RunConfig read_config(const Reader& r, const json& c) {
   compiles(s.exclude, "config.exclude");
   for (std::size_t i = 0; i < s.wbits_rules.size(); ++i)
     compiles(s.wbits_rules[i].first, fmt::format("config.wbits_rules[{}].pattern", i));
-  for (std::size_t i = 0; i < s.not_linear.size(); ++i) compiles(s.not_linear[i], fmt::format("config.not_linear[{}]", i));
+  for (std::size_t i = 0; i < s.not_linear.size(); ++i)
+    compiles(s.not_linear[i], fmt::format("config.not_linear[{}]", i));
   return config;
 }
 
@@ -153,7 +158,8 @@ RunConfig read_config(const Reader& r, const json& c) {
 
 json read_manifest_json(const std::filesystem::path& path) {
   // Never blocks: a FIFO, a device or a folder is refused (io), named.
-  json j = formats::parse_strict_json(formats::read_regular_file(path, kMaxManifestBytes), path.string(), kMaxManifestDepth);
+  json j =
+      formats::parse_strict_json(formats::read_regular_file(path, kMaxManifestBytes), path.string(), kMaxManifestDepth);
   DQ_CHECK(j.is_object(), format, "{}: must be a JSON object, found {}", path.string(), formats::json_kind(j));
   return j;
 }
@@ -164,8 +170,9 @@ Manifest parse_manifest(const json& j, const std::string& label) {
   const std::string format = r.text(j, "manifest", "format");
   DQ_CHECK(format == kPackFormatName, format, "{}: format: expected '{}', found '{}'", label, kPackFormatName, format);
   m.format_version = r.small_int(j, "manifest", "format_version", 0, kMaxFormatVersion);
-  DQ_CHECK(m.format_version == kPackFormatVersion, format, "{}: format_version {} is not supported (this duquant reads {})",
-           label, m.format_version, kPackFormatVersion);
+  DQ_CHECK(m.format_version == kPackFormatVersion, format,
+           "{}: format_version {} is not supported (this duquant reads {})", label, m.format_version,
+           kPackFormatVersion);
   const json& tool = r.field(j, "manifest", "tool");
   m.tool_version = r.text(tool, "tool", "version");
   if (tool.contains("name")) m.tool_name = r.text(tool, "tool", "name");
@@ -191,19 +198,21 @@ Manifest parse_manifest(const json& j, const std::string& label) {
     const json& shape = r.field(e, p, "shape");
     DQ_CHECK(shape.is_array() && shape.size() == 2 && shape[0].is_number_unsigned() && shape[1].is_number_unsigned() &&
                  shape[0].get<std::uint64_t>() >= 1 && shape[1].get<std::uint64_t>() >= 1,
-             format, "{}: {}.shape: expected an array of 2 integers >= 1, found {}", label, p, formats::dump_json(shape));
+             format, "{}: {}.shape: expected an array of 2 integers >= 1, found {}", label, p,
+             formats::dump_json(shape));
     l.out_features = shape[0].get<std::uint64_t>();
     l.in_features = shape[1].get<std::uint64_t>();
     l.dtype = r.text(e, p, "dtype");
-    DQ_CHECK(formats::parse_dtype(l.dtype).has_value(), format, "{}: {}.dtype: '{}' is not a safetensors dtype", label, p,
-             l.dtype);
+    DQ_CHECK(formats::parse_dtype(l.dtype).has_value(), format, "{}: {}.dtype: '{}' is not a safetensors dtype", label,
+             p, l.dtype);
     l.wbits = r.small_int(e, p, "wbits", kMinWeightBits, kMaxWeightBits);
     l.abits = r.small_int(e, p, "abits", kMinActivationBits, kMaxActivationBits);
     l.block = r.small_int(e, p, "block", 1, kMaxBlock);
     l.block_out = r.small_int(e, p, "block_out", 1, kMaxBlock);
-    DQ_CHECK(l.block == m.config.quant.block && l.block_out == m.config.quant.block_out && l.abits == m.config.quant.abits,
-             format, "{}: {}: block {} / block_out {} / abits {} contradict the configuration's {} / {} / {}", label, p,
-             l.block, l.block_out, l.abits, m.config.quant.block, m.config.quant.block_out, m.config.quant.abits);
+    DQ_CHECK(
+        l.block == m.config.quant.block && l.block_out == m.config.quant.block_out && l.abits == m.config.quant.abits,
+        format, "{}: {}: block {} / block_out {} / abits {} contradict the configuration's {} / {} / {}", label, p,
+        l.block, l.block_out, l.abits, m.config.quant.block, m.config.quant.block_out, m.config.quant.abits);
     l.bias = r.flag(e, p, "bias");
     l.weight_xxh128 = r.digest(e, p, "weight_xxh128");
     const json& npz = r.field(e, p, "npz");
@@ -222,11 +231,12 @@ Manifest parse_manifest(const json& j, const std::string& label) {
     for (const auto& [rel, sqnr, what] : {std::tuple{l.duquant_rel_error, l.duquant_sqnr_db, "duquant"},
                                           std::tuple{l.rtn_rel_error, l.rtn_sqnr_db, "rtn"}}) {
       // sqnr_db = -20 log10(rel_fro_error); both null for an exact layer.
-      const bool consistent = rel && sqnr ? std::abs(*sqnr + 20.0 * std::log10(*rel)) <= 1e-6 * std::max(1.0, std::abs(*sqnr))
-                                          : (!sqnr && (!rel || *rel == 0.0));
+      const bool consistent = rel && sqnr
+                                  ? std::abs(*sqnr + 20.0 * std::log10(*rel)) <= 1e-6 * std::max(1.0, std::abs(*sqnr))
+                                  : (!sqnr && (!rel || *rel == 0.0));
       DQ_CHECK(consistent && (!rel || *rel >= 0), format,
-               "{}: {}.quality.{}: sqnr_db {} does not match rel_fro_error {} (sqnr_db = -20 log10 rel_fro_error)", label,
-               p, what, sqnr ? fmt::format("{}", *sqnr) : std::string("null"),
+               "{}: {}.quality.{}: sqnr_db {} does not match rel_fro_error {} (sqnr_db = -20 log10 rel_fro_error)",
+               label, p, what, sqnr ? fmt::format("{}", *sqnr) : std::string("null"),
                rel ? fmt::format("{}", *rel) : std::string("null"));
     }
     const json& conf = r.field(e, p, "conformance");
@@ -249,7 +259,8 @@ Manifest parse_manifest(const json& j, const std::string& label) {
       l.smoothed = true;
       const json& sm = e.at("smoothing");
       if (sm.contains("folded")) l.folded = r.flag(sm, p + ".smoothing", "folded");
-      if (sm.contains("folded_weight_xxh128")) l.folded_weight_xxh128 = r.digest(sm, p + ".smoothing", "folded_weight_xxh128");
+      if (sm.contains("folded_weight_xxh128"))
+        l.folded_weight_xxh128 = r.digest(sm, p + ".smoothing", "folded_weight_xxh128");
     }
     m.layers.push_back(std::move(l));
   }

@@ -7,13 +7,13 @@
 #include <fstream>
 #include <sstream>
 
-#include "formats/digest.hpp"
 #include "duquant/error.hpp"
-#include "packfmt/layout.hpp"
-#include "packfmt/manifest.hpp"
+#include "formats/digest.hpp"
 #include "formats/npz.hpp"
 #include "formats/regular_file.hpp"
 #include "formats/strict_json.hpp"
+#include "packfmt/layout.hpp"
+#include "packfmt/manifest.hpp"
 
 namespace duquant {
 namespace fs = std::filesystem;
@@ -130,12 +130,13 @@ PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
          label, nul, text.size() - nul - 1);
   if (text.substr(0, 3) == "\xEF\xBB\xBF")
     fail(ErrorKind::format,
-         "{}: meta starts with a byte order mark (U+FEFF); the runtime's json.loads fails on it and does not use this meta",
+         "{}: meta starts with a byte order mark (U+FEFF); the runtime's json.loads fails on it and does not use this "
+         "meta",
          label);
   const nlohmann::json j = formats::parse_strict_json(text, label, kMaxMetaDepth);
   DQ_CHECK(j.is_object(), format, "{}: meta must be a JSON object, found {}", label, formats::json_kind(j));
-  static const char* const keys[] = {"in_features", "out_features", "block_size", "block_out_size", "enable_permute",
-                                     "lambda_smooth"};
+  static const char* const keys[] = {"in_features",    "out_features",   "block_size",
+                                     "block_out_size", "enable_permute", "lambda_smooth"};
   for (const auto& item : j.items()) {
     const std::string& k = item.key();
     DQ_CHECK(std::find_if(std::begin(keys), std::end(keys), [&](const char* x) { return k == x; }) != std::end(keys),
@@ -144,8 +145,8 @@ PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
   auto positive = [&](const char* key) {
     DQ_CHECK(j.contains(key), format, "{}: meta lacks '{}'", label, key);
     const nlohmann::json& v = j.at(key);
-    DQ_CHECK(v.is_number_unsigned() && v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= kMaxMetaFeatures, format,
-             "{}: meta '{}' must be an integer >= 1, found {}", label, key, formats::dump_json(v));
+    DQ_CHECK(v.is_number_unsigned() && v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= kMaxMetaFeatures,
+             format, "{}: meta '{}' must be an integer >= 1, found {}", label, key, formats::dump_json(v));
     return v.get<std::uint64_t>();
   };
   PackMeta m;
@@ -155,11 +156,13 @@ PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
   m.block_out_size = static_cast<std::int64_t>(positive("block_out_size"));
   DQ_CHECK(j.contains("enable_permute") && j.at("enable_permute").is_boolean(), format,
            "{}: meta 'enable_permute' must be true or false{}", label,
-           j.contains("enable_permute") ? fmt::format(", found {}", formats::dump_json(j.at("enable_permute"))) : std::string(" (missing)"));
+           j.contains("enable_permute") ? fmt::format(", found {}", formats::dump_json(j.at("enable_permute")))
+                                        : std::string(" (missing)"));
   m.enable_permute = j.at("enable_permute").get<bool>();
   DQ_CHECK(j.contains("lambda_smooth") && j.at("lambda_smooth").is_number(), format,
            "{}: meta 'lambda_smooth' must be a number{}", label,
-           j.contains("lambda_smooth") ? fmt::format(", found {}", formats::dump_json(j.at("lambda_smooth"))) : std::string(" (missing)"));
+           j.contains("lambda_smooth") ? fmt::format(", found {}", formats::dump_json(j.at("lambda_smooth")))
+                                       : std::string(" (missing)"));
   m.lambda_smooth = j.at("lambda_smooth").get<double>();
   return m;
 }
@@ -262,7 +265,7 @@ const nlohmann::json* PackDirectory::manifest_layer(const std::string& layer) co
 // The tensors `<layer>.<name>` of quantized.safetensors (one name part after the layer's), in
 // storage order: grouped once by the name before their last '.'.
 std::vector<const formats::TensorRef*> PackDirectory::layer_tensors(const formats::Checkpoint& q,
-                                                                     const std::string& layer) const {
+                                                                    const std::string& layer) const {
   const auto& tensors = q.tensors();
   if (!tensors_by_layer_) {
     auto& groups = tensors_by_layer_.emplace();
@@ -309,8 +312,8 @@ std::optional<QuantizedLayerTensors> PackDirectory::quantized_layer(const std::s
   const formats::TensorRef* tx = q->find(layer + ".test_x");
   // in_features: I8 codes say it; nibbles give ceil(I/2), so it comes from the manifest's shape,
   // else from another tensor of the layer.
-  DQ_CHECK(bits >= kMinWeightBits && bits <= kMaxWeightBits, format, "{}: layer '{}': {} weight bits (expected {} to {})",
-           label, layer, bits, kMinWeightBits, kMaxWeightBits);
+  DQ_CHECK(bits >= kMinWeightBits && bits <= kMaxWeightBits, format,
+           "{}: layer '{}': {} weight bits (expected {} to {})", label, layer, bits, kMinWeightBits, kMaxWeightBits);
   const CodeStorage storage = code_storage(bits);
   const formats::DType want = storage.dtype;
   DQ_CHECK(qw->dtype == want, format, "{}: tensor '{}' is {}, but {}-bit codes are stored as {}", label, qw->name,
@@ -320,9 +323,9 @@ std::optional<QuantizedLayerTensors> PackDirectory::quantized_layer(const std::s
     t.in_features = qw->shape[1];
   } else {
     std::uint64_t in = 0;
-    if (const nlohmann::json* e = manifest_layer(layer);
-        e != nullptr && e->contains("shape") && e->at("shape").is_array() && e->at("shape").size() == 2 &&
-        e->at("shape")[1].is_number_unsigned())
+    if (const nlohmann::json* e = manifest_layer(layer); e != nullptr && e->contains("shape") &&
+                                                         e->at("shape").is_array() && e->at("shape").size() == 2 &&
+                                                         e->at("shape")[1].is_number_unsigned())
       in = e->at("shape")[1].get<std::uint64_t>();
     else if (perm != nullptr && perm->shape.size() == 1)
       in = perm->shape[0];
@@ -330,8 +333,9 @@ std::optional<QuantizedLayerTensors> PackDirectory::quantized_layer(const std::s
       in = tx->shape[1];
     else
       in = 2 * qw->shape[1];
-    DQ_CHECK(storage.row_bytes(in) == qw->shape[1], format, "{}: tensor '{}' has {} bytes per row; {} input features need {}",
-             label, qw->name, qw->shape[1], in, storage.row_bytes(in));
+    DQ_CHECK(storage.row_bytes(in) == qw->shape[1], format,
+             "{}: tensor '{}' has {} bytes per row; {} input features need {}", label, qw->name, qw->shape[1], in,
+             storage.row_bytes(in));
     t.in_features = in;
   }
   const std::uint64_t o = t.out_features, i = t.in_features;
@@ -366,7 +370,8 @@ std::optional<QuantizedLayerTensors> PackDirectory::quantized_layer(const std::s
              yq->shape[0]);
   }
   if (const formats::TensorRef* a = q->find(layer + ".act_scale")) t.act_scale = read_vector_f32(*q, *a, i, label);
-  if (const formats::TensorRef* sm = q->find(layer + ".smooth_scale")) t.smooth_scale = read_vector_f32(*q, *sm, i, label);
+  if (const formats::TensorRef* sm = q->find(layer + ".smooth_scale"))
+    t.smooth_scale = read_vector_f32(*q, *sm, i, label);
   return t;
 }
 
@@ -381,7 +386,8 @@ std::optional<PackDirectory::LayerBytes> PackDirectory::quantized_layer_bytes(co
   Xxh128 hash;
   for (std::size_t k = 0; k < mine.size(); ++k) {
     const formats::TensorRef& t = *mine[k];
-    if (k > 0 && (t.file != mine[k - 1]->file || t.offset != mine[k - 1]->offset + mine[k - 1]->nbytes)) out.contiguous = false;
+    if (k > 0 && (t.file != mine[k - 1]->file || t.offset != mine[k - 1]->offset + mine[k - 1]->nbytes))
+      out.contiguous = false;
     hash.update(q->bytes(t));
     out.bytes += t.nbytes;
     out.tensors.push_back(t.name);
@@ -401,7 +407,8 @@ MatrixF dequantized_original_basis(const QuantizedLayerTensors& t) {
   MatrixF wq(o, i);
   for (Eigen::Index r = 0; r < o; ++r)
     for (Eigen::Index c = 0; c < i; ++c)
-      wq(r, c) = static_cast<float>(t.codes[static_cast<std::size_t>(r * i + c)]) * t.scales[static_cast<std::size_t>(r)];
+      wq(r, c) =
+          static_cast<float>(t.codes[static_cast<std::size_t>(r * i + c)]) * t.scales[static_cast<std::size_t>(r)];
   return to_original_basis(std::move(wq), t.perm, t.r_in, t.r_out);
 }
 
@@ -420,7 +427,8 @@ MatrixF runtime_quantized_original_basis(const WeightView& w, const NpzLayer& np
   const QuantizedRows q = quantize_rows(w_t, wbits);
   for (Eigen::Index r = 0; r < w_t.rows(); ++r)
     for (Eigen::Index c = 0; c < w_t.cols(); ++c)
-      w_t(r, c) = static_cast<float>(q.codes[static_cast<std::size_t>(r * w_t.cols() + c)]) * q.scales[static_cast<std::size_t>(r)];
+      w_t(r, c) = static_cast<float>(q.codes[static_cast<std::size_t>(r * w_t.cols() + c)]) *
+                  q.scales[static_cast<std::size_t>(r)];
   std::vector<std::int64_t> perm = npz.has_perm ? npz.perm : std::vector<std::int64_t>{};
   return to_original_basis(std::move(w_t), perm, t.r_in, t.r_out);
 }

@@ -33,8 +33,8 @@ std::string no_match_text(const std::vector<LinearLayer>& linears, const RunConf
   const std::string_view tag = runtime_log_tag(config.runtime);
   std::string scope = config.selection.scope;
   if (!scope.empty() && scope.back() == '.') scope.pop_back();
-  std::string out = fmt::format("[{}] No Linear layers matched. Total Linear layers in the checkpoint: {}\n", tag,
-                                linears.size());
+  std::string out =
+      fmt::format("[{}] No Linear layers matched. Total Linear layers in the checkpoint: {}\n", tag, linears.size());
   const std::size_t shown = std::min<std::size_t>(10, linears.size());
   out += fmt::format("[{}] First {} Linear layer names:\n", tag, shown);
   for (std::size_t i = 0; i < shown; ++i) out += fmt::format("[{}]   {}\n", tag, linears[i].name);
@@ -45,19 +45,22 @@ std::string no_match_text(const std::vector<LinearLayer>& linears, const RunConf
   // Beyond the runtime's lines: what is wrong.
   std::string looks;
   if (layout.model.empty() && layout.prefixes.empty()) {
-    looks = "no known model's names (pi0/pi0.5: paligemma_with_expert.*; GR00T N1.5: backbone.eagle_model.*, "
-            "action_head.model.*)";
+    looks =
+        "no known model's names (pi0/pi0.5: paligemma_with_expert.*; GR00T N1.5: backbone.eagle_model.*, "
+        "action_head.model.*)";
   } else if (!layout.prefix) {
     looks = ambiguous_layout_text(layout);
   } else {
-    looks = fmt::format("{} names{}", layout.model,
-                        layout.prefix->empty() ? std::string(" with no prefix")
-                                               : fmt::format(" under '{}' ({}'s layout)", *layout.prefix, layout.layout));
+    looks =
+        fmt::format("{} names{}", layout.model,
+                    layout.prefix->empty() ? std::string(" with no prefix")
+                                           : fmt::format(" under '{}' ({}'s layout)", *layout.prefix, layout.layout));
     if (!names.identity()) {
       looks += ", read";
       if (!names.checkpoint_prefix.empty()) looks += fmt::format(" without '{}'", names.checkpoint_prefix);
       if (!names.runtime_prefix.empty())
-        looks += fmt::format("{} with '{}' before them", names.checkpoint_prefix.empty() ? "" : " and", names.runtime_prefix);
+        looks += fmt::format("{} with '{}' before them", names.checkpoint_prefix.empty() ? "" : " and",
+                             names.runtime_prefix);
     } else if (!layout.prefix->empty())
       looks += ", read as stored (the prefix is kept)";
   }
@@ -75,8 +78,8 @@ std::string no_match_text(const std::vector<LinearLayer>& linears, const RunConf
   return out;
 }
 
-nlohmann::ordered_json selection_json(const Selection& selection, const RunConfig& config, const OpenedCheckpoint* opened,
-                                      const std::string& source) {
+nlohmann::ordered_json selection_json(const Selection& selection, const RunConfig& config,
+                                      const OpenedCheckpoint* opened, const std::string& source) {
   // The sizes come from the pack's layout (packfmt/layout.hpp), for an uncalibrated pack.
   std::vector<LayerLayout> layouts;
   for (const SelectedLayer& s : selection.layers) layouts.push_back(layer_layout(*s.layer, s.wbits));

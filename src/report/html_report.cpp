@@ -69,24 +69,27 @@ std::string sqnr_chart(const PackReport& r) {
       width, height, width, height);
   auto x_of = [&](double v) { return label_w + bar_w * std::clamp(v, 0.0, axis_max) / axis_max; };
   // legend and axis
-  svg += fmt::format("<line x1=\"{}\" y1=\"12\" x2=\"{}\" y2=\"12\" stroke=\"#2563eb\" stroke-width=\"10\"/>"
-                     "<text x=\"{}\" y=\"16\">DuQuant</text>",
-                     label_w, label_w + 14, label_w + 20);
-  svg += fmt::format("<line x1=\"{}\" y1=\"12\" x2=\"{}\" y2=\"12\" stroke=\"#f59e0b\" stroke-width=\"10\"/>"
-                     "<text x=\"{}\" y=\"16\">round-to-nearest</text>",
-                     label_w + 90, label_w + 104, label_w + 110);
+  svg += fmt::format(
+      "<line x1=\"{}\" y1=\"12\" x2=\"{}\" y2=\"12\" stroke=\"#2563eb\" stroke-width=\"10\"/>"
+      "<text x=\"{}\" y=\"16\">DuQuant</text>",
+      label_w, label_w + 14, label_w + 20);
+  svg += fmt::format(
+      "<line x1=\"{}\" y1=\"12\" x2=\"{}\" y2=\"12\" stroke=\"#f59e0b\" stroke-width=\"10\"/>"
+      "<text x=\"{}\" y=\"16\">round-to-nearest</text>",
+      label_w + 90, label_w + 104, label_w + 110);
   svg += fmt::format("<text x=\"{}\" y=\"16\" class=\"axis\">SQNR (dB, higher is better)</text>\n", label_w + 250);
   for (double v = 0; v <= axis_max + 1e-9; v += axis_max <= 40 ? 5 : 10) {
     const double x = x_of(v);
-    svg += fmt::format("<line class=\"grid\" x1=\"{:.1f}\" y1=\"{}\" x2=\"{:.1f}\" y2=\"{}\"/>"
-                       "<text class=\"axis\" x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:g}</text>\n",
-                       x, top - 8, x, height - 6, x, top - 12 + 0, v);
+    svg += fmt::format(
+        "<line class=\"grid\" x1=\"{:.1f}\" y1=\"{}\" x2=\"{:.1f}\" y2=\"{}\"/>"
+        "<text class=\"axis\" x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:g}</text>\n",
+        x, top - 8, x, height - 6, x, top - 12 + 0, v);
   }
   int y = top;
   for (const auto& [key, layers] : groups) {
     y += group_h;
-    svg += fmt::format("<text class=\"group\" x=\"4\" y=\"{}\">{} ({} layer{})</text>\n", y - 9, html_escape(key.second),
-                       layers.size(), layers.size() == 1 ? "" : "s");
+    svg += fmt::format("<text class=\"group\" x=\"4\" y=\"{}\">{} ({} layer{})</text>\n", y - 9,
+                       html_escape(key.second), layers.size(), layers.size() == 1 ? "" : "s");
     std::vector<const PackLayerInfo*> sorted = layers;
     std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->name < b->name; });
     for (const PackLayerInfo* l : sorted) {
@@ -95,13 +98,15 @@ std::string sqnr_chart(const PackReport& r) {
       svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n", label_w - 8, y + 15,
                          html_escape(label));
       int dy = 2;
-      for (const auto& [cls, method, q] : {std::tuple{"dq", "DuQuant", l->duquant}, std::tuple{"rtn", "round-to-nearest", l->rtn}}) {
+      for (const auto& [cls, method, q] :
+           {std::tuple{"dq", "DuQuant", l->duquant}, std::tuple{"rtn", "round-to-nearest", l->rtn}}) {
         const std::optional<double> v = q ? q->sqnr_db : std::nullopt;
         const double w = v ? x_of(*v) - label_w : 0.0;
-        svg += fmt::format("<rect class=\"bar {}\" x=\"{}\" y=\"{}\" width=\"{:.1f}\" height=\"10\"><title>{}: {} {} dB"
-                           "</title></rect><text x=\"{:.1f}\" y=\"{}\" class=\"axis\">{}</text>\n",
-                           cls, label_w, y + dy, w, html_escape(l->name), method, f2(v), label_w + w + 4, y + dy + 9,
-                           q ? f2(v) : "n/a");
+        svg += fmt::format(
+            "<rect class=\"bar {}\" x=\"{}\" y=\"{}\" width=\"{:.1f}\" height=\"10\"><title>{}: {} {} dB"
+            "</title></rect><text x=\"{:.1f}\" y=\"{}\" class=\"axis\">{}</text>\n",
+            cls, label_w, y + dy, w, html_escape(l->name), method, f2(v), label_w + w + 4, y + dy + 9,
+            q ? f2(v) : "n/a");
         dy += 11;
       }
       y += row;
@@ -112,10 +117,11 @@ std::string sqnr_chart(const PackReport& r) {
 }
 
 std::string pack_table(const PackReport& r) {
-  std::string t = "<table><thead><tr><th>#</th><th class=\"name\">layer</th><th>group</th><th>type</th>"
-                  "<th>shape</th><th>W</th><th>block</th><th>block_out</th><th>DuQuant dB</th><th>RTN dB</th>"
-                  "<th>gain dB</th><th>rel. error</th><th>worst head</th><th>bytes in</th><th>packed</th></tr>"
-                  "</thead><tbody>\n";
+  std::string t =
+      "<table><thead><tr><th>#</th><th class=\"name\">layer</th><th>group</th><th>type</th>"
+      "<th>shape</th><th>W</th><th>block</th><th>block_out</th><th>DuQuant dB</th><th>RTN dB</th>"
+      "<th>gain dB</th><th>rel. error</th><th>worst head</th><th>bytes in</th><th>packed</th></tr>"
+      "</thead><tbody>\n";
   std::size_t i = 0;
   for (const PackLayerInfo& l : r.layers) {
     std::string dq = "-", rtn = "-", gain = "-", rel = "-", head = "-";
@@ -133,13 +139,14 @@ std::string pack_table(const PackReport& r) {
     for (const HeadError& h : l.heads)
       if (worst == nullptr || h.rel_fro_error > worst->rel_fro_error) worst = &h;
     if (worst) head = fmt::format("h{} {:.4f} ({} dB)", worst->head, worst->rel_fro_error, f2(worst->sqnr_db));
-    t += fmt::format("<tr><td>{}</td><td class=\"name\">{}</td><td>{}</td><td>{}</td><td>{}x{}</td><td>{}</td>"
-                     "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{}>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-                     "<td>{}</td></tr>\n",
-                     ++i, html_escape(l.name), group_title(l.group), html_escape(l.block_type), l.out_features,
-                     l.in_features, l.wbits ? std::to_string(l.wbits) : "-", l.block, l.block_out, dq, rtn,
-                     bad ? " class=\"bad\"" : "", gain, rel, head, r.has_manifest ? human_bytes(l.bytes_in) : "-",
-                     r.has_manifest ? human_bytes(l.packed_bytes) : human_bytes(l.npz_bytes));
+    t += fmt::format(
+        "<tr><td>{}</td><td class=\"name\">{}</td><td>{}</td><td>{}</td><td>{}x{}</td><td>{}</td>"
+        "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{}>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+        "<td>{}</td></tr>\n",
+        ++i, html_escape(l.name), group_title(l.group), html_escape(l.block_type), l.out_features, l.in_features,
+        l.wbits ? std::to_string(l.wbits) : "-", l.block, l.block_out, dq, rtn, bad ? " class=\"bad\"" : "", gain, rel,
+        head, r.has_manifest ? human_bytes(l.bytes_in) : "-",
+        r.has_manifest ? human_bytes(l.packed_bytes) : human_bytes(l.npz_bytes));
   }
   t += "</tbody></table>\n";
   return t;
@@ -175,14 +182,15 @@ std::string pack_html(const PackReport& r) {
     pos = end == std::string::npos ? text.size() : end + 1;
   }
   for (const std::string& w : r.warnings) out += fmt::format("<p class=\"note\">warning: {}</p>\n", html_escape(w));
-  const bool any_quality = std::any_of(r.layers.begin(), r.layers.end(), [](const auto& l) { return l.duquant.has_value(); });
+  const bool any_quality =
+      std::any_of(r.layers.begin(), r.layers.end(), [](const auto& l) { return l.duquant.has_value(); });
   out += "<h2>Per-layer SQNR by block type</h2>\n";
   if (any_quality) {
     const std::string prefix = common_name_prefix(r.layers);
     if (!prefix.empty()) out += fmt::format("<p class=\"meta\">names after '{}'</p>\n", html_escape(prefix));
     out += sqnr_chart(r);
-  }
-  else out += "<p class=\"note\">No quality figures: they need the manifest.json that duquant pack writes.</p>\n";
+  } else
+    out += "<p class=\"note\">No quality figures: they need the manifest.json that duquant pack writes.</p>\n";
   out += "<h2>Layers, worst DuQuant SQNR first</h2>\n";
   out += pack_table(r);
   out += "</body></html>\n";
@@ -194,13 +202,15 @@ std::string checkpoint_html(const CheckpointReport& r) {
   out += fmt::format("<h1>duquant inspect: {}</h1>\n", html_escape(r.source));
   out += fmt::format("<p class=\"meta\">{} files, {} tensors, {} linear layers</p>\n", r.files, r.tensors, r.linears);
   for (const std::string& w : r.warnings) out += fmt::format("<p class=\"note\">warning: {}</p>\n", html_escape(w));
-  out += "<h2>Linear layers by group</h2>\n<table><thead><tr><th class=\"name\">group</th><th>layers</th>"
-         "<th>attention</th><th>parameters</th><th>bytes</th></tr></thead><tbody>\n";
+  out +=
+      "<h2>Linear layers by group</h2>\n<table><thead><tr><th class=\"name\">group</th><th>layers</th>"
+      "<th>attention</th><th>parameters</th><th>bytes</th></tr></thead><tbody>\n";
   for (const GroupStats& g : r.groups)
     out += fmt::format("<tr><td class=\"name\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
                        group_title(g.group), g.layers, g.attention_layers, g.parameters, human_bytes(g.bytes));
-  out += "</tbody></table>\n<h2>What each preset would pack</h2>\n<table><thead><tr><th class=\"name\">preset</th>"
-         "<th>layers</th><th>weights in</th><th>packed (est.)</th><th>ratio</th></tr></thead><tbody>\n";
+  out +=
+      "</tbody></table>\n<h2>What each preset would pack</h2>\n<table><thead><tr><th class=\"name\">preset</th>"
+      "<th>layers</th><th>weights in</th><th>packed (est.)</th><th>ratio</th></tr></thead><tbody>\n";
   for (const PresetEstimate& p : r.presets)
     out += fmt::format("<tr><td class=\"name\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2f}x</td></tr>\n",
                        html_escape(p.name), p.layers, human_bytes(p.bytes_in), human_bytes(p.packed_bytes),

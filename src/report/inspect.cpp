@@ -6,13 +6,13 @@
 #include <fstream>
 #include <iterator>
 
-#include "packfmt/layout.hpp"
-#include "duquant/error.hpp"
-#include "select/linear_layers.hpp"
 #include "config/presets.hpp"
-#include "select/selection.hpp"
 #include "config/settings.hpp"
+#include "duquant/error.hpp"
 #include "formats/strict_json.hpp"
+#include "packfmt/layout.hpp"
+#include "select/linear_layers.hpp"
+#include "select/selection.hpp"
 
 namespace duquant {
 namespace {
@@ -198,7 +198,8 @@ CheckpointReport inspect_checkpoint(const formats::Checkpoint& ckpt, HeadDims he
       const LinearLayer& l = *s.layer;
       if (!l.quantizable()) continue;  // pack skips what it cannot quantize
       // pack refuses the whole selection (check_selected_shapes, warned about below): no estimate
-      if (l.out_features == 0 || l.in_features == 0 || l.out_features > kMaxLayerWidth || l.in_features > kMaxLayerWidth)
+      if (l.out_features == 0 || l.in_features == 0 || l.out_features > kMaxLayerWidth ||
+          l.in_features > kMaxLayerWidth)
         continue;
       const std::uint64_t bias = l.bias ? l.bias->nbytes : 0;
       ++e.layers;
@@ -213,12 +214,14 @@ CheckpointReport inspect_checkpoint(const formats::Checkpoint& ckpt, HeadDims he
     try {
       check_selected_shapes(sel, config.quant, r.source);
     } catch (const Error& refused) {
-      r.warnings.push_back(fmt::format("preset '{}': `duquant pack` would refuse this selection: {}", p.name, refused.what()));
+      r.warnings.push_back(
+          fmt::format("preset '{}': `duquant pack` would refuse this selection: {}", p.name, refused.what()));
     }
     if (split > 0)
-      r.warnings.push_back(fmt::format("preset '{}': block_out {} does not divide the head dimension of {} q/k/v "
-                                       "layer{}, e.g. {}: output rotations would mix rows of two heads",
-                                       p.name, config.quant.block_out, split, split == 1 ? "" : "s", example));
+      r.warnings.push_back(
+          fmt::format("preset '{}': block_out {} does not divide the head dimension of {} q/k/v "
+                      "layer{}, e.g. {}: output rotations would mix rows of two heads",
+                      p.name, config.quant.block_out, split, split == 1 ? "" : "s", example));
     r.presets.push_back(std::move(e));
   }
   r.warnings.insert(r.warnings.begin(), head_dims.warnings.begin(), head_dims.warnings.end());

@@ -5,11 +5,11 @@
 
 #include <cmath>
 
-#include "formats/digest.hpp"
 #include "duquant/error.hpp"
 #include "duquant/inspect.hpp"
-#include "packfmt/pack_reader.hpp"
+#include "formats/digest.hpp"
 #include "formats/regular_file.hpp"
+#include "packfmt/pack_reader.hpp"
 
 namespace duquant {
 namespace {
@@ -39,8 +39,8 @@ std::optional<MatrixF> pack_weight(const PackDirectory& pack, const PackLayerInf
     return dequantized_original_basis(*t);
   }
   // The manifest's npz name, confined to the pack folder (format error otherwise).
-  const NpzLayer npz =
-      read_npz_layer(formats::confined_path(pack.path(), l.npz, fmt::format("{}: layer '{}': npz", pack.path().string(), l.name)));
+  const NpzLayer npz = read_npz_layer(
+      formats::confined_path(pack.path(), l.npz, fmt::format("{}: layer '{}': npz", pack.path().string(), l.name)));
   return runtime_quantized_original_basis(w, npz, 4);
 }
 
@@ -80,8 +80,8 @@ void add_head_errors(PackReport& report, const formats::Checkpoint& ckpt, const 
     }
     const std::uint64_t width = axis == HeadAxis::rows ? l.out_features : l.in_features;
     if (width % static_cast<std::uint64_t>(*hd) != 0) {
-      l.heads_note = fmt::format("head_dim {} does not divide the {} {}", *hd, width,
-                                 axis == HeadAxis::rows ? "rows" : "columns");
+      l.heads_note =
+          fmt::format("head_dim {} does not divide the {} {}", *hd, width, axis == HeadAxis::rows ? "rows" : "columns");
       continue;
     }
     const formats::TensorRef* t = ckpt.find(l.name + ".weight");
@@ -103,7 +103,8 @@ void add_head_errors(PackReport& report, const formats::Checkpoint& ckpt, const 
     }
     std::vector<float> w(t->numel);
     ckpt.read_f32(*t, w);
-    const WeightView view{w.data(), static_cast<std::int64_t>(l.out_features), static_cast<std::int64_t>(l.in_features)};
+    const WeightView view{w.data(), static_cast<std::int64_t>(l.out_features),
+                          static_cast<std::int64_t>(l.in_features)};
     std::string why;
     const std::optional<MatrixF> w_hat = pack_weight(pack, l, view, why);
     ckpt.release(*t);

@@ -7,11 +7,11 @@
 
 #include "duquant/error.hpp"
 #include "duquant/inspect.hpp"
-#include "packfmt/layout.hpp"
-#include "packfmt/manifest.hpp"
 #include "formats/dtype.hpp"
 #include "formats/npz.hpp"
 #include "formats/strict_json.hpp"
+#include "packfmt/layout.hpp"
+#include "packfmt/manifest.hpp"
 
 namespace duquant {
 namespace {
@@ -151,8 +151,9 @@ void read_npz_only(const fs::path& dir, PackReport& r) {
     DQ_CHECK(!ec, io, "{}: cannot read the size: {}", label, ec.message());
     l.in_features = f.u64("in_features");
     l.out_features = f.u64("out_features");
-    DQ_CHECK(l.out_features > 0 && l.in_features > 0 && l.out_features <= kMaxLayerShape && l.in_features <= kMaxLayerShape,
-             format, "{}: shape [{}, {}] is out of range", f.where, l.out_features, l.in_features);
+    DQ_CHECK(
+        l.out_features > 0 && l.in_features > 0 && l.out_features <= kMaxLayerShape && l.in_features <= kMaxLayerShape,
+        format, "{}: shape [{}, {}] is out of range", f.where, l.out_features, l.in_features);
     l.block = f.int_in("block_size", 1, kMaxMetaBlock);
     l.block_out = f.int_in("block_out_size", 1, kMaxMetaBlock);
     l.permute = f.boolean("enable_permute");
@@ -193,8 +194,10 @@ PackReport inspect_pack(const fs::path& dir) {
   try {
     // Present even as a dangling link, a loop or a FIFO: the reader then refuses it, named (io).
     r.has_manifest = fs::symlink_status(dir / kManifestName, ec).type() != fs::file_type::not_found;
-    if (r.has_manifest) read_manifest(dir, r);
-    else read_npz_only(dir, r);
+    if (r.has_manifest)
+      read_manifest(dir, r);
+    else
+      read_npz_only(dir, r);
   } catch (const nlohmann::json::exception& e) {
     fail(ErrorKind::format, "{}: unexpected manifest content: {}", dir.string(), e.what());
   } catch (const fs::filesystem_error& e) {
@@ -212,9 +215,10 @@ void add_block_out_warnings(PackReport& r, const HeadDims& dims) {
     if (!hd || head_axis(l.name) != HeadAxis::rows || l.block_out <= 0) continue;
     const bool row_rot_off = r.config.contains("row_rot") && r.config["row_rot"] == "0";
     if (!row_rot_off && *hd % l.block_out != 0)
-      r.warnings.push_back(fmt::format("{}: block_out {} does not divide head_dim {}: its output rotations mix rows "
-                                       "of two heads",
-                                       l.name, l.block_out, *hd));
+      r.warnings.push_back(
+          fmt::format("{}: block_out {} does not divide head_dim {}: its output rotations mix rows "
+                      "of two heads",
+                      l.name, l.block_out, *hd));
   }
 }
 

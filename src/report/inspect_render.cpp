@@ -43,7 +43,7 @@ std::string fit(const std::string& name, std::size_t width) {
   s = dropped;
   static const std::pair<const char*, const char*> words[] = {
       {"language_model", "lm"}, {"gemma_expert", "expert"}, {"vision_tower", "vision"}, {"vision_model.", ""},
-      {"self_attn", "attn"},    {"paligemma.", ""},        {"encoder.", ""},            {"layers.", "L"}};
+      {"self_attn", "attn"},    {"paligemma.", ""},         {"encoder.", ""},           {"layers.", "L"}};
   for (const auto& [from, to] : words) {
     if (s.size() <= width) return s;
     for (std::size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + std::string_view(to).size()))
@@ -174,8 +174,8 @@ std::string checkpoint_text(const CheckpointReport& r) {
   }
   out += fmt::format("{:<16}{:>8}{:>7}{:>15}{:>12}\n", "total", layers, attn, digits(params), human_bytes(bytes));
   out += fmt::format("\nwhat each preset would pack (estimated bytes in quantized.safetensors):\n");
-  out += fmt::format("{:<20}{:>7}{:>13}{:>13}{:>13}{:>8}{:>8}\n", "preset", "layers", "weights in", "packed",
-                     "saved", "saving", "ratio");
+  out += fmt::format("{:<20}{:>7}{:>13}{:>13}{:>13}{:>8}{:>8}\n", "preset", "layers", "weights in", "packed", "saved",
+                     "saving", "ratio");
   for (const PresetEstimate& p : r.presets) {
     const bool grows = p.packed_bytes > p.bytes_in;
     const std::uint64_t diff = grows ? p.packed_bytes - p.bytes_in : p.bytes_in - p.packed_bytes;
@@ -265,9 +265,10 @@ std::string pack_text(const PackReport& r) {
                        human_bytes(t.npz));
     if (t.counted) {
       const double dq = t.sum_dq / static_cast<double>(t.counted), rtn = t.sum_rtn / static_cast<double>(t.counted);
-      out += fmt::format("  SQNR:    mean {:.2f} dB DuQuant, {:.2f} dB round-to-nearest ({:+.2f} dB); worst "
-                         "{:.2f} dB\n",
-                         dq, rtn, dq - rtn, *t.worst->duquant->sqnr_db);
+      out += fmt::format(
+          "  SQNR:    mean {:.2f} dB DuQuant, {:.2f} dB round-to-nearest ({:+.2f} dB); worst "
+          "{:.2f} dB\n",
+          dq, rtn, dq - rtn, *t.worst->duquant->sqnr_db);
     }
   } else {
     out += fmt::format("  format:  npz files only (a pack written by the Python runtime), {} layers, {}\n",
@@ -278,15 +279,17 @@ std::string pack_text(const PackReport& r) {
   const std::string prefix = common_name_prefix(r.layers);
   const bool any_heads = std::any_of(r.layers.begin(), r.layers.end(), [](const auto& l) { return !l.heads.empty(); });
   const std::size_t name_width = any_heads ? 34 : 44;
-  const bool any_calib = std::any_of(r.layers.begin(), r.layers.end(), [](const PackLayerInfo& l) { return l.calibrated; });
+  const bool any_calib =
+      std::any_of(r.layers.begin(), r.layers.end(), [](const PackLayerInfo& l) { return l.calibrated; });
   std::size_t width = 5;
   for (const auto& l : r.layers) width = std::max(width, std::min(name_width, l.name.size() - prefix.size()));
   out += "\n";
   if (r.has_manifest) {
     out += "per-layer quality, worst DuQuant SQNR first";
     out += prefix.empty() ? std::string(":\n") : fmt::format("; names after\n'{}':\n", prefix);
-    out += fmt::format("{:>3}  {:<{}}  {:>10} {:>2} {:>8} {:>8} {:>7} {:>7}{}{}\n", "#", "layer", width, "shape", "W",
-                       "DuQuant", "RTN", "gain", "rel.err", any_calib ? "  out.err" : "", any_heads ? "  worst head" : "");
+    out +=
+        fmt::format("{:>3}  {:<{}}  {:>10} {:>2} {:>8} {:>8} {:>7} {:>7}{}{}\n", "#", "layer", width, "shape", "W",
+                    "DuQuant", "RTN", "gain", "rel.err", any_calib ? "  out.err" : "", any_heads ? "  worst head" : "");
     out += fmt::format("{:>3}  {:<{}}  {:>10} {:>2} {:>8} {:>8} {:>7} {:>7}{}{}\n", "", "", width, "[out x in]", "",
                        "dB", "dB", "dB", "", any_calib ? "  W·A    " : "", any_heads ? "  (rel.err, dB)" : "");
   } else {
@@ -314,10 +317,11 @@ std::string pack_text(const PackReport& r) {
       }
       std::string calib;
       if (any_calib)
-        calib = fmt::format("  {:>7}{}", l.output_rel_error ? fmt::format("{:.4f}", *l.output_rel_error) : std::string("-"),
-                            l.smoothed ? "s" : " ");
-      out += fmt::format("{:>3}  {:<{}}  {:>10} {:>2} {:>8} {:>8} {:>7} {:>7}{}{}\n", i, name, width, shape, l.wbits, dq,
-                         rtn, gain, rel, calib, head);
+        calib =
+            fmt::format("  {:>7}{}", l.output_rel_error ? fmt::format("{:.4f}", *l.output_rel_error) : std::string("-"),
+                        l.smoothed ? "s" : " ");
+      out += fmt::format("{:>3}  {:<{}}  {:>10} {:>2} {:>8} {:>8} {:>7} {:>7}{}{}\n", i, name, width, shape, l.wbits,
+                         dq, rtn, gain, rel, calib, head);
     } else {
       out += fmt::format("{:>3}  {:<{}}  {:>10} {:>6} {:>6} {:>5} {:>7} {:>10}{}\n", i, name, width, shape, l.block,
                          l.block_out, l.permute ? "on" : "off", fmt::format("{:g}", l.lambda_smooth),
@@ -373,13 +377,14 @@ ojson pack_json(const PackReport& r) {
     e["npz"] = l.npz.empty() ? ojson(nullptr) : ojson{{"name", l.npz}, {"size", l.npz_bytes}};
     if (l.duquant && l.rtn) {
       ojson q = {{"duquant", quality_json(*l.duquant)}, {"rtn", quality_json(*l.rtn)}};
-      q["gain_db"] = l.duquant->sqnr_db && l.rtn->sqnr_db ? ojson(*l.duquant->sqnr_db - *l.rtn->sqnr_db) : ojson(nullptr);
+      q["gain_db"] =
+          l.duquant->sqnr_db && l.rtn->sqnr_db ? ojson(*l.duquant->sqnr_db - *l.rtn->sqnr_db) : ojson(nullptr);
       e["quality"] = q;
     } else {
       e["quality"] = nullptr;
     }
-    e["calibration"] = l.calibrated ? ojson{{"output_rel_error", opt(l.output_rel_error)}, {"smoothed", l.smoothed}}
-                                    : ojson(nullptr);
+    e["calibration"] =
+        l.calibrated ? ojson{{"output_rel_error", opt(l.output_rel_error)}, {"smoothed", l.smoothed}} : ojson(nullptr);
     if (!l.heads.empty()) {
       ojson h;
       h["head_dim"] = l.head_dim;

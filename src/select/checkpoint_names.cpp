@@ -25,8 +25,8 @@ constexpr Marker kMarkers[] = {
     {"action_head.model.", Family::gr00t},
 };
 // pi0/pi0.5 linears that sit beside paligemma_with_expert (no marker of their own).
-constexpr std::string_view kPiTopLevel[] = {"action_in_proj",  "action_out_proj",    "time_mlp_in",
-                                            "time_mlp_out",    "state_proj",         "action_time_mlp_in",
+constexpr std::string_view kPiTopLevel[] = {"action_in_proj",     "action_out_proj", "time_mlp_in",
+                                            "time_mlp_out",       "state_proj",      "action_time_mlp_in",
                                             "action_time_mlp_out"};
 
 bool starts_with(std::string_view s, std::string_view prefix) {
@@ -91,10 +91,12 @@ LayoutGuess guess_layout(const formats::Checkpoint& ckpt) {
   const std::string prefix = *prefixes.begin();
   g.prefix = prefix;
   if (family == Family::pi) {
-    if (has_stored(ckpt, prefix + "time_mlp_in.weight")) g.model = "pi0.5";
+    if (has_stored(ckpt, prefix + "time_mlp_in.weight"))
+      g.model = "pi0.5";
     else if (has_stored(ckpt, prefix + "state_proj.weight") || has_stored(ckpt, prefix + "action_time_mlp_in.weight"))
       g.model = "pi0";
-    else g.model = "pi0/pi0.5";
+    else
+      g.model = "pi0/pi0.5";
     g.layout = prefix.empty() ? "OpenPI" : prefix == "model." ? "LeRobot" : "prefixed";
   } else {
     g.model = "GR00T N1.5";
@@ -124,8 +126,9 @@ NameMapping resolve_names(const formats::Checkpoint& ckpt, const NamingOptions& 
     m.runtime_prefix = options.add_prefix.value_or("");
     DQ_CHECK(m.checkpoint_prefix.empty() || has_tensor_under(ckpt, m.checkpoint_prefix), usage,
              "--strip-prefix '{}': no tensor of {} starts with it{}", m.checkpoint_prefix, ckpt.source().string(),
-             guess.prefix && !guess.prefix->empty() ? fmt::format(" (its {} tensors sit under '{}')", guess.model, *guess.prefix)
-                                                    : std::string());
+             guess.prefix && !guess.prefix->empty()
+                 ? fmt::format(" (its {} tensors sit under '{}')", guess.model, *guess.prefix)
+                 : std::string());
     return m;
   }
   if (guess.prefix && !guess.prefix->empty()) {
@@ -176,9 +179,10 @@ OpenedCheckpoint open_checkpoint(const std::filesystem::path& path, const Naming
 std::string describe_names(const NameMapping& m, const std::string& source) {
   std::string what;
   if (m.how == "detected") {
-    what = fmt::format("{} in {}'s layout: every tensor of the model is stored under '{}'; layers are selected and "
-                       "named without it, as the runtime names its modules (--strip-prefix '' keeps the stored names)",
-                       m.model, m.layout, m.checkpoint_prefix);
+    what = fmt::format(
+        "{} in {}'s layout: every tensor of the model is stored under '{}'; layers are selected and "
+        "named without it, as the runtime names its modules (--strip-prefix '' keeps the stored names)",
+        m.model, m.layout, m.checkpoint_prefix);
   } else {
     std::string change;
     if (!m.checkpoint_prefix.empty()) change = fmt::format("'{}' removed", m.checkpoint_prefix);
@@ -196,9 +200,10 @@ std::string describe_names(const NameMapping& m, const std::string& source) {
 
 std::string ambiguous_layout_text(const LayoutGuess& g) {
   if (g.model.empty())
-    return fmt::format("names of both pi0/pi0.5 and GR00T N1.5 under {}: names are read as stored (use --strip-prefix "
-                       "to choose)",
-                       quoted_list(g.prefixes));
+    return fmt::format(
+        "names of both pi0/pi0.5 and GR00T N1.5 under {}: names are read as stored (use --strip-prefix "
+        "to choose)",
+        quoted_list(g.prefixes));
   return fmt::format("{} names under several prefixes ({}): names are read as stored (use --strip-prefix to choose)",
                      g.model, quoted_list(g.prefixes));
 }
@@ -218,7 +223,8 @@ NameMapping names_from_json(const nlohmann::json& j, const std::string& label) {
   DQ_CHECK(j.is_object(), format, "{}: checkpoint.names: expected an object, found {}", label, formats::json_kind(j));
   NameMapping m;
   auto text = [&](const char* key, std::string& out) {
-    DQ_CHECK(j.contains(key) && j.at(key).is_string(), format, "{}: checkpoint.names.{}: expected a string", label, key);
+    DQ_CHECK(j.contains(key) && j.at(key).is_string(), format, "{}: checkpoint.names.{}: expected a string", label,
+             key);
     out = j.at(key).get<std::string>();
   };
   text("checkpoint_prefix", m.checkpoint_prefix);

@@ -13,16 +13,18 @@ std::vector<float> weight_from_bytes(const LinearLayer& layer, std::span<const s
   std::size_t largest = 0;
   for (std::size_t k = 0; k < w.size(); ++k) {
     if (!std::isfinite(w[k]))
-      fail(ErrorKind::numeric, "layer '{}': weight [{}, {}] is {} (stage: reading the weight; shape [{}, {}])", layer.name,
-           k / layer.in_features, k % layer.in_features, w[k], layer.out_features, layer.in_features);
+      fail(ErrorKind::numeric, "layer '{}': weight [{}, {}] is {} (stage: reading the weight; shape [{}, {}])",
+           layer.name, k / layer.in_features, k % layer.in_features, w[k], layer.out_features, layer.in_features);
     if (std::abs(w[k]) > std::abs(w[largest])) largest = k;
   }
   // Magnitudes float32 math cannot carry: squares and dot products would overflow, or underflow
   // into subnormals where the scales lose their precision. No trained weight comes near either.
   const float top = w.empty() ? 0.0f : std::abs(w[largest]);
   if (top > kLargestWeightMagnitude || (top > 0 && top < kSmallestLargestWeight))
-    fail(ErrorKind::numeric, "layer '{}': weight [{}, {}] is {:g}, the largest magnitude of the layer, {} (stage: reading "
-         "the weight; shape [{}, {}]; duquant packs layers whose largest |weight| lies in [{:g}, {:g}], or all-zero layers)",
+    fail(ErrorKind::numeric,
+         "layer '{}': weight [{}, {}] is {:g}, the largest magnitude of the layer, {} (stage: reading "
+         "the weight; shape [{}, {}]; duquant packs layers whose largest |weight| lies in [{:g}, {:g}], or all-zero "
+         "layers)",
          layer.name, largest / layer.in_features, largest % layer.in_features, w[largest],
          top > kLargestWeightMagnitude ? "too large for float32 sums of squares and products"
                                        : "too small: scales and squared errors would underflow float32",
@@ -31,8 +33,9 @@ std::vector<float> weight_from_bytes(const LinearLayer& layer, std::span<const s
 }
 
 std::vector<std::byte> copy_tensor_bytes(const formats::Checkpoint& ckpt, const formats::TensorRef& t) {
-  DQ_CHECK(formats::converts_to_f32(t.dtype), format, "{}: tensor '{}' is {}; only F32, F16 and BF16 convert to float32",
-           ckpt.files().at(t.file).path.string(), t.stored_name, formats::dtype_name(t.dtype));
+  DQ_CHECK(formats::converts_to_f32(t.dtype), format,
+           "{}: tensor '{}' is {}; only F32, F16 and BF16 convert to float32", ckpt.files().at(t.file).path.string(),
+           t.stored_name, formats::dtype_name(t.dtype));
   const std::span<const std::byte> b = ckpt.bytes(t);
   return std::vector<std::byte>(b.begin(), b.end());
 }

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <iterator>
 
-#include "select/module_order.hpp"
 #include "base/regex.hpp"
+#include "select/module_order.hpp"
 
 namespace duquant {
 

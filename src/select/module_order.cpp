@@ -12,7 +12,7 @@ namespace {
 // recursion (and no recursive destruction) over name parts, however many a name has.
 struct Node {
   std::vector<std::pair<std::string, std::size_t>> children;  // part, node index; first-appearance order
-  std::map<std::string, std::size_t, std::less<>> index;     // part -> node index
+  std::map<std::string, std::size_t, std::less<>> index;      // part -> node index
   std::vector<std::size_t> items;                             // names that end at this node
 };
 

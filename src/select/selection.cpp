@@ -5,8 +5,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "duquant/error.hpp"
 #include "base/regex.hpp"
+#include "duquant/error.hpp"
 #include "formats/npz.hpp"
 
 namespace duquant {
@@ -16,8 +16,7 @@ bool is_action_head(const std::string& name, Runtime runtime) {
   const bool ends_in_head =
       name.size() >= head.size() && name.compare(name.size() - head.size(), head.size(), head) == 0;
   if (runtime == Runtime::gr00t)
-    return ends_in_head ||
-           (name.find("action_head") != std::string::npos && name.rfind("action_head.model.", 0) != 0);
+    return ends_in_head || (name.find("action_head") != std::string::npos && name.rfind("action_head.model.", 0) != 0);
   if (name == head) return true;
   return name.size() > head.size() && name.compare(name.size() - head.size(), head.size(), head) == 0 &&
          name[name.size() - head.size() - 1] == '.';
@@ -84,11 +83,11 @@ std::uint64_t pack_npz_members(std::uint64_t in_features, std::uint64_t out_feat
     const auto b = static_cast<std::uint64_t>(std::max(block, 1));
     return width / b + (width % b != 0 ? 1 : 0);
   };
-  std::uint64_t n = 2;                                   // weight_scale, meta
-  n += q.permute ? 1 : 0;                                // perm
-  n += blocks(in_features, q.block) + 1;                 // Rin_b, R_in_blocks
+  std::uint64_t n = 2;                                                          // weight_scale, meta
+  n += q.permute ? 1 : 0;                                                       // perm
+  n += blocks(in_features, q.block) + 1;                                        // Rin_b, R_in_blocks
   n += (q.row_rot == RowRot::off ? 0 : blocks(out_features, q.block_out)) + 1;  // Rout_b, R_out_blocks
-  n += (calibrated ? 1 : 0) + (smoothed ? 1 : 0);        // act_scale, smooth_scale
+  n += (calibrated ? 1 : 0) + (smoothed ? 1 : 0);                               // act_scale, smooth_scale
   return n;
 }
 
@@ -98,15 +97,17 @@ void check_selected_shapes(const Selection& selection, const QuantConfig& q, con
     const LinearLayer& l = *s.layer;
     DQ_CHECK(l.out_features >= 1 && l.in_features >= 1, format,
              "{}: layer '{}': weight shape [{}, {}] has no {}; a linear layer needs at least one input and one output",
-             label, l.name, l.out_features, l.in_features, l.in_features == 0 ? "input (in_features 0)" : "output (out_features 0)");
+             label, l.name, l.out_features, l.in_features,
+             l.in_features == 0 ? "input (in_features 0)" : "output (out_features 0)");
     DQ_CHECK(l.out_features <= kMaxLayerWidth && l.in_features <= kMaxLayerWidth, format,
              "{}: layer '{}': weight shape [{}, {}] is wider than the {} features a layer may have", label, l.name,
              l.out_features, l.in_features, kMaxLayerWidth);
     const std::uint64_t members = pack_npz_members(l.in_features, l.out_features, q, calibrated, smoothed);
-    DQ_CHECK(members <= formats::kMaxNpzMembers, usage,
-             "{}: layer '{}' [{}, {}]: its npz would hold {} members with block {} and block_out {}, more than the {} an "
-             "npz can hold; use a larger --block / --block-out",
-             label, l.name, l.out_features, l.in_features, members, q.block, q.block_out, formats::kMaxNpzMembers);
+    DQ_CHECK(
+        members <= formats::kMaxNpzMembers, usage,
+        "{}: layer '{}' [{}, {}]: its npz would hold {} members with block {} and block_out {}, more than the {} an "
+        "npz can hold; use a larger --block / --block-out",
+        label, l.name, l.out_features, l.in_features, members, q.block, q.block_out, formats::kMaxNpzMembers);
   }
 }
 

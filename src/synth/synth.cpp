@@ -1,7 +1,7 @@
 #include "synth/synth.hpp"
 
-#include <Eigen/Core>
 #include <fmt/format.h>
+#include <Eigen/Core>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -57,8 +57,7 @@ std::uint64_t tensor_key(const SynthOptions& o, std::uint64_t tensor) {
 
 // The widths `--factor` divides (so every one must be a multiple of 16).
 constexpr std::uint64_t kPi05Widths[] = {2048, 16384, 256, 1024, 4096, 3072, 1152, 4304};
-constexpr std::uint64_t kGr00tWidths[] = {151680, 2048, 1024, 128, 6144, 1152, 4304, 4608,
-                                          1536,   3072, 256,  8192};
+constexpr std::uint64_t kGr00tWidths[] = {151680, 2048, 1024, 128, 6144, 1152, 4304, 4608, 1536, 3072, 256, 8192};
 
 bool factor_divides_widths(const SynthOptions& o) {
   if (o.factor != 1 && o.factor != 2 && o.factor != 4 && o.factor != 8 && o.factor != 16) return false;
@@ -188,9 +187,19 @@ void pi05_tensors(const SynthOptions& o, TensorList& t) {
 // GR00T N1.5's widths at a factor.
 struct Gr00tWidths {
   explicit Gr00tWidths(std::uint64_t f)
-      : vocab(151680 / f), llm(2048 / f), llm_kv(1024 / f), head(128 / f), llm_mlp(6144 / f), vit(1152 / f),
-        vit_mlp(4304 / f), shuffled(4608 / f), dit(1536 / f), dit_ff(6144 / f), time_in(256 / f),
-        hidden(1024 / f), vl_ff(8192 / f) {}
+      : vocab(151680 / f),
+        llm(2048 / f),
+        llm_kv(1024 / f),
+        head(128 / f),
+        llm_mlp(6144 / f),
+        vit(1152 / f),
+        vit_mlp(4304 / f),
+        shuffled(4608 / f),
+        dit(1536 / f),
+        dit_ff(6144 / f),
+        time_in(256 / f),
+        hidden(1024 / f),
+        vl_ff(8192 / f) {}
   std::uint64_t vocab, llm, llm_kv, head, llm_mlp;  // Qwen3-style language model (12 of its layers)
   std::uint64_t vit, vit_mlp, shuffled;             // SigLIP vision tower; 4x pixel-shuffled connector input
   std::uint64_t dit, dit_ff, time_in, hidden;       // DiT inner width, its FF, timestep channels, head hidden size
@@ -310,8 +319,8 @@ std::byte* store(DType dtype, float v, std::byte* dst) {
     std::memcpy(dst, &v, 4);
     return dst + 4;
   }
-  const std::uint16_t h = dtype == DType::BF16 ? elementwise::f32_to_bf16(v)
-                                               : Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(v));
+  const std::uint16_t h =
+      dtype == DType::BF16 ? elementwise::f32_to_bf16(v) : Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(v));
   std::memcpy(dst, &h, 2);
   return dst + 2;
 }
@@ -345,10 +354,11 @@ std::uint64_t write_file(const fs::path& path, const SynthOptions& o, const std:
 // model-NNNNN-of-NNNNN.safetensors
 bool is_shard_name(const std::string& name) {
   if (name.size() != std::string_view("model-00001-of-00001.safetensors").size()) return false;
-  if (name.rfind("model-", 0) != 0 || name.compare(11, 4, "-of-") != 0 || !ends_with(name, ".safetensors")) return false;
+  if (name.rfind("model-", 0) != 0 || name.compare(11, 4, "-of-") != 0 || !ends_with(name, ".safetensors"))
+    return false;
   auto digits = [&](std::size_t at) {
-    return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(at), name.begin() + static_cast<std::ptrdiff_t>(at + 5),
-                       [](char c) { return c >= '0' && c <= '9'; });
+    return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(at),
+                       name.begin() + static_cast<std::ptrdiff_t>(at + 5), [](char c) { return c >= '0' && c <= '9'; });
   };
   return digits(6) && digits(15);
 }
@@ -411,9 +421,7 @@ std::uint64_t write_folder(const fs::path& folder, const SynthOptions& o, const 
 
 }  // namespace
 
-const char* synth_model_name(SynthModel model) noexcept {
-  return model == SynthModel::pi05 ? "pi05" : "gr00t-n1.5";
-}
+const char* synth_model_name(SynthModel model) noexcept { return model == SynthModel::pi05 ? "pi05" : "gr00t-n1.5"; }
 
 std::optional<SynthModel> parse_synth_model(std::string_view name) noexcept {
   if (name == "pi05") return SynthModel::pi05;

@@ -7,17 +7,17 @@
 #include <map>
 #include <set>
 
-#include "formats/digest.hpp"
 #include "duquant/error.hpp"
-#include "select/linear_layers.hpp"
-#include "math/calibration.hpp"
-#include "select/layer_weights.hpp"
-#include "packfmt/layout.hpp"
-#include "select/selection.hpp"
-#include "math/smoothing.hpp"
+#include "formats/digest.hpp"
 #include "formats/folder_lock.hpp"
 #include "formats/regular_file.hpp"
 #include "formats/strict_json.hpp"
+#include "math/calibration.hpp"
+#include "math/smoothing.hpp"
+#include "packfmt/layout.hpp"
+#include "select/layer_weights.hpp"
+#include "select/linear_layers.hpp"
+#include "select/selection.hpp"
 #include "verify_checks.hpp"
 
 namespace duquant {
@@ -69,7 +69,8 @@ void check_files(const PackDirectory& pack, const Manifest& m, PackFindings& pf)
   for (const ManifestFile& f : m.files) {
     const fs::path p = pack.path() / f.name;
     std::error_code ec;
-    if (f.name.find('/') != std::string::npos || f.name.find('\\') != std::string::npos || f.name == ".." || f.name == ".") {
+    if (f.name.find('/') != std::string::npos || f.name.find('\\') != std::string::npos || f.name == ".." ||
+        f.name == ".") {
       pf.add(Level::fail, "manifest", "files: '{}' is not a plain file name", f.name);
       continue;
     }
@@ -95,7 +96,9 @@ std::vector<std::string> duquant_files_without_manifest(const fs::path& dir) {
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
-    auto ends = [&](std::string_view x) { return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0; };
+    auto ends = [&](std::string_view x) {
+      return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0;
+    };
     const bool ours = name == kManifestName || name == kQuantizedName || name == kQuantizedIndexName ||
                       (name.rfind("quantized-", 0) == 0 && ends(".safetensors")) ||
                       name.rfind(fmt::format(".{}.tmp-", kManifestName), 0) == 0 ||
@@ -113,23 +116,27 @@ struct CheckpointContext {
 };
 
 // The manifest's figures about a layer's tensors: where they are, their digest, bias, conformance.
-void check_manifest_entry(const PackDirectory& pack, const ManifestLayer& e, const QuantizedLayerTensors& q, Sink& sink) {
+void check_manifest_entry(const PackDirectory& pack, const ManifestLayer& e, const QuantizedLayerTensors& q,
+                          Sink& sink) {
   if (const auto b = pack.quantized_layer_bytes(e.name)) {
     if (b->file != e.quantized_shard)
-      sink.add(Level::fail, "manifest", "the layer's tensors are in {}, the manifest says {}", b->file, e.quantized_shard);
+      sink.add(Level::fail, "manifest", "the layer's tensors are in {}, the manifest says {}", b->file,
+               e.quantized_shard);
     if (!b->contiguous) sink.add(Level::fail, "quantized", "the layer's tensors are not back to back in {}", b->file);
     if (b->bytes != e.quantized_bytes)
-      sink.add(Level::fail, "checksum", "the layer's tensors hold {} bytes, the manifest says {}", b->bytes, e.quantized_bytes);
+      sink.add(Level::fail, "checksum", "the layer's tensors hold {} bytes, the manifest says {}", b->bytes,
+               e.quantized_bytes);
     else if (b->xxh128 != e.quantized_xxh128)
-      sink.add(Level::fail, "checksum", "the layer's tensors have xxh128 {}, the manifest says {}", b->xxh128, e.quantized_xxh128);
+      sink.add(Level::fail, "checksum", "the layer's tensors have xxh128 {}, the manifest says {}", b->xxh128,
+               e.quantized_xxh128);
   }
   if (e.bias != !q.bias.empty())
     sink.add(Level::fail, "manifest", "the manifest says bias {}, quantized.safetensors has {}", e.bias,
              q.bias.empty() ? "none" : "one");
   if (q.test_x.empty()) return;
   if (e.conformance_rows != q.test_rows)
-    sink.add(Level::fail, "conformance", "the manifest says {} conformance rows, the vectors have {}", e.conformance_rows,
-             q.test_rows);
+    sink.add(Level::fail, "conformance", "the manifest says {} conformance rows, the vectors have {}",
+             e.conformance_rows, q.test_rows);
   double err2 = 0, fp2 = 0;
   for (std::size_t k = 0; k < q.test_y_fp.size() && k < q.test_y_q.size(); ++k) {
     const double d = static_cast<double>(q.test_y_q[k]) - q.test_y_fp[k];
@@ -154,7 +161,8 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
   // make verify read nothing else (/dev/zero, a FIFO, a file elsewhere).
   fs::path npz_path;
   try {
-    npz_path = formats::confined_path(pack.path(), file, fmt::format("{}: layer '{}': npz", pack.path().string(), name));
+    npz_path =
+        formats::confined_path(pack.path(), file, fmt::format("{}: layer '{}': npz", pack.path().string(), name));
   } catch (const Error& e) {
     sink.add(Level::fail, "manifest", "{}", e.what());
     return;
@@ -171,10 +179,11 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
   }
   if (!fs::is_regular_file(npz_status)) {
     sink.add(Level::fail, "npz", "{}: not a regular file ({}); an npz is a file", file,
-             npz_status.type() == fs::file_type::directory ? "a folder"
-             : npz_status.type() == fs::file_type::fifo    ? "a FIFO"
+             npz_status.type() == fs::file_type::directory                                                ? "a folder"
+             : npz_status.type() == fs::file_type::fifo                                                   ? "a FIFO"
              : npz_status.type() == fs::file_type::character || npz_status.type() == fs::file_type::block ? "a device"
-             : npz_status.type() == fs::file_type::socket ? "a socket" : "not a file");
+             : npz_status.type() == fs::file_type::socket                                                 ? "a socket"
+                                                          : "not a file");
     return;
   }
   if (entry != nullptr) {
@@ -183,7 +192,8 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
       sink.add(Level::fail, "checksum", "{}: {} bytes, the manifest says {}", file, size, entry->npz.size);
     try {  // the file can still be swapped (for a FIFO, say) since the check: refused without blocking
       const std::string d = xxh128_file(npz_path);
-      if (d != entry->npz.xxh128) sink.add(Level::fail, "checksum", "{}: xxh128 {}, the manifest says {}", file, d, entry->npz.xxh128);
+      if (d != entry->npz.xxh128)
+        sink.add(Level::fail, "checksum", "{}: xxh128 {}, the manifest says {}", file, d, entry->npz.xxh128);
     } catch (const Error& e) {
       sink.add(Level::fail, "npz", "{}", e.what());
       return;
@@ -210,7 +220,8 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
       if (entry != nullptr) {
         const std::string_view dtype = formats::dtype_name(linear->weight->dtype);
         if (entry->dtype != dtype)
-          sink.add(Level::fail, "manifest", "the manifest says the weight is {}, the checkpoint's is {}", entry->dtype, dtype);
+          sink.add(Level::fail, "manifest", "the manifest says the weight is {}, the checkpoint's is {}", entry->dtype,
+                   dtype);
         if (entry->bias != (linear->bias != nullptr))
           sink.add(Level::fail, "manifest", "the manifest says bias {}, the checkpoint's layer has {}", entry->bias,
                    linear->bias != nullptr ? "one" : "none");
@@ -278,7 +289,8 @@ void verify_layer(const PackDirectory& pack, const std::string& name, const std:
         Expectation ref_expect{nullptr, nullptr, expect.out_features, expect.in_features};
         const bool ref_usable = check_npz_structure(ref, ref_expect, ref_sink);
         for (const Finding& f : ref_verdict.findings)
-          if (f.level == Level::fail) sink.add(Level::fail, "reference", "the reference's npz: {}: {}", f.reason, f.message);
+          if (f.level == Level::fail)
+            sink.add(Level::fail, "reference", "the reference's npz: {}: {}", f.reason, f.message);
         if (usable && ref_usable && !sink.failed("stale"))
           check_against_reference(*npz, quantized_sound ? &*q : nullptr, ref, facts ? &*facts : nullptr, wbits, sink);
       } catch (const Error& e) {
@@ -308,13 +320,15 @@ std::optional<Manifest> read_pack_manifest(const VerifyOptions& o, const PackDir
     // Not a runtime pack: duquant's own files without the manifest that makes them checkable (lost,
     // unreadable, or never written). Verifying the npz files alone would pass corrupt codes beside them.
     report.has_manifest = true;
-    pf.add(Level::fail, "missing-manifest",
-           "{}: no readable manifest.json, but duquant's own files are here ({}): a duquant pack whose manifest is lost "
-           "or was never written, whose checksums cannot be checked; pack it again (or remove duquant's files to verify "
-           "the npz files as a runtime pack)",
-           o.pack.string(), fmt::join(ours, ", "));
+    pf.add(
+        Level::fail, "missing-manifest",
+        "{}: no readable manifest.json, but duquant's own files are here ({}): a duquant pack whose manifest is lost "
+        "or was never written, whose checksums cannot be checked; pack it again (or remove duquant's files to verify "
+        "the npz files as a runtime pack)",
+        o.pack.string(), fmt::join(ours, ", "));
   } else {
-    pf.add(Level::info, "no-manifest", "no manifest.json: a pack written by the Python runtime (no checksums, no weight "
+    pf.add(Level::info, "no-manifest",
+           "no manifest.json: a pack written by the Python runtime (no checksums, no weight "
            "digests; staleness is judged from perm and rotations against --checkpoint)");
   }
   // The work folder of `duquant pack` exists while a pack is unfinished: without the manifest the
@@ -322,16 +336,22 @@ std::optional<Manifest> read_pack_manifest(const VerifyOptions& o, const PackDir
   std::error_code work_ec;
   if (fs::is_directory(o.pack / kWorkDirName, work_ec)) {
     if (pack.manifest() == nullptr && pack.manifest_error().empty())
-      pf.add(Level::fail, "unfinished", "{} exists and manifest.json does not: an interrupted `duquant pack`; "
-             "finish it with `duquant pack ... --resume`", kWorkDirName);
+      pf.add(Level::fail, "unfinished",
+             "{} exists and manifest.json does not: an interrupted `duquant pack`; "
+             "finish it with `duquant pack ... --resume`",
+             kWorkDirName);
     else
-      pf.add(Level::warn, "work-folder", "{} is left over from a pack that ended after its manifest was written; "
-             "`duquant pack ... --resume` removes it", kWorkDirName);
+      pf.add(Level::warn, "work-folder",
+             "{} is left over from a pack that ended after its manifest was written; "
+             "`duquant pack ... --resume` removes it",
+             kWorkDirName);
   }
   // A writer holds the folder's lock (formats/folder_lock.hpp): the files may change while read.
   if (const auto holder = formats::folder_lock_holder(o.pack))
-    pf.add(Level::warn, "being-written", "a `duquant pack` is writing this folder now ({}); its files may change while "
-           "they are read: verify it again when that pack has ended", *holder);
+    pf.add(Level::warn, "being-written",
+           "a `duquant pack` is writing this folder now ({}); its files may change while "
+           "they are read: verify it again when that pack has ended",
+           *holder);
   DQ_CHECK(report.has_manifest || !pack.npz_files().empty(), format,
            "{}: not a pack directory (no manifest.json and no .npz files)", o.pack.string());
   if (manifest) check_files(pack, *manifest, pf);
@@ -347,8 +367,8 @@ void check_checkpoint_files(const Manifest& manifest, const formats::Checkpoint&
       return formats::json_safe_text(c.path.filename().string()) == f.name;
     });
     if (it == ckpt.files().end())
-      pf.add(level, "checkpoint-files", "the pack was made from {} ({} bytes), which --checkpoint does not hold", f.name,
-             f.size);
+      pf.add(level, "checkpoint-files", "the pack was made from {} ({} bytes), which --checkpoint does not hold",
+             f.name, f.size);
     else if (it->size != f.size || it->header_bytes != f.header_bytes)
       pf.add(level, "checkpoint-files", "{}: {} bytes with a {}-byte header; the pack was made from {} / {}", f.name,
              it->size, it->header_bytes, f.size, f.header_bytes);
@@ -364,15 +384,17 @@ void open_checkpoint_context(const VerifyOptions& o, const std::optional<Manifes
     return;
   }
   OpenedCheckpoint opened = open_checkpoint(*o.checkpoint, o.naming, manifest ? manifest->names : std::nullopt);
-  if (!opened.names.identity()) pf.add(Level::info, "names", "{}", describe_names(opened.names, o.checkpoint->string()));
+  if (!opened.names.identity())
+    pf.add(Level::info, "names", "{}", describe_names(opened.names, o.checkpoint->string()));
   // The same weights stored under other names: its files differ by design, the digests decide.
   const bool other_layout = manifest && manifest->names &&
                             (manifest->names->checkpoint_prefix != opened.names.checkpoint_prefix ||
                              manifest->names->runtime_prefix != opened.names.runtime_prefix);
   if (other_layout)
-    pf.add(Level::info, "names", "the pack was made from names under '{}'; {} stores them under '{}': its files differ, "
-           "the weight digests decide", manifest->names->checkpoint_prefix, o.checkpoint->string(),
-           opened.names.checkpoint_prefix);
+    pf.add(Level::info, "names",
+           "the pack was made from names under '{}'; {} stores them under '{}': its files differ, "
+           "the weight digests decide",
+           manifest->names->checkpoint_prefix, o.checkpoint->string(), opened.names.checkpoint_prefix);
   ck.emplace(CheckpointContext{std::move(opened.checkpoint), {}, {}});
   const RunConfig* run = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
   ck->linears = find_linear_layers(ck->ckpt, run ? run->selection.not_linear : std::vector<std::string>{});
@@ -443,7 +465,8 @@ void check_selection(const VerifyOptions& o, const std::optional<Manifest>& mani
                      const PackLayers& layers, VerifyReport& report, PackFindings& pf) {
   const RunConfig* config = manifest ? &manifest->config : o.selection ? &*o.selection : nullptr;
   if (config == nullptr) {
-    pf.add(Level::info, "selection-unknown", "no manifest and no selection flags: layers missing from the pack are not "
+    pf.add(Level::info, "selection-unknown",
+           "no manifest and no selection flags: layers missing from the pack are not "
            "looked for (give --preset or --scope)");
     return;
   }
@@ -452,8 +475,9 @@ void check_selection(const VerifyOptions& o, const std::optional<Manifest>& mani
   for (const SelectedLayer& l : s.layers) picked.insert(l.layer->name);
   for (LayerVerdict& v : report.layers)
     if (!picked.count(v.name) && ck.by_name.count(v.name))
-      v.findings.push_back({Level::fail, manifest ? "manifest" : "selection",
-                            fmt::format("the {} selection does not pick this layer", manifest ? "manifest's" : "given")});
+      v.findings.push_back(
+          {Level::fail, manifest ? "manifest" : "selection",
+           fmt::format("the {} selection does not pick this layer", manifest ? "manifest's" : "given")});
   for (const SelectedLayer& l : s.layers) {
     if (const auto e = layers.entries.find(l.layer->name); e != layers.entries.end() && e->second->wbits != l.wbits) {
       for (LayerVerdict& v : report.layers)
@@ -462,8 +486,9 @@ void check_selection(const VerifyOptions& o, const std::optional<Manifest>& mani
                                 fmt::format("the manifest says W{}, its configuration gives this layer W{}",
                                             e->second->wbits, l.wbits)});
     }
-    if (layers.files.count(l.layer->name) || std::any_of(report.layers.begin(), report.layers.end(),
-                                                         [&](const LayerVerdict& v) { return v.name == l.layer->name; }))
+    if (layers.files.count(l.layer->name) ||
+        std::any_of(report.layers.begin(), report.layers.end(),
+                    [&](const LayerVerdict& v) { return v.name == l.layer->name; }))
       continue;
     LayerVerdict v;
     v.name = l.layer->name;
@@ -481,7 +506,8 @@ void check_reference_extras(const PackDirectory& reference, const PackLayers& la
     if (layers.files.count(name)) continue;
     LayerVerdict v;
     v.name = name;
-    v.findings.push_back({Level::fail, "reference-extra", fmt::format("the reference pack has {}, this pack does not", f)});
+    v.findings.push_back(
+        {Level::fail, "reference-extra", fmt::format("the reference pack has {}, this pack does not", f)});
     report.layers.push_back(std::move(v));
   }
 }
@@ -522,7 +548,8 @@ nlohmann::ordered_json verify_report_json(const VerifyReport& r) {
   using json = nlohmann::ordered_json;
   auto findings = [](const std::vector<Finding>& fs) {
     json a = json::array();
-    for (const Finding& f : fs) a.push_back({{"level", level_name(f.level)}, {"reason", f.reason}, {"message", f.message}});
+    for (const Finding& f : fs)
+      a.push_back({{"level", level_name(f.level)}, {"reason", f.reason}, {"message", f.message}});
     return a;
   };
   json j;
@@ -543,11 +570,16 @@ nlohmann::ordered_json verify_report_json(const VerifyReport& r) {
     e["numbers"] = l.numbers.is_null() ? json::object() : l.numbers;
     j["layers"].push_back(std::move(e));
   }
-  j["tolerances"] = {{"orthogonality", kOrthogonalityTolerance}, {"transform", kTransformTolerance},
-                     {"conformance", kConformanceTolerance},     {"quality", kQualityTolerance},
-                     {"eigenbasis", kEigenbasisTolerance},       {"energy_tie", kEnergyTieTolerance},
-                     {"eigen_gap", kEigenGapTolerance},          {"subspace", kSubspaceTolerance},
-                     {"rotation_noise", kRotationNoise},         {"subspace_floor", kSubspaceFloor},
+  j["tolerances"] = {{"orthogonality", kOrthogonalityTolerance},
+                     {"transform", kTransformTolerance},
+                     {"conformance", kConformanceTolerance},
+                     {"quality", kQualityTolerance},
+                     {"eigenbasis", kEigenbasisTolerance},
+                     {"energy_tie", kEnergyTieTolerance},
+                     {"eigen_gap", kEigenGapTolerance},
+                     {"subspace", kSubspaceTolerance},
+                     {"rotation_noise", kRotationNoise},
+                     {"subspace_floor", kSubspaceFloor},
                      {"reference_quality_factor", kReferenceQualityFactor}};
   return j;
 }

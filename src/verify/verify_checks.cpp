@@ -3,13 +3,13 @@
 #include <Eigen/Dense>
 
 #include <algorithm>
-#include <limits>
 #include <cmath>
+#include <limits>
 #include <set>
 
-#include "math/conformance.hpp"
 #include "base/elementwise.hpp"
 #include "math/calibration.hpp"
+#include "math/conformance.hpp"
 #include "select/layer_weights.hpp"
 #include "select/selection.hpp"
 
@@ -69,8 +69,9 @@ bool check_rotations(const char* prefix, const std::vector<std::pair<std::int64_
   for (const auto& [b, r] : blocks) {
     const std::int64_t s = block_width(n, block, b);
     if (r.rows() != s || r.cols() != s) {
-      sink.add(Level::fail, "shape", "{}{} has shape ({}, {}); block {} of a width-{} dimension in blocks of {} is {} wide",
-               prefix, b, r.rows(), r.cols(), b, n, block, s);
+      sink.add(Level::fail, "shape",
+               "{}{} has shape ({}, {}); block {} of a width-{} dimension in blocks of {} is {} wide", prefix, b,
+               r.rows(), r.cols(), b, n, block, s);
       usable = false;
       continue;
     }
@@ -183,7 +184,8 @@ double max_relative_difference(std::span<const float> a, std::span<const float> 
 }
 
 double pack_rel_error(const NpzLayer& npz, const QuantizedLayerTensors* q, const WeightView& w, int wbits) {
-  return relative_error(q != nullptr ? dequantized_original_basis(*q) : runtime_quantized_original_basis(w, npz, wbits), w);
+  return relative_error(q != nullptr ? dequantized_original_basis(*q) : runtime_quantized_original_basis(w, npz, wbits),
+                        w);
 }
 
 }  // namespace
@@ -219,13 +221,14 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
       sink.add(Level::fail, "meta", "meta says {} -> {} features, the manifest's shape is [{}, {}]", m.in_features,
                m.out_features, l.out_features, l.in_features);
     if (m.block_size != l.block || m.block_out_size != l.block_out)
-      sink.add(Level::fail, "meta", "meta says block_size {} / block_out_size {}, the manifest says {} / {}", m.block_size,
-               m.block_out_size, l.block, l.block_out);
+      sink.add(Level::fail, "meta", "meta says block_size {} / block_out_size {}, the manifest says {} / {}",
+               m.block_size, m.block_out_size, l.block, l.block_out);
   }
   if (e.manifest != nullptr) {
     const QuantConfig& q = e.manifest->config.quant;
     if (m.enable_permute != q.permute)
-      sink.add(Level::fail, "meta", "meta says enable_permute {}, the manifest's configuration {}", m.enable_permute, q.permute);
+      sink.add(Level::fail, "meta", "meta says enable_permute {}, the manifest's configuration {}", m.enable_permute,
+               q.permute);
     if (m.lambda_smooth != q.lambda_smooth)
       sink.add(Level::fail, "meta", "meta says lambda_smooth {}, the manifest's configuration {}", m.lambda_smooth,
                q.lambda_smooth);
@@ -239,7 +242,8 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
       static_cast<std::uint64_t>(m.block_size) > kMaxLayerWidth ||
       static_cast<std::uint64_t>(m.block_out_size) > kMaxLayerWidth) {
     sink.add(Level::fail, "meta",
-             "meta says in_features {}, out_features {}, block_size {}, block_out_size {}: more than the {} a layer may have",
+             "meta says in_features {}, out_features {}, block_size {}, block_out_size {}: more than the {} a layer "
+             "may have",
              m.in_features, m.out_features, m.block_size, m.block_out_size, kMaxLayerWidth);
     return false;
   }
@@ -247,8 +251,8 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
   bool usable = true;
 
   // Members: the runtime's set, plus extras it ignores.
-  static const std::set<std::string> known = {"weight_scale", "meta", "perm", "R_in_blocks", "R_out_blocks",
-                                              "act_scale", "smooth_scale"};
+  static const std::set<std::string> known = {"weight_scale", "meta",      "perm",        "R_in_blocks",
+                                              "R_out_blocks", "act_scale", "smooth_scale"};
   for (const std::string& k : npz.members) {
     if (known.count(k) || k.rfind("Rin_", 0) == 0 || k.rfind("Rout_", 0) == 0) continue;
     sink.add(Level::warn, "members", "unexpected member '{}' (the runtime ignores it)", k);
@@ -261,8 +265,8 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
 
   // weight_scale: [O], finite, > 0.
   if (npz.weight_scale_shape != std::vector<std::uint64_t>{m.out_features}) {
-    sink.add(Level::fail, "shape", "weight_scale has {} values in {} dimension(s); expected ({},)", npz.weight_scale.size(),
-             npz.weight_scale_shape.size(), m.out_features);
+    sink.add(Level::fail, "shape", "weight_scale has {} values in {} dimension(s); expected ({},)",
+             npz.weight_scale.size(), npz.weight_scale_shape.size(), m.out_features);
   } else {
     for (std::size_t r = 0; r < npz.weight_scale.size(); ++r) {
       const float s = npz.weight_scale[r];
@@ -298,8 +302,10 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
 
   // Rotations: complete block lists, right shapes, orthogonal.
   double worst = 0;
-  if (!check_blocks("R_in", npz.r_in_blocks, npz.r_in, block_count(in, m.block_size), sink)) usable = false;
-  else if (!check_rotations("Rin_", npz.r_in, in, m.block_size, sink, worst)) usable = false;
+  if (!check_blocks("R_in", npz.r_in_blocks, npz.r_in, block_count(in, m.block_size), sink))
+    usable = false;
+  else if (!check_rotations("Rin_", npz.r_in, in, m.block_size, sink, worst))
+    usable = false;
   const bool no_row_rot = e.manifest != nullptr && e.manifest->config.quant.row_rot == RowRot::off;
   if (npz.r_out_blocks.empty() && npz.r_out.empty()) {
     if (e.manifest != nullptr && !no_row_rot)
@@ -333,8 +339,10 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
     // act_scale is a percentile of activations over qmax: pack's rule for activations bounds it too.
     if (key == std::string_view("act_scale") && usable)
       if (const std::ptrdiff_t j = first_unpackable_activation(*values); j >= 0) {
-        sink.add(Level::fail, "calibration", "act_scale[{}] is {}; activations beyond +-{:g} are not packed (pack refuses "
-                 "them, exit 6)", j, (*values)[static_cast<std::size_t>(j)], static_cast<double>(kLargestActivationMagnitude));
+        sink.add(Level::fail, "calibration",
+                 "act_scale[{}] is {}; activations beyond +-{:g} are not packed (pack refuses "
+                 "them, exit 6)",
+                 j, (*values)[static_cast<std::size_t>(j)], static_cast<double>(kLargestActivationMagnitude));
         usable = false;
       }
   }
@@ -359,8 +367,8 @@ bool check_npz_structure(const NpzLayer& npz, const Expectation& e, Sink& sink) 
 
 void check_quantized(const QuantizedLayerTensors& q, const NpzLayer& npz, RowRot row_rot, int abits, Sink& sink) {
   if (q.out_features != npz.meta.out_features || q.in_features != npz.meta.in_features) {
-    sink.add(Level::fail, "quantized", "quantized tensors are [{}, {}], meta says [{}, {}]", q.out_features, q.in_features,
-             npz.meta.out_features, npz.meta.in_features);
+    sink.add(Level::fail, "quantized", "quantized tensors are [{}, {}], meta says [{}, {}]", q.out_features,
+             q.in_features, npz.meta.out_features, npz.meta.in_features);
     return;
   }
   const int hi = elementwise::qmax(q.bits), lo = -hi - 1;
@@ -390,7 +398,8 @@ void check_quantized(const QuantizedLayerTensors& q, const NpzLayer& npz, RowRot
     }
     return true;
   };
-  if (!same_blocks(q.r_in, npz.r_in)) sink.add(Level::fail, "quantized-npz", "R_in in quantized.safetensors differs from the npz's Rin_*");
+  if (!same_blocks(q.r_in, npz.r_in))
+    sink.add(Level::fail, "quantized-npz", "R_in in quantized.safetensors differs from the npz's Rin_*");
   if (!same_blocks(q.r_out, npz.r_out))
     sink.add(Level::fail, "quantized-npz", "R_out in quantized.safetensors differs from the npz's Rout_*");
 
@@ -398,32 +407,36 @@ void check_quantized(const QuantizedLayerTensors& q, const NpzLayer& npz, RowRot
     sink.add(Level::fail, "quantized-npz", "act_scale in quantized.safetensors ({} values) differs from the npz's ({})",
              q.act_scale.size(), npz.act_scale.size());
   if (q.smooth_scale != npz.smooth_scale)
-    sink.add(Level::fail, "quantized-npz", "smooth_scale in quantized.safetensors ({} values) differs from the npz's ({})",
-             q.smooth_scale.size(), npz.smooth_scale.size());
+    sink.add(Level::fail, "quantized-npz",
+             "smooth_scale in quantized.safetensors ({} values) differs from the npz's ({})", q.smooth_scale.size(),
+             npz.smooth_scale.size());
 
   if (q.test_x.empty()) {
     sink.add(Level::warn, "conformance", "no conformance vectors (test_x, test_y_fp, test_y_q)");
     return;
   }
   if (const std::ptrdiff_t j = first_unpackable_activation(q.test_x); j >= 0) {  // pack's rule for activations
-    sink.add(Level::fail, "conformance", "test_x[{}] is {}; activations beyond +-{:g} are not packed (pack refuses them, "
-             "exit 6)", j, q.test_x[static_cast<std::size_t>(j)], static_cast<double>(kLargestActivationMagnitude));
+    sink.add(Level::fail, "conformance",
+             "test_x[{}] is {}; activations beyond +-{:g} are not packed (pack refuses them, "
+             "exit 6)",
+             j, q.test_x[static_cast<std::size_t>(j)], static_cast<double>(kLargestActivationMagnitude));
     return;
   }
   const auto rows = static_cast<std::int64_t>(q.test_rows);
   // Calibrated packs take their conformance inputs from the dump.
   if (q.act_scale.empty() && conformance_inputs(rows, static_cast<std::int64_t>(q.in_features)) != q.test_x)
     sink.add(Level::warn, "conformance", "test_x is not duquant's deterministic input (recomputing from it anyway)");
-  if (sink.failed("codes") || sink.failed("scales") || sink.failed("quantized-npz") || sink.failed("calibration")) return;
-  const std::vector<float> y = conformance_pack_output(q.test_x, rows, static_cast<std::int64_t>(q.out_features),
-                                                       static_cast<std::int64_t>(q.in_features), q.perm, q.r_in, q.codes,
-                                                       q.scales, q.r_out, row_rot, q.bias,
-                                                       ActivationContract{q.smooth_scale, q.act_scale, abits});
+  if (sink.failed("codes") || sink.failed("scales") || sink.failed("quantized-npz") || sink.failed("calibration"))
+    return;
+  const std::vector<float> y = conformance_pack_output(
+      q.test_x, rows, static_cast<std::int64_t>(q.out_features), static_cast<std::int64_t>(q.in_features), q.perm,
+      q.r_in, q.codes, q.scales, q.r_out, row_rot, q.bias, ActivationContract{q.smooth_scale, q.act_scale, abits});
   const double d = max_relative_difference(y, q.test_y_q);
   sink.v.numbers["test_y_q_max_rel_diff"] = d;
   if (!(d <= kConformanceTolerance))
-    sink.add(Level::fail, "conformance", "test_y_q differs from the output recomputed from the pack: max |Δ|/max|y| = {:.3g} > {:.0e}",
-             d, kConformanceTolerance);
+    sink.add(Level::fail, "conformance",
+             "test_y_q differs from the output recomputed from the pack: max |Δ|/max|y| = {:.3g} > {:.0e}", d,
+             kConformanceTolerance);
 }
 
 void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* q, const Expectation& e,
@@ -453,8 +466,10 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
     const PermComparison c = compare_permutations(npz.perm, zigzag_permutation(energy), &energy);
     sink.v.numbers["perm_positions_differing"] = c.differing;
     if (!c.ties_only) {
-      sink.add(Level::fail, misfit, "perm is not the zigzag order of this weight's channel energies: {} positions differ "
-               "(first at {}) between channels of different energy", c.differing, c.first);
+      sink.add(Level::fail, misfit,
+               "perm is not the zigzag order of this weight's channel energies: {} positions differ "
+               "(first at {}) between channels of different energy",
+               c.differing, c.first);
       return;
     }
   }
@@ -465,17 +480,20 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
   for (std::int64_t k = 0; k < nin + nout; ++k) {
     if (k < nin) {
       const MatrixF& r = npz.r_in[static_cast<std::size_t>(k)].second;
-      residual[static_cast<std::size_t>(k)] = eigenbasis_residual(column_block_gram(w, perm, k * m.block_size, r.rows()), r);
+      residual[static_cast<std::size_t>(k)] =
+          eigenbasis_residual(column_block_gram(w, perm, k * m.block_size, r.rows()), r);
     } else {
       const MatrixF& r = npz.r_out[static_cast<std::size_t>(k - nin)].second;
-      residual[static_cast<std::size_t>(k)] = eigenbasis_residual(row_block_gram(w, (k - nin) * m.block_out_size, r.rows()), r);
+      residual[static_cast<std::size_t>(k)] =
+          eigenbasis_residual(row_block_gram(w, (k - nin) * m.block_out_size, r.rows()), r);
     }
   }
   const double worst = residual.empty() ? 0.0 : *std::max_element(residual.begin(), residual.end());
   sink.v.numbers["eigenbasis_residual"] = worst;
   if (worst > kEigenbasisTolerance) {
-    sink.add(Level::fail, misfit, "the rotations are not eigenvectors of this weight's Gram matrices: residual {:.3g} > {:.0e}",
-             worst, kEigenbasisTolerance);
+    sink.add(Level::fail, misfit,
+             "the rotations are not eigenvectors of this weight's Gram matrices: residual {:.3g} > {:.0e}", worst,
+             kEigenbasisTolerance);
     return;
   }
 
@@ -485,7 +503,8 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
   MatrixD x(rows, w.cols);
   for (std::int64_t k = 0; k < rows * w.cols; ++k) x(k / w.cols, k % w.cols) = xf[static_cast<std::size_t>(k)];
   const MatrixD y0 = times_transpose(x, w.data, w.rows, w.cols);
-  const MatrixD y1 = transformed_output(x, w, perm, matrices(npz.r_in), matrices(npz.r_out), m.block_size, m.block_out_size);
+  const MatrixD y1 =
+      transformed_output(x, w, perm, matrices(npz.r_in), matrices(npz.r_out), m.block_size, m.block_out_size);
   const double y0n = y0.norm();
   const double transform_error = y0n > 0 ? (y1 - y0).norm() / y0n : (y1 - y0).norm();
   sink.v.numbers["transform_rel_error"] = transform_error;
@@ -504,7 +523,8 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
       const double claimed = *e.entry->duquant_rel_error;
       sink.v.numbers["claimed_rel_fro_error"] = claimed;
       if (!(std::abs(rel - claimed) <= kQualityTolerance * claimed + kQualityFloor))
-        sink.add(Level::fail, "quality", "the manifest claims rel. error {:.6g}; the pack's codes give {:.6g}", claimed, rel);
+        sink.add(Level::fail, "quality", "the manifest claims rel. error {:.6g}; the pack's codes give {:.6g}", claimed,
+                 rel);
     }
     // The round-to-nearest baseline the manifest compares with.
     double norm2 = 0;
@@ -519,7 +539,8 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
   // test_y_fp from the checkpoint: x·Wᵀ + b of the original weight, which a folded checkpoint holds
   // only as W·diag(s) rounded to its dtype.
   if (ck.folded && q != nullptr && !q->test_x.empty())
-    sink.add(Level::info, "conformance", "test_y_fp is x·Wᵀ + b of the original weight: checked against the original "
+    sink.add(Level::info, "conformance",
+             "test_y_fp is x·Wᵀ + b of the original weight: checked against the original "
              "checkpoint, not the folded one");
   if (!ck.folded && q != nullptr && !q->test_x.empty()) {
     const std::vector<float> y =
@@ -527,7 +548,8 @@ void check_against_checkpoint(const NpzLayer& npz, const QuantizedLayerTensors* 
     const double d = max_relative_difference(y, q->test_y_fp);
     sink.v.numbers["test_y_fp_max_rel_diff"] = d;
     if (!(d <= kConformanceTolerance))
-      sink.add(Level::fail, "conformance", "test_y_fp differs from x Wᵀ + b of the checkpoint: max |Δ|/max|y| = {:.3g}", d);
+      sink.add(Level::fail, "conformance", "test_y_fp differs from x Wᵀ + b of the checkpoint: max |Δ|/max|y| = {:.3g}",
+               d);
   }
 }
 
@@ -535,12 +557,14 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
                              const CheckpointFacts* ck, int wbits, Sink& sink) {
   const PackMeta &a = ours.meta, &b = ref.meta;
   if (!ours.smooth_scale.empty()) {
-    sink.add(Level::info, "reference-smoothed",
-             "the layer is smoothed: its transform is computed from W·diag(s), so it is not compared with the reference's");
+    sink.add(
+        Level::info, "reference-smoothed",
+        "the layer is smoothed: its transform is computed from W·diag(s), so it is not compared with the reference's");
     return;
   }
   if (a.in_features != b.in_features || a.out_features != b.out_features || a.block_size != b.block_size ||
-      a.block_out_size != b.block_out_size || a.enable_permute != b.enable_permute || a.lambda_smooth != b.lambda_smooth) {
+      a.block_out_size != b.block_out_size || a.enable_permute != b.enable_permute ||
+      a.lambda_smooth != b.lambda_smooth) {
     sink.add(Level::fail, "reference-meta", "meta differs: ours {}, the reference's {}", ours.meta_text, ref.meta_text);
     return;
   }
@@ -552,11 +576,15 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
   sink.v.numbers["reference_perm_positions_differing"] = pc.differing;
   if (pc.differing > 0) {
     if (ck == nullptr)
-      sink.add(Level::warn, "reference-perm", "perm differs from the reference's at {} positions (first {}); give --checkpoint "
-               "to tell ties from errors", pc.differing, pc.first);
+      sink.add(Level::warn, "reference-perm",
+               "perm differs from the reference's at {} positions (first {}); give --checkpoint "
+               "to tell ties from errors",
+               pc.differing, pc.first);
     else if (!pc.ties_only)
-      sink.add(Level::fail, "reference-perm", "perm differs from the reference's at {} positions (first {}) between "
-               "channels of different energy", pc.differing, pc.first);
+      sink.add(Level::fail, "reference-perm",
+               "perm differs from the reference's at {} positions (first {}) between "
+               "channels of different energy",
+               pc.differing, pc.first);
   }
   // Rotations: every reference column lies in the eigenspace of our matching column. An input
   // block is compared only where both packs hold the same channels in it (rows aligned through both
@@ -571,14 +599,15 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
       const MatrixF& x = ra[k].second;
       MatrixF y = rb[k].second;
       if (x.rows() != y.rows() || x.cols() != y.cols()) {
-        sink.add(Level::fail, "reference-rotation", "{}{} is {}x{}, the reference's {}x{}", prefix, ra[k].first, x.rows(),
-                 x.cols(), y.rows(), y.cols());
+        sink.add(Level::fail, "reference-rotation", "{}{} is {}x{}, the reference's {}x{}", prefix, ra[k].first,
+                 x.rows(), x.cols(), y.rows(), y.cols());
         continue;
       }
       const Eigen::Index s = x.rows();
       if (!rows && start + s <= in) {
         const auto first = static_cast<std::size_t>(start), last = first + static_cast<std::size_t>(s);
-        const std::vector<std::int64_t> ours_ch(pa.begin() + first, pa.begin() + last), ref_ch(pb.begin() + first, pb.begin() + last);
+        const std::vector<std::int64_t> ours_ch(pa.begin() + first, pa.begin() + last),
+            ref_ch(pb.begin() + first, pb.begin() + last);
         if (ours_ch != ref_ch) {
           std::vector<std::int64_t> sa = ours_ch, sb = ref_ch;
           std::sort(sa.begin(), sa.end());
@@ -586,7 +615,8 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
           if (sa == sb) {  // the same channels in another order: put the reference's rows in ours
             MatrixF aligned(s, s);
             for (Eigen::Index i = 0; i < s; ++i) {
-              const auto at = std::find(ref_ch.begin(), ref_ch.end(), ours_ch[static_cast<std::size_t>(i)]) - ref_ch.begin();
+              const auto at =
+                  std::find(ref_ch.begin(), ref_ch.end(), ours_ch[static_cast<std::size_t>(i)]) - ref_ch.begin();
               aligned.row(i) = y.row(static_cast<Eigen::Index>(at));
             }
             y = aligned;
@@ -596,8 +626,10 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
             } else if (pc.ties_only) {
               const double r = eigenbasis_residual(column_block_gram(ck->w, pb, start, s), y);
               if (r > kEigenbasisTolerance)
-                sink.add(Level::fail, "reference-rotation", "the reference's {}{} does not diagonalise its own block's "
-                         "Gram matrix: residual {:.3g} > {:.0e}", prefix, rb[k].first, r, kEigenbasisTolerance);
+                sink.add(Level::fail, "reference-rotation",
+                         "the reference's {}{} does not diagonalise its own block's "
+                         "Gram matrix: residual {:.3g} > {:.0e}",
+                         prefix, rb[k].first, r, kEigenbasisTolerance);
               else
                 ++tie_blocks;
             }
@@ -636,7 +668,8 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
         double mass = 0;
         if (have_clusters) {
           for (Eigen::Index i = 0; i < s; ++i)
-            if (cluster[static_cast<std::size_t>(i)] == cluster[static_cast<std::size_t>(j)]) mass += mm(i, j) * mm(i, j);
+            if (cluster[static_cast<std::size_t>(i)] == cluster[static_cast<std::size_t>(j)])
+              mass += mm(i, j) * mm(i, j);
         } else {
           mass = mm(j, j) * mm(j, j);
           if (1 - mass > kSubspaceTolerance) {
@@ -647,8 +680,9 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
         worst = std::max(worst, 1 - mass);
         const double tol = allowed[static_cast<std::size_t>(j)];
         if (1 - mass > tol) {
-          sink.add(Level::fail, "reference-rotation", "{}{} column {} is not in the reference's eigenspace: 1 − Σcos² = {:.3g} > {:.2g}",
-                   prefix, ra[k].first, j, 1 - mass, tol);
+          sink.add(Level::fail, "reference-rotation",
+                   "{}{} column {} is not in the reference's eigenspace: 1 − Σcos² = {:.3g} > {:.2g}", prefix,
+                   ra[k].first, j, 1 - mass, tol);
           break;
         }
       }
@@ -661,17 +695,20 @@ void check_against_reference(const NpzLayer& ours, const QuantizedLayerTensors* 
   compare("Rout_", ours.r_out, ref.r_out, true);
   sink.v.numbers["reference_rotation_max_misfit"] = worst;
   if (mixing_unconfirmed)
-    sink.add(Level::warn, "reference-rotation", "some rotation columns mix with their neighbours; give --checkpoint to "
+    sink.add(Level::warn, "reference-rotation",
+             "some rotation columns mix with their neighbours; give --checkpoint to "
              "confirm their eigenvalues are repeated");
   sink.v.numbers["reference_blocks_equivalent_by_ties"] = tie_blocks;
   if (tie_blocks > 0)
-    sink.add(Level::info, "equivalent-by-ties", "{} input block{} hold{} other channels than the reference's because "
+    sink.add(Level::info, "equivalent-by-ties",
+             "{} input block{} hold{} other channels than the reference's because "
              "channels of equal energy were ordered otherwise; each block diagonalises its own Gram matrix",
              tie_blocks, tie_blocks == 1 ? "" : "s", tie_blocks == 1 ? "s" : "");
   if (unsettled_blocks > 0)
-    sink.add(Level::warn, "reference-rotation", "{} input block{} hold{} other channels than the reference's: only "
-             "--checkpoint can tell whether that comes from channels of equal energy", unsettled_blocks,
-             unsettled_blocks == 1 ? "" : "s", unsettled_blocks == 1 ? "s" : "");
+    sink.add(Level::warn, "reference-rotation",
+             "{} input block{} hold{} other channels than the reference's: only "
+             "--checkpoint can tell whether that comes from channels of equal energy",
+             unsettled_blocks, unsettled_blocks == 1 ? "" : "s", unsettled_blocks == 1 ? "s" : "");
   if (ck == nullptr) return;
   const double ours_err = pack_rel_error(ours, q, ck->w, wbits);
   const double ref_err = relative_error(runtime_quantized_original_basis(ck->w, ref, wbits), ck->w);

@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "duquant/verify.hpp"
 #include "math/duquant_math.hpp"
 #include "packfmt/manifest.hpp"
 #include "packfmt/pack_reader.hpp"
-#include "duquant/verify.hpp"
 
 namespace duquant::verify_detail {
 
@@ -42,8 +42,8 @@ void check_quantized(const QuantizedLayerTensors& q, const NpzLayer& npz, RowRot
 // Against the checkpoint's weight `w` (float32) and bias: digest, perm and rotations fitting the
 // weight, exact transform, quality, test_y_fp.
 struct CheckpointFacts {
-  WeightView w;      // the weight the pack was computed from: W·diag(smooth_scale) for smoothed layers
-  WeightView w_fp;   // the checkpoint's weight, for test_y_fp
+  WeightView w;     // the weight the pack was computed from: W·diag(smooth_scale) for smoothed layers
+  WeightView w_fp;  // the checkpoint's weight, for test_y_fp
   std::vector<float> bias;
   std::string weight_digest;
   bool folded = false;  // the --fold-smoothing checkpoint of a smoothed layer: w is its weight as stored

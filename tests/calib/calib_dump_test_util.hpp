@@ -86,15 +86,15 @@ inline Id chunked(const std::vector<hsize_t>& chunk) {
 
 // Creates `name` in `loc`; writes `data` (memory type `mem`) when given.
 inline Id dataset(hid_t loc, const std::string& name, hid_t type, const std::vector<hsize_t>& dims, hid_t mem = -1,
-           const void* data = nullptr, hid_t plist = H5P_DEFAULT, const std::vector<hsize_t>& maxdims = {}) {
+                  const void* data = nullptr, hid_t plist = H5P_DEFAULT, const std::vector<hsize_t>& maxdims = {}) {
   const Id s = space(dims, maxdims);
   Id d(H5Dcreate2(loc, name.c_str(), type, s, H5P_DEFAULT, plist, H5P_DEFAULT), H5Dclose, "H5Dcreate2");
   if (data) ok(H5Dwrite(d, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "H5Dwrite");
   return d;
 }
 
-inline void f32_dataset(hid_t loc, const std::string& name, const std::vector<hsize_t>& dims, const std::vector<float>& v,
-                 hid_t plist = H5P_DEFAULT) {
+inline void f32_dataset(hid_t loc, const std::string& name, const std::vector<hsize_t>& dims,
+                        const std::vector<float>& v, hid_t plist = H5P_DEFAULT) {
   dataset(loc, name, H5T_IEEE_F32LE, dims, H5T_NATIVE_FLOAT, v.data(), plist);
 }
 
@@ -123,13 +123,13 @@ inline Id half_type() {
 
 // uint16 bfloat16 bits with the attribute that marks them.
 inline void bf16_dataset(hid_t loc, const std::string& name, const std::vector<hsize_t>& dims,
-                  const std::vector<std::uint16_t>& bits, bool variable_attr = true, hid_t plist = H5P_DEFAULT) {
+                         const std::vector<std::uint16_t>& bits, bool variable_attr = true, hid_t plist = H5P_DEFAULT) {
   const Id d = dataset(loc, name, H5T_STD_U16LE, dims, H5T_NATIVE_UINT16, bits.data(), plist);
   string_attribute(d, "dtype", "bfloat16", variable_attr);
 }
 
 inline void write_raw_chunk(hid_t d, std::vector<hsize_t> offset, const std::vector<unsigned char>& bytes,
-                     std::uint32_t mask = 0) {
+                            std::uint32_t mask = 0) {
   ok(H5Dwrite_chunk(d, H5P_DEFAULT, mask, offset.data(), bytes.size(), bytes.data()), "H5Dwrite_chunk");
 }
 
@@ -236,7 +236,7 @@ inline void expect_open_error(const fs::path& path, ErrorKind kind, std::initial
 
 // open() succeeds; read() of the layer's first call throws as described.
 inline void expect_read_error(const fs::path& path, const std::string& layer, ErrorKind kind,
-                       std::initializer_list<std::string> phrases) {
+                              std::initializer_list<std::string> phrases) {
   const CalibDump dump = CalibDump::open(path);
   const auto* calls = dump.calls(layer);
   ASSERT_NE(calls, nullptr);
@@ -253,6 +253,5 @@ inline void expect_read_error(const fs::path& path, const std::string& layer, Er
       EXPECT_TRUE(contains(what, phrase)) << "message: " << what << "\nexpected to contain: " << phrase;
   }
 }
-
 
 }  // namespace duquant::calib_dump_test

@@ -75,8 +75,7 @@ TEST_F(calib_dump_hdf5, ReadsEveryDtypeAndLayoutExactly) {
   const CalibDump dump = CalibDump::open(p);
   EXPECT_EQ(dump.container(), "hdf5");
   EXPECT_EQ(dump.path(), p);
-  EXPECT_EQ(dump.layers(),
-            (std::vector<std::string>{"empty.layer", "model.layers.1.mlp.down_proj", kLayer}));
+  EXPECT_EQ(dump.layers(), (std::vector<std::string>{"empty.layer", "model.layers.1.mlp.down_proj", kLayer}));
   EXPECT_EQ(dump.calls("absent.layer"), nullptr);
   EXPECT_EQ(dump.calls("model.layers.1.mlp"), nullptr);
   ASSERT_NE(dump.calls("empty.layer"), nullptr);
@@ -192,7 +191,8 @@ TEST_F(calib_dump_hdf5, ConcurrentReadsAgree) {
       for (int round = 0; round < 10; ++round)
         for (std::size_t c = 0; c < calls.size(); ++c) {
           dump.read("layer", calls[(c + static_cast<std::size_t>(t)) % calls.size()], out);
-          if (out != values[(c + static_cast<std::size_t>(t)) % calls.size()]) ++mismatches[static_cast<std::size_t>(t)];
+          if (out != values[(c + static_cast<std::size_t>(t)) % calls.size()])
+            ++mismatches[static_cast<std::size_t>(t)];
         }
     });
   }
@@ -258,11 +258,12 @@ class calib_dump_safetensors : public DumpTest {
 
 TEST_F(calib_dump_safetensors, ReadsBackLikeHdf5) {
   const std::vector<float> f32 = {1.5f, -2.25f, 1e-30f, 3.0e38f, -0.0f, 7.0f};
-  const fs::path p = write("dump.safetensors",
-                           {{std::string(kLayer) + ".x_0000", DType::F32, {2, 3}, f32_bytes(f32)},
-                            {std::string(kLayer) + ".x_0010", DType::BF16, {1, 2, 2}, u16_bytes({0x3f80, 0xc049, 0x0001, 0x7f7f})},
-                            {std::string(kLayer) + ".x_0003", DType::F16, {2, 2}, u16_bytes({0x3c00, 0xc000, 0x0001, 0x7bff})},
-                            {"model.x_proj.x_00002", DType::F32, {1, 1}, f32_bytes({5.0f})}});
+  const fs::path p =
+      write("dump.safetensors",
+            {{std::string(kLayer) + ".x_0000", DType::F32, {2, 3}, f32_bytes(f32)},
+             {std::string(kLayer) + ".x_0010", DType::BF16, {1, 2, 2}, u16_bytes({0x3f80, 0xc049, 0x0001, 0x7f7f})},
+             {std::string(kLayer) + ".x_0003", DType::F16, {2, 2}, u16_bytes({0x3c00, 0xc000, 0x0001, 0x7bff})},
+             {"model.x_proj.x_00002", DType::F32, {1, 1}, f32_bytes({5.0f})}});
   const CalibDump dump = CalibDump::open(p);
   EXPECT_EQ(dump.container(), "safetensors");
   EXPECT_EQ(dump.layers(), (std::vector<std::string>{"model.x_proj", kLayer}));

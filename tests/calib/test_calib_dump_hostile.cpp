@@ -43,8 +43,7 @@ TEST_F(calib_dump_hostile, OverflowingDims) {
     dataset(g, "x_0000", H5T_IEEE_F32LE, {hsize_t{1} << 40, hsize_t{1} << 40}, -1, nullptr, plist);
   });
   EXPECT_LT(fs::file_size(p), 100000u);
-  expect_open_error(p, ErrorKind::format,
-                    {"/layer/x_0000", "dims [1099511627776, 1099511627776] overflow 64 bits"});
+  expect_open_error(p, ErrorKind::format, {"/layer/x_0000", "dims [1099511627776, 1099511627776] overflow 64 bits"});
 }
 
 TEST_F(calib_dump_hostile, TooManyElements) {
@@ -58,9 +57,7 @@ TEST_F(calib_dump_hostile, TooManyElements) {
 }
 
 TEST_F(calib_dump_hostile, ZeroDims) {
-  const auto p = one_layer("zero.h5", [](hid_t g) {
-    dataset(g, "x_0000", H5T_IEEE_F32LE, {0, 4});
-  });
+  const auto p = one_layer("zero.h5", [](hid_t g) { dataset(g, "x_0000", H5T_IEEE_F32LE, {0, 4}); });
   expect_open_error(p, ErrorKind::format, {"/layer/x_0000", "zero-sized dimension 0 in dims [0, 4]"});
 }
 
@@ -71,8 +68,7 @@ TEST_F(calib_dump_hostile, FixedLengthStrings) {
     const std::string text(2 * 2 * 8, 'a');
     dataset(g, "x_0000", t, {2, 2}, t, text.data());
   });
-  expect_open_error(p, ErrorKind::format,
-                    {"/layer/x_0000", "unsupported element type: fixed-length string (8 bytes)"});
+  expect_open_error(p, ErrorKind::format, {"/layer/x_0000", "unsupported element type: fixed-length string (8 bytes)"});
 }
 
 TEST_F(calib_dump_hostile, VariableLengthStrings) {
@@ -324,9 +320,7 @@ TEST_F(calib_dump_hostile, EmptyFile) {
   expect_open_error(p, ErrorKind::format, {"empty file (0 bytes)"});
 }
 
-TEST_F(calib_dump_hostile, MissingFile) {
-  expect_open_error(file("absent.h5"), ErrorKind::io, {"no such file"});
-}
+TEST_F(calib_dump_hostile, MissingFile) { expect_open_error(file("absent.h5"), ErrorKind::io, {"no such file"}); }
 
 TEST_F(calib_dump_hostile, NeitherHdf5NorSafetensors) {
   const fs::path p = file("notes.txt");
@@ -456,7 +450,8 @@ TEST_F(calib_dump_chunks, DeflatedChunkTooShort) {
     const Id d = dataset(g, "x_0000", H5T_IEEE_F32LE, {4, 4}, -1, nullptr, plist);
     write_raw_chunk(d, {0, 0}, zlib(std::vector<unsigned char>(10, 1)));
   });
-  expect_read_error(p, "layer", ErrorKind::format, {"/layer/x_0000", "chunk at [0, 0] decodes to 10 bytes; a chunk holds 64"});
+  expect_read_error(p, "layer", ErrorKind::format,
+                    {"/layer/x_0000", "chunk at [0, 0] decodes to 10 bytes; a chunk holds 64"});
 }
 
 TEST_F(calib_dump_chunks, CorruptDeflateStream) {
@@ -490,7 +485,8 @@ TEST_F(calib_dump_chunks, ChecksumMismatch) {
     bytes.insert(bytes.end(), {0xde, 0xad, 0xbe, 0xef});
     write_raw_chunk(d, {0, 0}, bytes);
   });
-  expect_read_error(p, "layer", ErrorKind::format, {"/layer/x_0000", "fletcher32 checksum mismatch (stored 0xefbeadde"});
+  expect_read_error(p, "layer", ErrorKind::format,
+                    {"/layer/x_0000", "fletcher32 checksum mismatch (stored 0xefbeadde"});
 }
 
 }  // namespace

@@ -9,10 +9,10 @@
 #include <cmath>
 #include <random>
 
-#include "math/calibration.hpp"
 #include "duquant/error.hpp"
-#include "packfmt/layout.hpp"
+#include "math/calibration.hpp"
 #include "pack/pack_test_util.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant {
 namespace {
@@ -22,10 +22,12 @@ using formats::NpzFile;
 // Named tolerances, measured. x_t: the golden was computed in float32 by torch (sums in another
 // order); ours are double sums rounded once. The scales are the 99.9th percentile interpolated
 // between the two largest |x_t| of a channel, so they inherit x_t's relative error.
-constexpr double kXtRel = 2e-6;      // max |x_t - golden| / max |golden| per layer
-constexpr double kScaleRel = 5e-6;   // max |act_scale - golden| / golden per channel (seen: 2.4e-6)
+constexpr double kXtRel = 2e-6;     // max |x_t - golden| / max |golden| per layer
+constexpr double kScaleRel = 5e-6;  // max |act_scale - golden| / golden per channel (seen: 2.4e-6)
 
-std::vector<float> golden_vector(const NpzFile& g, const std::string& key) { return formats::npy_to_f32(g.at(key), key); }
+std::vector<float> golden_vector(const NpzFile& g, const std::string& key) {
+  return formats::npy_to_f32(g.at(key), key);
+}
 
 class CalibGolden : public ::testing::TestWithParam<test::ReferenceConfig> {};
 
@@ -74,7 +76,8 @@ TEST_P(CalibGolden, ActivationScalesReproduceTheRuntime) {
     // test_pack_fixtures), so this comparison is only made without permutation.
     if (q.permute) continue;
     const std::vector<float> w = load_weight(ckpt, *l);
-    const LayerTransform t_ours = compute_transform(WeightView{w.data(), static_cast<std::int64_t>(l->out_features), i_n}, q);
+    const LayerTransform t_ours =
+        compute_transform(WeightView{w.data(), static_cast<std::int64_t>(l->out_features), i_n}, q);
     ActivationCalibrator ours(i_n, q.act_pct, 8);
     ours.add_call(transform_activations(x, rows, i_n, t_ours.perm, t_ours.r_in, {}), rows);
     const std::vector<float> s_ours = ours.act_scale();
@@ -90,12 +93,11 @@ TEST_P(CalibGolden, ActivationScalesReproduceTheRuntime) {
   std::printf("\n");
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CalibGolden, ::testing::ValuesIn(test::reference_configs()),
-                         [](const auto& info) {
-                           std::string n = info.param.name;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(Fixtures, CalibGolden, ::testing::ValuesIn(test::reference_configs()), [](const auto& info) {
+  std::string n = info.param.name;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+});
 
 TEST(Quantile, LinearInterpolationAsTorch) {
   // torch.quantile(torch.tensor([...]), q, interpolation="linear") values, by hand:
@@ -104,13 +106,13 @@ TEST(Quantile, LinearInterpolationAsTorch) {
   v = {3, 1, 2, 4};
   EXPECT_FLOAT_EQ(quantile_linear(v, 1.0), 4.0f);
   v = {3, 1, 2, 4};
-  EXPECT_FLOAT_EQ(quantile_linear(v, 0.5), 2.5f);   // pos 1.5
+  EXPECT_FLOAT_EQ(quantile_linear(v, 0.5), 2.5f);  // pos 1.5
   v = {3, 1, 2, 4};
-  EXPECT_FLOAT_EQ(quantile_linear(v, 0.9), 3.7f);   // pos 2.7: 3 + 0.7
+  EXPECT_FLOAT_EQ(quantile_linear(v, 0.9), 3.7f);  // pos 2.7: 3 + 0.7
   v = {5};
   EXPECT_FLOAT_EQ(quantile_linear(v, 0.999), 5.0f);
   v = {7, 7, 7, 1};
-  EXPECT_FLOAT_EQ(quantile_linear(v, 0.5), 7.0f);   // pos 1.5 between two 7s
+  EXPECT_FLOAT_EQ(quantile_linear(v, 0.5), 7.0f);  // pos 1.5 between two 7s
   // 1000 values 0..999 shuffled: the 99.9th percentile is at pos 998.001.
   std::vector<float> big(1000);
   for (int k = 0; k < 1000; ++k) big[static_cast<std::size_t>(k)] = static_cast<float>(k);
@@ -127,8 +129,8 @@ TEST(Calibrator, RunningMaxOverCallsAndFloors) {
   cal.add_call(b, 2);
   EXPECT_EQ(cal.steps(), 2);
   const auto s = cal.act_scale();
-  EXPECT_FLOAT_EQ(s[0], 3.0f / 127.0f);   // max over calls of per-call maxima (3 then 2.5)
-  EXPECT_FLOAT_EQ(s[1], 1e-6f);           // max(1e-6 / 127, 1e-6)
+  EXPECT_FLOAT_EQ(s[0], 3.0f / 127.0f);  // max over calls of per-call maxima (3 then 2.5)
+  EXPECT_FLOAT_EQ(s[1], 1e-6f);          // max(1e-6 / 127, 1e-6)
   ActivationCalibrator four(1, 100.0, 4);
   const std::vector<float> c{0.7f};
   four.add_call(c, 1);
@@ -142,19 +144,19 @@ TEST(Calibrator, RejectsBadSettings) {
   ActivationCalibrator cal(4, 99.9, 8);
   EXPECT_THROW((void)cal.act_scale(), Error);  // no call yet
   const std::vector<float> x(7, 1.0f);
-  EXPECT_THROW(cal.add_call(x, 2), Error);      // 7 values for [2, 4]
+  EXPECT_THROW(cal.add_call(x, 2), Error);  // 7 values for [2, 4]
 }
 
 TEST(ActivationQuant, RoundsHalfToEvenAndClamps) {
   std::vector<float> x{0.25f, 0.75f, -0.25f, 1000.0f, -1000.0f, 0.5f};
   const std::vector<float> s{0.5f, 0.5f, 0.5f, 1.0f, 1.0f, 1.0f};
   fake_quantize_activations(x, 1, s, 8);
-  EXPECT_EQ(x[0], 0.0f);      // 0.5 -> 0 (half to even)
-  EXPECT_EQ(x[1], 1.0f);      // 1.5 -> 2, times 0.5
-  EXPECT_EQ(x[2], -0.0f);     // -0.5 -> -0
-  EXPECT_EQ(x[3], 127.0f);    // clamped to qmax
-  EXPECT_EQ(x[4], -128.0f);   // clamped to -qmax-1
-  EXPECT_EQ(x[5], 0.0f);      // 0.5 -> 0
+  EXPECT_EQ(x[0], 0.0f);     // 0.5 -> 0 (half to even)
+  EXPECT_EQ(x[1], 1.0f);     // 1.5 -> 2, times 0.5
+  EXPECT_EQ(x[2], -0.0f);    // -0.5 -> -0
+  EXPECT_EQ(x[3], 127.0f);   // clamped to qmax
+  EXPECT_EQ(x[4], -128.0f);  // clamped to -qmax-1
+  EXPECT_EQ(x[5], 0.0f);     // 0.5 -> 0
 }
 
 TEST(ActivationTransform, SmoothingDividesBeforeThePermutation) {

@@ -23,12 +23,12 @@
 #include <random>
 #include <set>
 
-#include "common/test_paths.hpp"
 #include "base/elementwise.hpp"
+#include "common/test_paths.hpp"
 #include "duquant/error.hpp"
+#include "formats/safetensors_writer.hpp"
 #include "math/smoothing.hpp"
 #include "pack/fold_smoothing.hpp"
-#include "formats/safetensors_writer.hpp"
 
 namespace duquant {
 namespace {
@@ -43,8 +43,8 @@ const std::string kExpert = "paligemma_with_expert.gemma_expert.model.layers.0";
 const std::string kVision = "paligemma_with_expert.paligemma.model.vision_tower.vision_model.encoder.layers.0";
 
 constexpr double kRound = 0x1p-8 * (1 + 0x1p-10);  // BF16 half ulp, relative, with float32 slop
-constexpr double kSlop = 0x1p-20;                   // float32 arithmetic of the fold formulas
-constexpr double kGlobalRel = 1e-2;                 // max error / max |value|, the loose check
+constexpr double kSlop = 0x1p-20;                  // float32 arithmetic of the fold formulas
+constexpr double kGlobalRel = 1e-2;                // max error / max |value|, the loose check
 
 std::vector<float> values(const Checkpoint& c, const std::string& name) {
   const TensorRef* t = c.find(name);
@@ -261,9 +261,9 @@ struct Folded {
   Checkpoint out;
 };
 
-const std::vector<std::string> kFoldedKeys = {
-    kLm + ".input_layernorm",     kLm + ".post_attention_layernorm", kExpert + ".input_layernorm",
-    kExpert + ".post_attention_layernorm", kVision + ".layer_norm1",       kVision + ".layer_norm2"};
+const std::vector<std::string> kFoldedKeys = {kLm + ".input_layernorm",     kLm + ".post_attention_layernorm",
+                                              kExpert + ".input_layernorm", kExpert + ".post_attention_layernorm",
+                                              kVision + ".layer_norm1",     kVision + ".layer_norm2"};
 
 const SmoothGroup& group(const std::vector<SmoothGroup>& groups, const std::string& key) {
   for (const SmoothGroup& g : groups)
@@ -322,8 +322,8 @@ TEST(FoldSmoothing, FoldedNormOutputIsTheOriginalDividedByS) {
     EXPECT_GT(unfolded.worst_rel, kGlobalRel) << key;
     EXPECT_GT(wrong.worst_ratio, 10.0) << key;
     EXPECT_GT(wrong.worst_rel, kGlobalRel) << key;
-    std::printf("  %-90s bound ratio %.3f, rel %.2e (unfolded %.2e, multiplied %.2e)\n", key.c_str(),
-                ok.worst_ratio, ok.worst_rel, unfolded.worst_rel, wrong.worst_rel);
+    std::printf("  %-90s bound ratio %.3f, rel %.2e (unfolded %.2e, multiplied %.2e)\n", key.c_str(), ok.worst_ratio,
+                ok.worst_rel, unfolded.worst_rel, wrong.worst_rel);
   }
 }
 
@@ -450,8 +450,14 @@ void write_file(const fs::path& path, const std::vector<Tensor>& tensors,
       std::uint16_t h = 0;
       switch (t.dtype) {
         case DType::F32: std::memcpy(&bytes[4 * i], &t.v[i], 4); break;
-        case DType::F16: h = elementwise::f32_to_f16(t.v[i]); std::memcpy(&bytes[2 * i], &h, 2); break;
-        case DType::BF16: h = elementwise::f32_to_bf16(t.v[i]); std::memcpy(&bytes[2 * i], &h, 2); break;
+        case DType::F16:
+          h = elementwise::f32_to_f16(t.v[i]);
+          std::memcpy(&bytes[2 * i], &h, 2);
+          break;
+        case DType::BF16:
+          h = elementwise::f32_to_bf16(t.v[i]);
+          std::memcpy(&bytes[2 * i], &h, 2);
+          break;
         default: bytes[i] = static_cast<std::byte>(static_cast<std::int8_t>(t.v[i])); break;
       }
     }
@@ -547,8 +553,9 @@ TEST(FoldSmoothing, ShardedCheckpointWithEveryFloatDtype) {
       {"e.self_attn.q_proj", {"e.input_layernorm", DType::F32}}};
   for (const auto& [layer, how] : members) {
     const TensorRef& t = *orig.find(layer + ".weight");
-    const std::vector<float> sw = smoothed_weight(values(orig, t.name), static_cast<std::int64_t>(t.shape[0]),
-                                                  static_cast<std::int64_t>(t.shape[1]), scales.at(how.first), how.second);
+    const std::vector<float> sw =
+        smoothed_weight(values(orig, t.name), static_cast<std::int64_t>(t.shape[0]),
+                        static_cast<std::int64_t>(t.shape[1]), scales.at(how.first), how.second);
     EXPECT_TRUE(same_bits(values(out, t.name), sw)) << layer;
     EXPECT_FALSE(same_bits(values(out, t.name), values(orig, t.name))) << layer;
   }
@@ -624,9 +631,7 @@ std::string error_of(ErrorKind want, F&& f) {
   return {};
 }
 
-bool has(const std::string& message, const std::string& part) {
-  return message.find(part) != std::string::npos;
-}
+bool has(const std::string& message, const std::string& part) { return message.find(part) != std::string::npos; }
 
 // Nothing under `dir` but the listed entries (no output, no temporary left behind).
 void expect_only(const fs::path& dir, std::set<std::string> names) {
@@ -690,8 +695,9 @@ TEST(FoldSmoothing, RefusesBadScales) {
   std::vector<SmoothGroup> alien = groups;
   for (SmoothGroup& g : alien)
     if (g.key == key) g.norm_weight = "missing.weight";
-  m = error_of(ErrorKind::internal,
-               [&] { write_folded_checkpoint(ckpt, alien, {{key, std::vector<float>(128, 1.0f)}}, out); });
+  m = error_of(ErrorKind::internal, [&] {
+    write_folded_checkpoint(ckpt, alien, {{key, std::vector<float>(128, 1.0f)}}, out);
+  });
   EXPECT_TRUE(has(m, "missing.weight")) << m;
   alien = groups;
   alien.push_back(alien.front());

@@ -2,18 +2,18 @@
 // activations (the golden act_scale through the command line), held-out calls, missing layers,
 // width mismatches, --resume with a changed dump, and smoothing on a synthetic layer with outlier
 // activation channels (it must lower the W4A8 output error; the numbers are printed).
-#include <gtest/gtest.h>
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <random>
 
 #include "common/child_process.hpp"
-#include "packfmt/layout.hpp"
 #include "formats/npz.hpp"
 #include "formats/safetensors_writer.hpp"
 #include "pack/pack_test_util.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant {
 namespace {
@@ -32,7 +32,8 @@ struct DumpCallData {
 // A safetensors dump (keys `<layer>.x_NNNN`, F32).
 void write_dump(const fs::path& path, const std::vector<DumpCallData>& calls) {
   std::vector<formats::TensorSpec> specs;
-  for (const auto& c : calls) specs.push_back({fmt::format("{}.x_{:04d}", c.layer, c.index), formats::DType::F32, {c.rows, c.cols}});
+  for (const auto& c : calls)
+    specs.push_back({fmt::format("{}.x_{:04d}", c.layer, c.index), formats::DType::F32, {c.rows, c.cols}});
   formats::SafetensorsWriter w(path, specs, {});
   for (const auto& c : calls) w.write(std::as_bytes(std::span(c.values)));
   w.commit();
@@ -72,8 +73,19 @@ class PackCalib : public ::testing::Test {
     return calls;
   }
   std::vector<std::string> pack_args(const fs::path& dump, const fs::path& out) const {
-    return {"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--scope", test::kExpertScope,
-            "--block", "8", "--no-permute", "--lambda-smooth", "0", "--calib", dump.string()};
+    return {"pack",
+            test::tiny_checkpoint().string(),
+            "-o",
+            out.string(),
+            "--scope",
+            test::kExpertScope,
+            "--block",
+            "8",
+            "--no-permute",
+            "--lambda-smooth",
+            "0",
+            "--calib",
+            dump.string()};
   }
 
   std::unique_ptr<formats::Checkpoint> ckpt_;
@@ -100,7 +112,8 @@ TEST_F(PackCalib, GoldenActivationScalesThroughTheCommandLine) {
     const auto ours = formats::npy_to_f32(npz.at("act_scale"), "act_scale");
     const auto gold = formats::npy_to_f32(golden_->at(l->name + "|calib|act_scale_a8_p99.9"), "golden");
     ASSERT_EQ(ours.size(), gold.size());
-    for (std::size_t j = 0; j < ours.size(); ++j) worst = std::max(worst, std::fabs(double(ours[j]) - gold[j]) / gold[j]);
+    for (std::size_t j = 0; j < ours.size(); ++j)
+      worst = std::max(worst, std::fabs(double(ours[j]) - gold[j]) / gold[j]);
     const json& e = manifest_layer(m, l->name);
     EXPECT_EQ(e.at("calibration").at("steps"), 1);
     EXPECT_EQ(e.at("calibration").at("tokens"), 120);
@@ -111,7 +124,8 @@ TEST_F(PackCalib, GoldenActivationScalesThroughTheCommandLine) {
   std::printf("act_scale vs golden through `duquant pack --calib`: worst relative difference %.3g\n", worst);
   EXPECT_LE(worst, 1e-4);  // through our own rotations (test_calibration: 3.2e-5)
   // verify: clean, and it recomputes the conformance vectors with quantized activations.
-  const auto v = test::run_cli({"verify", (dir_ / "pack").string(), "--checkpoint", test::tiny_checkpoint().string(), "--strict"});
+  const auto v =
+      test::run_cli({"verify", (dir_ / "pack").string(), "--checkpoint", test::tiny_checkpoint().string(), "--strict"});
   EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
 }
 
@@ -144,7 +158,8 @@ TEST_F(PackCalib, HeldOutCallsGiveTheOutputErrorAndDumpedConformanceRows) {
       for (std::size_t j = 0; j < i_n; ++j) ASSERT_EQ(got[r4 * i_n + j], x[r4 * 30 * i_n + j] * 1.3f) << l->name;
     ASSERT_NE(q.find(l->name + ".act_scale"), nullptr);
   }
-  const auto v = test::run_cli({"verify", (dir_ / "pack").string(), "--checkpoint", test::tiny_checkpoint().string(), "--strict"});
+  const auto v =
+      test::run_cli({"verify", (dir_ / "pack").string(), "--checkpoint", test::tiny_checkpoint().string(), "--strict"});
   EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
   // inspect shows the output error column, with the manifest's figure of each layer.
   const auto in = test::run_cli({"inspect", (dir_ / "pack").string()});
@@ -160,7 +175,8 @@ void write_prefixed_copy(const fs::path& src, const fs::path& dst, const std::st
   const auto in = formats::Checkpoint::open(src);
   std::vector<formats::TensorSpec> specs;
   for (const auto& t : in.tensors()) specs.push_back({prefix + t.name, t.dtype, t.shape});
-  for (int k = 0; k < extra; ++k) specs.push_back({fmt::format("normalize_inputs.buffer_{}.mean", k), formats::DType::F32, {4}});
+  for (int k = 0; k < extra; ++k)
+    specs.push_back({fmt::format("normalize_inputs.buffer_{}.mean", k), formats::DType::F32, {4}});
   formats::SafetensorsWriter w(dst, specs, {});
   for (const auto& t : in.tensors()) w.write(in.bytes(t));
   const std::vector<float> four{1, 2, 3, 4};
@@ -228,7 +244,8 @@ TEST_F(PackCalib, LeRobotLayoutGivesTheSamePackAndDumpsMayUseEitherName) {
   // Kept as stored, the same selection picks nothing and says why.
   const auto kept = test::run_cli({"list-linears", lerobot.string(), "--preset", "openpi-dit", "--strip-prefix", ""});
   EXPECT_EQ(kept.exit_code, 5) << kept.err;
-  EXPECT_NE(kept.out.find("pi0.5 names under 'model.' (LeRobot's layout), read as stored"), std::string::npos) << kept.out;
+  EXPECT_NE(kept.out.find("pi0.5 names under 'model.' (LeRobot's layout), read as stored"), std::string::npos)
+      << kept.out;
 }
 
 TEST(PackCalibLayouts, FoldedCopyKeepsTheStoredNamesAndEverythingBesideTheModel) {
@@ -299,11 +316,13 @@ TEST_F(PackCalib, SmoothedPackVerifiesAgainstItsFoldedCheckpoint) {
   EXPECT_EQ(orig.exit_code, 0) << orig.out;
   EXPECT_NE(orig.out.find(fmt::format("{} WARN, 0 FAIL", smoothed)), std::string::npos) << orig.out;
   std::size_t needs = 0;
-  for (auto at = orig.out.find("WARN needs-folded:"); at != std::string::npos; at = orig.out.find("WARN needs-folded:", at + 1))
+  for (auto at = orig.out.find("WARN needs-folded:"); at != std::string::npos;
+       at = orig.out.find("WARN needs-folded:", at + 1))
     ++needs;
   EXPECT_EQ(needs, smoothed) << orig.out;  // one line per smoothed layer, nothing else
-  EXPECT_EQ(test::run_cli({"verify", (dir_ / "pack").string(), "-c", test::tiny_checkpoint().string(), "--strict"}).exit_code,
-            1);
+  EXPECT_EQ(
+      test::run_cli({"verify", (dir_ / "pack").string(), "-c", test::tiny_checkpoint().string(), "--strict"}).exit_code,
+      1);
 
   // Neither weight: stale, naming both digests the pack knows.
   const fs::path other = dir_ / "other.safetensors";
@@ -366,7 +385,8 @@ TEST_F(PackCalib, ResumeReusesLayersOnlyForTheSameDump) {
   auto resume = pack_args(dir_ / "dump.safetensors", dir_ / "pack");
   resume.push_back("--resume");
   // An interrupted run: the work folder survives a kill after the 5th layer.
-  const auto killed = test::run_cli(pack_args(dir_ / "dump.safetensors", dir_ / "pack2"), {"DUQUANT_TEST_KILL_AT=layer:5"});
+  const auto killed =
+      test::run_cli(pack_args(dir_ / "dump.safetensors", dir_ / "pack2"), {"DUQUANT_TEST_KILL_AT=layer:5"});
   EXPECT_NE(killed.exit_code, 0);
   auto resume2 = pack_args(dir_ / "dump.safetensors", dir_ / "pack2");
   resume2.push_back("--resume");
@@ -377,7 +397,8 @@ TEST_F(PackCalib, ResumeReusesLayersOnlyForTheSameDump) {
   EXPECT_EQ(test::read_text(dir_ / "pack2" / kQuantizedName), test::read_text(dir_ / "pack" / kQuantizedName));
 
   // The same interruption, then a changed dump: nothing may be reused.
-  const auto killed3 = test::run_cli(pack_args(dir_ / "dump.safetensors", dir_ / "pack3"), {"DUQUANT_TEST_KILL_AT=layer:5"});
+  const auto killed3 =
+      test::run_cli(pack_args(dir_ / "dump.safetensors", dir_ / "pack3"), {"DUQUANT_TEST_KILL_AT=layer:5"});
   EXPECT_NE(killed3.exit_code, 0);
   auto calls = golden_calls(1);
   for (auto& c : calls) c.values[0] += 1.0f;
@@ -402,7 +423,8 @@ TEST(Smoothing, LowersTheW4A8OutputErrorWithOutlierChannels) {
   std::vector<float> w(o * i);
   for (std::size_t e = 0; e < w.size(); ++e) w[e] = 0.05f * normal(rng) * ((e % i) % 32 == 5 ? 1.0f / 40.0f : 1.0f);
   {
-    formats::SafetensorsWriter ck(dir / "model.safetensors", {{"model.layers.0.mlp.down_proj.weight", formats::DType::F32, {o, i}}}, {});
+    formats::SafetensorsWriter ck(dir / "model.safetensors",
+                                  {{"model.layers.0.mlp.down_proj.weight", formats::DType::F32, {o, i}}}, {});
     ck.write(std::as_bytes(std::span(w)));
     ck.commit();
   }
@@ -417,8 +439,14 @@ TEST(Smoothing, LowersTheW4A8OutputErrorWithOutlierChannels) {
   }
   write_dump(dir / "dump.safetensors", calls);
   auto run = [&](const std::string& out, const std::vector<std::string>& extra) {
-    std::vector<std::string> args{"pack", (dir / "model.safetensors").string(), "-o", (dir / out).string(), "--calib",
-                                  (dir / "dump.safetensors").string(), "--calib-steps", "4"};
+    std::vector<std::string> args{"pack",
+                                  (dir / "model.safetensors").string(),
+                                  "-o",
+                                  (dir / out).string(),
+                                  "--calib",
+                                  (dir / "dump.safetensors").string(),
+                                  "--calib-steps",
+                                  "4"};
     args.insert(args.end(), extra.begin(), extra.end());
     const auto r = test::run_cli(args);
     EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -427,21 +455,24 @@ TEST(Smoothing, LowersTheW4A8OutputErrorWithOutlierChannels) {
   };
   const double plain = run("plain", {});
   const double smoothed = run("smoothed", {"--smooth-alpha", "0.5"});
-  std::printf("W4A8 output error on held-out calls, 4 outlier channels x40: without smoothing %.4f, with alpha 0.5 %.4f\n",
-              plain, smoothed);
+  std::printf(
+      "W4A8 output error on held-out calls, 4 outlier channels x40: without smoothing %.4f, with alpha 0.5 %.4f\n",
+      plain, smoothed);
   EXPECT_LT(smoothed, 0.8 * plain);
   // The smoothed pack carries its scale, and verify says the Python runtime ignores it.
   const NpzFile npz = NpzFile::open(dir / "smoothed" / "model.layers.0.mlp.down_proj.npz");
   ASSERT_TRUE(npz.contains("smooth_scale"));
-  const auto v = test::run_cli({"verify", (dir / "smoothed").string(), "--checkpoint", (dir / "model.safetensors").string()});
+  const auto v =
+      test::run_cli({"verify", (dir / "smoothed").string(), "--checkpoint", (dir / "model.safetensors").string()});
   EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
   EXPECT_NE(v.out.find("smooth-scale"), std::string::npos) << v.out;
-  const auto vs = test::run_cli({"verify", (dir / "smoothed").string(), "--checkpoint", (dir / "model.safetensors").string(), "--strict"});
+  const auto vs = test::run_cli(
+      {"verify", (dir / "smoothed").string(), "--checkpoint", (dir / "model.safetensors").string(), "--strict"});
   EXPECT_EQ(vs.exit_code, 1) << vs.out;
   // --fold-smoothing: a layer without a norm before it keeps s = 1 (not smoothed).
-  const auto f = test::run_cli({"pack", (dir / "model.safetensors").string(), "-o", (dir / "folded").string(), "--calib",
-                                (dir / "dump.safetensors").string(), "--smooth-alpha", "0.5", "--fold-smoothing",
-                                (dir / "folded.safetensors").string()});
+  const auto f = test::run_cli({"pack", (dir / "model.safetensors").string(), "-o", (dir / "folded").string(),
+                                "--calib", (dir / "dump.safetensors").string(), "--smooth-alpha", "0.5",
+                                "--fold-smoothing", (dir / "folded.safetensors").string()});
   ASSERT_EQ(f.exit_code, 0) << f.err;
   EXPECT_FALSE(NpzFile::open(dir / "folded" / "model.layers.0.mlp.down_proj.npz").contains("smooth_scale"));
   EXPECT_TRUE(fs::exists(dir / "folded.safetensors"));
@@ -449,11 +480,12 @@ TEST(Smoothing, LowersTheW4A8OutputErrorWithOutlierChannels) {
 
 TEST(PackCalibUsage, SmoothingNeedsADump) {
   const fs::path dir = test::temp_dir();
-  const auto r = test::run_cli({"pack", test::tiny_checkpoint().string(), "-o", (dir / "p").string(), "--smooth-alpha", "0.5"});
+  const auto r =
+      test::run_cli({"pack", test::tiny_checkpoint().string(), "-o", (dir / "p").string(), "--smooth-alpha", "0.5"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--smooth-alpha needs --calib"), std::string::npos) << r.err;
-  const auto m = test::run_cli({"pack", test::tiny_checkpoint().string(), "-o", (dir / "p").string(), "--calib",
-                                (dir / "nope.h5").string()});
+  const auto m = test::run_cli(
+      {"pack", test::tiny_checkpoint().string(), "-o", (dir / "p").string(), "--calib", (dir / "nope.h5").string()});
   EXPECT_EQ(m.exit_code, 4) << m.err;
   EXPECT_NE(m.err.find("nope.h5"), std::string::npos) << m.err;
 }

@@ -11,11 +11,11 @@
 #include <string>
 #include <vector>
 
-#include "common/test_paths.hpp"
 #include "base/elementwise.hpp"
+#include "common/test_paths.hpp"
 #include "duquant/error.hpp"
-#include "math/smoothing.hpp"
 #include "formats/safetensors_writer.hpp"
+#include "math/smoothing.hpp"
 
 namespace duquant {
 namespace {
@@ -95,7 +95,10 @@ std::uint16_t nearest_half_reference(float f) {
   std::uint32_t lo = 0, hi = 0x7bffu;  // invariant: value(lo) <= a
   while (lo < hi) {
     const std::uint32_t mid = (lo + hi + 1) / 2;
-    if (static_cast<double>(f16_to_f32(static_cast<std::uint16_t>(mid))) <= a) lo = mid; else hi = mid - 1;
+    if (static_cast<double>(f16_to_f32(static_cast<std::uint16_t>(mid))) <= a)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   if (lo == 0x7bffu) return sign | 0x7bffu;  // between 65504 and the Inf threshold
   const double below = f16_to_f32(static_cast<std::uint16_t>(lo));
@@ -117,7 +120,8 @@ TEST(F32ToF16, MatchesTheNearestHalfEverywhere) {
   // ...and, around every midpoint between adjacent halves, the midpoint and its float neighbours.
   for (std::uint32_t h = 0; h < 0x7bffu; ++h) {
     const double mid = (static_cast<double>(f16_to_f32(static_cast<std::uint16_t>(h))) +
-                        f16_to_f32(static_cast<std::uint16_t>(h + 1))) / 2;
+                        f16_to_f32(static_cast<std::uint16_t>(h + 1))) /
+                       2;
     const auto m = static_cast<float>(mid);
     ASSERT_EQ(static_cast<double>(m), mid);  // every midpoint is a float
     for (float f : {std::nextafter(m, 0.0f), m, std::nextafter(m, 1e9f)}) {
@@ -142,7 +146,8 @@ std::vector<SelectedLayer> select_all(const std::vector<LinearLayer>& linears) {
   return s;
 }
 
-std::vector<SelectedLayer> select_named(const std::vector<LinearLayer>& linears, const std::vector<std::string>& names) {
+std::vector<SelectedLayer> select_named(const std::vector<LinearLayer>& linears,
+                                        const std::vector<std::string>& names) {
   std::vector<SelectedLayer> s;
   for (const std::string& n : names) {
     const LinearLayer* found = nullptr;
@@ -160,8 +165,9 @@ const SmoothGroup* group(const std::vector<SmoothGroup>& groups, const std::stri
   return nullptr;
 }
 
-void expect_group(const std::vector<SmoothGroup>& groups, const std::string& key, const std::vector<std::string>& layers,
-                  std::optional<NormKind> norm, const std::string& weight, const std::string& bias) {
+void expect_group(const std::vector<SmoothGroup>& groups, const std::string& key,
+                  const std::vector<std::string>& layers, std::optional<NormKind> norm, const std::string& weight,
+                  const std::string& bias) {
   const SmoothGroup* g = group(groups, key);
   ASSERT_NE(g, nullptr) << key;
   EXPECT_EQ(g->layers, layers) << key;
@@ -182,8 +188,8 @@ TEST_F(FixtureGroups, LanguageModelLayer) {
   expect_group(groups, b + ".input_layernorm",
                {b + ".self_attn.q_proj", b + ".self_attn.k_proj", b + ".self_attn.v_proj"}, NormKind::gemma_rms,
                b + ".input_layernorm.weight", "");
-  expect_group(groups, b + ".post_attention_layernorm", {b + ".mlp.gate_proj", b + ".mlp.up_proj"},
-               NormKind::gemma_rms, b + ".post_attention_layernorm.weight", "");
+  expect_group(groups, b + ".post_attention_layernorm", {b + ".mlp.gate_proj", b + ".mlp.up_proj"}, NormKind::gemma_rms,
+               b + ".post_attention_layernorm.weight", "");
   expect_group(groups, b + ".self_attn.o_proj", {b + ".self_attn.o_proj"}, std::nullopt, "", "");
   expect_group(groups, b + ".mlp.down_proj", {b + ".mlp.down_proj"}, std::nullopt, "", "");
 }
@@ -194,9 +200,8 @@ TEST_F(FixtureGroups, ActionExpertLayerHasAdaptiveNorms) {
   expect_group(groups, b + ".input_layernorm",
                {b + ".self_attn.q_proj", b + ".self_attn.k_proj", b + ".self_attn.v_proj"}, NormKind::ada_rms,
                b + ".input_layernorm.dense.weight", b + ".input_layernorm.dense.bias");
-  expect_group(groups, b + ".post_attention_layernorm", {b + ".mlp.gate_proj", b + ".mlp.up_proj"},
-               NormKind::ada_rms, b + ".post_attention_layernorm.dense.weight",
-               b + ".post_attention_layernorm.dense.bias");
+  expect_group(groups, b + ".post_attention_layernorm", {b + ".mlp.gate_proj", b + ".mlp.up_proj"}, NormKind::ada_rms,
+               b + ".post_attention_layernorm.dense.weight", b + ".post_attention_layernorm.dense.bias");
   expect_group(groups, b + ".self_attn.o_proj", {b + ".self_attn.o_proj"}, std::nullopt, "", "");
   expect_group(groups, b + ".mlp.down_proj", {b + ".mlp.down_proj"}, std::nullopt, "", "");
   // The modulation's dense is itself a linear: alone, reading the condition, not x.
@@ -207,9 +212,8 @@ TEST_F(FixtureGroups, VisionLayerHasLayerNorms) {
   const auto groups = smoothing_groups(ckpt, linears, select_all(linears));
   const std::string b = kVision + "0";
   // The fixture stores layer_norm1/2 weights without biases: layer_norm with an empty bias name.
-  expect_group(groups, b + ".layer_norm1",
-               {b + ".self_attn.q_proj", b + ".self_attn.k_proj", b + ".self_attn.v_proj"}, NormKind::layer_norm,
-               b + ".layer_norm1.weight", "");
+  expect_group(groups, b + ".layer_norm1", {b + ".self_attn.q_proj", b + ".self_attn.k_proj", b + ".self_attn.v_proj"},
+               NormKind::layer_norm, b + ".layer_norm1.weight", "");
   expect_group(groups, b + ".layer_norm2", {b + ".mlp.fc1"}, NormKind::layer_norm, b + ".layer_norm2.weight", "");
   expect_group(groups, b + ".self_attn.out_proj", {b + ".self_attn.out_proj"}, std::nullopt, "", "");
   expect_group(groups, b + ".mlp.fc2", {b + ".mlp.fc2"}, std::nullopt, "", "");
@@ -250,10 +254,10 @@ TEST_F(FixtureGroups, OneSelectedMemberBringsTheWholeGroup) {
 TEST_F(FixtureGroups, OrderOfFirstSelectedMemberAndNoDuplicates) {
   const std::string e = kExpert + "1", l = kLm + "0";
   // Selection order, not checkpoint order, decides the order of groups; members stay in checkpoint order.
-  const auto groups = smoothing_groups(
-      ckpt, linears,
-      select_named(linears, {e + ".mlp.up_proj", l + ".self_attn.v_proj", e + ".mlp.down_proj", e + ".mlp.gate_proj",
-                             l + ".self_attn.k_proj", "action_in_proj"}));
+  const auto groups =
+      smoothing_groups(ckpt, linears,
+                       select_named(linears, {e + ".mlp.up_proj", l + ".self_attn.v_proj", e + ".mlp.down_proj",
+                                              e + ".mlp.gate_proj", l + ".self_attn.k_proj", "action_in_proj"}));
   ASSERT_EQ(groups.size(), 4u);
   EXPECT_EQ(groups[0].key, e + ".post_attention_layernorm");
   EXPECT_EQ(groups[0].layers, (std::vector<std::string>{e + ".mlp.gate_proj", e + ".mlp.up_proj"}));
@@ -265,9 +269,7 @@ TEST_F(FixtureGroups, OrderOfFirstSelectedMemberAndNoDuplicates) {
   EXPECT_FALSE(groups[3].norm.has_value());
 }
 
-TEST_F(FixtureGroups, EmptySelectionHasNoGroup) {
-  EXPECT_TRUE(smoothing_groups(ckpt, linears, {}).empty());
-}
+TEST_F(FixtureGroups, EmptySelectionHasNoGroup) { EXPECT_TRUE(smoothing_groups(ckpt, linears, {}).empty()); }
 
 // ---------------------------------------------------------------------------------------------
 // smoothing_groups on hand-made checkpoints
@@ -299,20 +301,19 @@ std::vector<SmoothGroup> groups_of(const formats::Checkpoint& ckpt, const std::v
 
 TEST(Groups, NormKindsFromTheTensorsPresent) {
   const auto dir = test::temp_dir();
-  const auto ckpt = make_checkpoint(
-      dir / "a.safetensors",
-      {{"m.a.self_attn.q_proj.weight", DType::F16, {8, 4}},
-       {"m.a.self_attn.k_proj.weight", DType::F32, {2, 4}},
-       {"m.a.input_layernorm.weight", DType::F32, {4}},
-       {"m.a.mlp.gate_proj.weight", DType::BF16, {6, 4}},
-       {"m.a.post_attention_layernorm.dense.weight", DType::F16, {12, 3}},
-       {"m.a.post_attention_layernorm.dense.bias", DType::F32, {12}},
-       {"v.b.self_attn.v_proj.weight", DType::F32, {4, 4}},
-       {"v.b.layer_norm1.weight", DType::F32, {4}},
-       {"v.b.layer_norm1.bias", DType::BF16, {4}},
-       {"v.b.mlp.fc1.weight", DType::F32, {8, 4}},
-       {"v.b.layer_norm2.weight", DType::F32, {4}},
-       {"v.b.layer_norm2.bias", DType::F32, {4}}});
+  const auto ckpt =
+      make_checkpoint(dir / "a.safetensors", {{"m.a.self_attn.q_proj.weight", DType::F16, {8, 4}},
+                                              {"m.a.self_attn.k_proj.weight", DType::F32, {2, 4}},
+                                              {"m.a.input_layernorm.weight", DType::F32, {4}},
+                                              {"m.a.mlp.gate_proj.weight", DType::BF16, {6, 4}},
+                                              {"m.a.post_attention_layernorm.dense.weight", DType::F16, {12, 3}},
+                                              {"m.a.post_attention_layernorm.dense.bias", DType::F32, {12}},
+                                              {"v.b.self_attn.v_proj.weight", DType::F32, {4, 4}},
+                                              {"v.b.layer_norm1.weight", DType::F32, {4}},
+                                              {"v.b.layer_norm1.bias", DType::BF16, {4}},
+                                              {"v.b.mlp.fc1.weight", DType::F32, {8, 4}},
+                                              {"v.b.layer_norm2.weight", DType::F32, {4}},
+                                              {"v.b.layer_norm2.bias", DType::F32, {4}}});
   const auto linears = find_linear_layers(ckpt);
   const auto groups = groups_of(ckpt, linears);
   expect_group(groups, "m.a.input_layernorm", {"m.a.self_attn.q_proj", "m.a.self_attn.k_proj"}, NormKind::gemma_rms,
@@ -327,35 +328,34 @@ TEST(Groups, NormKindsFromTheTensorsPresent) {
 
 TEST(Groups, NormsThatDoNotFitGiveNoNorm) {
   const auto dir = test::temp_dir();
-  const auto ckpt = make_checkpoint(
-      dir / "a.safetensors",
-      {// wrong length
-       {"a.self_attn.q_proj.weight", DType::F32, {4, 4}},
-       {"a.input_layernorm.weight", DType::F32, {5}},
-       // wrong dtype
-       {"a.mlp.up_proj.weight", DType::F32, {4, 4}},
-       {"a.post_attention_layernorm.weight", DType::I8, {4}},
-       // adaptive: dense rows not 3I
-       {"b.self_attn.q_proj.weight", DType::F32, {4, 4}},
-       {"b.input_layernorm.dense.weight", DType::F32, {8, 2}},
-       {"b.input_layernorm.dense.bias", DType::F32, {8}},
-       // adaptive: bias missing
-       {"b.mlp.gate_proj.weight", DType::F32, {4, 4}},
-       {"b.post_attention_layernorm.dense.weight", DType::F32, {12, 2}},
-       // both a weight and a modulation
-       {"c.self_attn.q_proj.weight", DType::F32, {4, 4}},
-       {"c.input_layernorm.weight", DType::F32, {4}},
-       {"c.input_layernorm.dense.weight", DType::F32, {12, 2}},
-       {"c.input_layernorm.dense.bias", DType::F32, {12}},
-       // no norm at all
-       {"c.mlp.gate_proj.weight", DType::F32, {4, 4}},
-       // layer norm with a misshapen bias
-       {"d.self_attn.q_proj.weight", DType::F32, {4, 4}},
-       {"d.layer_norm1.weight", DType::F32, {4}},
-       {"d.layer_norm1.bias", DType::F32, {3}},
-       // layer norm with only a bias
-       {"d.mlp.fc1.weight", DType::F32, {4, 4}},
-       {"d.layer_norm2.bias", DType::F32, {4}}});
+  const auto ckpt = make_checkpoint(dir / "a.safetensors",
+                                    {// wrong length
+                                     {"a.self_attn.q_proj.weight", DType::F32, {4, 4}},
+                                     {"a.input_layernorm.weight", DType::F32, {5}},
+                                     // wrong dtype
+                                     {"a.mlp.up_proj.weight", DType::F32, {4, 4}},
+                                     {"a.post_attention_layernorm.weight", DType::I8, {4}},
+                                     // adaptive: dense rows not 3I
+                                     {"b.self_attn.q_proj.weight", DType::F32, {4, 4}},
+                                     {"b.input_layernorm.dense.weight", DType::F32, {8, 2}},
+                                     {"b.input_layernorm.dense.bias", DType::F32, {8}},
+                                     // adaptive: bias missing
+                                     {"b.mlp.gate_proj.weight", DType::F32, {4, 4}},
+                                     {"b.post_attention_layernorm.dense.weight", DType::F32, {12, 2}},
+                                     // both a weight and a modulation
+                                     {"c.self_attn.q_proj.weight", DType::F32, {4, 4}},
+                                     {"c.input_layernorm.weight", DType::F32, {4}},
+                                     {"c.input_layernorm.dense.weight", DType::F32, {12, 2}},
+                                     {"c.input_layernorm.dense.bias", DType::F32, {12}},
+                                     // no norm at all
+                                     {"c.mlp.gate_proj.weight", DType::F32, {4, 4}},
+                                     // layer norm with a misshapen bias
+                                     {"d.self_attn.q_proj.weight", DType::F32, {4, 4}},
+                                     {"d.layer_norm1.weight", DType::F32, {4}},
+                                     {"d.layer_norm1.bias", DType::F32, {3}},
+                                     // layer norm with only a bias
+                                     {"d.mlp.fc1.weight", DType::F32, {4, 4}},
+                                     {"d.layer_norm2.bias", DType::F32, {4}}});
   const auto linears = find_linear_layers(ckpt);
   const auto groups = groups_of(ckpt, linears);
   // 8 shared-input groups, and the three 2-D `dense` tensors are linears of their own.
@@ -439,9 +439,9 @@ TEST(SmoothingScales, HandComputed) {
   const auto s = smoothing_scales(act, w, 0.5);
   ASSERT_EQ(s.size(), 6u);
   EXPECT_EQ(s[0], 2.0f);
-  EXPECT_EQ(s[1], 1e-5f);                                                  // zero activation: clamp
-  EXPECT_FLOAT_EQ(s[2], static_cast<float>(3.0 / std::sqrt(1e-5)));         // zero weight: 948.68
-  EXPECT_FLOAT_EQ(s[3], static_cast<float>(1e-6 / std::sqrt(1e-5)));        // 3.16e-4, above the clamp
+  EXPECT_EQ(s[1], 1e-5f);                                             // zero activation: clamp
+  EXPECT_FLOAT_EQ(s[2], static_cast<float>(3.0 / std::sqrt(1e-5)));   // zero weight: 948.68
+  EXPECT_FLOAT_EQ(s[3], static_cast<float>(1e-6 / std::sqrt(1e-5)));  // 3.16e-4, above the clamp
   EXPECT_EQ(s[4], 4.0f);
   EXPECT_EQ(s[5], 0.25f);
   // alpha 0: 1 / max(w, 1e-5) (activations ignored, even zero ones).
@@ -492,8 +492,8 @@ TEST(SmoothedWeight, RoundsEachProductToTheDtype) {
   // ties to 2; -3.03515625 = -194.25 units of 2^-6 -> -194 units = -3.03125.
   EXPECT_EQ(smoothed_weight(w, 2, 2, s, DType::BF16), (std::vector<float>{1.0f, 1.015625f, 2.0f, -3.03125f}));
   // F32: the exact float32 products.
-  EXPECT_EQ(smoothed_weight(w, 2, 2, s, DType::F32), (std::vector<float>{1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f,
-                                                                         2.0f + 0x1p-7f, -3.03515625f}));
+  EXPECT_EQ(smoothed_weight(w, 2, 2, s, DType::F32),
+            (std::vector<float>{1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 2.0f + 0x1p-7f, -3.03515625f}));
   // F16 (10 mantissa bits), finer scales: 1 + 2^-11 ties to 1; 1 + 3·2^-11 (1.5 units of 2^-10)
   // ties to 1 + 2^-9; 2 + 2^-10 ties to 2; -(3 + 9·2^-11) is 2.25 units of 2^-9 -> -(3 + 2^-8).
   const std::vector<float> s16 = {1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f};

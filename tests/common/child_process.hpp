@@ -105,8 +105,10 @@ class Child {
     const auto set = [&](int fd, Stream s, const std::string& path) {
       switch (s) {
         case Stream::file:
-          if (fd == STDIN_FILENO) posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", O_RDONLY, 0);
-          else posix_spawn_file_actions_addopen(&actions, fd, path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+          if (fd == STDIN_FILENO)
+            posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", O_RDONLY, 0);
+          else
+            posix_spawn_file_actions_addopen(&actions, fd, path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
           break;
         case Stream::closed: posix_spawn_file_actions_addclose(&actions, fd); break;
         case Stream::full: posix_spawn_file_actions_addopen(&actions, fd, "/dev/full", O_WRONLY, 0); break;
@@ -152,7 +154,8 @@ class Child {
     if (rc != 0) pid_ = -1;
   }
   // `duquant ARGS` with `env` added.
-  Child(const std::vector<std::string>& args, const std::vector<std::string>& env, const std::filesystem::path& log_stem)
+  Child(const std::vector<std::string>& args, const std::vector<std::string>& env,
+        const std::filesystem::path& log_stem)
       : Child(args, with_env(env), log_stem) {}
   Child(const Child&) = delete;
   Child& operator=(const Child&) = delete;
@@ -234,8 +237,8 @@ struct CliResult {
 inline CliResult run_program(const std::vector<std::string>& args, const ChildSetup& setup,
                              std::optional<std::chrono::seconds> watchdog = std::nullopt) {
   static std::atomic<int> counter{0};
-  const std::filesystem::path stem =
-      std::filesystem::temp_directory_path() / ("duquant-cli-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+  const std::filesystem::path stem = std::filesystem::temp_directory_path() /
+                                     ("duquant-cli-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
   CliResult r;
   {
     Child child(args, setup, stem);

@@ -28,8 +28,8 @@ std::uint32_t bits_of(float f) { return ew::f32_to_bits(f); }
   if (std::isnan(expected) && std::isnan(actual) && std::signbit(expected) == std::signbit(actual))
     return ::testing::AssertionSuccess();
   if (bits_of(expected) == bits_of(actual)) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "expected " << expected << " (0x" << std::hex << bits_of(expected)
-                                       << ") got " << actual << " (0x" << bits_of(actual) << ")";
+  return ::testing::AssertionFailure() << "expected " << expected << " (0x" << std::hex << bits_of(expected) << ") got "
+                                       << actual << " (0x" << bits_of(actual) << ")";
 }
 
 struct NamedDType {
@@ -154,8 +154,8 @@ TEST(DtypeBf16, RoundingMatchesEigen) {
     const float x = ew::f32_from_bits(f);
     const std::uint16_t mine = ew::f32_to_bf16(x);
     const std::uint16_t eigen = Eigen::bfloat16(x).value;
-    const bool ok = std::isnan(x) ? std::isnan(ew::bf16_to_f32(mine)) && (mine & 0x8000) == (eigen & 0x8000)
-                                  : mine == eigen;
+    const bool ok =
+        std::isnan(x) ? std::isnan(ew::bf16_to_f32(mine)) && (mine & 0x8000) == (eigen & 0x8000) : mine == eigen;
     if (!ok && ++mismatches <= 10)
       ADD_FAILURE() << "f32 0x" << std::hex << f << ": mine 0x" << mine << ", Eigen 0x" << eigen;
   }
@@ -165,8 +165,8 @@ TEST(DtypeBf16, RoundingMatchesEigen) {
 TEST(DtypeConvert, ConvertToF32DecodesEachFloatType) {
   // Unaligned source: one byte of offset in front of every buffer.
   const unsigned char f32_bytes[] = {0xff, 0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x20, 0xc1};  // 1.0, -10.0
-  const unsigned char f16_bytes[] = {0xff, 0x00, 0x3c, 0x00, 0xc5, 0x01, 0x00};            // 1.0, -5.0, 2^-24
-  const unsigned char bf16_bytes[] = {0xff, 0x80, 0x3f, 0x20, 0xc1};                       // 1.0, -10.0
+  const unsigned char f16_bytes[] = {0xff, 0x00, 0x3c, 0x00, 0xc5, 0x01, 0x00};              // 1.0, -5.0, 2^-24
+  const unsigned char bf16_bytes[] = {0xff, 0x80, 0x3f, 0x20, 0xc1};                         // 1.0, -10.0
   float out[3] = {};
   duquant::formats::convert_to_f32(DType::F32, reinterpret_cast<const std::byte*>(f32_bytes + 1), 2, out);
   EXPECT_EQ(out[0], 1.0f);

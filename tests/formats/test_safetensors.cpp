@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "base/elementwise.hpp"
 #include "common/child_process.hpp"
 #include "common/test_paths.hpp"
-#include "base/elementwise.hpp"
 #include "duquant/error.hpp"
 #include "formats/atomic_file.hpp"
 #include "formats/safetensors_checkpoint.hpp"
@@ -156,7 +156,8 @@ struct Sample {
 
 std::vector<Sample> samples() {
   return {
-      {{"w.f32", DType::F32, {2, 3}}, le_f32(1) + le_f32(-2) + le_f32(0.5f) + le_f32(3e-3f) + le_f32(-0.0f) + le_f32(1e30f)},
+      {{"w.f32", DType::F32, {2, 3}},
+       le_f32(1) + le_f32(-2) + le_f32(0.5f) + le_f32(3e-3f) + le_f32(-0.0f) + le_f32(1e30f)},
       {{"w.f16", DType::F16, {5}}, le_u16(0x3c00) + le_u16(0xc500) + le_u16(0x0001) + le_u16(0x7bff) + le_u16(0x8000)},
       {{"empty.i32", DType::I32, {0, 7}}, ""},
       {{"w.bf16", DType::BF16, {3}}, le_u16(0x3f80) + le_u16(0xc120) + le_u16(0x0080)},
@@ -259,10 +260,16 @@ TEST(SafetensorsWriter, HeaderEntryBoundIsNeverBelowTheEntry) {
 TEST(SafetensorsWriter, MisuseIsRejected) {
   const fs::path dir = temp_dir();
   const std::vector<TensorSpec> one{{"a", DType::F32, {2}}};
-  expect_error([&] { SafetensorsWriter w(dir / "dup.safetensors", {{"a", DType::U8, {1}}, {"a", DType::U8, {1}}}, {}); },
-               ErrorKind::usage, {"tensor 'a' written twice"});
-  expect_error([&] { SafetensorsWriter w(dir / "odd.safetensors", {{"p", DType::F4, {3}}}, {}); }, ErrorKind::usage,
-               {"tensor 'p'", "3 elements of F4"});
+  expect_error(
+      [&] {
+        SafetensorsWriter w(dir / "dup.safetensors", {{"a", DType::U8, {1}}, {"a", DType::U8, {1}}}, {});
+      },
+      ErrorKind::usage, {"tensor 'a' written twice"});
+  expect_error(
+      [&] {
+        SafetensorsWriter w(dir / "odd.safetensors", {{"p", DType::F4, {3}}}, {});
+      },
+      ErrorKind::usage, {"tensor 'p'", "3 elements of F4"});
   expect_error(
       [&] {
         SafetensorsWriter w(dir / "over.safetensors", one, {});
@@ -287,16 +294,15 @@ TEST(SafetensorsWriter, MisuseIsRejected) {
 TEST(SafetensorsUnaligned, OddDataStartReadsCorrectly) {
   // The header length is odd, so the data region (and every tensor) starts at an odd address;
   // the F32 tensor after the 10-byte F16 one sits at data offset 22 (2 mod 4) as well.
-  std::string json =
-      R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},)"
-      R"("h":{"dtype":"F16","shape":[5],"data_offsets":[12,22]},)"
-      R"("c":{"dtype":"F32","shape":[2],"data_offsets":[22,30]},)"
-      R"("b":{"dtype":"BF16","shape":[3],"data_offsets":[30,36]}})";
+  std::string json = R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},)"
+                     R"("h":{"dtype":"F16","shape":[5],"data_offsets":[12,22]},)"
+                     R"("c":{"dtype":"F32","shape":[2],"data_offsets":[22,30]},)"
+                     R"("b":{"dtype":"BF16","shape":[3],"data_offsets":[30,36]}})";
   if (json.size() % 2 == 0) json += ' ';
-  const std::string data = le_f32(1.5f) + le_f32(-2.25f) + le_f32(1e-40f) +                          // a
+  const std::string data = le_f32(1.5f) + le_f32(-2.25f) + le_f32(1e-40f) +                                      // a
                            le_u16(0x3c00) + le_u16(0xc500) + le_u16(0x0001) + le_u16(0x7c00) + le_u16(0x3555) +  // h
-                           le_f32(3.0f) + le_f32(-1e20f) +                                              // c
-                           le_u16(0x3f80) + le_u16(0xc120) + le_u16(0x4049);                            // b
+                           le_f32(3.0f) + le_f32(-1e20f) +                                                       // c
+                           le_u16(0x3f80) + le_u16(0xc120) + le_u16(0x4049);                                     // b
   const fs::path path = temp_dir() / "odd.safetensors";
   write_file(path, le_u64(json.size()) + json + data);
 
@@ -305,8 +311,8 @@ TEST(SafetensorsUnaligned, OddDataStartReadsCorrectly) {
   EXPECT_EQ(ckpt.find("a")->offset % 2, 1u);
   EXPECT_EQ(ckpt.find("c")->offset, 8 + json.size() + 22);
   EXPECT_EQ(read_f32(ckpt, "a"), (std::vector<float>{1.5f, -2.25f, 1e-40f}));
-  EXPECT_EQ(read_f32(ckpt, "h"), (std::vector<float>{1, -5, std::ldexp(1.0f, -24), INFINITY,
-                                                     duquant::elementwise::f16_to_f32(0x3555)}));
+  EXPECT_EQ(read_f32(ckpt, "h"),
+            (std::vector<float>{1, -5, std::ldexp(1.0f, -24), INFINITY, duquant::elementwise::f16_to_f32(0x3555)}));
   EXPECT_EQ(read_f32(ckpt, "h")[4], 0.333251953125f);
   EXPECT_EQ(read_f32(ckpt, "c"), (std::vector<float>{3.0f, -1e20f}));
   EXPECT_EQ(read_f32(ckpt, "b"), (std::vector<float>{1, -10, 3.140625f}));
@@ -378,8 +384,10 @@ TEST(SafetensorsHeader, FastPathAndDomPathAgree) {
     return std::string("accepted");
   };
   const std::string entry = R"("dtype":"F32","shape":[1],"data_offsets":[0,4])";
-  EXPECT_NE(message("{\"t\":{" + entry + "},\"t\":{" + entry + "}}", "abcd").find("duplicate key 't'"), std::string::npos);
-  EXPECT_NE(message(R"({"t":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "abcd").find("duplicate key 'dtype' in 't'"),
+  EXPECT_NE(message("{\"t\":{" + entry + "},\"t\":{" + entry + "}}", "abcd").find("duplicate key 't'"),
+            std::string::npos);
+  EXPECT_NE(message(R"({"t":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "abcd")
+                .find("duplicate key 'dtype' in 't'"),
             std::string::npos);
   EXPECT_NE(message(R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", "abcd").find("non-negative integers"),
             std::string::npos);
@@ -414,8 +422,8 @@ fs::path make_sharded(const fs::path& dir, const std::string& index_name) {
   // Shard 2 is written first and shard 1 lists its tensors out of name order: the reader must
   // order shards by file name and tensors by data offset.
   write_checkpoint(dir / kShard2, {{{"c", DType::BF16, {2}}, le_u16(0x3f80) + le_u16(0x4000)}});
-  write_checkpoint(dir / kShard1, {{{"b", DType::F32, {2}}, le_f32(1) + le_f32(2)},
-                                   {{"a", DType::F16, {1}}, le_u16(0x3c00)}});
+  write_checkpoint(dir / kShard1,
+                   {{{"b", DType::F32, {2}}, le_f32(1) + le_f32(2)}, {{"a", DType::F16, {1}}, le_u16(0x3c00)}});
   write_file(dir / index_name, std::string(R"({"metadata":{"total_size":14},"weight_map":{"a":")") + kShard1 +
                                    R"(","b":")" + kShard1 + R"(","c":")" + kShard2 + R"("}})");
   return dir / index_name;
@@ -512,8 +520,7 @@ TEST(AtomicFile, UncommittedKeepsThePreviousFile) {
     duquant::formats::AtomicFile f(dir / "out.bin");
     f.write(std::string_view("new"));
     throw std::runtime_error("interrupted");
-  } catch (const std::runtime_error&) {
-  }
+  } catch (const std::runtime_error&) {}
   EXPECT_EQ(read_text(dir / "out.bin"), "old content");
   EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 1);
 }
@@ -554,8 +561,7 @@ TEST(SafetensorsReadF32, NonFloatTensorIsAFormatErrorNamingIt) {
   expect_error([&] { ckpt.read_f32(*ckpt.find("counts"), out); }, ErrorKind::format,
                {"ints.safetensors", "tensor 'counts' is I32", "only F32, F16 and BF16"});
   std::vector<float> one(1);
-  expect_error([&] { ckpt.read_f32(*ckpt.find("codes"), one); }, ErrorKind::format,
-               {"tensor 'codes' is F8_E4M3"});
+  expect_error([&] { ckpt.read_f32(*ckpt.find("codes"), one); }, ErrorKind::format, {"tensor 'codes' is F8_E4M3"});
   // The raw bytes stay available.
   EXPECT_EQ(as_string(ckpt.bytes(*ckpt.find("counts"))), std::string("\x01\0\0\0\x02\0\0\0", 8));
 }

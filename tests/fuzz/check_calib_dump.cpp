@@ -56,7 +56,8 @@ bool is_call_name(const formats::DumpCall& c) {
   std::int64_t index = 0;
   for (std::size_t i = 2; i < c.name.size(); ++i) {
     if (c.name[i] < '0' || c.name[i] > '9') return false;
-    if (__builtin_mul_overflow(index, 10, &index) || __builtin_add_overflow(index, c.name[i] - '0', &index)) return false;
+    if (__builtin_mul_overflow(index, 10, &index) || __builtin_add_overflow(index, c.name[i] - '0', &index))
+      return false;
   }
   return index == c.index;
 }
@@ -73,9 +74,11 @@ Outcome check_calib_dump(Bytes input) {
     const formats::CalibDump dump = formats::CalibDump::open(scratch_file());
     const bool hdf5 = input.size() >= 8 && std::memcmp(input.data(), "\x89HDF\r\n\x1a\n", 8) == 0;
     if (dump.container() != (hdf5 ? "hdf5" : "safetensors"))
-      throw Violation(fmt::format("read as {} with the first bytes of {}", dump.container(), hdf5 ? "HDF5" : "another file"));
+      throw Violation(
+          fmt::format("read as {} with the first bytes of {}", dump.container(), hdf5 ? "HDF5" : "another file"));
     const std::vector<std::string> layers = dump.layers();
-    if (!std::is_sorted(layers.begin(), layers.end()) || std::adjacent_find(layers.begin(), layers.end()) != layers.end())
+    if (!std::is_sorted(layers.begin(), layers.end()) ||
+        std::adjacent_find(layers.begin(), layers.end()) != layers.end())
       throw Violation("layer names are not sorted and distinct");
     if (layers.empty()) throw Violation("a dump with no layer was accepted");
     std::vector<float> values;
@@ -101,7 +104,8 @@ Outcome check_calib_dump(Bytes input) {
           numeric_error = true;
           continue;
         }
-        if (values.size() != elements) throw Violation(fmt::format("{}: read {} values of {}", where, values.size(), elements));
+        if (values.size() != elements)
+          throw Violation(fmt::format("{}: read {} values of {}", where, values.size(), elements));
         for (const float v : values)
           if (!std::isfinite(v)) throw Violation(where + ": a non-finite value was returned");
       }

@@ -4,11 +4,11 @@
 #include <string>
 #include <string_view>
 
-#include "duquant/error.hpp"
-#include "packfmt/manifest.hpp"
 #include "config/settings.hpp"
+#include "duquant/error.hpp"
 #include "formats/strict_json.hpp"
 #include "fuzz/fuzz_checks.hpp"
+#include "packfmt/manifest.hpp"
 
 namespace duquant::fuzz {
 namespace {
@@ -19,7 +19,8 @@ void check_quant(const QuantConfig& q, const char* who) {
       q.block_out < 1 || q.block_out > 4096 || !(q.lambda_smooth >= 0 && q.lambda_smooth <= 1) ||
       !(q.act_pct > 0 && q.act_pct <= 100) || q.calib_steps < 1)
     throw Violation(fmt::format("{}: accepted wbits {} abits {} block {}/{} lambda {} act_pct {} calib_steps {}", who,
-                                q.wbits_default, q.abits, q.block, q.block_out, q.lambda_smooth, q.act_pct, q.calib_steps));
+                                q.wbits_default, q.abits, q.block, q.block_out, q.lambda_smooth, q.act_pct,
+                                q.calib_steps));
 }
 
 Outcome as_manifest(std::string_view text) {

@@ -26,8 +26,8 @@ void check_array(const formats::NpyArray& a, Bytes whole, const std::string& lab
     if (__builtin_mul_overflow(numel, d, &numel)) throw Violation(label + ": shape overflows");
   std::uint64_t bytes = 0;
   if (numel != a.numel || __builtin_mul_overflow(numel, a.itemsize, &bytes) || bytes != a.data.size())
-    throw Violation(fmt::format("{}: {} bytes for numel {} (shape says {}) of itemsize {}", label, a.data.size(), a.numel,
-                                numel, a.itemsize));
+    throw Violation(fmt::format("{}: {} bytes for numel {} (shape says {}) of itemsize {}", label, a.data.size(),
+                                a.numel, numel, a.itemsize));
   if (!inside(a.data, whole)) throw Violation(label + ": data outside the input");
   switch (a.type) {
     case formats::NpyType::f4:
@@ -39,8 +39,7 @@ void check_array(const formats::NpyArray& a, Bytes whole, const std::string& lab
     case formats::NpyType::unicode:
       if (a.shape.empty()) (void)formats::npy_unicode_to_utf8(a, label);
       break;
-    default:
-      break;
+    default: break;
   }
 }
 
@@ -68,7 +67,8 @@ Outcome check_npz(Bytes input) {
       // The array as the archive holds it, checked against the member's bytes in the input.
       check_array(formats::parse_npy(members[i].data, key), members[i].data, "fuzz.npz: " + key);
       const formats::NpyArray& a = npz.at(key);
-      if (a.shape != formats::parse_npy(members[i].data, key).shape) throw Violation("key '" + key + "': shape differs");
+      if (a.shape != formats::parse_npy(members[i].data, key).shape)
+        throw Violation("key '" + key + "': shape differs");
     }
     return Outcome::accepted;
   } catch (const Error& e) {

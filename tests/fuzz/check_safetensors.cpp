@@ -19,16 +19,19 @@ Outcome check_safetensors_header(Bytes input) {
   try {
     const auto h = formats::parse_safetensors_header(input, "fuzz.safetensors");
     if (h.data_start != 8 + h.header_bytes || h.data_start > input.size())
-      throw Violation(fmt::format("data starts at {} with a {}-byte header in a {}-byte file", h.data_start, h.header_bytes,
-                                  input.size()));
+      throw Violation(fmt::format("data starts at {} with a {}-byte header in a {}-byte file", h.data_start,
+                                  h.header_bytes, input.size()));
     std::uint64_t expected = 0;
     for (const auto& t : h.tensors) {
       if (t.begin != expected || t.end < t.begin)
-        throw Violation(fmt::format("tensor '{}' at [{}, {}) after data ending at {}", t.name, t.begin, t.end, expected));
+        throw Violation(
+            fmt::format("tensor '{}' at [{}, {}) after data ending at {}", t.name, t.begin, t.end, expected));
       std::uint64_t numel = 1;
       for (const std::uint64_t d : t.shape)
-        if (__builtin_mul_overflow(numel, d, &numel)) throw Violation(fmt::format("tensor '{}': shape overflows", t.name));
-      if (numel != t.numel) throw Violation(fmt::format("tensor '{}': numel {} for a shape of {}", t.name, t.numel, numel));
+        if (__builtin_mul_overflow(numel, d, &numel))
+          throw Violation(fmt::format("tensor '{}': shape overflows", t.name));
+      if (numel != t.numel)
+        throw Violation(fmt::format("tensor '{}': numel {} for a shape of {}", t.name, t.numel, numel));
       if (numel * formats::dtype_bits(t.dtype) / 8 != t.end - t.begin)
         throw Violation(fmt::format("tensor '{}': {} bytes for {} elements", t.name, t.end - t.begin, numel));
       expected = t.end;

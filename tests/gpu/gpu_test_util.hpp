@@ -8,8 +8,8 @@
 #include "kernels/cuda_runtime_info.hpp"
 
 // GTEST_SKIP must run in the test body itself: it returns from the enclosing function only.
-#define DQ_REQUIRE_GPU()                                                               \
-  do {                                                                                 \
-    std::string why_;                                                                  \
+#define DQ_REQUIRE_GPU()                                                                         \
+  do {                                                                                           \
+    std::string why_;                                                                            \
     if (::duquant::kernels::device_count(why_) == 0) GTEST_SKIP() << "no CUDA device: " << why_; \
   } while (0)

@@ -13,18 +13,18 @@
 #include <string>
 #include <vector>
 
-#include "common/test_paths.hpp"
-#include "math/calibration.hpp"
-#include "math/duquant_math.hpp"
 #include "base/elementwise.hpp"
+#include "common/test_paths.hpp"
 #include "duquant/error.hpp"
 #include "engine/layer_engine.hpp"
-#include "select/linear_layers.hpp"
-#include "pack/pack_layer.hpp"
-#include "packfmt/layout.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "gpu/gpu_test_util.hpp"
 #include "kernels/cuda_layer_engine.hpp"
+#include "math/calibration.hpp"
+#include "math/duquant_math.hpp"
+#include "pack/pack_layer.hpp"
+#include "packfmt/layout.hpp"
+#include "select/linear_layers.hpp"
 
 namespace duquant {
 namespace {
@@ -64,7 +64,8 @@ TEST(GpuEngine, ChannelEnergyAndZigzagAreTheCpuBits) {
       const std::vector<float> gpu = kernels::cuda_channel_energy(0, v, lambda);
       ASSERT_EQ(gpu.size(), cpu.size());
       for (std::size_t c = 0; c < cpu.size(); ++c)
-        ASSERT_EQ(elementwise::f32_to_bits(gpu[c]), elementwise::f32_to_bits(cpu[c])) << rows << "x" << cols << " c" << c;
+        ASSERT_EQ(elementwise::f32_to_bits(gpu[c]), elementwise::f32_to_bits(cpu[c]))
+            << rows << "x" << cols << " c" << c;
       EXPECT_EQ(kernels::cuda_zigzag_permutation(0, cpu), zigzag_permutation(cpu));
     }
   }
@@ -82,7 +83,8 @@ TEST(GpuEngine, QuantizeRowsFromTheSameWeightIsTheCpuBits) {
       const QuantizedRows gpu = kernels::cuda_quantize_rows(0, w, bits, &packed);
       ASSERT_EQ(gpu.scales.size(), cpu.scales.size());
       for (std::size_t r = 0; r < cpu.scales.size(); ++r)
-        ASSERT_EQ(elementwise::f32_to_bits(gpu.scales[r]), elementwise::f32_to_bits(cpu.scales[r])) << cols << " row " << r;
+        ASSERT_EQ(elementwise::f32_to_bits(gpu.scales[r]), elementwise::f32_to_bits(cpu.scales[r]))
+            << cols << " row " << r;
       ASSERT_EQ(gpu.codes, cpu.codes) << cols << " columns, " << bits << " bits";
       EXPECT_EQ(gpu.squared_error, cpu.squared_error);
       // The device packs nibbles itself: the bytes the CPU's pass packs from the same codes.
@@ -102,14 +104,17 @@ void expect_equivalent(const LayerMath& cpu, const LayerMath& gpu, const MatrixF
   ASSERT_EQ(gpu.t.r_out.size(), cpu.t.r_out.size()) << what;
   // Rotations: orthogonal to 1e-5 and, column by column where the eigenvalue is distinct, the
   // same eigenvector (|cos| within 1e-4; Rin's signs are canonical on both, Rout's are chosen).
-  auto compare = [&](const MatrixF& a, const MatrixF& b, const Eigen::MatrixXd& gram, bool signs, const std::string& where) {
+  auto compare = [&](const MatrixF& a, const MatrixF& b, const Eigen::MatrixXd& gram, bool signs,
+                     const std::string& where) {
     ASSERT_EQ(a.rows(), b.rows()) << where;
     const Eigen::MatrixXd ad = a.cast<double>();
-    EXPECT_LT((ad.transpose() * ad - Eigen::MatrixXd::Identity(a.rows(), a.rows())).cwiseAbs().maxCoeff(), 1e-5) << where;
+    EXPECT_LT((ad.transpose() * ad - Eigen::MatrixXd::Identity(a.rows(), a.rows())).cwiseAbs().maxCoeff(), 1e-5)
+        << where;
     const Eigen::VectorXd ev = Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>(gram).eigenvalues().reverse();
     const double scale = std::max(ev.cwiseAbs().maxCoeff(), 1e-30);
     for (Eigen::Index j = 0; j < a.cols(); ++j) {
-      const bool distinct = (j == 0 || ev[j - 1] - ev[j] > 1e-3 * scale) && (j + 1 == a.cols() || ev[j] - ev[j + 1] > 1e-3 * scale);
+      const bool distinct =
+          (j == 0 || ev[j - 1] - ev[j] > 1e-3 * scale) && (j + 1 == a.cols() || ev[j] - ev[j + 1] > 1e-3 * scale);
       if (!distinct) continue;
       const double dot = ad.col(j).dot(b.col(j).cast<double>());
       EXPECT_NEAR(signs ? dot : std::abs(dot), 1.0, 1e-4) << where << " column " << j;
@@ -137,7 +142,8 @@ void expect_equivalent(const LayerMath& cpu, const LayerMath& gpu, const MatrixF
     bool unique = true;
     for (Eigen::Index j = 1; j < ev.size(); ++j) unique = unique && ev[j] - ev[j - 1] > 1e-3 * scale;
     if (!unique)
-      for (std::int64_t r = static_cast<std::int64_t>(b) * q.block_out; r < static_cast<std::int64_t>(b) * q.block_out + s; ++r)
+      for (std::int64_t r = static_cast<std::int64_t>(b) * q.block_out;
+           r < static_cast<std::int64_t>(b) * q.block_out + s; ++r)
         comparable[static_cast<std::size_t>(r)] = false;
   }
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -147,7 +153,8 @@ void expect_equivalent(const LayerMath& cpu, const LayerMath& gpu, const MatrixF
   // break a near-tie the other way on one block), and within rounding of the weight's energy where
   // the error is itself rounding (a one-column layer: every row is one value, quantized exactly).
   const double energy = w.cast<double>().squaredNorm();
-  EXPECT_NEAR(gpu.quant.squared_error, cpu.quant.squared_error, 1e-3 * cpu.quant.squared_error + 1e-12 * energy) << what;
+  EXPECT_NEAR(gpu.quant.squared_error, cpu.quant.squared_error, 1e-3 * cpu.quant.squared_error + 1e-12 * energy)
+      << what;
   EXPECT_EQ(gpu.rtn_err2, cpu.rtn_err2) << what;  // same input, same order: bit for bit
   // Codes of the comparable rows: at most 1 % differ (elements at a rounding tie, rows whose
   // candidate was a near-tie).
@@ -186,31 +193,34 @@ TEST_P(GpuLayers, MatchTheCpuWithinTheTolerances) {
       q.row_rot = rr;
       q.permute = permute;
       const WeightView v{w.data(), shape.rows, shape.cols};
-      const std::string what = std::to_string(shape.rows) + "x" + std::to_string(shape.cols) + " b" + std::to_string(shape.block) +
-                               "/" + std::to_string(shape.block_out) + " W" + std::to_string(bits) +
-                               (permute ? " perm" : "") + (rr == RowRot::off ? " row_rot=0" : "");
+      const std::string what = std::to_string(shape.rows) + "x" + std::to_string(shape.cols) + " b" +
+                               std::to_string(shape.block) + "/" + std::to_string(shape.block_out) + " W" +
+                               std::to_string(bits) + (permute ? " perm" : "") +
+                               (rr == RowRot::off ? " row_rot=0" : "");
       expect_equivalent(compute_layer_math(v, q, bits), engine->compute(v, q, bits, what), w, q, bits, what);
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, GpuLayers,
-    ::testing::Combine(::testing::Values(Shape{64, 128, 8, 8}, Shape{96, 256, 16, 16}, Shape{128, 320, 32, 16},
-                                         Shape{256, 512, 64, 64}, Shape{256, 384, 128, 128},  // the syevBatched path
-                                         Shape{77, 203, 16, 32},                               // odd widths, tail blocks
-                                         Shape{5, 96, 32, 16},                                 // O < block
-                                         Shape{130, 1, 8, 8}),                                 // a single column
-                       ::testing::Values(4, 8)),
-    [](const ::testing::TestParamInfo<GpuLayers::ParamType>& info) {
-      const Shape& s = std::get<0>(info.param);
-      return std::to_string(s.rows) + "x" + std::to_string(s.cols) + "_b" + std::to_string(s.block) + "_bo" +
-             std::to_string(s.block_out) + "_W" + std::to_string(std::get<1>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Shapes, GpuLayers,
+                         ::testing::Combine(::testing::Values(Shape{64, 128, 8, 8}, Shape{96, 256, 16, 16},
+                                                              Shape{128, 320, 32, 16}, Shape{256, 512, 64, 64},
+                                                              Shape{256, 384, 128, 128},  // the syevBatched path
+                                                              Shape{77, 203, 16, 32},     // odd widths, tail blocks
+                                                              Shape{5, 96, 32, 16},       // O < block
+                                                              Shape{130, 1, 8, 8}),       // a single column
+                                            ::testing::Values(4, 8)),
+                         [](const ::testing::TestParamInfo<GpuLayers::ParamType>& info) {
+                           const Shape& s = std::get<0>(info.param);
+                           return std::to_string(s.rows) + "x" + std::to_string(s.cols) + "_b" +
+                                  std::to_string(s.block) + "_bo" + std::to_string(s.block_out) + "_W" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
 
 TEST(GpuEngine, CalibrationPercentilesAreTheCpuBits) {
   DQ_REQUIRE_GPU();
   // From the same perm and rotations the device's activation transform and percentiles are exact.
-  for (const auto& [rows, cols, block] : std::vector<std::tuple<int, int, int>>{{1, 8, 8}, {64, 45, 16}, {300, 256, 32}, {33, 200, 64}}) {
+  for (const auto& [rows, cols, block] :
+       std::vector<std::tuple<int, int, int>>{{1, 8, 8}, {64, 45, 16}, {300, 256, 32}, {33, 200, 64}}) {
     const MatrixF w = random_matrix(96, cols, static_cast<unsigned>(cols));
     QuantConfig q;
     q.block = block;
@@ -223,12 +233,14 @@ TEST(GpuEngine, CalibrationPercentilesAreTheCpuBits) {
       for (double quantile : {0.5, 0.999, 1.0}) {
         const std::span<const float> sm = smoothed ? std::span<const float>(smooth) : std::span<const float>();
         const std::span<const float> xs(x.data(), static_cast<std::size_t>(x.size()));
-        const std::vector<float> cpu = call_percentiles(transform_activations(xs, rows, cols, t.perm, t.r_in, sm), rows, cols, quantile);
+        const std::vector<float> cpu =
+            call_percentiles(transform_activations(xs, rows, cols, t.perm, t.r_in, sm), rows, cols, quantile);
         std::vector<float> gpu;
         ASSERT_TRUE(engine->call_percentiles(xs, rows, t, sm, quantile, "(test)", gpu));
         ASSERT_EQ(gpu.size(), cpu.size());
         for (std::size_t j = 0; j < cpu.size(); ++j)
-          ASSERT_EQ(elementwise::f32_to_bits(gpu[j]), elementwise::f32_to_bits(cpu[j])) << rows << "x" << cols << " channel " << j;
+          ASSERT_EQ(elementwise::f32_to_bits(gpu[j]), elementwise::f32_to_bits(cpu[j]))
+              << rows << "x" << cols << " channel " << j;
       }
   }
 }
@@ -245,7 +257,8 @@ TEST(GpuEngine, FixtureLayersMatchTheCpu) {
     const LayerInput in = load_layer_input(ckpt, sel);
     const QuantConfig q;
     const MatrixF w = Eigen::Map<const MatrixF>(in.weights.data(), in.rows, in.cols);
-    expect_equivalent(compute_layer_math(in.packed_view(), q, 4), engine->compute(in.packed_view(), q, 4, l.name), w, q, 4, l.name);
+    expect_equivalent(compute_layer_math(in.packed_view(), q, 4), engine->compute(in.packed_view(), q, 4, l.name), w, q,
+                      4, l.name);
     ++checked;
   }
   EXPECT_EQ(checked, 14);

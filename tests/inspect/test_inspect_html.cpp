@@ -5,8 +5,8 @@
 
 #include <cstdlib>
 
-#include "report/html_report.hpp"
 #include "inspect_test_util.hpp"
+#include "report/html_report.hpp"
 
 namespace duquant::test {
 namespace {
@@ -33,8 +33,13 @@ std::string chromium() {
 // killed after 120 s and fails the test instead of stalling it.
 CliResult run_chromium(const std::vector<std::string>& args) {
   ChildSetup setup;
-  setup.command = {chromium(), "--no-sandbox", "--disable-gpu", "--headless", "--host-resolver-rules=MAP * ~NOTFOUND",
-                   "--disable-background-networking", "--no-first-run"};
+  setup.command = {chromium(),
+                   "--no-sandbox",
+                   "--disable-gpu",
+                   "--headless",
+                   "--host-resolver-rules=MAP * ~NOTFOUND",
+                   "--disable-background-networking",
+                   "--no-first-run"};
   return run_program(args, setup, std::chrono::seconds(120));
 }
 

@@ -82,8 +82,8 @@ TEST(InspectPack, TextShowsTheWorstLayerFirstWithinHundredColumns) {
 
 TEST(InspectPack, PerHeadErrorAgreesWithTheLayer) {
   const fs::path pack = pack_of_fixture("openpi-dit");
-  const nlohmann::json j = run_json(
-      {"inspect", pack.string(), "--checkpoint", tiny_checkpoint().string(), "--head-dim", "16", "--json"});
+  const nlohmann::json j =
+      run_json({"inspect", pack.string(), "--checkpoint", tiny_checkpoint().string(), "--head-dim", "16", "--json"});
   int checked = 0;
   for (const auto& l : j["layers"]) {
     const std::string name = l["name"];
@@ -102,7 +102,8 @@ TEST(InspectPack, PerHeadErrorAgreesWithTheLayer) {
       hi = std::max(hi, h["rel_fro_error"].get<double>());
     }
     EXPECT_EQ(l["heads"]["worst"]["rel_fro_error"].get<double>(), hi);
-    if (kv) EXPECT_NEAR(all[0]["rel_fro_error"].get<double>(), layer_rel, 1e-5 * layer_rel) << name;
+    if (kv)
+      EXPECT_NEAR(all[0]["rel_fro_error"].get<double>(), layer_rel, 1e-5 * layer_rel) << name;
     else {
       EXPECT_LE(lo, layer_rel * (1 + 1e-6)) << name;
       EXPECT_GE(hi, layer_rel * (1 - 1e-6)) << name;
@@ -114,7 +115,8 @@ TEST(InspectPack, PerHeadErrorAgreesWithTheLayer) {
 
 TEST(InspectPack, BlockOutThatSplitsHeadsIsWarned) {
   const fs::path pack = pack_of_fixture("openpi-dit");
-  const CliResult r = run_cli({"inspect", pack.string(), "--checkpoint", tiny_checkpoint().string(), "--head-dim", "12"});
+  const CliResult r =
+      run_cli({"inspect", pack.string(), "--checkpoint", tiny_checkpoint().string(), "--head-dim", "12"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("block_out 16 does not divide head_dim 12"), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("head_dim 12 does not divide the 128 rows"), std::string::npos) << r.out;
@@ -169,21 +171,31 @@ fs::path broken_pack(const std::function<void(nlohmann::json&)>& edit) {
 TEST(InspectPack, HostileManifestsAreFormatErrors) {
   const std::vector<std::function<void(nlohmann::json&)>> edits = {
       [](nlohmann::json& m) { m["layers"][0]["shape"] = "64x128"; },
-      [](nlohmann::json& m) { m["layers"][0]["shape"] = {64, -1}; },
-      [](nlohmann::json& m) { m["layers"][0]["shape"] = {1ull << 40, 4}; },
+      [](nlohmann::json& m) {
+        m["layers"][0]["shape"] = {64, -1};
+      },
+      [](nlohmann::json& m) {
+        m["layers"][0]["shape"] = {1ull << 40, 4};
+      },
       [](nlohmann::json& m) { m["layers"][1]["quality"]["duquant"]["sqnr_db"] = "high"; },
       [](nlohmann::json& m) { m["layers"][2]["wbits"] = 99; },
       [](nlohmann::json& m) { m["layers"][2]["wbits"] = 4.5; },
       [](nlohmann::json& m) { m["layers"][3]["dtype"] = "Q3"; },
       [](nlohmann::json& m) { m["layers"][3]["name"] = nullptr; },
-      [](nlohmann::json& m) { m["layers"][4]["quantized"] = {{"bytes", "many"}}; },
+      [](nlohmann::json& m) {
+        m["layers"][4]["quantized"] = {{"bytes", "many"}};
+      },
       [](nlohmann::json& m) { m["layers"][0] = 7; },
-      [](nlohmann::json& m) { m["layers"] = {{"a", 1}}; },
+      [](nlohmann::json& m) {
+        m["layers"] = {{"a", 1}};
+      },
       [](nlohmann::json& m) { m["layers"] = nlohmann::json::array(); },
       [](nlohmann::json& m) { m["config"] = "x"; },
       [](nlohmann::json& m) { m["format"] = "other"; },
       [](nlohmann::json& m) { m["format_version"] = 2; },
-      [](nlohmann::json& m) { m["files"] = {{{"name", 3}}}; },
+      [](nlohmann::json& m) {
+        m["files"] = {{{"name", 3}}};
+      },
       [](nlohmann::json& m) { m = nlohmann::json::array(); },
   };
   for (std::size_t i = 0; i < edits.size(); ++i) {

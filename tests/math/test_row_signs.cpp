@@ -60,9 +60,11 @@ TEST(RowSigns, FixtureLayersOnlySignsChangeAndErrorDrops) {
         chosen_total += chosen_error;
       }
       EXPECT_GT(flipped, 0) << config.name;
-      std::printf("%s W%d: squared error %.6g with canonical signs, %.6g with chosen signs (%.1f %% lower), %d columns negated\n",
-                  config.name.c_str(), bits, canonical_total, chosen_total, 100 * (1 - chosen_total / canonical_total),
-                  flipped);
+      std::printf(
+          "%s W%d: squared error %.6g with canonical signs, %.6g with chosen signs (%.1f %% lower), %d columns "
+          "negated\n",
+          config.name.c_str(), bits, canonical_total, chosen_total, 100 * (1 - chosen_total / canonical_total),
+          flipped);
       EXPECT_LT(chosen_total, canonical_total * (bits == 4 ? 0.9 : 0.99)) << config.name << " W" << bits;
     }
   }
@@ -89,8 +91,10 @@ TEST(RowSigns, SameChoiceWithOneOrTwoThreadsAndOddWidths) {
     for (std::size_t b = 0; b < one.r_out.size(); ++b) {
       EXPECT_EQ(one.r_out[b], two.r_out[b]) << rows << "x" << cols << " block " << b;
       const MatrixF& r = one.r_out[b];
-      const double ortho = (r.transpose().cast<double>() * r.cast<double>() -
-                            Eigen::MatrixXd::Identity(r.cols(), r.cols())).cwiseAbs().maxCoeff();
+      const double ortho =
+          (r.transpose().cast<double>() * r.cast<double>() - Eigen::MatrixXd::Identity(r.cols(), r.cols()))
+              .cwiseAbs()
+              .maxCoeff();
       EXPECT_LT(ortho, 1e-5);
     }
   }

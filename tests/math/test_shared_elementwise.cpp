@@ -6,15 +6,15 @@
 
 #include <Eigen/Eigenvalues>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <algorithm>
 #include <random>
 #include <vector>
 
+#include "base/elementwise.hpp"
 #include "math/calibration.hpp"
 #include "math/duquant_math.hpp"
-#include "base/elementwise.hpp"
 
 namespace duquant {
 namespace {
@@ -38,7 +38,8 @@ MatrixF random_matrix(std::int64_t rows, std::int64_t cols, unsigned seed) {
   MatrixF m(rows, cols);
   for (std::int64_t r = 0; r < rows; ++r) {
     const float row_scale = u(rng);
-    for (std::int64_t c = 0; c < cols; ++c) m(r, c) = g(rng) * row_scale * col_scale[static_cast<std::size_t>(c)] * 0.02f;
+    for (std::int64_t c = 0; c < cols; ++c)
+      m(r, c) = g(rng) * row_scale * col_scale[static_cast<std::size_t>(c)] * 0.02f;
   }
   return m;
 }
@@ -70,7 +71,8 @@ TEST(SharedElementwise, ChannelEnergyColumnWalkGivesTheCpuBits) {
       const std::vector<float> kernel = energy_as_the_kernel(w, lambda);
       ASSERT_EQ(cpu.size(), kernel.size());
       for (std::size_t c = 0; c < cpu.size(); ++c)
-        ASSERT_EQ(bits_of(cpu[c]), bits_of(kernel[c])) << rows << "x" << cols << " lambda " << lambda << " column " << c;
+        ASSERT_EQ(bits_of(cpu[c]), bits_of(kernel[c]))
+            << rows << "x" << cols << " lambda " << lambda << " column " << c;
     }
   }
 }
@@ -158,7 +160,8 @@ KernelRow row_as_the_kernel(const float* w, std::int64_t cols, int bits, bool rt
     double total = 0;
     for (std::int64_t begin = 0; begin + kLanes <= cols; begin += ew::kErrorFlush) {
       float lanes[kLanes];
-      for (int j = 0; j < kLanes; ++j) lanes[j] = ew::error_lane_sum(w, begin, ew::error_chunk_end(begin, cols), j, s, lo, hi);
+      for (int j = 0; j < kLanes; ++j)
+        lanes[j] = ew::error_lane_sum(w, begin, ew::error_chunk_end(begin, cols), j, s, lo, hi);
       for (int j = 0; j < kLanes; ++j) total += lanes[j];
     }
     for (std::int64_t c = cols / kLanes * kLanes; c < cols; ++c) total += ew::squared_error(w[c], s, lo, hi);
@@ -183,7 +186,8 @@ TEST_P(LaneOrder, ReproducesQuantizeRowsBitForBit) {
   for (std::int64_t r = 0; r < rows; ++r) {
     const KernelRow k = row_as_the_kernel(w.data() + r * cols, cols, bits, false);
     ASSERT_EQ(bits_of(k.scale), bits_of(cpu.scales[static_cast<std::size_t>(r)])) << "row " << r;
-    for (std::int64_t c = 0; c < cols; ++c) ASSERT_EQ(k.codes[c], cpu.codes[r * cols + c]) << "row " << r << " col " << c;
+    for (std::int64_t c = 0; c < cols; ++c)
+      ASSERT_EQ(k.codes[c], cpu.codes[r * cols + c]) << "row " << r << " col " << c;
     total += k.error;  // rows in order, as the engine sums them
   }
   EXPECT_EQ(bits_of(total), bits_of(cpu.squared_error));
@@ -195,7 +199,8 @@ TEST_P(LaneOrder, ReproducesQuantizeRowsBitForBit) {
 
 // Widths around the lane (8) and chunk (512) boundaries, odd widths, a single column.
 INSTANTIATE_TEST_SUITE_P(Widths, LaneOrder,
-                         ::testing::Combine(::testing::Values<std::int64_t>(1, 7, 8, 9, 63, 511, 512, 513, 520, 1031, 2048),
+                         ::testing::Combine(::testing::Values<std::int64_t>(1, 7, 8, 9, 63, 511, 512, 513, 520, 1031,
+                                                                            2048),
                                             ::testing::Values(2, 3, 4, 8)));
 
 TEST(SharedElementwise, ErrorChunksCoverEachColumnOnce) {
@@ -203,7 +208,8 @@ TEST(SharedElementwise, ErrorChunksCoverEachColumnOnce) {
     std::vector<int> seen(static_cast<std::size_t>(cols), 0);
     for (std::int64_t begin = 0; begin + ew::kErrorLanes <= cols; begin += ew::kErrorFlush)
       for (int j = 0; j < ew::kErrorLanes; ++j)
-        for (std::int64_t c = begin + j; c < ew::error_chunk_end(begin, cols); c += ew::kErrorLanes) ++seen[static_cast<std::size_t>(c)];
+        for (std::int64_t c = begin + j; c < ew::error_chunk_end(begin, cols); c += ew::kErrorLanes)
+          ++seen[static_cast<std::size_t>(c)];
     for (std::int64_t c = cols / ew::kErrorLanes * ew::kErrorLanes; c < cols; ++c) ++seen[static_cast<std::size_t>(c)];
     for (std::int64_t c = 0; c < cols; ++c) ASSERT_EQ(seen[static_cast<std::size_t>(c)], 1) << cols << " column " << c;
   }
@@ -247,8 +253,8 @@ TEST(SharedElementwise, SignSearchSamplesAtMost256Columns) {
   for (long long cols : {1LL, 255LL, 256LL, 257LL, 2048LL, 16384LL, 16385LL}) {
     const long long stride = ew::sign_search_stride(cols), picked = ew::sign_search_picked(cols);
     EXPECT_LE(picked, ew::kSignSearchColumns) << cols;
-    EXPECT_LT((picked - 1) * stride, cols) << cols;   // the last sampled column exists
-    EXPECT_GE(picked * stride, cols) << cols;         // and no column past it is left unsampled
+    EXPECT_LT((picked - 1) * stride, cols) << cols;  // the last sampled column exists
+    EXPECT_GE(picked * stride, cols) << cols;        // and no column past it is left unsampled
   }
 }
 
@@ -270,7 +276,8 @@ TEST(SharedElementwise, ActivationTransformPerElementGivesTheCpuBits) {
   }
   for (bool smoothed : {false, true}) {
     const std::span<const float> sm = smoothed ? std::span<const float>(smooth) : std::span<const float>();
-    const std::vector<float> cpu = transform_activations({x.data(), static_cast<std::size_t>(x.size())}, rows, cols, perm, r_in, sm);
+    const std::vector<float> cpu =
+        transform_activations({x.data(), static_cast<std::size_t>(x.size())}, rows, cols, perm, r_in, sm);
     for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t j = 0; j < cols; ++j) {
         const std::int64_t b = j / block, off = b * block;
@@ -279,7 +286,8 @@ TEST(SharedElementwise, ActivationTransformPerElementGivesTheCpuBits) {
         const float* sp = smoothed ? smooth.data() : nullptr;
         const auto inputs = [&](long long k) { return ew::activation_input(xr[perm[off + k]], sp, perm[off + k]); };
         const float kernel = ew::transformed_activation(inputs, rot.data(), rot.rows(), j - off);
-        ASSERT_EQ(bits_of(kernel), bits_of(cpu[r * cols + j])) << "row " << r << " channel " << j << (smoothed ? " smoothed" : "");
+        ASSERT_EQ(bits_of(kernel), bits_of(cpu[r * cols + j]))
+            << "row " << r << " channel " << j << (smoothed ? " smoothed" : "");
       }
   }
 }

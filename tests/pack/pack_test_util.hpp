@@ -8,12 +8,12 @@
 #include <vector>
 
 #include "common/test_paths.hpp"
-#include "math/duquant_math.hpp"
-#include "select/linear_layers.hpp"
-#include "pack/pack_layer.hpp"
-#include "packfmt/layout.hpp"
 #include "formats/npz.hpp"
 #include "formats/safetensors_checkpoint.hpp"
+#include "math/duquant_math.hpp"
+#include "pack/pack_layer.hpp"
+#include "packfmt/layout.hpp"
+#include "select/linear_layers.hpp"
 
 namespace duquant::test {
 
@@ -78,8 +78,8 @@ inline Eigen::VectorXd gram_eigenvalues(const Eigen::MatrixXd& gram) {
 // (relative gap > 1e-4 to its neighbours), the columns must be equal up to sign within `tol`;
 // groups of repeated eigenvalues must span the same subspace (equal projectors within `tol`).
 // Returns the signs (+1/-1) that align our distinct columns with the reference's (0 elsewhere).
-inline std::vector<int> compare_rotation(const MatrixF& ours, const MatrixF& ref, const Eigen::VectorXd& ev,
-                                         double tol, const std::string& what) {
+inline std::vector<int> compare_rotation(const MatrixF& ours, const MatrixF& ref, const Eigen::VectorXd& ev, double tol,
+                                         const std::string& what) {
   const Eigen::Index n = ref.cols();
   std::vector<int> signs(static_cast<std::size_t>(n), 0);
   const double scale = std::max(ev.cwiseAbs().maxCoeff(), 1e-30);

@@ -15,12 +15,12 @@
 #include <string>
 #include <vector>
 
-#include "common/child_process.hpp"
-#include "math/conformance.hpp"
-#include "math/duquant_math.hpp"
 #include "base/elementwise.hpp"
+#include "common/child_process.hpp"
 #include "duquant/error.hpp"
 #include "formats/safetensors_checkpoint.hpp"
+#include "math/conformance.hpp"
+#include "math/duquant_math.hpp"
 
 namespace duquant {
 namespace {
@@ -32,7 +32,7 @@ namespace fs = std::filesystem;
 TEST(ConformanceInputs, FirstValuesArePinned) {
   // Computed independently (Python, integers and math.log/cos in double) from the generator as
   // docs/pack-format.md specifies it.
-  const float golden[8] = {-0x1.3ee7b6p+0f, 0x1.617126p+0f, 0x1.832530p-2f, -0x1.c6a266p-2f,
+  const float golden[8] = {-0x1.3ee7b6p+0f, 0x1.617126p+0f, 0x1.832530p-2f,  -0x1.c6a266p-2f,
                            -0x1.6bb2c8p-5f, 0x1.6fb6f4p-1f, -0x1.0024cap-1f, -0x1.060ee8p+0f};
   const std::vector<float> x = conformance_inputs(2, 4);
   ASSERT_EQ(x.size(), 8u);
@@ -60,11 +60,11 @@ TEST(ConformanceInputs, StandardNormalStatistics) {
     within1 += std::abs(v) < 1.0f ? 1 : 0;
   }
   const double mean = sum / n, var = sum2 / n - mean * mean, kurt = sum4 / n;
-  std::printf("[ inputs   ] n=%lld mean %.5f var %.5f E[x^4] %.4f P(|x|<1) %.5f\n", static_cast<long long>(n), mean, var, kurt,
-              static_cast<double>(within1) / n);
-  EXPECT_LT(std::abs(mean), 0.005);         // sd of the mean: 0.001
-  EXPECT_LT(std::abs(var - 1.0), 0.01);     // sd: 0.0014
-  EXPECT_LT(std::abs(kurt - 3.0), 0.05);    // sd: about 0.01
+  std::printf("[ inputs   ] n=%lld mean %.5f var %.5f E[x^4] %.4f P(|x|<1) %.5f\n", static_cast<long long>(n), mean,
+              var, kurt, static_cast<double>(within1) / n);
+  EXPECT_LT(std::abs(mean), 0.005);       // sd of the mean: 0.001
+  EXPECT_LT(std::abs(var - 1.0), 0.01);   // sd: 0.0014
+  EXPECT_LT(std::abs(kurt - 3.0), 0.05);  // sd: about 0.01
   EXPECT_LT(std::abs(static_cast<double>(within1) / n - 0.682689), 0.003);
 }
 
@@ -72,13 +72,14 @@ TEST(ConformanceInputs, StandardNormalStatistics) {
 // 2. The math on exact weights
 
 TEST(ConformanceMath, ReferenceOutputByHand) {
-  const std::vector<float> x{1, 2, 3, -1, 0.5f, 2};  // [2, 3]
-  const std::vector<float> w{1, 0, 2, -1, 4, 0.25f}; // [2, 3]
+  const std::vector<float> x{1, 2, 3, -1, 0.5f, 2};   // [2, 3]
+  const std::vector<float> w{1, 0, 2, -1, 4, 0.25f};  // [2, 3]
   const std::vector<float> b{0.5f, -1};
   const std::vector<float> y = conformance_reference_output(x, 2, WeightView{w.data(), 2, 3}, b);
   // row 0: [1+6, -1+8+0.75] + b; row 1: [-1+4, 1+2+0.5] + b
   EXPECT_EQ(y, (std::vector<float>{7.5f, 6.75f, 3.5f, 2.5f}));
-  EXPECT_EQ(conformance_reference_output(x, 2, WeightView{w.data(), 2, 3}, {}), (std::vector<float>{7, 7.75f, 3, 3.5f}));
+  EXPECT_EQ(conformance_reference_output(x, 2, WeightView{w.data(), 2, 3}, {}),
+            (std::vector<float>{7, 7.75f, 3, 3.5f}));
 }
 
 // Rotations as the pack makes them (eigenvectors of a random Gram matrix), at true widths.
@@ -126,7 +127,8 @@ void expect_exact(const Case& c, RowRot mode, bool permute, std::uint32_t seed) 
   for (std::int64_t j = 0; j < c.i; ++j) perm[j] = j;
   if (permute) std::shuffle(perm.begin(), perm.end(), rng);
   const std::vector<MatrixF> r_in = random_rotations(c.i, c.block, rng);
-  const std::vector<MatrixF> r_out = mode == RowRot::off ? std::vector<MatrixF>{} : random_rotations(c.o, c.block_out, rng);
+  const std::vector<MatrixF> r_out =
+      mode == RowRot::off ? std::vector<MatrixF>{} : random_rotations(c.o, c.block_out, rng);
 
   Eigen::MatrixXd wt(c.o, c.i);
   for (std::int64_t r = 0; r < c.o; ++r)
@@ -138,13 +140,17 @@ void expect_exact(const Case& c, RowRot mode, bool permute, std::uint32_t seed) 
     for (std::int64_t j = 0; j < c.i; ++j) w[r * c.i + perm[j]] = static_cast<float>(wp(r, j));
 
   const std::vector<float> x = conformance_inputs(kConformanceRows, c.i);
-  const std::vector<float> ref = conformance_reference_output(x, kConformanceRows, WeightView{w.data(), c.o, c.i}, bias);
-  const std::span<const std::int64_t> p = permute ? std::span<const std::int64_t>(perm) : std::span<const std::int64_t>();
-  std::vector<float> got = conformance_pack_output(x, kConformanceRows, c.o, c.i, p, r_in, codes, scales, r_out, mode, bias);
+  const std::vector<float> ref =
+      conformance_reference_output(x, kConformanceRows, WeightView{w.data(), c.o, c.i}, bias);
+  const std::span<const std::int64_t> p =
+      permute ? std::span<const std::int64_t>(perm) : std::span<const std::int64_t>();
+  std::vector<float> got =
+      conformance_pack_output(x, kConformanceRows, c.o, c.i, p, r_in, codes, scales, r_out, mode, bias);
   ASSERT_EQ(got.size(), ref.size());
   if (mode == RowRot::propagate) {  // undo the rotation: y · Rout per row block
     for (std::int64_t r = 0; r < kConformanceRows; ++r) {
-      const Eigen::RowVectorXd row = Eigen::Map<const Eigen::RowVectorXf>(got.data() + r * c.o, c.o).cast<double>() * rout;
+      const Eigen::RowVectorXd row =
+          Eigen::Map<const Eigen::RowVectorXf>(got.data() + r * c.o, c.o).cast<double>() * rout;
       for (std::int64_t o = 0; o < c.o; ++o) got[r * c.o + o] = static_cast<float>(row[o]);
     }
   }
@@ -192,7 +198,8 @@ TEST(ConformanceMath, RejectsInconsistentShapes) {
   EXPECT_THROW(conformance_pack_output(x, 2, 2, 2, bad_perm, r, codes, scales, {}, RowRot::off, bias), Error);
   EXPECT_THROW(conformance_pack_output(x, 2, 2, 2, {}, r, codes, scales, {}, RowRot::restore, bias), Error);
   EXPECT_THROW(conformance_pack_output(x, 2, 2, 2, {}, r, codes, scales, r, RowRot::off, bias), Error);
-  EXPECT_THROW(conformance_pack_output(x, 2, 2, 2, {}, {MatrixF::Identity(1, 1)}, codes, scales, {}, RowRot::off, bias), Error);
+  EXPECT_THROW(conformance_pack_output(x, 2, 2, 2, {}, {MatrixF::Identity(1, 1)}, codes, scales, {}, RowRot::off, bias),
+               Error);
   EXPECT_THROW(conformance_pack_output(x, 3, 2, 2, {}, r, codes, scales, {}, RowRot::off, bias), Error);
   EXPECT_NO_THROW(conformance_pack_output(x, 2, 2, 2, {}, r, codes, scales, {}, RowRot::off, bias));
 }
@@ -273,7 +280,8 @@ void check_pack(const fs::path& out, RowRot mode, std::size_t expect_layers, boo
       for (std::int64_t c = 0; c < i; ++c) {
         if (wbits <= 4) {
           const auto byte = static_cast<unsigned char>(bytes[static_cast<std::size_t>(r * ((i + 1) / 2) + c / 2)]);
-          codes[r * i + c] = static_cast<std::int8_t>(c % 2 ? elementwise::unpack_high(byte) : elementwise::unpack_low(byte));
+          codes[r * i + c] =
+              static_cast<std::int8_t>(c % 2 ? elementwise::unpack_high(byte) : elementwise::unpack_low(byte));
         } else {
           codes[r * i + c] = static_cast<std::int8_t>(bytes[static_cast<std::size_t>(r * i + c)]);
         }
@@ -337,7 +345,8 @@ TEST(ConformancePack, OpenpiDitRestoreSameBytesForOneAndTwoThreads) {
     const auto r = pack(dir / t, {"--preset", "openpi-dit", "--threads", t});
     ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   }
-  EXPECT_TRUE(test::read_text(dir / "1" / "quantized.safetensors") == test::read_text(dir / "2" / "quantized.safetensors"));
+  EXPECT_TRUE(test::read_text(dir / "1" / "quantized.safetensors") ==
+              test::read_text(dir / "2" / "quantized.safetensors"));
   EXPECT_EQ(test::read_text(dir / "1" / "manifest.json"), test::read_text(dir / "2" / "manifest.json"));
   check_pack(dir / "1", RowRot::restore, 14, false);
 }
@@ -351,7 +360,8 @@ TEST(ConformancePack, VisionTowerWithBiasPropagateBlock8) {
 
 TEST(ConformancePack, VisionTowerWithBiasNoRowRotNoPermuteW8Block32) {
   const fs::path out = test::temp_dir() / "out";
-  const auto r = pack(out, {"--scope", kVision, "--row-rot", "0", "--no-permute", "--wbits-default", "8", "--block", "32"});
+  const auto r =
+      pack(out, {"--scope", kVision, "--row-rot", "0", "--no-permute", "--wbits-default", "8", "--block", "32"});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   check_pack(out, RowRot::off, 12, true);
 }

@@ -19,7 +19,8 @@ namespace fs = std::filesystem;
 using test::CliResult;
 
 CliResult pack_with(const fs::path& out, const std::string& device) {
-  return test::run_cli({"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit", "--device", device});
+  return test::run_cli(
+      {"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit", "--device", device});
 }
 
 std::map<std::string, std::string> files_of(const fs::path& dir) {
@@ -76,9 +77,9 @@ TEST(PackDevice, MalformedPipelineSeamIsRefused) {
   const fs::path dir = test::temp_dir();
   for (const std::string bad : {"0", "9", "2x", "-1", "12", "two"}) {
     const fs::path out = dir / "out";
-    const CliResult r = test::run_cli({"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit",
-                                       "--device", "cpu"},
-                                      {"DUQUANT_TEST_PIPELINE=" + bad});
+    const CliResult r = test::run_cli(
+        {"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit", "--device", "cpu"},
+        {"DUQUANT_TEST_PIPELINE=" + bad});
     EXPECT_EQ(r.exit_code, 2) << bad << "\n" << r.out << r.err;
     EXPECT_NE(r.err.find("DUQUANT_TEST_PIPELINE=" + bad + ":"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(out)) << bad;
@@ -94,18 +95,19 @@ TEST(PackDevice, PipelinedEnginesGiveTheSequentialBytes) {
   const auto expected = files_of(dir / "sequential");
   for (const std::string n : {"1", "2", "3"}) {
     const fs::path out = dir / ("pipeline" + n);
-    const CliResult r = test::run_cli({"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit",
-                                       "--device", "cpu"},
-                                      {"DUQUANT_TEST_PIPELINE=" + n});
+    const CliResult r = test::run_cli(
+        {"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit", "--device", "cpu"},
+        {"DUQUANT_TEST_PIPELINE=" + n});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find("on cpu (pipeline of " + n + ")"), std::string::npos) << r.out;
     const auto got = files_of(out);
     ASSERT_EQ(got.size(), expected.size()) << n;
-    for (const auto& [name, bytes] : expected) EXPECT_TRUE(got.count(name) && got.at(name) == bytes) << n << ": " << name;
+    for (const auto& [name, bytes] : expected)
+      EXPECT_TRUE(got.count(name) && got.at(name) == bytes) << n << ": " << name;
   }
   const fs::path out = dir / "killed";
-  const std::vector<std::string> args{"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit",
-                                      "--device", "cpu"};
+  const std::vector<std::string> args{
+      "pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit", "--device", "cpu"};
   const CliResult killed = test::run_cli(args, {"DUQUANT_TEST_PIPELINE=2", "DUQUANT_TEST_KILL_AT=layer:5"});
   EXPECT_EQ(killed.exit_code, 128 + 9) << killed.err;
   std::vector<std::string> resume = args;
@@ -115,7 +117,8 @@ TEST(PackDevice, PipelinedEnginesGiveTheSequentialBytes) {
   EXPECT_NE(resumed.out.find("(5 reused)"), std::string::npos) << resumed.out;
   const auto got = files_of(out);
   ASSERT_EQ(got.size(), expected.size());
-  for (const auto& [name, bytes] : expected) EXPECT_TRUE(got.count(name) && got.at(name) == bytes) << "resumed: " << name;
+  for (const auto& [name, bytes] : expected)
+    EXPECT_TRUE(got.count(name) && got.at(name) == bytes) << "resumed: " << name;
 }
 
 TEST(PackDevice, CudaPackVerifiesCleanAgainstTheCheckpoint) {

@@ -64,8 +64,8 @@ TEST(Npz, WriterRoundTripIsByteStable) {
 }
 
 TEST(Npz, ReadsNumpySavezFiles) {
-  const auto path = test::fixtures() / "openpi-pack-b16" /
-                    "paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj.npz";
+  const auto path =
+      test::fixtures() / "openpi-pack-b16" / "paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj.npz";
   const NpzFile f = NpzFile::open(path);
   EXPECT_EQ(f.keys().front(), "weight_scale");
   EXPECT_EQ(f.at("weight_scale").shape, (std::vector<std::uint64_t>{128}));
@@ -135,7 +135,8 @@ TEST(Npy, RejectsUnsafeHeaders) {
   expect(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }", 8), "overflows");
   expect(npy("{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", 8), "duplicate");
   expect(npy("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,), }", 8), "expected a string");
-  expect(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 4294967296), }", 8), "overflows");
+  expect(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 4294967296), }", 8),
+         "overflows");
 }
 
 }  // namespace

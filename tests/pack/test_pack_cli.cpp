@@ -53,7 +53,8 @@ std::vector<std::string> names_of(const std::map<std::string, std::string>& file
 void expect_same_folder(const fs::path& a, const fs::path& b) {
   const auto fa = snapshot(a), fb = snapshot(b);
   ASSERT_EQ(names_of(fa), names_of(fb)) << a << " vs " << b;
-  for (const auto& [name, bytes] : fa) EXPECT_TRUE(bytes == fb.at(name)) << name << " differs between " << a << " and " << b;
+  for (const auto& [name, bytes] : fa)
+    EXPECT_TRUE(bytes == fb.at(name)) << name << " differs between " << a << " and " << b;
 }
 
 CliResult pack(const fs::path& ckpt, const fs::path& out, std::vector<std::string> extra = {},
@@ -73,7 +74,8 @@ std::vector<fs::path> files_with_suffix(const fs::path& dir, const std::string& 
   std::vector<fs::path> out;
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string n = e.path().filename().string();
-    if (n.size() >= suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0) out.push_back(e.path());
+    if (n.size() >= suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0)
+      out.push_back(e.path());
   }
   return out;
 }
@@ -117,10 +119,13 @@ void expect_deterministic(const std::vector<std::string>& config, const std::str
   for (const Run& r : runs) expect_same_folder(first, dir / r.name);
 }
 
-TEST(PackCliDeterminism, OpenpiDitSameBytesForOneAndTwoThreads) { expect_deterministic({"--preset", "openpi-dit"}, "dit"); }
+TEST(PackCliDeterminism, OpenpiDitSameBytesForOneAndTwoThreads) {
+  expect_deterministic({"--preset", "openpi-dit"}, "dit");
+}
 
 TEST(PackCliDeterminism, Block32Out16W8SameBytesForOneAndTwoThreads) {
-  expect_deterministic({"--preset", "openpi-dit", "--block", "32", "--block-out", "16", "--wbits-default", "8"}, "b32w8");
+  expect_deterministic({"--preset", "openpi-dit", "--block", "32", "--block-out", "16", "--wbits-default", "8"},
+                       "b32w8");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -162,7 +167,8 @@ TEST(PackCliResume, KilledAfterLayer3ResumesToTheSameBytes) {
   const fs::path dir = test::temp_dir();
   const std::vector<std::string> config{"--preset", "openpi-dit"};
   ASSERT_EQ(pack(test::tiny_checkpoint(), dir / "baseline", config).exit_code, 0);
-  const std::string out = interrupt_and_resume(test::tiny_checkpoint(), dir / "out", dir / "baseline", config, "layer:3", 3);
+  const std::string out =
+      interrupt_and_resume(test::tiny_checkpoint(), dir / "out", dir / "baseline", config, "layer:3", 3);
   EXPECT_NE(out.find("packed 14 layers (3 reused)"), std::string::npos) << out;
   EXPECT_EQ(count_occurrences(out, "(reused)"), 3u) << out;
 }
@@ -172,8 +178,8 @@ TEST(PackCliResume, KilledAfterLayer3ResumesToTheSameBytes) {
 TEST(PackCliResume, MalformedInterruptionSeamsAreRefusedBeforeAnyWork) {
   const fs::path dir = test::temp_dir();
   for (const std::string seam : {"DUQUANT_TEST_KILL_AT", "DUQUANT_TEST_STOP_AT"}) {
-    for (const std::string bad : {"layer", "layer:", "layer:0", "layer:-1", "layer:3x", "layer:1234567890",
-                                  "Layer:3", "assembly ", "manifest"}) {
+    for (const std::string bad : {"layer", "layer:", "layer:0", "layer:-1", "layer:3x", "layer:1234567890", "Layer:3",
+                                  "assembly ", "manifest"}) {
       const fs::path out = dir / "out";
       const CliResult r = pack(test::tiny_checkpoint(), out, {"--preset", "openpi-dit"}, {seam + "=" + bad});
       EXPECT_EQ(r.exit_code, 2) << seam << "=" << bad << "\n" << r.out << r.err;
@@ -181,8 +187,8 @@ TEST(PackCliResume, MalformedInterruptionSeamsAreRefusedBeforeAnyWork) {
       EXPECT_FALSE(fs::exists(out)) << seam << "=" << bad;
     }
   }
-  const CliResult unreached = pack(test::tiny_checkpoint(), dir / "far", {"--preset", "openpi-dit"},
-                                   {"DUQUANT_TEST_KILL_AT=layer:999"});
+  const CliResult unreached =
+      pack(test::tiny_checkpoint(), dir / "far", {"--preset", "openpi-dit"}, {"DUQUANT_TEST_KILL_AT=layer:999"});
   EXPECT_EQ(unreached.exit_code, 0) << unreached.out << unreached.err;
   EXPECT_TRUE(fs::exists(dir / "far" / "manifest.json"));
 }
@@ -191,7 +197,8 @@ TEST(PackCliResume, KilledDuringAssemblyResumesToTheSameBytes) {
   const fs::path dir = test::temp_dir();
   const std::vector<std::string> config{"--preset", "openpi-dit"};
   ASSERT_EQ(pack(test::tiny_checkpoint(), dir / "baseline", config).exit_code, 0);
-  const std::string out = interrupt_and_resume(test::tiny_checkpoint(), dir / "out", dir / "baseline", config, "assembly", 14);
+  const std::string out =
+      interrupt_and_resume(test::tiny_checkpoint(), dir / "out", dir / "baseline", config, "assembly", 14);
   EXPECT_NE(out.find("packed 14 layers (14 reused)"), std::string::npos) << out;
 }
 
@@ -260,7 +267,8 @@ TEST(PackCliResume, ShardedSynthCheckpointInterruptedAndResumed) {
   interrupt_and_resume(ckpt, dir / "killed-layer", dir / "baseline", config, "layer:3", 3);
   const std::size_t layers = files_with_suffix(dir / "baseline", ".npz").size();
   EXPECT_EQ(read_json(dir / "baseline" / "manifest.json").at("layers").size(), layers);
-  const std::string out = interrupt_and_resume(ckpt, dir / "killed-assembly", dir / "baseline", config, "assembly", layers);
+  const std::string out =
+      interrupt_and_resume(ckpt, dir / "killed-assembly", dir / "baseline", config, "assembly", layers);
   EXPECT_NE(out.find(fmt::format("packed {} layers ({} reused)", layers, layers)), std::string::npos) << out;
   int resumed_shards = 0;
   expect_consistent_shards(dir / "killed-assembly", &resumed_shards);
@@ -352,12 +360,14 @@ TEST(PackCliRefusals, SelectionMatchingNothingExits5) {
 fs::path write_checkpoint(const fs::path& path, formats::DType dtype, std::uint64_t rows, std::uint64_t cols,
                           const std::vector<float>& values) {
   const std::uint64_t esize = dtype == formats::DType::F32 ? 4 : 2;
-  std::vector<formats::TensorSpec> specs{{"blk.q_proj.weight", dtype, {rows, cols}}, {"blk.k_proj.weight", dtype, {16, 32}}};
+  std::vector<formats::TensorSpec> specs{{"blk.q_proj.weight", dtype, {rows, cols}},
+                                         {"blk.k_proj.weight", dtype, {16, 32}}};
   auto encode = [&](float v) {
     std::uint32_t bits;
     std::memcpy(&bits, &v, 4);
     std::string b(esize, '\0');
-    if (esize == 4) std::memcpy(b.data(), &bits, 4);
+    if (esize == 4)
+      std::memcpy(b.data(), &bits, 4);
     else {
       const auto h = static_cast<std::uint16_t>(bits >> 16);  // BF16 by truncation (values are exact)
       std::memcpy(b.data(), &h, 2);
@@ -393,7 +403,8 @@ TEST(PackCliNumeric, NaNWeightExits6NamingLayerAndPosition) {
 
 TEST(PackCliNumeric, AllZeroLayerPacks) {
   const fs::path dir = test::temp_dir();
-  const fs::path ckpt = write_checkpoint(dir / "zero.safetensors", formats::DType::F32, 16, 32, std::vector<float>(16 * 32, 0.0f));
+  const fs::path ckpt =
+      write_checkpoint(dir / "zero.safetensors", formats::DType::F32, 16, 32, std::vector<float>(16 * 32, 0.0f));
   const fs::path out = dir / "out";
   const CliResult r = pack(ckpt, out);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
@@ -426,9 +437,9 @@ TEST(PackCliManifest, ContentMatchesFilesAndCheckpoint) {
   EXPECT_EQ(m.at("format"), "duquant-pack");
   EXPECT_EQ(m.at("format_version"), 1);
   const auto& c = m.at("config");
-  for (const char* knob : {"runtime", "preset", "scope", "include", "exclude", "layers", "include_action_head", "wbits_default",
-                           "wbits", "wbits_rules", "abits", "block", "block_out", "permute", "row_rot", "lambda_smooth",
-                           "act_pct", "calib_steps"})
+  for (const char* knob :
+       {"runtime", "preset", "scope", "include", "exclude", "layers", "include_action_head", "wbits_default", "wbits",
+        "wbits_rules", "abits", "block", "block_out", "permute", "row_rot", "lambda_smooth", "act_pct", "calib_steps"})
     EXPECT_TRUE(c.contains(knob)) << knob;
   EXPECT_EQ(c.at("preset"), "openpi-dit");
   EXPECT_EQ(c.at("scope"), "paligemma_with_expert.gemma_expert.model.");
@@ -482,7 +493,8 @@ TEST(PackCliManifest, ContentMatchesFilesAndCheckpoint) {
   std::printf("[ manifest ] mean SQNR over the 14 expert layers: duquant %.3f dB, rtn %.3f dB\n", mean_dq, mean_rtn);
   EXPECT_GT(mean_dq, mean_rtn);
   // The command's own summary quotes the same means.
-  EXPECT_NE(r.out.find(fmt::format("SQNR: mean {:.2f} dB (round-to-nearest {:.2f} dB)", mean_dq, mean_rtn)), std::string::npos)
+  EXPECT_NE(r.out.find(fmt::format("SQNR: mean {:.2f} dB (round-to-nearest {:.2f} dB)", mean_dq, mean_rtn)),
+            std::string::npos)
       << r.out;
   // The quantized file's entry matches it.
   ASSERT_EQ(m.at("files").size(), 1u);

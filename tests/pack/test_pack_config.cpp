@@ -38,8 +38,8 @@ TEST(PackConfig, FlagsWinOverTheFile) {
     std::ofstream f(dir / "c.json");
     f << R"({"scope": "paligemma_with_expert.gemma_expert.model.", "block": 8})";
   }
-  const auto r = test::run_cli({"list-linears", test::tiny_checkpoint().string(), "--config",
-                                (dir / "c.json").string(), "--block", "32"});
+  const auto r = test::run_cli(
+      {"list-linears", test::tiny_checkpoint().string(), "--config", (dir / "c.json").string(), "--block", "32"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("block_in=32 block_out=32"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("Matched Linear layers: 14"), std::string::npos);

@@ -21,10 +21,10 @@ using formats::NpzFile;
 // Named tolerances. The runtime computed its rotations with a float32 SVD; ours come from double
 // precision Gram matrices. Columns agree to |cos| - 1 < 1e-5 (angles up to ~4e-3 rad where
 // eigenvalues are close), so anything computed through the rotations agrees only to ~1e-4.
-constexpr double kRotationTol = 1e-5;     // |<ours, theirs>| - 1 per column with a distinct eigenvalue
-constexpr double kScaleRel = 5e-4;        // weight_scale and MSE scales through those rotations (seen: 2.8e-4)
-constexpr double kCodeMismatch = 5e-4;    // fraction of codes one step apart through them (seen: 2e-4)
-constexpr double kGoldenWtRel = 1e-6;     // W_t from *their* rotations: only float32 summation order differs
+constexpr double kRotationTol = 1e-5;   // |<ours, theirs>| - 1 per column with a distinct eigenvalue
+constexpr double kScaleRel = 5e-4;      // weight_scale and MSE scales through those rotations (seen: 2.8e-4)
+constexpr double kCodeMismatch = 5e-4;  // fraction of codes one step apart through them (seen: 2e-4)
+constexpr double kGoldenWtRel = 1e-6;   // W_t from *their* rotations: only float32 summation order differs
 
 class PackFixture : public ::testing::TestWithParam<test::ReferenceConfig> {
  protected:
@@ -33,7 +33,8 @@ class PackFixture : public ::testing::TestWithParam<test::ReferenceConfig> {
     linears_ = find_linear_layers(*ckpt_);
     layers_ = test::expert_layers(linears_);
     ASSERT_EQ(layers_.size(), 14u);
-    golden_ = std::make_unique<NpzFile>(NpzFile::open(test::fixtures() / ("openpi-pack-" + GetParam().name + ".golden.npz")));
+    golden_ =
+        std::make_unique<NpzFile>(NpzFile::open(test::fixtures() / ("openpi-pack-" + GetParam().name + ".golden.npz")));
   }
   std::filesystem::path reference(const LinearLayer& l) const {
     return test::fixtures() / ("openpi-pack-" + GetParam().name) / pack_file_name(l.name);
@@ -66,7 +67,8 @@ TEST_P(PackFixture, NpzLayoutPermAndMetaEqualTheReference) {
       EXPECT_EQ(ours.at(key).descr, ref.at(key).descr) << l->name << " " << key;
       EXPECT_EQ(ours.at(key).shape, ref.at(key).shape) << l->name << " " << key;
     }
-    EXPECT_EQ(formats::npy_unicode_to_utf8(ours.at("meta"), "meta"), formats::npy_unicode_to_utf8(ref.at("meta"), "meta"));
+    EXPECT_EQ(formats::npy_unicode_to_utf8(ours.at("meta"), "meta"),
+              formats::npy_unicode_to_utf8(ref.at("meta"), "meta"));
     if (q.permute) {
       EXPECT_EQ(formats::npy_to_i64(ours.at("perm"), "perm"), formats::npy_to_i64(ref.at("perm"), "perm"));
     }
@@ -82,7 +84,8 @@ TEST_P(PackFixture, RotationsEqualTheReferenceUpToSign) {
   const QuantConfig& q = GetParam().quant;
   for (const LinearLayer* l : layers_) {
     const auto w = weight(*l);
-    const WeightView view{w.data(), static_cast<std::int64_t>(l->out_features), static_cast<std::int64_t>(l->in_features)};
+    const WeightView view{w.data(), static_cast<std::int64_t>(l->out_features),
+                          static_cast<std::int64_t>(l->in_features)};
     const LayerTransform ours = compute_transform(view, q);
     const LayerTransform ref = test::npz_transform(NpzFile::open(reference(*l)), view.cols);
     ASSERT_EQ(ours.r_in.size(), ref.r_in.size());
@@ -110,7 +113,8 @@ TEST_P(PackFixture, FromTheReferencePackOurTransformAndSearchGiveTheGolden) {
   const QuantConfig& q = GetParam().quant;
   for (const LinearLayer* l : layers_) {
     const auto w = weight(*l);
-    const WeightView view{w.data(), static_cast<std::int64_t>(l->out_features), static_cast<std::int64_t>(l->in_features)};
+    const WeightView view{w.data(), static_cast<std::int64_t>(l->out_features),
+                          static_cast<std::int64_t>(l->in_features)};
     const LayerTransform ref = test::npz_transform(NpzFile::open(reference(*l)), view.cols);
     MatrixF w_t = apply_input_transform(view, ref, q.block);
     apply_output_rotation(w_t, ref, q.block_out);
@@ -140,7 +144,8 @@ TEST_P(PackFixture, OurCodesTimesScalesGiveTheGoldenWq) {
   int worst_step = 0;
   for (const LinearLayer* l : layers_) {
     const auto w = weight(*l);
-    const WeightView view{w.data(), static_cast<std::int64_t>(l->out_features), static_cast<std::int64_t>(l->in_features)};
+    const WeightView view{w.data(), static_cast<std::int64_t>(l->out_features),
+                          static_cast<std::int64_t>(l->in_features)};
     LayerTransform ours = compute_transform(view, q);
     const LayerTransform ref = test::npz_transform(NpzFile::open(reference(*l)), view.cols);
     // Rotation columns are defined up to sign: take the reference's signs, keep our vectors.
@@ -176,13 +181,12 @@ TEST_P(PackFixture, OurCodesTimesScalesGiveTheGoldenWq) {
   EXPECT_LE(static_cast<double>(differing), kCodeMismatch * static_cast<double>(elements));
 }
 
-INSTANTIATE_TEST_SUITE_P(Reference, PackFixture, ::testing::ValuesIn(test::reference_configs()),
-                         [](const auto& info) {
-                           std::string n = info.param.name;
-                           for (char& c : n)
-                             if (c == '-') c = '_';
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(Reference, PackFixture, ::testing::ValuesIn(test::reference_configs()), [](const auto& info) {
+  std::string n = info.param.name;
+  for (char& c : n)
+    if (c == '-') c = '_';
+  return n;
+});
 
 }  // namespace
 }  // namespace duquant

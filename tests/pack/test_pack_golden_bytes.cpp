@@ -4,8 +4,8 @@
 // tests/data/golden/pack-digests.json. Any change of a stored byte fails here; a change meant to
 // move them (an algorithm or format change, with its version bump) records them again in the same
 // commit: DUQUANT_UPDATE_GOLDEN=1 ctest -R PackGoldenBytes rewrites the file.
-#include <gtest/gtest.h>
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include <cstdlib>
@@ -106,7 +106,8 @@ TEST(PackGoldenBytes, FixturePacksMatchTheRecordedBytes) {
   json now = json::object();
   for (const GoldenRun& run : runs()) {
     SCOPED_TRACE(run.name);
-    std::vector<std::string> args{"pack", test::tiny_checkpoint().string(), "-o", (dir / run.name).string(), "--threads", "2"};
+    std::vector<std::string> args{
+        "pack", test::tiny_checkpoint().string(), "-o", (dir / run.name).string(), "--threads", "2"};
     args.insert(args.end(), run.flags.begin(), run.flags.end());
     if (run.calib) {
       args.push_back("--calib");

@@ -57,7 +57,8 @@ TEST(PackLayout, PackAndUnpackAreInverseAtEveryWidth) {
       const std::int64_t rows = 3;
       const int lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
       std::vector<std::int8_t> codes(static_cast<std::size_t>(rows * cols));
-      for (std::size_t k = 0; k < codes.size(); ++k) codes[k] = static_cast<std::int8_t>(lo + static_cast<int>(k * 7) % (hi - lo + 1));
+      for (std::size_t k = 0; k < codes.size(); ++k)
+        codes[k] = static_cast<std::int8_t>(lo + static_cast<int>(k * 7) % (hi - lo + 1));
       const std::string bytes = pack_codes(codes, rows, cols, bits);
       EXPECT_EQ(bytes.size(), code_storage(bits).bytes(rows, cols)) << bits << " bits, " << cols;
       EXPECT_EQ(unpack_codes(as_bytes(bytes), rows, cols, bits), codes) << bits << " bits, " << cols;
@@ -112,7 +113,8 @@ void expect_sizes_of_a_real_pack(const RunConfig& config, const std::string& wha
   const auto off = [](std::uint64_t a, std::uint64_t b) { return a > b ? a - b : b - a; };
   EXPECT_LE(off(t["manifest_bytes"].get<std::uint64_t>(), manifest_file), bound)
       << what << ": manifest estimated " << t["manifest_bytes"] << ", written " << manifest_file;
-  EXPECT_EQ(t["packed_bytes"].get<std::uint64_t>() - t["manifest_bytes"].get<std::uint64_t>(), directory - manifest_file)
+  EXPECT_EQ(t["packed_bytes"].get<std::uint64_t>() - t["manifest_bytes"].get<std::uint64_t>(),
+            directory - manifest_file)
       << what;
   EXPECT_LE(off(t["packed_bytes"].get<std::uint64_t>(), directory), bound)
       << what << ": estimated " << t["packed_bytes"] << ", the directory holds " << directory;

@@ -5,8 +5,8 @@
 
 #include <random>
 
-#include "math/duquant_math.hpp"
 #include "base/elementwise.hpp"
+#include "math/duquant_math.hpp"
 
 namespace duquant {
 namespace {
@@ -126,8 +126,7 @@ TEST(Quantize, RoundsHalfToEvenAndClamps) {
   EXPECT_EQ(elementwise::quantize(100.0f, 1.0f, 4), 7);
   EXPECT_EQ(elementwise::quantize(-100.0f, 1.0f, 4), -8);
   EXPECT_EQ(elementwise::quantize(-1000.0f, 1.0f, 8), -128);
-  for (float x = -300.0f; x <= 300.0f; x += 0.25f)
-    EXPECT_EQ(elementwise::round_half_even(x), std::nearbyint(x)) << x;
+  for (float x = -300.0f; x <= 300.0f; x += 0.25f) EXPECT_EQ(elementwise::round_half_even(x), std::nearbyint(x)) << x;
 }
 
 TEST(Quantize, NibblesHoldEvenColumnLowOddColumnHigh) {

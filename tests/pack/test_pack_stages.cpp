@@ -227,7 +227,8 @@ TEST(PackStages, FinishLayerStepsGiveTheManifestsFigures) {
     EXPECT_EQ(errors.held_out_rows, 0u);
     EXPECT_EQ(std::sqrt(errors.duquant_err2 / errors.weight_norm2),
               e.at("quality").at("duquant").at("rel_fro_error").get<double>());
-    EXPECT_EQ(std::sqrt(errors.rtn_err2 / errors.weight_norm2), e.at("quality").at("rtn").at("rel_fro_error").get<double>());
+    EXPECT_EQ(std::sqrt(errors.rtn_err2 / errors.weight_norm2),
+              e.at("quality").at("rtn").at("rel_fro_error").get<double>());
   }
 }
 

@@ -18,10 +18,10 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include "common/child_process.hpp"
 #include "common/test_paths.hpp"
 #include "formats/safetensors_writer.hpp"
-#include <fmt/format.h>
 
 namespace duquant::test {
 
@@ -103,7 +103,7 @@ inline std::vector<float> pattern_values(std::uint64_t rows, std::uint64_t cols,
 inline constexpr auto kHangLimit = std::chrono::seconds(20);
 inline constexpr const char* kNorm = "model.layers.0.input_layernorm";
 inline const std::vector<std::string> kLayers{"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
-                                       "model.layers.0.self_attn.v_proj"};
+                                              "model.layers.0.self_attn.v_proj"};
 
 struct Outcome {
   int code = -1;
@@ -175,16 +175,21 @@ inline std::map<std::string, std::string> tree(const fs::path& dir) {
     const fs::path p = it->path();
     const std::string rel = fs::relative(p, dir, ec).string();
     const fs::file_type t = fs::symlink_status(p, ec).type();
-    if (t == fs::file_type::regular) out[rel] = "file:" + read_text(p);
-    else if (t == fs::file_type::symlink) out[rel] = "link:" + fs::read_symlink(p, ec).string();
-    else if (t == fs::file_type::directory) out[rel] = "dir";
-    else out[rel] = "other:" + std::to_string(static_cast<int>(t));
+    if (t == fs::file_type::regular)
+      out[rel] = "file:" + read_text(p);
+    else if (t == fs::file_type::symlink)
+      out[rel] = "link:" + fs::read_symlink(p, ec).string();
+    else if (t == fs::file_type::directory)
+      out[rel] = "dir";
+    else
+      out[rel] = "other:" + std::to_string(static_cast<int>(t));
   }
   return out;
 }
 
 // The entries of `tree` outside the outputs (relative prefixes).
-inline std::map<std::string, std::string> outside(const std::map<std::string, std::string>& t, const std::set<std::string>& outputs) {
+inline std::map<std::string, std::string> outside(const std::map<std::string, std::string>& t,
+                                                  const std::set<std::string>& outputs) {
   std::map<std::string, std::string> r;
   for (const auto& [k, v] : t) {
     bool mine = false;

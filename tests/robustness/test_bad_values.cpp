@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 struct ValueCase {
   std::string name;
   std::uint64_t rows, cols;
-  std::vector<std::string> args;                 // pack options
+  std::vector<std::string> args;                  // pack options
   std::function<void(std::vector<float>&)> edit;  // applied to the pattern values
   int expected_exit;                              // 0: packs and verifies clean
   std::string expected_message;                   // for a refusal
@@ -37,22 +37,60 @@ std::vector<ValueCase> cases() {
     c.push_back({std::move(name), rows, cols, std::move(args), std::move(edit), code, std::move(message)});
   };
   // Non-finite weights: a numeric error naming the layer and the position.
-  add("NaN", 32, 64, {}, [](auto& v) { v[5 * 64 + 9] = kNaN; }, 6, "[5, 9]");
-  add("PlusInf", 32, 64, {}, [](auto& v) { v[31 * 64 + 63] = kInf; }, 6, "[31, 63]");
-  add("MinusInf", 32, 64, {}, [](auto& v) { v[0] = -kInf; }, 6, "[0, 0]");
+  add(
+      "NaN", 32, 64, {}, [](auto& v) { v[5 * 64 + 9] = kNaN; }, 6, "[5, 9]");
+  add(
+      "PlusInf", 32, 64, {}, [](auto& v) { v[31 * 64 + 63] = kInf; }, 6, "[31, 63]");
+  add(
+      "MinusInf", 32, 64, {}, [](auto& v) { v[0] = -kInf; }, 6, "[0, 0]");
   // Degenerate values.
-  add("AllZeroLayer", 32, 64, {}, [](auto& v) { std::fill(v.begin(), v.end(), 0.0f); }, 0);
-  add("ZeroRows", 32, 64, {}, [](auto& v) { std::fill(v.begin() + 3 * 64, v.begin() + 9 * 64, 0.0f); }, 0);
-  add("ZeroColumns", 32, 64, {}, [](auto& v) { for (std::size_t r = 0; r < 32; ++r) v[r * 64 + 7] = v[r * 64 + 8] = 0.0f; }, 0);
-  add("ConstantLayer", 32, 64, {}, [](auto& v) { std::fill(v.begin(), v.end(), 0.5f); }, 0);
-  add("OneSubnormal", 32, 64, {}, [](auto& v) { v[70] = 1e-41f; }, 0);
-  add("TinyValues", 32, 64, {}, [](auto& v) { for (auto& x : v) x *= 1e-12f; }, 0);
-  add("LargeValues", 32, 64, {}, [](auto& v) { for (auto& x : v) x *= 1e10f; }, 0);
+  add(
+      "AllZeroLayer", 32, 64, {}, [](auto& v) { std::fill(v.begin(), v.end(), 0.0f); }, 0);
+  add(
+      "ZeroRows", 32, 64, {}, [](auto& v) { std::fill(v.begin() + 3 * 64, v.begin() + 9 * 64, 0.0f); }, 0);
+  add(
+      "ZeroColumns", 32, 64, {},
+      [](auto& v) {
+        for (std::size_t r = 0; r < 32; ++r) v[r * 64 + 7] = v[r * 64 + 8] = 0.0f;
+      },
+      0);
+  add(
+      "ConstantLayer", 32, 64, {}, [](auto& v) { std::fill(v.begin(), v.end(), 0.5f); }, 0);
+  add(
+      "OneSubnormal", 32, 64, {}, [](auto& v) { v[70] = 1e-41f; }, 0);
+  add(
+      "TinyValues", 32, 64, {},
+      [](auto& v) {
+        for (auto& x : v) x *= 1e-12f;
+      },
+      0);
+  add(
+      "LargeValues", 32, 64, {},
+      [](auto& v) {
+        for (auto& x : v) x *= 1e10f;
+      },
+      0);
   // Magnitudes float32 cannot carry through the math (kLargestWeightMagnitude, kSmallestLargestWeight).
-  add("AllSubnormal", 32, 64, {}, [](auto& v) { for (auto& x : v) x *= 1e-41f; }, 6, "too small");
-  add("BelowTheSmallestLargest", 32, 64, {}, [](auto& v) { for (auto& x : v) x *= 1e-17f; }, 6, "too small");
-  add("HugeValues", 32, 64, {}, [](auto& v) { for (auto& x : v) x *= 1e37f; }, 6, "too large");
-  add("FloatMax", 32, 64, {}, [](auto& v) { v[17] = std::numeric_limits<float>::max(); }, 6, "[0, 17]");
+  add(
+      "AllSubnormal", 32, 64, {},
+      [](auto& v) {
+        for (auto& x : v) x *= 1e-41f;
+      },
+      6, "too small");
+  add(
+      "BelowTheSmallestLargest", 32, 64, {},
+      [](auto& v) {
+        for (auto& x : v) x *= 1e-17f;
+      },
+      6, "too small");
+  add(
+      "HugeValues", 32, 64, {},
+      [](auto& v) {
+        for (auto& x : v) x *= 1e37f;
+      },
+      6, "too large");
+  add(
+      "FloatMax", 32, 64, {}, [](auto& v) { v[17] = std::numeric_limits<float>::max(); }, 6, "[0, 17]");
   // Shapes.
   add("SingleColumn", 32, 1, {}, nothing, 0);
   add("SingleRow", 1, 64, {}, nothing, 0);
@@ -64,7 +102,8 @@ std::vector<ValueCase> cases() {
   add("OddOutputWidth", 17, 64, {}, nothing, 0);
   add("OddBoth", 19, 37, {"--block", "8"}, nothing, 0);
   // Bits.
-  for (int bits : {2, 3, 4, 5, 6, 7, 8}) add("Wbits" + std::to_string(bits), 32, 64, {"--wbits-default", std::to_string(bits)}, nothing, 0);
+  for (int bits : {2, 3, 4, 5, 6, 7, 8})
+    add("Wbits" + std::to_string(bits), 32, 64, {"--wbits-default", std::to_string(bits)}, nothing, 0);
   add("Wbits1", 32, 64, {"--wbits-default", "1"}, nothing, 2, "--wbits-default");
   add("Wbits9", 32, 64, {"--wbits-default", "9"}, nothing, 2, "--wbits-default");
   add("Abits2", 32, 64, {"--abits", "2"}, nothing, 0);
@@ -90,7 +129,8 @@ TEST_P(BadValues, PacksAndVerifiesCleanOrIsRefusedClearly) {
   const fs::path dir = test::temp_dir();
   std::vector<float> values = test::pattern_values(vc.rows, vc.cols, 7);
   vc.edit(values);
-  const fs::path ckpt = test::write_f32_checkpoint(dir / "model.safetensors", {{"blk.q_proj", vc.rows, vc.cols, values}});
+  const fs::path ckpt =
+      test::write_f32_checkpoint(dir / "model.safetensors", {{"blk.q_proj", vc.rows, vc.cols, values}});
   const fs::path out = dir / "pack";
   std::vector<std::string> args{"pack", ckpt.string(), "-o", out.string()};
   args.insert(args.end(), vc.args.begin(), vc.args.end());
@@ -109,7 +149,8 @@ TEST_P(BadValues, PacksAndVerifiesCleanOrIsRefusedClearly) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Table, BadValues, ::testing::ValuesIn(cases()), [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Table, BadValues, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return info.param.name; });
 
 }  // namespace
 }  // namespace duquant

@@ -5,8 +5,8 @@
 // - rewritten in place, replaced by another file, or removed: exit 4 before anything is published.
 // In every case no manifest exists afterwards, and once the file is whole again `--resume` gives
 // the bytes of an uninterrupted run.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 

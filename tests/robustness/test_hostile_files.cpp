@@ -8,12 +8,12 @@
 // Then the hand-made cases of each class: throwing file-system calls, files that are not regular
 // files (and pack-internal names that leave the pack), and output hygiene (--force, the work folder,
 // --fold-smoothing).
-#include <gtest/gtest.h>
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <functional>
@@ -31,10 +31,10 @@ namespace fs = std::filesystem;
 using test::Child;
 using test::contains;
 
-using test::Outcome;
 using test::kHangLimit;
 using test::kLayers;
 using test::kNorm;
+using test::Outcome;
 using test::outside;
 using test::run_dq;
 using test::tree;
@@ -67,8 +67,9 @@ class HostileFiles : public ::testing::Test {
     write_bytes(base_ / "sharded" / "model.safetensors.index.json", index.dump());
     write_dump(base_ / "dump.safetensors");
     write_bytes(base_ / "cfg.json", R"({"config": {"block": 16}})");
-    const Outcome p = run_dq({"pack", (base_ / "ck.safetensors").string(), "-o", (base_ / "pack").string(), "--threads", "2"},
-                      base_ / "pack-log");
+    const Outcome p =
+        run_dq({"pack", (base_ / "ck.safetensors").string(), "-o", (base_ / "pack").string(), "--threads", "2"},
+               base_ / "pack-log");
     ASSERT_EQ(p.code, 0) << p.out << p.err;
     fs::create_directories(base_ / "rtpack");
     for (const std::string& l : kLayers) fs::copy_file(base_ / "pack" / (l + ".npz"), base_ / "rtpack" / (l + ".npz"));
@@ -150,135 +151,232 @@ std::vector<Slot> slots() {
   auto s = [](const fs::path& p) { return p.string(); };
   std::vector<Slot> v;
   // list-linears
-  v.push_back({"list-linears CKPT (file)", "ck.safetensors",
-               [=](const fs::path&, const fs::path& t) { return std::vector<std::string>{"list-linears", s(t)}; }, {},
+  v.push_back({"list-linears CKPT (file)",
+               "ck.safetensors",
+               [=](const fs::path&, const fs::path& t) {
+                 return std::vector<std::string>{"list-linears", s(t)};
+               },
+               {},
                every(4)});
-  v.push_back({"list-linears CKPT (index)", "sharded/model.safetensors.index.json",
-               [=](const fs::path&, const fs::path& t) { return std::vector<std::string>{"list-linears", s(t)}; }, {},
+  v.push_back({"list-linears CKPT (index)",
+               "sharded/model.safetensors.index.json",
+               [=](const fs::path&, const fs::path& t) {
+                 return std::vector<std::string>{"list-linears", s(t)};
+               },
+               {},
                every(4)});
-  v.push_back({"list-linears CKPT (folder: its index)", "sharded/model.safetensors.index.json",
-               [=](const fs::path& w, const fs::path&) { return std::vector<std::string>{"list-linears", s(w / "sharded")}; },
-               {}, every(4, {}, {Shape::long_name})});
-  v.push_back({"list-linears CKPT (folder: a shard)", "sharded/model-00002-of-00002.safetensors",
-               [=](const fs::path& w, const fs::path&) { return std::vector<std::string>{"list-linears", s(w / "sharded")}; },
-               {}, every(4, {}, {Shape::long_name})});
-  v.push_back({"list-linears CKPT (folder)", "sharded",
-               [=](const fs::path&, const fs::path& t) { return std::vector<std::string>{"list-linears", s(t)}; }, {},
+  v.push_back({"list-linears CKPT (folder: its index)",
+               "sharded/model.safetensors.index.json",
+               [=](const fs::path& w, const fs::path&) {
+                 return std::vector<std::string>{"list-linears", s(w / "sharded")};
+               },
+               {},
+               every(4, {}, {Shape::long_name})});
+  v.push_back({"list-linears CKPT (folder: a shard)",
+               "sharded/model-00002-of-00002.safetensors",
+               [=](const fs::path& w, const fs::path&) {
+                 return std::vector<std::string>{"list-linears", s(w / "sharded")};
+               },
+               {},
+               every(4, {}, {Shape::long_name})});
+  v.push_back({"list-linears CKPT (folder)",
+               "sharded",
+               [=](const fs::path&, const fs::path& t) {
+                 return std::vector<std::string>{"list-linears", s(t)};
+               },
+               {},
                every(4, {}, {Shape::folder})});
-  v.push_back({"list-linears --config", "cfg.json",
+  v.push_back({"list-linears --config",
+               "cfg.json",
                [=](const fs::path& w, const fs::path& t) {
                  return std::vector<std::string>{"list-linears", s(w / "ck.safetensors"), "--config", s(t)};
                },
-               {}, every(4)});
+               {},
+               every(4)});
   // pack: inputs
   auto pack_args = [=](const fs::path& w, std::vector<std::string> extra) {
     std::vector<std::string> a{"pack", s(w / "ck.safetensors"), "-o", s(w / "out"), "--threads", "1"};
     a.insert(a.end(), extra.begin(), extra.end());
     return a;
   };
-  v.push_back({"pack CKPT", "ck.safetensors",
+  v.push_back({"pack CKPT",
+               "ck.safetensors",
                [=](const fs::path& w, const fs::path& t) {
                  return std::vector<std::string>{"pack", s(t), "-o", s(w / "out"), "--threads", "1"};
                },
-               {"out"}, every(4)});
-  v.push_back({"pack CKPT (folder: a shard)", "sharded/model-00001-of-00002.safetensors",
+               {"out"},
+               every(4)});
+  v.push_back({"pack CKPT (folder: a shard)",
+               "sharded/model-00001-of-00002.safetensors",
                [=](const fs::path& w, const fs::path&) {
                  return std::vector<std::string>{"pack", s(w / "sharded"), "-o", s(w / "out"), "--threads", "1"};
                },
-               {"out"}, every(4, {}, {Shape::long_name})});
-  v.push_back({"pack --config", "cfg.json",
-               [=](const fs::path& w, const fs::path& t) { return pack_args(w, {"--config", s(t)}); }, {"out"}, every(4)});
-  v.push_back({"pack --calib", "dump.safetensors",
-               [=](const fs::path& w, const fs::path& t) { return pack_args(w, {"--calib", s(t)}); }, {"out"},
+               {"out"},
+               every(4, {}, {Shape::long_name})});
+  v.push_back({"pack --config",
+               "cfg.json",
+               [=](const fs::path& w, const fs::path& t) {
+                 return pack_args(w, {"--config", s(t)});
+               },
+               {"out"},
+               every(4)});
+  v.push_back({"pack --calib",
+               "dump.safetensors",
+               [=](const fs::path& w, const fs::path& t) {
+                 return pack_args(w, {"--calib", s(t)});
+               },
+               {"out"},
                every(4, {{Shape::folder, 4}})});
   // pack: outputs
-  v.push_back({"pack -o", "out",
+  v.push_back({"pack -o",
+               "out",
                [=](const fs::path& w, const fs::path& t) {
                  return std::vector<std::string>{"pack", s(w / "ck.safetensors"), "-o", s(t), "--threads", "1"};
                },
-               {}, every(2, {{Shape::loop, 4}, {Shape::long_name, 4}}, {Shape::folder})});
-  v.push_back({"pack -o with --force: a pack file name (LAYER.npz)", "pack/" + kLayers[0] + ".npz",
+               {},
+               every(2, {{Shape::loop, 4}, {Shape::long_name, 4}}, {Shape::folder})});
+  v.push_back({"pack -o with --force: a pack file name (LAYER.npz)",
+               "pack/" + kLayers[0] + ".npz",
                [=](const fs::path& w, const fs::path&) {
-                 return std::vector<std::string>{"pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--force", "--threads", "1"};
+                 return std::vector<std::string>{
+                     "pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--force", "--threads", "1"};
                },
-               {}, every(2, {}, {Shape::long_name})});
-  v.push_back({"pack -o with --force: manifest.json", "pack/manifest.json",
+               {},
+               every(2, {}, {Shape::long_name})});
+  v.push_back({"pack -o with --force: manifest.json",
+               "pack/manifest.json",
                [=](const fs::path& w, const fs::path&) {
-                 return std::vector<std::string>{"pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--force", "--threads", "1"};
+                 return std::vector<std::string>{
+                     "pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--force", "--threads", "1"};
                },
-               {}, every(2, {}, {Shape::long_name})});
-  v.push_back({"pack -o with --resume: .duquant-work", "pack/.duquant-work",
+               {},
+               every(2, {}, {Shape::long_name})});
+  v.push_back({"pack -o with --resume: .duquant-work",
+               "pack/.duquant-work",
                [=](const fs::path& w, const fs::path&) {
-                 return std::vector<std::string>{"pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--resume", "--threads", "1"};
+                 return std::vector<std::string>{
+                     "pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--resume", "--threads", "1"};
                },
-               {}, every(2, {}, {Shape::long_name, Shape::folder})});
-  v.push_back({"pack --resume: a resume record", "pack/.duquant-work/" + kLayers[0] + ".npz.json",
+               {},
+               every(2, {}, {Shape::long_name, Shape::folder})});
+  v.push_back({"pack --resume: a resume record",
+               "pack/.duquant-work/" + kLayers[0] + ".npz.json",
                [=](const fs::path& w, const fs::path&) {
-                 return std::vector<std::string>{"pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--resume", "--threads", "1"};
+                 return std::vector<std::string>{
+                     "pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--resume", "--threads", "1"};
                },
-               {}, every(2, {}, {Shape::long_name})});
-  v.push_back({"pack --fold-smoothing", "folded.safetensors",
-               [=](const fs::path& w, const fs::path& t) {
-                 return pack_args(w, {"--calib", s(w / "dump.safetensors"), "--smooth-alpha", "0.5", "--fold-smoothing", s(t)});
-               },
-               {"out"}, every(2, {{Shape::loop, 4}, {Shape::long_name, 4}})});
+               {},
+               every(2, {}, {Shape::long_name})});
+  v.push_back(
+      {"pack --fold-smoothing",
+       "folded.safetensors",
+       [=](const fs::path& w, const fs::path& t) {
+         return pack_args(w, {"--calib", s(w / "dump.safetensors"), "--smooth-alpha", "0.5", "--fold-smoothing", s(t)});
+       },
+       {"out"},
+       every(2, {{Shape::loop, 4}, {Shape::long_name, 4}})});
   // verify
-  v.push_back({"verify PACKDIR", "pack",
-               [=](const fs::path&, const fs::path& t) { return std::vector<std::string>{"verify", s(t)}; }, {},
+  v.push_back({"verify PACKDIR",
+               "pack",
+               [=](const fs::path&, const fs::path& t) {
+                 return std::vector<std::string>{"verify", s(t)};
+               },
+               {},
                every(4, {}, {Shape::folder})});
-  v.push_back({"verify: manifest.json", "pack/manifest.json",
-               [=](const fs::path& w, const fs::path&) { return std::vector<std::string>{"verify", s(w / "pack")}; }, {},
+  v.push_back({"verify: manifest.json",
+               "pack/manifest.json",
+               [=](const fs::path& w, const fs::path&) {
+                 return std::vector<std::string>{"verify", s(w / "pack")};
+               },
+               {},
                every(1, {}, {Shape::long_name})});
-  v.push_back({"verify: an npz", "pack/" + kLayers[1] + ".npz",
-               [=](const fs::path& w, const fs::path&) { return std::vector<std::string>{"verify", s(w / "pack")}; }, {},
+  v.push_back({"verify: an npz",
+               "pack/" + kLayers[1] + ".npz",
+               [=](const fs::path& w, const fs::path&) {
+                 return std::vector<std::string>{"verify", s(w / "pack")};
+               },
+               {},
                every(1, {}, {Shape::long_name})});
-  v.push_back({"verify: quantized.safetensors", "pack/quantized.safetensors",
-               [=](const fs::path& w, const fs::path&) { return std::vector<std::string>{"verify", s(w / "pack")}; }, {},
+  v.push_back({"verify: quantized.safetensors",
+               "pack/quantized.safetensors",
+               [=](const fs::path& w, const fs::path&) {
+                 return std::vector<std::string>{"verify", s(w / "pack")};
+               },
+               {},
                every(1, {}, {Shape::long_name})});
-  v.push_back({"verify: a runtime pack's npz", "rtpack/" + kLayers[1] + ".npz",
-               [=](const fs::path& w, const fs::path&) { return std::vector<std::string>{"verify", s(w / "rtpack")}; }, {},
+  v.push_back({"verify: a runtime pack's npz",
+               "rtpack/" + kLayers[1] + ".npz",
+               [=](const fs::path& w, const fs::path&) {
+                 return std::vector<std::string>{"verify", s(w / "rtpack")};
+               },
+               {},
                every(1, {}, {Shape::long_name})});
-  v.push_back({"verify --checkpoint", "ck.safetensors",
+  v.push_back({"verify --checkpoint",
+               "ck.safetensors",
                [=](const fs::path& w, const fs::path& t) {
                  return std::vector<std::string>{"verify", s(w / "pack"), "--checkpoint", s(t)};
                },
-               {}, every(4)});
-  v.push_back({"verify --reference", "rtpack",
+               {},
+               every(4)});
+  v.push_back({"verify --reference",
+               "rtpack",
                [=](const fs::path& w, const fs::path& t) {
                  return std::vector<std::string>{"verify", s(w / "pack"), "--reference", s(t)};
                },
-               {}, every(4, {}, {Shape::folder})});
+               {},
+               every(4, {}, {Shape::folder})});
   // inspect
-  v.push_back({"inspect PACKDIR|CKPT", "ck.safetensors",
-               [=](const fs::path&, const fs::path& t) { return std::vector<std::string>{"inspect", s(t)}; }, {},
+  v.push_back({"inspect PACKDIR|CKPT",
+               "ck.safetensors",
+               [=](const fs::path&, const fs::path& t) {
+                 return std::vector<std::string>{"inspect", s(t)};
+               },
+               {},
                every(4)});
-  v.push_back({"inspect: manifest.json", "pack/manifest.json",
-               [=](const fs::path& w, const fs::path&) { return std::vector<std::string>{"inspect", s(w / "pack")}; }, {},
+  v.push_back({"inspect: manifest.json",
+               "pack/manifest.json",
+               [=](const fs::path& w, const fs::path&) {
+                 return std::vector<std::string>{"inspect", s(w / "pack")};
+               },
+               {},
                every(4, {}, {Shape::long_name})});
-  v.push_back({"inspect: a runtime pack's npz", "rtpack/" + kLayers[0] + ".npz",
-               [=](const fs::path& w, const fs::path&) { return std::vector<std::string>{"inspect", s(w / "rtpack")}; }, {},
+  v.push_back({"inspect: a runtime pack's npz",
+               "rtpack/" + kLayers[0] + ".npz",
+               [=](const fs::path& w, const fs::path&) {
+                 return std::vector<std::string>{"inspect", s(w / "rtpack")};
+               },
+               {},
                every(4, {}, {Shape::long_name})});
-  v.push_back({"inspect --checkpoint", "ck.safetensors",
+  v.push_back({"inspect --checkpoint",
+               "ck.safetensors",
                [=](const fs::path& w, const fs::path& t) {
                  return std::vector<std::string>{"inspect", s(w / "pack"), "--checkpoint", s(t)};
                },
-               {}, every(4)});
-  v.push_back({"inspect --html", "report.html",
+               {},
+               every(4)});
+  v.push_back({"inspect --html",
+               "report.html",
                [=](const fs::path& w, const fs::path& t) {
                  return std::vector<std::string>{"inspect", s(w / "ck.safetensors"), "--html", s(t), "--force"};
                },
-               {}, every(2, {{Shape::loop, 4}, {Shape::long_name, 4}})});  // not a regular file: usage, untouched
+               {},
+               every(2, {{Shape::loop, 4}, {Shape::long_name, 4}})});  // not a regular file: usage, untouched
   // synth
-  v.push_back({"synth -o FILE --force", "synth.safetensors",
+  v.push_back({"synth -o FILE --force",
+               "synth.safetensors",
                [=](const fs::path&, const fs::path& t) {
                  return std::vector<std::string>{"synth", "-o", s(t), "--factor", "16", "--layers", "1", "--force"};
                },
-               {}, every(2, {{Shape::loop, 4}, {Shape::long_name, 4}})});
-  v.push_back({"synth -o FOLDER (--shards 2)", "synth-folder",
+               {},
+               every(2, {{Shape::loop, 4}, {Shape::long_name, 4}})});
+  v.push_back({"synth -o FOLDER (--shards 2)",
+               "synth-folder",
                [=](const fs::path&, const fs::path& t) {
-                 return std::vector<std::string>{"synth", "-o", s(t), "--factor", "16", "--layers", "1", "--shards", "2"};
+                 return std::vector<std::string>{"synth",    "-o", s(t),       "--factor", "16",
+                                                 "--layers", "1",  "--shards", "2"};
                },
-               {}, every(2, {{Shape::loop, 4}, {Shape::dangling, 4}, {Shape::long_name, 4}}, {Shape::folder})});
+               {},
+               every(2, {{Shape::loop, 4}, {Shape::dangling, 4}, {Shape::long_name, 4}}, {Shape::folder})});
   return v;
 }
 
@@ -351,7 +449,8 @@ TEST_F(HostileFiles, OverlongComponentIsAnIoErrorNamingIt) {
 TEST_F(HostileFiles, ConfigNamingAFolderIsAnIoError) {
   const fs::path w = sandbox("w");
   fs::create_directories(w / "cfgdir");
-  const Outcome r = run_dq({"list-linears", (w / "ck.safetensors").string(), "--config", (w / "cfgdir").string()}, w / "log");
+  const Outcome r =
+      run_dq({"list-linears", (w / "ck.safetensors").string(), "--config", (w / "cfgdir").string()}, w / "log");
   EXPECT_EQ(r.code, 4) << r.err;
   EXPECT_TRUE(contains(r.err, "--config " + (w / "cfgdir").string())) << r.err;
   EXPECT_TRUE(contains(r.err, "a folder")) << r.err;
@@ -385,7 +484,8 @@ TEST_F(HostileFiles, FifoCheckpointIsRefusedAtOnceNamingIt) {
 
 TEST_F(HostileFiles, DevZeroAsCalibrationDumpOrConfigIsRefused) {
   const fs::path w = sandbox("w");
-  Outcome r = run_dq({"pack", (w / "ck.safetensors").string(), "-o", (w / "out").string(), "--calib", "/dev/zero"}, w / "log");
+  Outcome r =
+      run_dq({"pack", (w / "ck.safetensors").string(), "-o", (w / "out").string(), "--calib", "/dev/zero"}, w / "log");
   EXPECT_EQ(r.code, 4) << r.err;
   EXPECT_TRUE(contains(r.err, "/dev/zero")) << r.err;
   EXPECT_FALSE(fs::exists(w / "out"));
@@ -405,7 +505,8 @@ void set_manifest_npz(const fs::path& pack, const std::string& layer, const std:
 TEST_F(HostileFiles, VerifyNeverOpensAnNpzNameThatLeavesThePack) {
   const fs::path w = sandbox("w");
   write_bytes(w / "outside.npz", test::read_text(w / "pack" / (kLayers[0] + ".npz")));
-  for (const std::string& name : {std::string("/dev/zero"), std::string("../outside.npz"), (w / "outside.npz").string()}) {
+  for (const std::string& name :
+       {std::string("/dev/zero"), std::string("../outside.npz"), (w / "outside.npz").string()}) {
     SCOPED_TRACE(name);
     fs::remove_all(w / "p");
     fs::copy(w / "pack", w / "p");
@@ -414,7 +515,8 @@ TEST_F(HostileFiles, VerifyNeverOpensAnNpzNameThatLeavesThePack) {
     EXPECT_EQ(r.code, 1) << r.out << r.err;
     EXPECT_TRUE(contains(r.out, name)) << r.out;
     EXPECT_FALSE(r.hung);
-    const Outcome i = run_dq({"inspect", (w / "p").string(), "--checkpoint", (w / "ck.safetensors").string()}, w / "log");
+    const Outcome i =
+        run_dq({"inspect", (w / "p").string(), "--checkpoint", (w / "ck.safetensors").string()}, w / "log");
     EXPECT_NE(i.code, 70) << i.err;
     EXPECT_FALSE(i.hung);
   }
@@ -432,8 +534,8 @@ TEST_F(HostileFiles, VerifyFailsAnNpzLinkedOutsideThePack) {
 
 TEST_F(HostileFiles, FifoResumeRecordIsRefusedBeforeAnyWork) {
   const fs::path w = sandbox("w");
-  const Outcome first = run_dq({"pack", (w / "ck.safetensors").string(), "-o", (w / "p").string(), "--threads", "1"},
-                        w / "log");
+  const Outcome first =
+      run_dq({"pack", (w / "ck.safetensors").string(), "-o", (w / "p").string(), "--threads", "1"}, w / "log");
   ASSERT_EQ(first.code, 0) << first.err;
   fs::remove(w / "p" / "manifest.json");
   fs::create_directories(w / "p" / ".duquant-work");
@@ -444,7 +546,8 @@ TEST_F(HostileFiles, FifoResumeRecordIsRefusedBeforeAnyWork) {
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_TRUE(contains(r.err, record.string() + " is a FIFO")) << r.err;
   fs::remove(record);  // and then the pack resumes to the end
-  const Outcome again = run_dq({"pack", (w / "ck.safetensors").string(), "-o", (w / "p").string(), "--resume"}, w / "log");
+  const Outcome again =
+      run_dq({"pack", (w / "ck.safetensors").string(), "-o", (w / "p").string(), "--resume"}, w / "log");
   EXPECT_EQ(again.code, 0) << again.err;
   EXPECT_FALSE(fs::exists(w / "p" / ".duquant-work"));
 }
@@ -496,10 +599,10 @@ TEST_F(HostileFiles, ForceNeverFollowsALinkedPackFile) {
 TEST_F(HostileFiles, FoldSmoothingOntoTheInputLeavesNoWorkFolder) {
   const fs::path w = sandbox("w");
   const auto before = tree(w);
-  const Outcome r = run_dq({"pack", (w / "ck.safetensors").string(), "-o", (w / "out").string(), "--calib",
-                     (w / "dump.safetensors").string(), "--smooth-alpha", "0.5", "--fold-smoothing",
-                     (w / "ck.safetensors").string()},
-                    w / "log");
+  const Outcome r = run_dq(
+      {"pack", (w / "ck.safetensors").string(), "-o", (w / "out").string(), "--calib",
+       (w / "dump.safetensors").string(), "--smooth-alpha", "0.5", "--fold-smoothing", (w / "ck.safetensors").string()},
+      w / "log");
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_TRUE(contains(r.err, "--fold-smoothing " + (w / "ck.safetensors").string())) << r.err;
   EXPECT_FALSE(fs::exists(w / "out"));

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "packfmt/layout.hpp"
 #include "formats/npy.hpp"
 #include "formats/strict_json.hpp"
+#include "packfmt/layout.hpp"
 #include "robustness/robustness_util.hpp"
 #include "verify/verify_test_util.hpp"
 
@@ -56,19 +56,20 @@ TEST(HostileText, Utf8CheckFindsTheFirstBadByte) {
   EXPECT_FALSE(invalid_utf8_offset("plain.q_proj"));
   EXPECT_FALSE(invalid_utf8_offset("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));  // é € 😀
   EXPECT_EQ(invalid_utf8_offset("ab\xff"), 2u);
-  EXPECT_EQ(invalid_utf8_offset("a\xc0\x80"), 1u);          // overlong NUL
-  EXPECT_EQ(invalid_utf8_offset("a\xe0\x80\x80"), 1u);      // overlong 3-byte form
-  EXPECT_EQ(invalid_utf8_offset("ab\xed\xa0\x80"), 2u);     // a surrogate
-  EXPECT_EQ(invalid_utf8_offset("\xf4\x90\x80\x80"), 0u);   // above U+10FFFF
-  EXPECT_EQ(invalid_utf8_offset("abc\xe2\x82"), 3u);        // cut short
-  EXPECT_EQ(invalid_utf8_offset("x\x80"), 1u);              // a lone continuation byte
+  EXPECT_EQ(invalid_utf8_offset("a\xc0\x80"), 1u);         // overlong NUL
+  EXPECT_EQ(invalid_utf8_offset("a\xe0\x80\x80"), 1u);     // overlong 3-byte form
+  EXPECT_EQ(invalid_utf8_offset("ab\xed\xa0\x80"), 2u);    // a surrogate
+  EXPECT_EQ(invalid_utf8_offset("\xf4\x90\x80\x80"), 0u);  // above U+10FFFF
+  EXPECT_EQ(invalid_utf8_offset("abc\xe2\x82"), 3u);       // cut short
+  EXPECT_EQ(invalid_utf8_offset("x\x80"), 1u);             // a lone continuation byte
 }
 
 // Every JSON text duquant writes goes through dump_json, which cannot throw; the replaced text is
 // what json_safe_text() gives, so a name read back compares equal.
 TEST(HostileText, DumpJsonNeverThrowsAndMatchesSafeText) {
-  for (const std::string& bad : {std::string("ab\xff" "cd"), std::string("\xc3"), std::string("x\xed\xa0\x80y"),
-                                std::string("ok\xe2\x82\xac")}) {
+  for (const std::string& bad : {std::string("ab\xff"
+                                             "cd"),
+                                 std::string("\xc3"), std::string("x\xed\xa0\x80y"), std::string("ok\xe2\x82\xac")}) {
     nlohmann::ordered_json j;
     j["name"] = bad;
     j[bad] = 1;
@@ -99,10 +100,20 @@ std::vector<BadOption> bad_options() {
       {"Exclude", {"--exclude", "\x80norm"}, {}, "--exclude", "offset 0"},
       {"WbitsRule", {"--wbits-rule", "q_\xff=8"}, {}, "--wbits-rule", "offset 2"},
       {"NotLinear", {"--not-linear", "emb\xc0\x80"}, {}, "--not-linear", "offset 3"},
-      {"EnvScope", {"--env-prefix", "OPENPI_DUQUANT_"}, {"OPENPI_DUQUANT_SCOPE=m\xff."}, "OPENPI_DUQUANT_SCOPE", "offset 1"},
-      {"EnvLayers", {"--env-prefix", "OPENPI_DUQUANT_"}, {"OPENPI_DUQUANT_LAYERS=\xf4\x90\x80\x80"}, "OPENPI_DUQUANT_LAYERS",
+      {"EnvScope",
+       {"--env-prefix", "OPENPI_DUQUANT_"},
+       {"OPENPI_DUQUANT_SCOPE=m\xff."},
+       "OPENPI_DUQUANT_SCOPE",
+       "offset 1"},
+      {"EnvLayers",
+       {"--env-prefix", "OPENPI_DUQUANT_"},
+       {"OPENPI_DUQUANT_LAYERS=\xf4\x90\x80\x80"},
+       "OPENPI_DUQUANT_LAYERS",
        "offset 0"},
-      {"EnvWbits", {"--env-prefix", "GR00T_DUQUANT_"}, {"GR00T_DUQUANT_WBITS=m.q_proj:4,m.\xe9:8"}, "GR00T_DUQUANT_WBITS",
+      {"EnvWbits",
+       {"--env-prefix", "GR00T_DUQUANT_"},
+       {"GR00T_DUQUANT_WBITS=m.q_proj:4,m.\xe9:8"},
+       "GR00T_DUQUANT_WBITS",
        "offset 13"},
   };
 }
@@ -111,7 +122,8 @@ std::vector<BadOption> bad_options() {
 // message names the option or variable and the byte offset; no output folder is created.
 TEST(HostileText, NonUtf8OptionsAreUsageErrors) {
   const fs::path dir = vtest::temp_dir();
-  const fs::path ckpt = test::write_f32_checkpoint(dir / "model.safetensors", {hand("m.q_proj", 1), hand("m.k_proj", 2)});
+  const fs::path ckpt =
+      test::write_f32_checkpoint(dir / "model.safetensors", {hand("m.q_proj", 1), hand("m.k_proj", 2)});
   for (const BadOption& c : bad_options()) {
     SCOPED_TRACE(c.label);
     std::vector<std::string> args{"list-linears", ckpt.string(), "--json"};
@@ -161,7 +173,8 @@ TEST(HostileText, NonUtf8CheckpointFileNamePacksAndVerifies) {
 // could never be written, so --resume could never finish).
 TEST(HostileText, NonUtf8CheckpointFileNameResumes) {
   const fs::path dir = vtest::temp_dir();
-  const fs::path ckpt = test::write_f32_checkpoint(dir / "m\xc3(.safetensors", {hand("m.q_proj", 5), hand("m.k_proj", 6)});
+  const fs::path ckpt =
+      test::write_f32_checkpoint(dir / "m\xc3(.safetensors", {hand("m.q_proj", 5), hand("m.k_proj", 6)});
   const fs::path out = dir / "pack";
   const test::CliResult killed = pack(ckpt, out, {}, {"DUQUANT_TEST_KILL_AT=layer:1"});
   EXPECT_EQ(killed.exit_code, test::kKilledBySigkill) << describe(killed);
@@ -197,8 +210,8 @@ std::vector<Collision> collisions() {
 TEST(HostileText, FileNameRuleIsPerCharacter) {
   EXPECT_EQ(pack_file_name("paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj"),
             "paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj.npz");
-  EXPECT_EQ(pack_file_name("x\xc3\xa9y.fc1"), "x_y.fc1.npz");              // é
-  EXPECT_EQ(pack_file_name("x\xf0\x9f\x98\x80y.fc1"), "x_y.fc1.npz");      // 😀
+  EXPECT_EQ(pack_file_name("x\xc3\xa9y.fc1"), "x_y.fc1.npz");          // é
+  EXPECT_EQ(pack_file_name("x\xf0\x9f\x98\x80y.fc1"), "x_y.fc1.npz");  // 😀
   EXPECT_EQ(pack_file_name("a/b c.q_proj"), "a_b_c.q_proj.npz");
   EXPECT_EQ(pack_file_name("m...q_proj"), "m..q_proj.npz");
   EXPECT_EQ(pack_file_name("m....q_proj"), "m..q_proj.npz");
@@ -215,8 +228,8 @@ TEST(HostileText, CollidingLayerNamesAreRefusedBeforeAnyWork) {
   const fs::path dir = vtest::temp_dir();
   for (const Collision& c : collisions()) {
     SCOPED_TRACE(c.label);
-    const fs::path ckpt =
-        test::write_f32_checkpoint(dir / (c.label + ".safetensors"), {hand(c.first, 7), hand(c.second, 8), hand("z.k_proj", 9)});
+    const fs::path ckpt = test::write_f32_checkpoint(dir / (c.label + ".safetensors"),
+                                                     {hand(c.first, 7), hand(c.second, 8), hand("z.k_proj", 9)});
     const fs::path out = dir / ("out-" + c.label);
     const test::CliResult r = pack(ckpt, out);
     // The checkpoint stores them in this order; the message names the first stored first.
@@ -253,8 +266,8 @@ TEST(HostileText, CollidingLayersWithEqualWeightsAndAnExistingFolder) {
 // and the file; exit 0 (a dry run), in text and --json.
 TEST(HostileText, ListLinearsWarnsAboutCollidingLayers) {
   const fs::path dir = vtest::temp_dir();
-  const fs::path ckpt =
-      test::write_f32_checkpoint(dir / "model.safetensors", {hand("a/b.q_proj", 1), hand("a_b.q_proj", 2), hand("c.k_proj", 3)});
+  const fs::path ckpt = test::write_f32_checkpoint(dir / "model.safetensors",
+                                                   {hand("a/b.q_proj", 1), hand("a_b.q_proj", 2), hand("c.k_proj", 3)});
   const test::CliResult text = run_cli({"list-linears", ckpt.string()});
   vtest::expect_no_crash(text, "list-linears");
   EXPECT_EQ(text.exit_code, 0) << describe(text);
@@ -306,7 +319,7 @@ struct MetaCase {
   std::string label;
   std::string prefix, suffix;  // around the good meta text
   bool runtime_reads_it;
-  std::string message;         // in the FAIL
+  std::string message;  // in the FAIL
 };
 
 std::vector<MetaCase> meta_cases() {
@@ -334,7 +347,8 @@ TEST(HostileText, MetaDecodesAsNumpyDoes) {
   for (const MetaCase& c : meta_cases()) {
     SCOPED_TRACE(c.label);
     const std::string npy = formats::npy_unicode_scalar(c.prefix + "{}" + c.suffix);
-    const formats::NpyArray a = formats::parse_npy(std::span(reinterpret_cast<const std::byte*>(npy.data()), npy.size()), "meta");
+    const formats::NpyArray a =
+        formats::parse_npy(std::span(reinterpret_cast<const std::byte*>(npy.data()), npy.size()), "meta");
     std::string expected = c.prefix + "{}" + c.suffix;
     while (!expected.empty() && expected.back() == '\0') expected.pop_back();
     EXPECT_EQ(formats::npy_unicode_to_utf8(a, "meta"), expected);
@@ -346,7 +360,8 @@ TEST(HostileText, MetaDecodesAsNumpyDoes) {
 // runtime-written pack (no manifest: the meta finding alone decides).
 TEST(HostileText, VerifyJudgesMetaAsTheRuntimeReadsIt) {
   const fs::path dir = vtest::temp_dir();
-  const fs::path ckpt = test::write_f32_checkpoint(dir / "model.safetensors", {hand("m.q_proj", 1), hand("m.k_proj", 2)});
+  const fs::path ckpt =
+      test::write_f32_checkpoint(dir / "model.safetensors", {hand("m.q_proj", 1), hand("m.k_proj", 2)});
   const fs::path good = dir / "good";
   ASSERT_EQ(pack(ckpt, good).exit_code, 0);
   for (const MetaCase& c : meta_cases()) {
@@ -400,7 +415,8 @@ TEST(HostileText, VerifyFailsNulGarbageMetaInARuntimePack) {
 // there, even with corrupt codes that checking the npz files alone would pass.
 TEST(HostileText, VerifyFailsDuquantFilesWithoutManifest) {
   const fs::path dir = vtest::temp_dir();
-  const fs::path ckpt = test::write_f32_checkpoint(dir / "model.safetensors", {hand("m.q_proj", 1), hand("m.k_proj", 2)});
+  const fs::path ckpt =
+      test::write_f32_checkpoint(dir / "model.safetensors", {hand("m.q_proj", 1), hand("m.k_proj", 2)});
   const fs::path good = dir / "good";
   ASSERT_EQ(pack(ckpt, good).exit_code, 0);
   const fs::path sharded = dir / "sharded";
@@ -420,7 +436,9 @@ TEST(HostileText, VerifyFailsDuquantFilesWithoutManifest) {
        [](const fs::path& p) {
          fs::remove(p / "manifest.json");
          vtest::edit_tensor(p / "quantized.safetensors", "m.q_proj.qweight",
-                            [](std::string& bytes, const vtest::StTensor& t) { bytes[t.begin] = static_cast<char>(bytes[t.begin] ^ 0x77); });
+                            [](std::string& bytes, const vtest::StTensor& t) {
+                              bytes[t.begin] = static_cast<char>(bytes[t.begin] ^ 0x77);
+                            });
        },
        "quantized.safetensors"},
       {"DanglingLink", good,

@@ -13,13 +13,13 @@
 
 #include <nlohmann/json.hpp>
 
-#include "duquant/error.hpp"
-#include "select/module_order.hpp"
 #include "base/regex.hpp"
+#include "duquant/error.hpp"
 #include "formats/npy.hpp"
 #include "formats/npz.hpp"
 #include "formats/safetensors_header.hpp"
 #include "robustness/robustness_util.hpp"
+#include "select/module_order.hpp"
 
 namespace duquant {
 namespace {
@@ -57,9 +57,8 @@ fs::path write_raw(const fs::path& path, const std::vector<RawTensor>& tensors) 
 class Hostile : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           (std::string("duquant-hostile-").append(std::to_string(::getpid())).append("-") +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = fs::temp_directory_path() / (std::string("duquant-hostile-").append(std::to_string(::getpid())).append("-") +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
@@ -81,7 +80,8 @@ std::string dotted(std::size_t parts) {
 TEST_F(Hostile, NameOf400000PartsIsAFormatErrorInEveryCommand) {
   const fs::path ckpt = write_raw(dir_ / "deep.safetensors", {{dotted(400'000), {2, 2}, {1, 2, 3, 4}}});
   for (const std::vector<std::string>& args :
-       {std::vector<std::string>{"list-linears", ckpt.string()}, {"inspect", ckpt.string()},
+       {std::vector<std::string>{"list-linears", ckpt.string()},
+        {"inspect", ckpt.string()},
         {"pack", ckpt.string(), "-o", (dir_ / "out").string(), "--include", "a"}}) {
     const auto r = run_cli(args);
     EXPECT_EQ(r.exit_code, 3) << args[0] << ": " << r.err;
@@ -102,9 +102,11 @@ TEST_F(Hostile, NameOfTooManyPartsWithinTheByteLimitIsRefused) {
 }
 
 TEST_F(Hostile, NameOverTheByteLimitIsRefusedAndOneAtTheLimitsIsRead) {
-  const std::string long_name = std::string("blk.").append(formats::kMaxTensorNameBytes - 10, 'x').append(".weight");  // 4097 bytes
+  const std::string long_name =
+      std::string("blk.").append(formats::kMaxTensorNameBytes - 10, 'x').append(".weight");  // 4097 bytes
   ASSERT_EQ(long_name.size(), formats::kMaxTensorNameBytes + 1);
-  const auto r = run_cli({"list-linears", write_raw(dir_ / "long.safetensors", {{long_name, {2, 2}, {1, 2, 3, 4}}}).string()});
+  const auto r =
+      run_cli({"list-linears", write_raw(dir_ / "long.safetensors", {{long_name, {2, 2}, {1, 2, 3, 4}}}).string()});
   EXPECT_EQ(r.exit_code, 3) << r.err;
   EXPECT_TRUE(contains(r.err, "a name of 4097 bytes")) << r.err;
   EXPECT_TRUE(contains(r.err, "tensor 'blk.xxxx")) << r.err;
@@ -113,8 +115,9 @@ TEST_F(Hostile, NameOverTheByteLimitIsRefusedAndOneAtTheLimitsIsRead) {
   std::string name = dotted(formats::kMaxTensorNameParts - 1);  // 256 parts with ".weight"
   name.insert(0, std::string(formats::kMaxTensorNameBytes - name.size(), 'q'));
   ASSERT_EQ(name.size(), formats::kMaxTensorNameBytes);
-  const auto ok = run_cli({"list-linears", write_raw(dir_ / "edge.safetensors", {{name, {2, 2}, {1, 2, 3, 4}}}).string(),
-                           "--include", "a$", "--json"});
+  const auto ok =
+      run_cli({"list-linears", write_raw(dir_ / "edge.safetensors", {{name, {2, 2}, {1, 2, 3, 4}}}).string(),
+               "--include", "a$", "--json"});
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_TRUE(contains(ok.out, "\"layers\": 1")) << ok.out;
 }
@@ -145,13 +148,13 @@ TEST_F(Hostile, ZeroAndAbsurdDimensionsAreRefusedBeforeAnyWork) {
                              {"hugex0", huge, 0, "[4611686018427387904, 0]"}};
   for (const ShapeCase& c : cases) {
     SCOPED_TRACE(c.label);
-    const fs::path ckpt = write_raw(dir_ / (std::string(c.label) + ".safetensors"),
-                                    {{"blk.q_proj.weight", {c.rows, c.cols}, {}},
-                                     {"blk.k_proj.weight", {4, 8}, test::pattern_values(4, 8, 3)}});
+    const fs::path ckpt = write_raw(
+        dir_ / (std::string(c.label) + ".safetensors"),
+        {{"blk.q_proj.weight", {c.rows, c.cols}, {}}, {"blk.k_proj.weight", {4, 8}, test::pattern_values(4, 8, 3)}});
     const fs::path out = dir_ / (std::string(c.label) + "-out");
-    for (const std::vector<std::string>& args :
-         {std::vector<std::string>{"list-linears", ckpt.string()}, {"list-linears", ckpt.string(), "--json"},
-          {"pack", ckpt.string(), "-o", out.string()}}) {
+    for (const std::vector<std::string>& args : {std::vector<std::string>{"list-linears", ckpt.string()},
+                                                 {"list-linears", ckpt.string(), "--json"},
+                                                 {"pack", ckpt.string(), "-o", out.string()}}) {
       const auto r = run_cli(args);
       EXPECT_EQ(r.exit_code, 3) << args[0] << ": " << r.err;
       EXPECT_TRUE(contains(r.err, std::string("layer 'blk.q_proj': weight shape ").append(c.shape_text))) << r.err;
@@ -169,8 +172,9 @@ TEST_F(Hostile, InspectWarnsAboutPresetsPackWouldRefuse) {
   // A layer every OpenPI action-expert preset selects, with a zero dimension: described, and each
   // preset that picks it warned about instead of estimated.
   const std::string expert = "paligemma_with_expert.gemma_expert.model.layers.0.self_attn.";
-  const fs::path ckpt = write_raw(dir_ / "p.safetensors", {{expert + "q_proj.weight", {0, std::uint64_t{1} << 62}, {}},
-                                                          {expert + "k_proj.weight", {4, 8}, test::pattern_values(4, 8, 6)}});
+  const fs::path ckpt =
+      write_raw(dir_ / "p.safetensors", {{expert + "q_proj.weight", {0, std::uint64_t{1} << 62}, {}},
+                                         {expert + "k_proj.weight", {4, 8}, test::pattern_values(4, 8, 6)}});
   const auto r = run_cli({"inspect", ckpt.string()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   const std::string all = r.out + r.err;
@@ -205,13 +209,17 @@ TEST_F(Hostile, VerifyReportsAbsurdMetaSizesAsAFailNotOutOfMemory) {
     const char* meta;
     const char* expected;
   } cases[] = {
-      {"a.in.npz", R"({"in_features": 1099511627776, "out_features": 4, "block_size": 16, "block_out_size": 16, "enable_permute": false, "lambda_smooth": 0.15})",
+      {"a.in.npz",
+       R"({"in_features": 1099511627776, "out_features": 4, "block_size": 16, "block_out_size": 16, "enable_permute": false, "lambda_smooth": 0.15})",
        "in_features"},
-      {"a.out.npz", R"({"in_features": 4, "out_features": 1099511627776, "block_size": 16, "block_out_size": 16, "enable_permute": false, "lambda_smooth": 0.15})",
+      {"a.out.npz",
+       R"({"in_features": 4, "out_features": 1099511627776, "block_size": 16, "block_out_size": 16, "enable_permute": false, "lambda_smooth": 0.15})",
        "out_features"},
-      {"a.block.npz", R"({"in_features": 4, "out_features": 4, "block_size": 1099511627776, "block_out_size": 16, "enable_permute": false, "lambda_smooth": 0.15})",
+      {"a.block.npz",
+       R"({"in_features": 4, "out_features": 4, "block_size": 1099511627776, "block_out_size": 16, "enable_permute": false, "lambda_smooth": 0.15})",
        "block_size"},
-      {"a.big.npz", R"({"in_features": 16777216, "out_features": 16777216, "block_size": 1, "block_out_size": 1, "enable_permute": false, "lambda_smooth": 0.15})",
+      {"a.big.npz",
+       R"({"in_features": 16777216, "out_features": 16777216, "block_size": 1, "block_out_size": 1, "enable_permute": false, "lambda_smooth": 0.15})",
        "16777216"},
   };
   for (const auto& c : cases) write_runtime_npz(pack / c.file, c.meta);
@@ -236,7 +244,8 @@ TEST_F(Hostile, VerifyReportsAbsurdMetaSizesAsAFailNotOutOfMemory) {
 
 TEST_F(Hostile, NpzMemberLimitIsCheckedInThePlan) {
   // 1 x 70000 with --block 1: 70,006 members, more than a ZIP end record counts.
-  const fs::path ckpt = write_raw(dir_ / "wide.safetensors", {{"wide.fc1.weight", {1, 70000}, std::vector<float>(70000, 0.5f)}});
+  const fs::path ckpt =
+      write_raw(dir_ / "wide.safetensors", {{"wide.fc1.weight", {1, 70000}, std::vector<float>(70000, 0.5f)}});
   const fs::path out = dir_ / "out";
   for (const std::vector<std::string>& args : {std::vector<std::string>{"list-linears", ckpt.string(), "--block", "1"},
                                                {"pack", ckpt.string(), "-o", out.string(), "--block", "1"}}) {
@@ -280,14 +289,16 @@ TEST_F(Hostile, NonFiniteBiasIsANumericErrorBeforeAnyWork) {
     std::size_t at;
     float value;
     const char* text;
-  } cases[] = {{"nan", 5, nan, "bias [5] is nan"}, {"inf", 0, inf, "bias [0] is inf"}, {"minus_inf", 31, -inf, "bias [31] is -inf"}};
+  } cases[] = {{"nan", 5, nan, "bias [5] is nan"},
+               {"inf", 0, inf, "bias [0] is inf"},
+               {"minus_inf", 31, -inf, "bias [31] is -inf"}};
   for (const auto& c : cases) {
     SCOPED_TRACE(c.label);
     std::vector<float> bias(32, 0.25f);
     bias[c.at] = c.value;
-    const fs::path ckpt = write_raw(dir_ / (std::string(c.label) + ".safetensors"),
-                                    {{"blk.q_proj.weight", {32, 64}, test::pattern_values(32, 64, 1)},
-                                     {"blk.q_proj.bias", {32}, bias}});
+    const fs::path ckpt =
+        write_raw(dir_ / (std::string(c.label) + ".safetensors"),
+                  {{"blk.q_proj.weight", {32, 64}, test::pattern_values(32, 64, 1)}, {"blk.q_proj.bias", {32}, bias}});
     const fs::path out = dir_ / (std::string(c.label) + "-out");
     const auto r = run_cli({"pack", ckpt.string(), "-o", out.string()});
     EXPECT_EQ(r.exit_code, 6) << r.err;
@@ -297,7 +308,8 @@ TEST_F(Hostile, NonFiniteBiasIsANumericErrorBeforeAnyWork) {
 }
 
 TEST_F(Hostile, ThreadCountOutsideItsRangeIsAUsageError) {
-  const fs::path ckpt = write_raw(dir_ / "t.safetensors", {{"blk.q_proj.weight", {4, 8}, test::pattern_values(4, 8, 2)}});
+  const fs::path ckpt =
+      write_raw(dir_ / "t.safetensors", {{"blk.q_proj.weight", {4, 8}, test::pattern_values(4, 8, 2)}});
   for (const char* n : {"2147483647", "1025", "-1"}) {
     const auto p = run_cli({"pack", ckpt.string(), "-o", (dir_ / "out").string(), "--threads", n});
     EXPECT_EQ(p.exit_code, 2) << n << ": " << p.err;
@@ -314,15 +326,15 @@ TEST_F(Hostile, ThreadCountOutsideItsRangeIsAUsageError) {
 
 TEST(HostileRegex, UnicodeAndAsciiInlineFlagsHavePythonSemantics) {
   const std::string e_acute = "\xc3\xa9", arabic_three = "\xd9\xa3", nbsp = "\xc2\xa0";
-  EXPECT_TRUE(Regex("(?u)^\\w$", "t").search(e_acute));          // the default of str patterns
-  EXPECT_FALSE(Regex("(?a)^\\w$", "t").search(e_acute));         // ASCII-only \w
+  EXPECT_TRUE(Regex("(?u)^\\w$", "t").search(e_acute));   // the default of str patterns
+  EXPECT_FALSE(Regex("(?a)^\\w$", "t").search(e_acute));  // ASCII-only \w
   EXPECT_TRUE(Regex("(?a)^\\w+$", "t").search("q_proj9"));
   EXPECT_FALSE(Regex("(?a)\\d", "t").search(arabic_three));
   EXPECT_TRUE(Regex("\\d", "t").search(arabic_three));
   EXPECT_FALSE(Regex("(?a)\\s", "t").search(nbsp));
   EXPECT_TRUE(Regex("(?a)^\\S$", "t").search(nbsp));
-  EXPECT_TRUE(Regex("(?a)^[\\W]$", "t").search(e_acute));        // inside a set too
-  EXPECT_TRUE(Regex("(?a)x\\b", "t").search(std::string("x").append(e_acute)));     // é is no word character
+  EXPECT_TRUE(Regex("(?a)^[\\W]$", "t").search(e_acute));                        // inside a set too
+  EXPECT_TRUE(Regex("(?a)x\\b", "t").search(std::string("x").append(e_acute)));  // é is no word character
   EXPECT_FALSE(Regex("x\\b", "t").search(std::string("x").append(e_acute)));
   // Scoped: only inside the group.
   EXPECT_TRUE(Regex("(?a:\\w)\\w", "t").search(std::string("a").append(e_acute)));
@@ -342,8 +354,9 @@ TEST(HostileRegex, UnicodeAndAsciiInlineFlagsHavePythonSemantics) {
 }
 
 TEST_F(Hostile, InlineFlagsSelectOnTheCommandLine) {
-  const fs::path ckpt = write_raw(dir_ / "f.safetensors", {{"blk.q_proj.weight", {4, 8}, test::pattern_values(4, 8, 2)},
-                                                          {"blk.up_proj.weight", {4, 8}, test::pattern_values(4, 8, 4)}});
+  const fs::path ckpt =
+      write_raw(dir_ / "f.safetensors", {{"blk.q_proj.weight", {4, 8}, test::pattern_values(4, 8, 2)},
+                                         {"blk.up_proj.weight", {4, 8}, test::pattern_values(4, 8, 4)}});
   for (const char* pattern : {"(?u)q_proj", "(?a)\\bq_proj$", "(?a:q)_pro(?u:j)"}) {
     const auto r = run_cli({"list-linears", ckpt.string(), "--include", pattern, "--json"});
     EXPECT_EQ(r.exit_code, 0) << pattern << ": " << r.err;
@@ -373,22 +386,24 @@ std::string reverse_central_directory(const std::string& zip) {
 }
 
 TEST_F(Hostile, NpzMembersInReverseOrderAreReadAsNumpyReadsThem) {
-  const fs::path path = write_runtime_npz(dir_ / "blk.q_proj.npz",
+  const fs::path path = write_runtime_npz(
+      dir_ / "blk.q_proj.npz",
       R"({"in_features": 4, "out_features": 4, "block_size": 16, "block_out_size": 16, "enable_permute": false, "lambda_smooth": 0.15})");
   const std::string reversed = reverse_central_directory(test::read_text(path));
   std::vector<std::byte> bytes(reversed.size());
   std::memcpy(bytes.data(), reversed.data(), reversed.size());
   const formats::NpzFile f = formats::NpzFile::parse(std::move(bytes), "reversed.npz");
-  EXPECT_EQ(f.keys(), (std::vector<std::string>{"R_out_blocks", "Rout_0", "R_in_blocks", "Rin_0", "meta", "weight_scale"}));
+  EXPECT_EQ(f.keys(),
+            (std::vector<std::string>{"R_out_blocks", "Rout_0", "R_in_blocks", "Rin_0", "meta", "weight_scale"}));
   // The runtime's pack of such a file verifies.
   std::ofstream(path, std::ios::binary | std::ios::trunc) << reversed;
   const auto r = run_cli({"verify", dir_.string()});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-
 }
 
 TEST_F(Hostile, ManifestWithAnInvalidExpressionIsAFailNamingTheField) {
-  const fs::path ckpt = write_raw(dir_ / "m.safetensors", {{"blk.q_proj.weight", {8, 16}, test::pattern_values(8, 16, 5)}});
+  const fs::path ckpt =
+      write_raw(dir_ / "m.safetensors", {{"blk.q_proj.weight", {8, 16}, test::pattern_values(8, 16, 5)}});
   const fs::path pack = dir_ / "pack";
   const auto p = run_cli({"pack", ckpt.string(), "-o", pack.string(), "--block", "8"});
   ASSERT_EQ(p.exit_code, 0) << p.err;

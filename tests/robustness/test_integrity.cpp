@@ -10,13 +10,13 @@
 //   cannot lock is exit 4 unless --no-lock; only a gone writer's temporary files are removed;
 // - resume bound to the bytes: whatever the checkpoint did between a killed (or stopped) run and
 //   its resume, `--resume` gives the bytes of a fresh pack of the checkpoint as it is then.
-#include <gtest/gtest.h>
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <fcntl.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <cstring>
 #include <functional>
@@ -47,8 +47,8 @@ class Integrity : public ::testing::Test {
     test::write_tensors(base_ / "ck.safetensors", test::kLayers, true);
     test::write_dump(base_ / "dump.safetensors");
     test::write_bytes(base_ / "cfg.json", R"({"config": {"block": 16}})");
-    const Outcome p = run_dq({"pack", s(base_ / "ck.safetensors"), "-o", s(base_ / "pack"), "--threads", "2"},
-                             base_ / "pack-log");
+    const Outcome p =
+        run_dq({"pack", s(base_ / "ck.safetensors"), "-o", s(base_ / "pack"), "--threads", "2"}, base_ / "pack-log");
     ASSERT_EQ(p.code, 0) << p.out << p.err;
     for (const char* log : {"pack-log.out", "pack-log.err"}) fs::remove(base_ / log);
   }
@@ -113,7 +113,8 @@ TEST_F(Integrity, EveryOutputFlagAgainstEveryInputKind) {
                            fmt::format("inspect CKPT --html (the checkpoint, {})", alias_name(a)));
       ++cases;
     }
-    for (const std::string& file : {std::string("manifest.json"), test::kLayers[0] + ".npz", std::string("quantized.safetensors")}) {
+    for (const std::string& file :
+         {std::string("manifest.json"), test::kLayers[0] + ".npz", std::string("quantized.safetensors")}) {
       const fs::path w = sandbox(fmt::format("html-pack-{}", cases));
       const fs::path out = alias_of(w, w / "pack" / file, a, "report.html");
       expect_alias_refused(w, {"inspect", s(w / "pack"), "--html", s(out), "--force"}, file,
@@ -123,17 +124,20 @@ TEST_F(Integrity, EveryOutputFlagAgainstEveryInputKind) {
     {
       const fs::path w = sandbox(fmt::format("html-checkpoint-{}", cases));
       const fs::path out = alias_of(w, w / "ck.safetensors", a, "report.html");
-      expect_alias_refused(w, {"inspect", s(w / "pack"), "--checkpoint", s(w / "ck.safetensors"), "--html", s(out), "--force"},
-                           "ck.safetensors", fmt::format("inspect PACK --checkpoint --html ({})", alias_name(a)));
+      expect_alias_refused(
+          w, {"inspect", s(w / "pack"), "--checkpoint", s(w / "ck.safetensors"), "--html", s(out), "--force"},
+          "ck.safetensors", fmt::format("inspect PACK --checkpoint --html ({})", alias_name(a)));
       ++cases;
     }
     // pack --fold-smoothing onto the checkpoint, the dump and the configuration.
     for (const char* input : {"ck.safetensors", "dump.safetensors", "cfg.json"}) {
       const fs::path w = sandbox(fmt::format("fold-{}", cases));
       const fs::path out = alias_of(w, w / input, a, "folded.safetensors");
-      expect_alias_refused(w, {"pack", s(w / "ck.safetensors"), "-o", s(w / "out"), "--calib", s(w / "dump.safetensors"),
-                               "--smooth-alpha", "0.5", "--config", s(w / "cfg.json"), "--fold-smoothing", s(out), "--force"},
-                           input, fmt::format("pack --fold-smoothing ({}, {})", input, alias_name(a)));
+      expect_alias_refused(
+          w,
+          {"pack", s(w / "ck.safetensors"), "-o", s(w / "out"), "--calib", s(w / "dump.safetensors"), "--smooth-alpha",
+           "0.5", "--config", s(w / "cfg.json"), "--fold-smoothing", s(out), "--force"},
+          input, fmt::format("pack --fold-smoothing ({}, {})", input, alias_name(a)));
       ++cases;
     }
     // pack -o: a folder holding the dump (--calib in it), or a file of the folder that is an input.
@@ -144,8 +148,9 @@ TEST_F(Integrity, EveryOutputFlagAgainstEveryInputKind) {
       if (a == Alias::same_name) {
         fs::copy_file(w / "dump.safetensors", w / "out" / "dump.safetensors");
         name = "dump.safetensors";
-        expect_alias_refused(w, {"pack", s(w / "ck.safetensors"), "-o", s(w / "out"), "--calib", s(w / "out" / name), "--force"},
-                             name, "pack -o holding --calib");
+        expect_alias_refused(
+            w, {"pack", s(w / "ck.safetensors"), "-o", s(w / "out"), "--calib", s(w / "out" / name), "--force"}, name,
+            "pack -o holding --calib");
       } else {
         alias_of(w / "out", w / "ck.safetensors", a, "manifest.json");
         expect_alias_refused(w, {"pack", s(w / "ck.safetensors"), "-o", s(w / "out"), "--force"}, "ck.safetensors",
@@ -157,8 +162,9 @@ TEST_F(Integrity, EveryOutputFlagAgainstEveryInputKind) {
   // A file of the pack being written as --fold-smoothing (inside -o).
   for (const char* file : {"manifest.json", "folded.safetensors"}) {
     const fs::path w = sandbox(fmt::format("fold-in-pack-{}", cases));
-    expect_alias_refused(w, {"pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--force", "--calib", s(w / "dump.safetensors"),
-                             "--smooth-alpha", "0.5", "--fold-smoothing", s(w / "pack" / file)},
+    expect_alias_refused(w,
+                         {"pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--force", "--calib",
+                          s(w / "dump.safetensors"), "--smooth-alpha", "0.5", "--fold-smoothing", s(w / "pack" / file)},
                          "pack", fmt::format("pack --fold-smoothing into the pack folder ({})", file));
     ++cases;
   }
@@ -171,8 +177,8 @@ TEST_F(Integrity, EveryOutputFlagAgainstEveryInputKind) {
 TEST_F(Integrity, ConfigFromThePackItReplacesIsExempt) {
   const fs::path w = sandbox("rerun");
   const auto before = test::snapshot(w / "pack");
-  const Outcome r = run_dq({"pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--config", s(w / "pack" / "manifest.json"),
-                            "--force", "--threads", "1"},
+  const Outcome r = run_dq({"pack", s(w / "ck.safetensors"), "-o", s(w / "pack"), "--config",
+                            s(w / "pack" / "manifest.json"), "--force", "--threads", "1"},
                            w.parent_path() / "rerun-log");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(test::snapshot(w / "pack") == before);
@@ -200,7 +206,9 @@ TEST_F(Integrity, DeviceNodesAndFifosAreNeverOutputs) {
                     {"pack", s(w / "ck.safetensors"), "-o", s(w / "out"), "--calib", s(w / "dump.safetensors"),
                      "--smooth-alpha", "0.5", "--fold-smoothing", dev, "--force"}});
   }
-  if (own_device) runs.push_back({"inspect --html (mknod)", {"inspect", s(w / "ck.safetensors"), "--html", s(w / "null"), "--force"}});
+  if (own_device)
+    runs.push_back(
+        {"inspect --html (mknod)", {"inspect", s(w / "ck.safetensors"), "--html", s(w / "null"), "--force"}});
   for (const auto& [label, args] : runs) {
     SCOPED_TRACE(label);
     const Outcome r = run_dq(args, w.parent_path() / "devices-log");
@@ -230,29 +238,33 @@ TEST_F(Integrity, HtmlDashIsStandardOutputAndExistingFilesNeedForce) {
 
   // An existing file: exit 2 and untouched without --force, replaced with it.
   test::write_bytes(w / "report.html", "keep");
-  const Outcome refused = run_dq({"inspect", s(w / "pack"), "--html", s(w / "report.html")}, w.parent_path() / "dash-log");
+  const Outcome refused =
+      run_dq({"inspect", s(w / "pack"), "--html", s(w / "report.html")}, w.parent_path() / "dash-log");
   EXPECT_EQ(refused.code, 2) << refused.err;
   EXPECT_TRUE(contains(refused.err, "--force")) << refused.err;
   EXPECT_EQ(test::read_text(w / "report.html"), "keep");
   test::write_bytes(w / "folded.safetensors", "keep");
-  const Outcome fold = run_dq({"pack", s(w / "ck.safetensors"), "-o", s(w / "out"), "--calib", s(w / "dump.safetensors"),
-                               "--smooth-alpha", "0.5", "--fold-smoothing", s(w / "folded.safetensors")},
-                              w.parent_path() / "dash-log");
+  const Outcome fold =
+      run_dq({"pack", s(w / "ck.safetensors"), "-o", s(w / "out"), "--calib", s(w / "dump.safetensors"),
+              "--smooth-alpha", "0.5", "--fold-smoothing", s(w / "folded.safetensors")},
+             w.parent_path() / "dash-log");
   EXPECT_EQ(fold.code, 2) << fold.err;
   EXPECT_EQ(test::read_text(w / "folded.safetensors"), "keep");
   EXPECT_FALSE(fs::exists(w / "out"));
 
   // Through a symbolic link: the file it points to is replaced, the link stays.
   fs::create_symlink("folded.safetensors", w / "folded-link.safetensors");
-  const Outcome fold_linked = run_dq({"pack", s(w / "ck.safetensors"), "-o", s(w / "out2"), "--calib", s(w / "dump.safetensors"),
-                                      "--smooth-alpha", "0.5", "--fold-smoothing", s(w / "folded-link.safetensors"), "--force"},
-                                     w.parent_path() / "dash-log");
+  const Outcome fold_linked =
+      run_dq({"pack", s(w / "ck.safetensors"), "-o", s(w / "out2"), "--calib", s(w / "dump.safetensors"),
+              "--smooth-alpha", "0.5", "--fold-smoothing", s(w / "folded-link.safetensors"), "--force"},
+             w.parent_path() / "dash-log");
   EXPECT_EQ(fold_linked.code, 0) << fold_linked.err;
   EXPECT_TRUE(fs::is_symlink(w / "folded-link.safetensors"));
   EXPECT_NE(test::read_text(w / "folded.safetensors"), "keep");
   EXPECT_GT(fs::file_size(w / "folded.safetensors"), 100u);
   fs::create_symlink("report.html", w / "link.html");
-  const Outcome linked = run_dq({"inspect", s(w / "pack"), "--html", s(w / "link.html"), "--force"}, w.parent_path() / "dash-log");
+  const Outcome linked =
+      run_dq({"inspect", s(w / "pack"), "--html", s(w / "link.html"), "--force"}, w.parent_path() / "dash-log");
   EXPECT_EQ(linked.code, 0) << linked.err;
   EXPECT_TRUE(fs::is_symlink(w / "link.html"));
   EXPECT_EQ(test::read_text(w / "report.html").rfind("<!DOCTYPE html>", 0), 0u);
@@ -346,7 +358,8 @@ TEST(IntegrityLock, OnlyTheTemporaryFilesOfAGoneWriterAreRemoved) {
     gone = c.pid();
     c.wait();
   }
-  const std::string dead_temp = fmt::format(".x.npz.tmp-{}", gone), live_temp = fmt::format(".y.npz.tmp-{}", ::getpid());
+  const std::string dead_temp = fmt::format(".x.npz.tmp-{}", gone),
+                    live_temp = fmt::format(".y.npz.tmp-{}", ::getpid());
   for (const fs::path& where : {out, out / ".duquant-work"}) {
     test::write_bytes(where / dead_temp, "dead");
     test::write_bytes(where / live_temp, "live");
@@ -409,9 +422,9 @@ std::vector<std::string> layer_names(const fs::path& pack) {
 
 struct ResumeCase {
   std::string name;
-  std::string seam;                // how the first run ends: KILL_AT (exit 137) or STOP_AT (continued: exit 4)
-  std::vector<int> changed;        // indices of the layers whose weights change meanwhile
-  std::vector<std::string> env;    // more environment (the pipelined path)
+  std::string seam;              // how the first run ends: KILL_AT (exit 137) or STOP_AT (continued: exit 4)
+  std::vector<int> changed;      // indices of the layers whose weights change meanwhile
+  std::vector<std::string> env;  // more environment (the pipelined path)
 };
 
 TEST(IntegrityResume, TheCheckpointChangedBeforeTheResumeGivesAFreshPackOfItAsItIsThen) {
@@ -422,7 +435,9 @@ TEST(IntegrityResume, TheCheckpointChangedBeforeTheResumeGivesAFreshPackOfItAsIt
       // Changed while layer 3's bytes are in memory (read, not yet computed): the run goes on and
       // stops before publishing (exit 4); its record of layer 3 names the bytes it packed.
       {"changed right after layer 3 was read", "DUQUANT_TEST_STOP_AT=read:3", {2, 3}, {}},
-      {"changed after layer 3 was read ahead (two engines)", "DUQUANT_TEST_STOP_AT=read:3", {2, 3, 4},
+      {"changed after layer 3 was read ahead (two engines)",
+       "DUQUANT_TEST_STOP_AT=read:3",
+       {2, 3, 4},
        {"DUQUANT_TEST_PIPELINE=2"}},
   };
   const fs::path dir = test::temp_dir();

@@ -26,8 +26,9 @@ using Clock = std::chrono::steady_clock;
 constexpr int kTrials = 30;
 
 std::vector<std::string> pack_args(const fs::path& out, bool resume) {
-  std::vector<std::string> a{"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit",
-                             "--max-shard-size", "200KB"};
+  std::vector<std::string> a{
+      "pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit", "--max-shard-size",
+      "200KB"};
   if (resume) a.push_back("--resume");
   return a;
 }
@@ -55,7 +56,8 @@ bool run_and_kill(const fs::path& out, bool resume, RunLength& length, std::mt19
   test::Child child(pack_args(out, resume), test::ChildSetup{}, log);
   EXPECT_TRUE(child.started());
   const bool ended = child.wait_until(start + delay);
-  if (ended && !resume) length.saw_complete_run(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start));
+  if (ended && !resume)
+    length.saw_complete_run(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start));
   if (!ended) child.kill();
   const int code = child.wait();
   EXPECT_TRUE(code == 0 || code == test::kKilledBySigkill) << "exit " << code << "\n" << child.out() << child.err();
@@ -90,9 +92,10 @@ TEST(KillAndResume, RandomSigkillThenResumeGivesTheSameBytes) {
     if (!::testing::Test::HasFailure()) ++passed;
     fs::remove_all(out);
   }
-  std::printf("[ kill/resume ] %d trials passed of %d; first run killed in %d, the resume killed too in %d "
-              "(uninterrupted run %.3f s)\n",
-              passed, trials, killed, killed_twice, length.seconds());
+  std::printf(
+      "[ kill/resume ] %d trials passed of %d; first run killed in %d, the resume killed too in %d "
+      "(uninterrupted run %.3f s)\n",
+      passed, trials, killed, killed_twice, length.seconds());
   EXPECT_EQ(passed, trials);
   // The draws must actually interrupt packs, or the test proves nothing.
   EXPECT_EQ(killed, kTrials);

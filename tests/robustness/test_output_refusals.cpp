@@ -82,8 +82,8 @@ TEST(OutputRefusals, ReadOnlyLocationIsRefusedBeforeAnyWork) {
     probe.command = {"setpriv"};
     if (test::run_program({"--version"}, probe).exit_code != 0) GTEST_SKIP() << "running as root without setpriv(1)";
     // `nobody` must reach the binary, the fixture and the folder.
-    fs::permissions(dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                             fs::perms::others_read | fs::perms::others_exec);
+    fs::permissions(dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec | fs::perms::others_read |
+                             fs::perms::others_exec);
     prefix = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
   }
   fs::permissions(locked / "empty", fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
@@ -96,8 +96,8 @@ TEST(OutputRefusals, ReadOnlyLocationIsRefusedBeforeAnyWork) {
       setup.command = prefix;
       setup.command.push_back(test::binary().string());
     }
-    const test::CliResult r =
-        test::run_program({"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit"}, setup);
+    const test::CliResult r = test::run_program(
+        {"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--preset", "openpi-dit"}, setup);
     const std::string text = r.out + r.err;
     EXPECT_EQ(r.exit_code, 4) << out << "\n" << text;
     EXPECT_TRUE(test::contains(text, "cannot write into")) << text;

@@ -135,10 +135,11 @@ TEST(StreamsSignals, EveryCommandWithClosedFullReadOnlyAndBrokenStdout) {
       bool ignored;
       int expect;
     };
-    for (const Case k : {Case{Stream::file, false, 0}, Case{Stream::closed, false, 0}, Case{Stream::full, false, 4},
-                         Case{Stream::read_only, false, 4}, Case{Stream::broken, false, kSigpipe},
-                         Case{Stream::broken, true, 4}}) {
-      const std::string label = fmt::format("{} stdout {}{}", c.name, stream_name(k.s), k.ignored ? " (SIGPIPE ignored)" : "");
+    for (const Case k :
+         {Case{Stream::file, false, 0}, Case{Stream::closed, false, 0}, Case{Stream::full, false, 4},
+          Case{Stream::read_only, false, 4}, Case{Stream::broken, false, kSigpipe}, Case{Stream::broken, true, 4}}) {
+      const std::string label =
+          fmt::format("{} stdout {}{}", c.name, stream_name(k.s), k.ignored ? " (SIGPIPE ignored)" : "");
       SCOPED_TRACE(label);
       const fs::path out = dir / fmt::format("out-{}", cases);
       ChildSetup setup;
@@ -175,8 +176,10 @@ TEST(StreamsSignals, EveryCommandWithClosedFullAndBrokenStderrKeepsItsExitCode) 
       bad[1] = (dir / "missing.safetensors").string();
       variants.emplace_back(bad, 4);
     }
-    if (c.name == "help") variants.push_back({{"--no-such-flag"}, 2});  // a usage error, printed by the parser
-    else variants.push_back({{c.args[0], "--no-such-flag"}, 2});
+    if (c.name == "help")
+      variants.push_back({{"--no-such-flag"}, 2});  // a usage error, printed by the parser
+    else
+      variants.push_back({{c.args[0], "--no-such-flag"}, 2});
     for (const auto& [args, expect] : variants)
       for (const Stream s : {Stream::closed, Stream::full, Stream::broken})
         for (const bool ignored : {false, true}) {
@@ -215,7 +218,8 @@ TEST(StreamsSignals, ClosedDescriptorsAtStartNeverBecomePackFiles) {
     EXPECT_EQ(r.code, 0);
   }
   // verify with 0-2 closed reads the pack it is given, not a descriptor that happens to be 1.
-  const Outcome v = run({"verify", closed.string(), "-c", test::tiny_checkpoint().string()}, setup, dir / "closed-verify");
+  const Outcome v =
+      run({"verify", closed.string(), "-c", test::tiny_checkpoint().string()}, setup, dir / "closed-verify");
   EXPECT_EQ(v.code, 0);
 }
 
@@ -305,13 +309,13 @@ TEST(StreamsSignals, OpenmpVariablesAtTheirExtremes) {
     int expect;
   };
   const std::vector<Case> cases{
-      {"OMP_NUM_THREADS=99999999", 2}, {"OMP_NUM_THREADS=0", 2},         {"OMP_NUM_THREADS=-4", 2},
+      {"OMP_NUM_THREADS=99999999", 2}, {"OMP_NUM_THREADS=0", 2},          {"OMP_NUM_THREADS=-4", 2},
       {"OMP_NUM_THREADS=abc", 2},      {"OMP_NUM_THREADS=4,99999999", 2}, {"OMP_NUM_THREADS=1025", 2},
       {"OMP_THREAD_LIMIT=0", 2},       {"OMP_THREAD_LIMIT=99999999", 2},  {"OMP_THREAD_LIMIT=x", 2},
       {"OMP_STACKSIZE=99999999G", 2},  {"OMP_STACKSIZE=1B", 2},           {"OMP_STACKSIZE=4T", 2},
-      {"OMP_STACKSIZE=xyz", 2},        {"GOMP_STACKSIZE=99999999G", 2},
-      {"OMP_NUM_THREADS=1", 0},        {"OMP_NUM_THREADS=64", 0},         {"OMP_NUM_THREADS=3,2", 0},
-      {"OMP_THREAD_LIMIT=2", 0},       {"OMP_STACKSIZE=64M", 0},          {"OMP_STACKSIZE= 512 k ", 0},
+      {"OMP_STACKSIZE=xyz", 2},        {"GOMP_STACKSIZE=99999999G", 2},   {"OMP_NUM_THREADS=1", 0},
+      {"OMP_NUM_THREADS=64", 0},       {"OMP_NUM_THREADS=3,2", 0},        {"OMP_THREAD_LIMIT=2", 0},
+      {"OMP_STACKSIZE=64M", 0},        {"OMP_STACKSIZE= 512 k ", 0},
   };
   int n = 0;
   for (const Case& c : cases) {
@@ -364,10 +368,12 @@ TEST(StreamsSignals, ExtremeCalibrationActivationsAreRefusedOrVerify) {
   int n = 0;
   for (const Case& c : cases) {
     SCOPED_TRACE(fmt::format("{:g} {}", c.big, fmt::join(c.options, " ")));
-    const fs::path ckpt = dir / fmt::format("act-{}.safetensors", n), dump = dir / fmt::format("act-{}.dump.safetensors", n);
+    const fs::path ckpt = dir / fmt::format("act-{}.safetensors", n),
+                   dump = dir / fmt::format("act-{}.dump.safetensors", n);
     const fs::path out = dir / fmt::format("act-{}", n);
     write_extreme_inputs(ckpt, dump, c.big);
-    std::vector<std::string> args{"pack", ckpt.string(), "-o", out.string(), "--layers", "blk.q_proj", "--calib", dump.string()};
+    std::vector<std::string> args{"pack",     ckpt.string(), "-o",      out.string(),
+                                  "--layers", "blk.q_proj",  "--calib", dump.string()};
     args.insert(args.end(), c.options.begin(), c.options.end());
     const Outcome o = run(args, ChildSetup{}, dir / fmt::format("act-{}", n++));
     EXPECT_EQ(o.code, c.expect) << o.err;
@@ -377,7 +383,8 @@ TEST(StreamsSignals, ExtremeCalibrationActivationsAreRefusedOrVerify) {
       continue;
     }
     // What pack writes, verify accepts (WARN only for smoothing, which the runtime ignores).
-    const Outcome v = run({"verify", out.string(), "-c", ckpt.string()}, ChildSetup{}, dir / fmt::format("act-verify-{}", n));
+    const Outcome v =
+        run({"verify", out.string(), "-c", ckpt.string()}, ChildSetup{}, dir / fmt::format("act-verify-{}", n));
     EXPECT_EQ(v.code, 0) << v.out << v.err;
     EXPECT_TRUE(test::contains(v.out, "0 FAIL")) << v.out;
   }

@@ -26,8 +26,14 @@ constexpr const char* kLayer0 = "paligemma_with_expert.gemma_expert.model.layers
 
 // Two layers, one per shard (so the index is written too), and the fixture checkpoint.
 std::vector<std::string> pack_args(const fs::path& out) {
-  return {"pack", test::tiny_checkpoint().string(), "-o", out.string(), "--layers",
-          std::string(kLayer0) + "self_attn.q_proj," + kLayer0 + "mlp.down_proj", "--max-shard-size", "1"};
+  return {"pack",
+          test::tiny_checkpoint().string(),
+          "-o",
+          out.string(),
+          "--layers",
+          std::string(kLayer0) + "self_attn.q_proj," + kLayer0 + "mlp.down_proj",
+          "--max-shard-size",
+          "1"};
 }
 
 bool is_temp_name(const std::string& name) {
@@ -115,8 +121,8 @@ TEST(WriteFaultsOtherWriters, SynthAndInspectHtmlLeaveNoFile) {
   const fs::path dir = test::temp_dir();
   for (const std::string fault : {"write:1:ENOSPC", "fsync:1:EIO", "rename:1:ENOSPC"}) {
     const fs::path ckpt = dir / "synth.safetensors";
-    const test::CliResult r = run_cli({"synth", "-o", ckpt.string(), "--factor", "16", "--layers", "1"},
-                                      {"DUQUANT_TEST_FAULT=" + fault});
+    const test::CliResult r =
+        run_cli({"synth", "-o", ckpt.string(), "--factor", "16", "--layers", "1"}, {"DUQUANT_TEST_FAULT=" + fault});
     EXPECT_EQ(r.exit_code, 4) << fault << r.out << r.err;
     EXPECT_FALSE(fs::exists(ckpt)) << fault;
     for (const std::string& name : test::listing(dir)) EXPECT_FALSE(is_temp_name(name)) << name;
@@ -124,7 +130,8 @@ TEST(WriteFaultsOtherWriters, SynthAndInspectHtmlLeaveNoFile) {
   const fs::path pack = dir / "pack";
   ASSERT_EQ(run_cli(pack_args(pack)).exit_code, 0);
   const fs::path html = dir / "report.html";
-  const test::CliResult r = run_cli({"inspect", pack.string(), "--html", html.string()}, {"DUQUANT_TEST_FAULT=write:1:EIO"});
+  const test::CliResult r =
+      run_cli({"inspect", pack.string(), "--html", html.string()}, {"DUQUANT_TEST_FAULT=write:1:EIO"});
   EXPECT_EQ(r.exit_code, 4) << r.out << r.err;
   EXPECT_TRUE(test::contains(r.err, "Input/output error")) << r.err;
   EXPECT_FALSE(fs::exists(html));

@@ -39,10 +39,10 @@ TEST(Cli, ExitCodeOk) { EXPECT_EQ(test::run_cli({"list-linears", tiny(), "--pres
 
 TEST(Cli, ExitCode2ForBadFlagsAndValues) {
   const std::vector<std::vector<std::string>> cases{
-      {"list-linears", tiny(), "--bogus"},                          // CLI11: unknown flag
-      {"list-linears"},                                             // CLI11: missing checkpoint
-      {"list-linears", tiny(), "--block"},                          // CLI11: missing value
-      {"no-such-command"},                                          // CLI11: unknown subcommand
+      {"list-linears", tiny(), "--bogus"},  // CLI11: unknown flag
+      {"list-linears"},                     // CLI11: missing checkpoint
+      {"list-linears", tiny(), "--block"},  // CLI11: missing value
+      {"no-such-command"},                  // CLI11: unknown subcommand
       {"list-linears", tiny(), "--block", "16x"},
       {"list-linears", tiny(), "--block", "0"},
       {"list-linears", tiny(), "--permute", "maybe"},
@@ -71,10 +71,10 @@ TEST(Cli, ExitCode2ForBadFlagsAndValues) {
 
 TEST(Cli, MalformedEnvironmentValuesExit2NamingTheVariable) {
   const std::vector<std::string> cases{
-      "OPENPI_DUQUANT_PERMUTE=maybe", "OPENPI_DUQUANT_ROW_ROT=sideways", "OPENPI_DUQUANT_BLOCK=0",
-      "OPENPI_DUQUANT_BLOCK=16x",     "OPENPI_DUQUANT_LS=1.5",           "OPENPI_DUQUANT_ACT_PCT=0",
-      "OPENPI_DUQUANT_WBITS_DEFAULT=9", "OPENPI_DUQUANT_WBITS=a:99",     "OPENPI_DUQUANT_WBITS=nocolon",
-      "OPENPI_DUQUANT_INCLUDE=(q_proj", "OPENPI_DUQUANT_EXCLUDE=[norm",  "OPENPI_DUQUANT_CALIB_STEPS=-1"};
+      "OPENPI_DUQUANT_PERMUTE=maybe",   "OPENPI_DUQUANT_ROW_ROT=sideways", "OPENPI_DUQUANT_BLOCK=0",
+      "OPENPI_DUQUANT_BLOCK=16x",       "OPENPI_DUQUANT_LS=1.5",           "OPENPI_DUQUANT_ACT_PCT=0",
+      "OPENPI_DUQUANT_WBITS_DEFAULT=9", "OPENPI_DUQUANT_WBITS=a:99",       "OPENPI_DUQUANT_WBITS=nocolon",
+      "OPENPI_DUQUANT_INCLUDE=(q_proj", "OPENPI_DUQUANT_EXCLUDE=[norm",    "OPENPI_DUQUANT_CALIB_STEPS=-1"};
   for (const auto& entry : cases) {
     const auto r = test::run_cli({"list-linears", tiny(), "--env-prefix", "OPENPI_DUQUANT_"}, {entry});
     EXPECT_EQ(r.exit_code, 2) << entry << "\n" << r.err;
@@ -145,9 +145,9 @@ TEST(Cli, UnknownVariableWarnsRuntimeOnlyAreSilent) {
 }
 
 TEST(Cli, WbitsExactBeatsRulesAndFirstRuleWins) {
-  const auto r = test::run_cli({"list-linears", tiny(), "--preset", "openpi-dit",
-                                "--wbits-rule", "mlp\\.=6", "--wbits-rule", "down_proj=8", "--wbits-rule", "q_proj$=3",
-                                "--wbits", expert("layers.0.mlp.up_proj:8") + "," + expert("layers.1.self_attn.k_proj:5")});
+  const auto r = test::run_cli({"list-linears", tiny(), "--preset", "openpi-dit", "--wbits-rule", "mlp\\.=6",
+                                "--wbits-rule", "down_proj=8", "--wbits-rule", "q_proj$=3", "--wbits",
+                                expert("layers.0.mlp.up_proj:8") + "," + expert("layers.1.self_attn.k_proj:5")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(bits_of(r.out, expert("layers.0.mlp.up_proj")), "W8");    // exact beats the mlp rule
   EXPECT_EQ(bits_of(r.out, expert("layers.1.mlp.up_proj")), "W6");    // rule
@@ -159,8 +159,8 @@ TEST(Cli, WbitsExactBeatsRulesAndFirstRuleWins) {
 }
 
 TEST(Cli, WbitsDefaultAndUnusedWbitsWarn) {
-  const auto r = test::run_cli({"list-linears", tiny(), "--preset", "openpi-dit", "--wbits-default", "6", "--wbits",
-                                "not.a.layer:8"});
+  const auto r = test::run_cli(
+      {"list-linears", tiny(), "--preset", "openpi-dit", "--wbits-default", "6", "--wbits", "not.a.layer:8"});
   ASSERT_EQ(r.exit_code, 0);
   EXPECT_EQ(count_lines(r.out, " W6 A8 "), 14u);
   EXPECT_NE(r.err.find("duquant: warning: --wbits names 'not.a.layer'"), std::string::npos) << r.err;
@@ -169,14 +169,19 @@ TEST(Cli, WbitsDefaultAndUnusedWbitsWarn) {
 TEST(Cli, LayersSelectExactlyThoseAndIgnoreIncludeExclude) {
   const std::string dense = expert("layers.1.input_layernorm.dense");  // matched by no include
   const std::string up = expert("layers.0.mlp.up_proj");
-  const auto r = test::run_cli(
-      {"list-linears", tiny(), "--layers", dense + "," + up, "--include", "nothing", "--exclude", ".*"});
+  const auto r =
+      test::run_cli({"list-linears", tiny(), "--layers", dense + "," + up, "--include", "nothing", "--exclude", ".*"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // Module order, not the order given.
-  EXPECT_EQ(r.out, "[DUQUANT] SCOPE filter: ''\n[DUQUANT] Matched Linear layers: 2\n"
-                   "[DUQUANT][DRYRUN] " + up + ": Linear(64->256) W4 A8 perm=True block_in=16 block_out=16 row_rot=restore\n"
-                   "[DUQUANT][DRYRUN] " + dense + ": Linear(64->192) W4 A8 perm=True block_in=16 block_out=16 row_rot=restore\n"
-                   "[DUQUANT] Dry-run total layers listed: 2\n");
+  EXPECT_EQ(r.out,
+            "[DUQUANT] SCOPE filter: ''\n[DUQUANT] Matched Linear layers: 2\n"
+            "[DUQUANT][DRYRUN] " +
+                up +
+                ": Linear(64->256) W4 A8 perm=True block_in=16 block_out=16 row_rot=restore\n"
+                "[DUQUANT][DRYRUN] " +
+                dense +
+                ": Linear(64->192) W4 A8 perm=True block_in=16 block_out=16 row_rot=restore\n"
+                "[DUQUANT] Dry-run total layers listed: 2\n");
   EXPECT_EQ(r.err, "");
   // The scope still applies to LAYERS.
   const auto scoped = test::run_cli({"list-linears", tiny(), "--layers", up + ",action_in_proj", "--scope", kExpert});
@@ -198,8 +203,8 @@ TEST(Cli, JsonCarriesEveryFieldAndRealByteCounts) {
   const auto j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j.at("layers").size(), 14u);
   for (const auto& layer : j.at("layers"))
-    for (const char* key : {"name", "shape", "dtype", "wbits", "abits", "bias", "bytes", "tensor_bytes", "npz_bytes",
-                            "packed_bytes"})
+    for (const char* key :
+         {"name", "shape", "dtype", "wbits", "abits", "bias", "bytes", "tensor_bytes", "npz_bytes", "packed_bytes"})
       EXPECT_TRUE(layer.contains(key)) << key;
   const auto& q = j.at("layers").at(0);
   EXPECT_EQ(q.at("name"), expert("layers.0.self_attn.q_proj"));
@@ -232,9 +237,10 @@ TEST(Cli, JsonCarriesEveryFieldAndRealByteCounts) {
 }
 
 TEST(Cli, JsonCountsBiasBytes) {
-  const std::string q = "paligemma_with_expert.paligemma.model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj";
-  const auto r = test::run_cli({"list-linears", tiny(), "--layers", q + ",action_out_proj", "--include-action-head",
-                                "--json"});
+  const std::string q =
+      "paligemma_with_expert.paligemma.model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj";
+  const auto r =
+      test::run_cli({"list-linears", tiny(), "--layers", q + ",action_out_proj", "--include-action-head", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j.at("layers").size(), 2u);

@@ -14,11 +14,11 @@
 
 #include "common/child_process.hpp"
 #include "common/test_paths.hpp"
-#include "select/linear_layers.hpp"
 #include "config/presets.hpp"
-#include "select/selection.hpp"
 #include "config/settings.hpp"
 #include "formats/safetensors_checkpoint.hpp"
+#include "select/linear_layers.hpp"
+#include "select/selection.hpp"
 
 namespace duquant {
 namespace {
@@ -43,8 +43,11 @@ std::string cli_total(const std::filesystem::path& ckpt, const std::string& pres
 
 const std::map<std::string, std::size_t> kFixtureCounts{
     {"openpi-dit-qkvo", 8}, {"openpi-dit", 14}, {"openpi-llm", 14}, {"openpi-full", 28}, {"openpi-llm-dit-mlp", 20}};
-const std::map<std::string, std::size_t> kPi05Counts{
-    {"openpi-dit-qkvo", 72}, {"openpi-dit", 126}, {"openpi-llm", 126}, {"openpi-full", 252}, {"openpi-llm-dit-mlp", 180}};
+const std::map<std::string, std::size_t> kPi05Counts{{"openpi-dit-qkvo", 72},
+                                                     {"openpi-dit", 126},
+                                                     {"openpi-llm", 126},
+                                                     {"openpi-full", 252},
+                                                     {"openpi-llm-dit-mlp", 180}};
 
 TEST(Counts, PresetsOnTheFixture) {
   for (const auto& [preset, n] : kFixtureCounts) {
@@ -130,8 +133,8 @@ class Gr00tCounts : public ::testing::Test {
     std::filesystem::create_directories(dir_);
     auto r = test::run_cli({"synth", "--model", "gr00t-n1.5", "-o", plain().string(), "--factor", "16"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    r = test::run_cli({"synth", "--model", "gr00t-n1.5", "-o", lerobot().string(), "--factor", "16", "--prefix",
-                       "_groot_model."});
+    r = test::run_cli(
+        {"synth", "--model", "gr00t-n1.5", "-o", lerobot().string(), "--factor", "16", "--prefix", "_groot_model."});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     made_ = true;
   }
@@ -182,7 +185,8 @@ TEST_F(Gr00tCounts, EnvironmentPrefixAppliesThePortsRules) {
   const auto r = test::run_cli({"list-linears", plain().string(), "--env-prefix", "GR00T_DUQUANT_"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("[GR00T-DUQUANT] SCOPE filter: ''\n[GR00T-DUQUANT] Matched Linear layers: 180\n"),
-            std::string::npos) << r.out.substr(0, 300);
+            std::string::npos)
+      << r.out.substr(0, 300);
   EXPECT_EQ(listed(lerobot(), {"--env-prefix", "GR00T_DUQUANT_"}).size(), 180u);
   // The published run script's expressions through the port's variables: 116.
   const std::vector<std::string> script{
@@ -195,21 +199,23 @@ TEST_F(Gr00tCounts, EnvironmentPrefixAppliesThePortsRules) {
   EXPECT_EQ(listed(plain(), {"--env-prefix", "GR00T_DUQUANT_"}, vl).size(), 16u);
   EXPECT_EQ(listed(plain(), {"--env-prefix", "GR00T_DUQUANT_", "--include-action-head"}, vl).size(), 20u);
   // future_tokens is an embedding table, never a linear layer; --not-linear removes more.
-  const auto all = listed(plain(), {"--runtime", "gr00t", "--include", ".", "--exclude", "^$", "--include-action-head"});
+  const auto all =
+      listed(plain(), {"--runtime", "gr00t", "--include", ".", "--exclude", "^$", "--include-action-head"});
   EXPECT_FALSE(all.empty());
   for (const auto& n : all) EXPECT_EQ(n.find("future_tokens"), std::string::npos) << n;
-  const auto fewer = listed(plain(), {"--runtime", "gr00t", "--include", ".", "--exclude", "^$", "--include-action-head",
-                                      "--not-linear", "lm_head$"});
+  const auto fewer = listed(plain(), {"--runtime", "gr00t", "--include", ".", "--exclude", "^$",
+                                      "--include-action-head", "--not-linear", "lm_head$"});
   EXPECT_EQ(fewer.size() + 1, all.size());
 }
 
 TEST_F(Gr00tCounts, RuntimeConflictsAreNamed) {
   // A preset and an environment prefix that disagree: the preset wins, with a warning naming both.
-  const auto w = test::run_cli({"list-linears", plain().string(), "--preset", "gr00t-llm-dit", "--env-prefix",
-                                "OPENPI_DUQUANT_"});
+  const auto w =
+      test::run_cli({"list-linears", plain().string(), "--preset", "gr00t-llm-dit", "--env-prefix", "OPENPI_DUQUANT_"});
   EXPECT_EQ(w.exit_code, 0) << w.err;
   EXPECT_NE(w.err.find("--env-prefix OPENPI_DUQUANT_ implies the openpi runtime; preset 'gr00t-llm-dit' sets gr00t"),
-            std::string::npos) << w.err;
+            std::string::npos)
+      << w.err;
   // --runtime against a configuration file that says otherwise: exit 2 naming both.
   const auto cfg = dir_ / "openpi.json";
   { std::ofstream(cfg) << R"({"runtime": "openpi"})"; }

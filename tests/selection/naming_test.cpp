@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "select/checkpoint_names.hpp"
 #include "duquant/error.hpp"
+#include "select/checkpoint_names.hpp"
 #include "select/linear_layers.hpp"
 #include "select/selection.hpp"
 #include "selection/tiny_safetensors.hpp"
@@ -78,7 +78,8 @@ class Naming : public ::testing::Test {
   int files_ = 0;
 };
 
-std::vector<std::string> linear_names(const formats::Checkpoint& ckpt, const std::vector<std::string>& not_linear = {}) {
+std::vector<std::string> linear_names(const formats::Checkpoint& ckpt,
+                                      const std::vector<std::string>& not_linear = {}) {
   std::vector<std::string> names;
   for (const LinearLayer& l : find_linear_layers(ckpt, not_linear)) names.push_back(l.name);
   return names;
@@ -197,7 +198,8 @@ TEST_F(Naming, FlagsGiveAnyPrefix) {
   // A submodule's checkpoint: the runtime's names gain a prefix.
   std::vector<TinyTensor> sub;
   add_linear(sub, "layers.0.self_attn.q_proj", 8, 4);
-  o = open_checkpoint(write(sub), NamingOptions{std::nullopt, std::string("paligemma_with_expert.gemma_expert.model.")});
+  o = open_checkpoint(write(sub),
+                      NamingOptions{std::nullopt, std::string("paligemma_with_expert.gemma_expert.model.")});
   EXPECT_EQ(linear_names(o.checkpoint),
             (std::vector<std::string>{"paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj"}));
 
@@ -244,21 +246,21 @@ TEST_F(Naming, RecordedMappingIsFollowedWhereItsPrefixExists) {
   EXPECT_EQ(back.checkpoint_prefix, "model.");
   EXPECT_EQ(back.how, "detected");
   EXPECT_THROW(names_from_json(nlohmann::json::parse(R"({"checkpoint_prefix": 1})"), "m.json"), Error);
-  EXPECT_THROW(names_from_json(nlohmann::json::parse(
-                                   R"({"checkpoint_prefix": "", "runtime_prefix": "", "how": "guessed"})"),
-                               "m.json"),
-               Error);
+  EXPECT_THROW(
+      names_from_json(nlohmann::json::parse(R"({"checkpoint_prefix": "", "runtime_prefix": "", "how": "guessed"})"),
+                      "m.json"),
+      Error);
 }
 
 TEST_F(Naming, EmbeddingTablesAndNotLinear) {
   const auto ckpt = formats::Checkpoint::open(write(gr00t("")));
   const std::vector<std::string> names = linear_names(ckpt);
   // embed_tokens, position_embedding, future_tokens: embedding tables; .W: 3-D, no .weight.
-  EXPECT_EQ(names, (std::vector<std::string>{
-                       std::string(kGr00tLm) + "self_attn.q_proj", std::string(kGr00tLm) + "mlp.down_proj",
-                       std::string(kGr00tDit) + "attn1.to_q", std::string(kGr00tDit) + "ff.net.0.proj",
-                       std::string(kGr00tDit) + "ff.net.2",
-                       "action_head.vl_self_attention.transformer_blocks.0.attn1.to_q"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{std::string(kGr00tLm) + "self_attn.q_proj",
+                                      std::string(kGr00tLm) + "mlp.down_proj", std::string(kGr00tDit) + "attn1.to_q",
+                                      std::string(kGr00tDit) + "ff.net.0.proj", std::string(kGr00tDit) + "ff.net.2",
+                                      "action_head.vl_self_attention.transformer_blocks.0.attn1.to_q"}));
   EXPECT_TRUE(is_embedding_table("action_head.future_tokens"));
   EXPECT_FALSE(is_embedding_table("action_head.future_tokens.proj"));
   EXPECT_EQ(linear_names(ckpt, {"vl_self_attention", R"(ff\.net\.\d$)"}).size(), 4u);

@@ -5,9 +5,9 @@
 
 #include <string>
 
-#include "duquant/error.hpp"
-#include "config/quant_config.hpp"
 #include "base/regex.hpp"
+#include "config/quant_config.hpp"
+#include "duquant/error.hpp"
 
 namespace duquant {
 namespace {
@@ -27,10 +27,9 @@ TEST(Regex, SearchIsUnanchored) {
 TEST(Regex, DefaultIncludeMatchesProjections) {
   const Regex include(std::string(kDefaultInclude), "default include");
   for (const char* name : {"paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj",
-                           "paligemma_with_expert.gemma_expert.model.layers.17.self_attn.k_proj",
-                           "x.v_proj", "x.o_proj", "vision_model.encoder.layers.3.self_attn.out_proj",
-                           "encoder.layers.0.mlp.fc1", "encoder.layers.0.mlp.fc2", "mlp.gate_proj", "mlp.up_proj",
-                           "mlp.down_proj",
+                           "paligemma_with_expert.gemma_expert.model.layers.17.self_attn.k_proj", "x.v_proj",
+                           "x.o_proj", "vision_model.encoder.layers.3.self_attn.out_proj", "encoder.layers.0.mlp.fc1",
+                           "encoder.layers.0.mlp.fc2", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
                            "action_out_proj",          // contains out_proj
                            "q_proj_extra.something"})  // .* on both sides: anywhere in the name
     EXPECT_TRUE(include.search(name)) << name;
@@ -38,22 +37,22 @@ TEST(Regex, DefaultIncludeMatchesProjections) {
 
 TEST(Regex, DefaultIncludeSkipsOtherLinears) {
   const Regex include(std::string(kDefaultInclude), "default include");
-  for (const char* name : {"paligemma_with_expert.gemma_expert.model.layers.0.input_layernorm.dense",
-                           "paligemma_with_expert.gemma_expert.model.layers.0.post_attention_layernorm.dense",
-                           "action_in_proj", "time_mlp_in", "time_mlp_out",
-                           "paligemma_with_expert.paligemma.model.multi_modal_projector.linear", "lm_head",
-                           "qproj", "fc3"})
+  for (const char* name :
+       {"paligemma_with_expert.gemma_expert.model.layers.0.input_layernorm.dense",
+        "paligemma_with_expert.gemma_expert.model.layers.0.post_attention_layernorm.dense", "action_in_proj",
+        "time_mlp_in", "time_mlp_out", "paligemma_with_expert.paligemma.model.multi_modal_projector.linear", "lm_head",
+        "qproj", "fc3"})
     EXPECT_FALSE(include.search(name)) << name;
 }
 
 TEST(Regex, DefaultExcludeMatchesWholeComponents) {
   const Regex exclude(std::string(kDefaultExclude), "default exclude");
-  for (const char* name : {"model.norm", "norm", "model.norm.weight", "ln", "a.ln.b", "layernorm", "x.layernorm",
-                           "emb", "model.emb.q_proj"})
+  for (const char* name : {"model.norm", "norm", "model.norm.weight", "ln", "a.ln.b", "layernorm", "x.layernorm", "emb",
+                           "model.emb.q_proj"})
     EXPECT_TRUE(exclude.search(name)) << name;
   for (const char* name : {"model.layers.0.input_layernorm.dense", "model.layers.0.post_attention_layernorm",
-                           "model.norm_x", "model.xnorm", "embed_tokens", "model.embeddings.q_proj",
-                           "model.lnx.q_proj", "model.layer_norm1", "model.layers.0.self_attn.q_proj"})
+                           "model.norm_x", "model.xnorm", "embed_tokens", "model.embeddings.q_proj", "model.lnx.q_proj",
+                           "model.layer_norm1", "model.layers.0.self_attn.q_proj"})
     EXPECT_FALSE(exclude.search(name)) << name;
 }
 
@@ -118,9 +117,9 @@ TEST(Regex, PythonSpellingsThatPcre2ReadsDifferently) {
 }
 
 TEST(Regex, UnicodeClassesAsInPython) {
-  EXPECT_TRUE(search("^\\w+$", "caf\xC3\xA9"));    // é is a word character for a str pattern
-  EXPECT_TRUE(search("^\\d$", "\xD9\xA3"));        // ARABIC-INDIC DIGIT THREE
-  EXPECT_TRUE(search("^.$", "\xC3\xA9"));          // one code point, not one byte
+  EXPECT_TRUE(search("^\\w+$", "caf\xC3\xA9"));  // é is a word character for a str pattern
+  EXPECT_TRUE(search("^\\d$", "\xD9\xA3"));      // ARABIC-INDIC DIGIT THREE
+  EXPECT_TRUE(search("^.$", "\xC3\xA9"));        // one code point, not one byte
 }
 
 // The error names the source, the pattern and the offset in the user's (untranslated) pattern.

@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "duquant/error.hpp"
 #include "config/presets.hpp"
 #include "config/settings.hpp"
+#include "duquant/error.hpp"
 
 namespace duquant {
 namespace {
@@ -61,8 +61,7 @@ TEST(Settings, EnvironmentReadsEveryKnob) {
                "OPENPI_DUQUANT_INCLUDE_ACTION_HEAD=True", "OPENPI_DUQUANT_WBITS_DEFAULT=3",
                "OPENPI_DUQUANT_WBITS=a.q_proj:8, b.k_proj:6", "OPENPI_DUQUANT_ABITS=6", "OPENPI_DUQUANT_BLOCK=+32",
                "OPENPI_DUQUANT_BLOCK_OUT=64", "OPENPI_DUQUANT_PERMUTE=false", "OPENPI_DUQUANT_ROW_ROT=propagate",
-               "OPENPI_DUQUANT_LS=0", "OPENPI_DUQUANT_ACT_PCT=100", "OPENPI_DUQUANT_CALIB_STEPS= 7 ",
-               "UNRELATED=1"});
+               "OPENPI_DUQUANT_LS=0", "OPENPI_DUQUANT_ACT_PCT=100", "OPENPI_DUQUANT_CALIB_STEPS= 7 ", "UNRELATED=1"});
   Settings s;
   EXPECT_TRUE(apply_environment("OPENPI_DUQUANT_", env.get(), s).empty());
   const RunConfig c = resolve(s);
@@ -137,10 +136,10 @@ TEST(Settings, PrecedencePresetEnvironmentFlags) {
   s.set(Knob::block, "8", "--block");
   const RunConfig c = resolve(s);
   EXPECT_EQ(c.preset, "openpi-dit-qkvo");
-  EXPECT_EQ(c.selection.scope, "from.env.");                        // env beats preset
+  EXPECT_EQ(c.selection.scope, "from.env.");                            // env beats preset
   EXPECT_EQ(c.selection.include, ".*(q_proj|k_proj|v_proj|o_proj).*");  // preset beats default
-  EXPECT_EQ(c.selection.exclude, std::string(kDefaultExclude));     // default where nobody spoke
-  EXPECT_EQ(c.quant.block, 8);                                      // flag beats env
+  EXPECT_EQ(c.selection.exclude, std::string(kDefaultExclude));         // default where nobody spoke
+  EXPECT_EQ(c.quant.block, 8);                                          // flag beats env
   EXPECT_EQ(c.quant.block_out, 8);
   EXPECT_EQ(c.quant.abits, 6);
 }
@@ -151,9 +150,10 @@ TEST(Settings, Gr00tPresetsSetRuntimeAndTheRealNamesExpressions) {
   const RunConfig c = resolve(s);
   EXPECT_EQ(c.runtime, Runtime::gr00t);
   EXPECT_EQ(c.selection.scope, "");
-  EXPECT_EQ(c.selection.include,
-            ".*(backbone\\.eagle_model\\.language_model\\..*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|"
-            "action_head\\.model\\.transformer_blocks\\.\\d+\\.ff\\.net\\.(0\\.proj|2)).*");
+  EXPECT_EQ(
+      c.selection.include,
+      ".*(backbone\\.eagle_model\\.language_model\\..*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|"
+      "action_head\\.model\\.transformer_blocks\\.\\d+\\.ff\\.net\\.(0\\.proj|2)).*");
   EXPECT_EQ(c.selection.exclude, "(?:^|\\.)(vision|radio|norm|ln|layernorm|embed|lm_head|attn1)(?:\\.|$)");
   Settings d;
   apply_preset(find_preset("gr00t-llm-dit"), d);

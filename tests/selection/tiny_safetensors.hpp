@@ -36,8 +36,8 @@ inline void write_tiny_safetensors(const std::filesystem::path& path, const std:
 }
 
 // The tensors of a linear layer: "<name>.weight" [out, in] (and "<name>.bias" [out]).
-inline void add_linear(std::vector<TinyTensor>& tensors, const std::string& name, std::uint64_t out,
-                       std::uint64_t in, bool bias = false) {
+inline void add_linear(std::vector<TinyTensor>& tensors, const std::string& name, std::uint64_t out, std::uint64_t in,
+                       bool bias = false) {
   tensors.push_back({name + ".weight", {out, in}});
   if (bias) tensors.push_back({name + ".bias", {out}});
 }

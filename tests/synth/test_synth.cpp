@@ -17,10 +17,10 @@
 
 #include "common/child_process.hpp"
 #include "common/test_paths.hpp"
-#include "formats/digest.hpp"
 #include "duquant/error.hpp"
-#include "synth/synth.hpp"
+#include "formats/digest.hpp"
 #include "formats/safetensors_checkpoint.hpp"
+#include "synth/synth.hpp"
 
 namespace duquant {
 namespace {
@@ -83,8 +83,9 @@ TEST(Synth, FullSizeShapesArePi05s) {
   EXPECT_EQ(shape_of(ex + "self_attn.o_proj.weight"), (V{1024, 2048}));
   EXPECT_EQ(shape_of(ex + "mlp.down_proj.weight"), (V{1024, 4096}));
   EXPECT_EQ(shape_of(ex + "input_layernorm.dense.weight"), (V{3072, 1024}));
-  EXPECT_EQ(shape_of("paligemma_with_expert.paligemma.model.vision_tower.vision_model.encoder.layers.26.mlp.fc1.weight"),
-            (V{4304, 1152}));
+  EXPECT_EQ(
+      shape_of("paligemma_with_expert.paligemma.model.vision_tower.vision_model.encoder.layers.26.mlp.fc1.weight"),
+      (V{4304, 1152}));
   EXPECT_EQ(shape_of("action_out_proj.weight"), (V{32, 1024}));
 }
 
@@ -141,8 +142,8 @@ TEST(Synth, EveryDtypeStoresTheSameValuesWithinItsPrecision) {
   }
   const auto spec = synth_tensors(o);
   for (std::size_t i = 0; i < decoded[0].size(); ++i) {
-    ASSERT_NEAR(decoded[1][i], decoded[0][i], std::abs(decoded[0][i]) * (1.0f / 256) + 1e-30f) << i;   // bf16
-    ASSERT_NEAR(decoded[2][i], decoded[0][i], std::abs(decoded[0][i]) * (1.0f / 2048) + 6e-8f) << i;   // f16
+    ASSERT_NEAR(decoded[1][i], decoded[0][i], std::abs(decoded[0][i]) * (1.0f / 256) + 1e-30f) << i;  // bf16
+    ASSERT_NEAR(decoded[2][i], decoded[0][i], std::abs(decoded[0][i]) * (1.0f / 2048) + 6e-8f) << i;  // f16
   }
 }
 
@@ -322,10 +323,10 @@ TEST(Synth, Gr00tFactor16TensorSetAndShapes) {
   const auto specs = synth_tensors(gr00t());
   std::set<std::string> names;
   for (const auto& t : specs) EXPECT_TRUE(names.insert(t.name).second) << "twice: " << t.name;
-  const std::size_t vision = 3 + 27 * 16 + 2;  // embeddings; 6 linears + 2 LayerNorms per layer; post_layernorm
-  const std::size_t llm = 1 + 12 * 11 + 2;     // embed_tokens; 7 linears + 2 qk-norms + 2 norms; norm, lm_head
-  const std::size_t connector = 6;             // mlp1.{0,1,3}.{weight,bias}
-  const std::size_t dit = 4 + 16 * 14 + 4;     // timestep linear_1/2; 7 linears with bias; proj_out_1/2
+  const std::size_t vision = 3 + 27 * 16 + 2;    // embeddings; 6 linears + 2 LayerNorms per layer; post_layernorm
+  const std::size_t llm = 1 + 12 * 11 + 2;       // embed_tokens; 7 linears + 2 qk-norms + 2 norms; norm, lm_head
+  const std::size_t connector = 6;               // mlp1.{0,1,3}.{weight,bias}
+  const std::size_t dit = 4 + 16 * 14 + 4;       // timestep linear_1/2; 7 linears with bias; proj_out_1/2
   const std::size_t rest = 14 + 1 + 4 * 16 + 1;  // 7 category-specific W/b; future_tokens; VL blocks; positions
   EXPECT_EQ(specs.size(), vision + llm + connector + dit + rest);
   auto at = [&](const std::string& name) { return shape_in(specs, name); };
@@ -359,10 +360,9 @@ TEST(Synth, Gr00tBiasesExactlyWhereTheModulesHaveThem) {
   const auto specs = synth_tensors(gr00t());
   std::set<std::string> names;
   for (const auto& t : specs) names.insert(t.name);
-  const std::set<std::string> tables{"backbone.eagle_model.language_model.model.embed_tokens",
-                                     "backbone.eagle_model.language_model.lm_head",
-                                     kVit + "embeddings.position_embedding", "action_head.position_embedding",
-                                     "action_head.future_tokens"};
+  const std::set<std::string> tables{
+      "backbone.eagle_model.language_model.model.embed_tokens", "backbone.eagle_model.language_model.lm_head",
+      kVit + "embeddings.position_embedding", "action_head.position_embedding", "action_head.future_tokens"};
   std::size_t linears = 0;
   for (const auto& t : specs) {
     if (t.shape.size() != 2 || t.name.size() < 7 || t.name.compare(t.name.size() - 7, 7, ".weight") != 0) continue;
@@ -491,8 +491,8 @@ std::map<std::string, std::string> folder_bytes(const std::filesystem::path& fol
 TEST(Synth, Gr00tBytesDoNotDependOnTheRunOrTheThreadCount) {
   const auto dir = test::temp_dir();
   auto run = [&](const std::string& name, const std::string& threads) {
-    const auto r = test::run_cli({"synth", "--model", "gr00t-n1.5", "--factor", "16", "--layers", "2", "--dtype",
-                                  "f16", "--shards", "3", "-o", (dir / name).string()},
+    const auto r = test::run_cli({"synth", "--model", "gr00t-n1.5", "--factor", "16", "--layers", "2", "--dtype", "f16",
+                                  "--shards", "3", "-o", (dir / name).string()},
                                  {"OMP_NUM_THREADS=" + threads});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return folder_bytes(dir / name);
@@ -584,8 +584,8 @@ TEST(Synth, ExistingFolderIsRefusedWithoutForce) {
   const auto dir = test::temp_dir();
   const auto folder = dir / "gr00t";
   auto synth = [&](std::vector<std::string> extra) {
-    std::vector<std::string> args{"synth", "--model", "gr00t-n1.5", "--factor", "16", "--layers", "1",
-                                  "-o", folder.string()};
+    std::vector<std::string> args{"synth",    "--model", "gr00t-n1.5", "--factor",     "16",
+                                  "--layers", "1",       "-o",         folder.string()};
     args.insert(args.end(), extra.begin(), extra.end());
     return test::run_cli(args);
   };
@@ -616,7 +616,6 @@ TEST(Synth, ExistingFolderIsRefusedWithoutForce) {
   EXPECT_EQ(r2.exit_code, 2);
   EXPECT_NE(r2.err.find("is a folder"), std::string::npos) << r2.err;
 }
-
 
 }  // namespace
 }  // namespace duquant

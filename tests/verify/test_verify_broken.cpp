@@ -107,7 +107,8 @@ TEST(VerifyBroken, NpzBadNpyHeader) {
         {kV0, "big-endian dtype",
          [](std::string& npy) {
            const std::string data = npy_data(npy);
-           npy = raw_npy(fmt::format("{{'descr': '>f4', 'fortran_order': False, 'shape': ({},), }}", data.size() / 4), data);
+           npy = raw_npy(fmt::format("{{'descr': '>f4', 'fortran_order': False, 'shape': ({},), }}", data.size() / 4),
+                         data);
          }},
         {kO0, "header length past the member",
          [](std::string& npy) {
@@ -221,7 +222,8 @@ TEST(VerifyBroken, PermWithADuplicate) {
     });
     // And one out of range.
     edit_member(dir / npz_name(kQ0), "perm", [](std::string& npy) {
-      edit_npy_values<std::int64_t>(npy, [](std::vector<std::int64_t>& p) { p.back() = static_cast<std::int64_t>(p.size()); });
+      edit_npy_values<std::int64_t>(
+          npy, [](std::vector<std::int64_t>& p) { p.back() = static_cast<std::int64_t>(p.size()); });
     });
     const VerifyRun v = verify(dir, {"-c", kCkpt});
     expect_broken(v, kUp1, "perm");
@@ -303,7 +305,8 @@ std::string replace_once(std::string s, const std::string& from, const std::stri
 
 void edit_meta(const fs::path& npz, const std::string& from, const std::string& to) {
   edit_member(npz, "meta", [&](std::string& npy) {
-    const formats::NpyArray a = formats::parse_npy(std::span(reinterpret_cast<const std::byte*>(npy.data()), npy.size()), "meta");
+    const formats::NpyArray a =
+        formats::parse_npy(std::span(reinterpret_cast<const std::byte*>(npy.data()), npy.size()), "meta");
     npy = formats::npy_unicode_scalar(replace_once(formats::npy_unicode_to_utf8(a, "meta"), from, to));
   });
 }
@@ -349,8 +352,9 @@ TEST(VerifyBroken, MetaOtherFields) {
 // One data byte of quantized.safetensors flipped: the file's checksum (pack level) fails.
 TEST(VerifyBroken, QuantizedSafetensorsChecksum) {
   const fs::path dir = good_ours();
-  edit_tensor(dir / "quantized.safetensors", kK1 + ".qweight",
-              [](std::string& bytes, const StTensor& t) { bytes[t.begin + 7] = static_cast<char>(bytes[t.begin + 7] ^ 0x11); });
+  edit_tensor(dir / "quantized.safetensors", kK1 + ".qweight", [](std::string& bytes, const StTensor& t) {
+    bytes[t.begin + 7] = static_cast<char>(bytes[t.begin + 7] ^ 0x11);
+  });
   const VerifyRun v = verify(dir, {"-c", kCkpt});
   EXPECT_EQ(v.exit_code(), 1) << describe(v);
   EXPECT_EQ(v.j.value("result", ""), "FAIL") << describe(v);
@@ -408,9 +412,8 @@ TEST(VerifyBroken, NpzWeightScaleNotPositive) {
   edit_member(dir / npz_name(kQ0), "weight_scale", [](std::string& npy) {
     edit_npy_values<float>(npy, [](std::vector<float>& s) { s[1] = std::numeric_limits<float>::quiet_NaN(); });
   });
-  edit_member(dir / npz_name(kK0), "weight_scale", [](std::string& npy) {
-    edit_npy_values<float>(npy, [](std::vector<float>& s) { s[0] = -s[0]; });
-  });
+  edit_member(dir / npz_name(kK0), "weight_scale",
+              [](std::string& npy) { edit_npy_values<float>(npy, [](std::vector<float>& s) { s[0] = -s[0]; }); });
   const VerifyRun v = verify(dir, {"-c", kCkpt});
   expect_broken(v, kQ0, "weight-scale");
   expect_layer_fail(v, kK0, "weight-scale");
@@ -597,7 +600,10 @@ TEST(VerifyBroken, ManifestWrongTypes) {
       {"format is another", [](json& m) { m["format"] = "something-else"; }},
       {"layers is an object", [](json& m) { m["layers"] = json::object(); }},
       {"a layer's shape is a string", [](json& m) { m["layers"][0]["shape"] = "128x64"; }},
-      {"a layer's shape has three entries", [](json& m) { m["layers"][0]["shape"] = {1, 2, 3}; }},
+      {"a layer's shape has three entries",
+       [](json& m) {
+         m["layers"][0]["shape"] = {1, 2, 3};
+       }},
       {"a layer's wbits is a string", [](json& m) { m["layers"][0]["wbits"] = "4"; }},
       {"a layer's wbits is 99", [](json& m) { m["layers"][0]["wbits"] = 99; }},
       {"a layer's npz is null", [](json& m) { m["layers"][0]["npz"] = nullptr; }},
@@ -639,18 +645,23 @@ TEST(VerifyBroken, ManifestValuesContradictingThePack) {
       {"a layer without bias says bias true", [](json& m) { m["layers"][0]["bias"] = true; }},
       {"a layer's dtype is no dtype", [](json& m) { m["layers"][0]["dtype"] = "BF17"; }},
       {"a layer's dtype is not the checkpoint's", [](json& m) { m["layers"][0]["dtype"] = "F32"; }},
-      {"a layer's npz size is wrong", [](json& m) { m["layers"][0]["npz"]["size"] = m["layers"][0]["npz"]["size"].get<int>() + 1; }},
-      {"a layer's quantized shard does not exist", [](json& m) { m["layers"][0]["quantized"]["shard"] = "quantized-x.safetensors"; }},
-      {"a layer's quantized digest is wrong", [](json& m) { m["layers"][0]["quantized"]["xxh128"] = std::string(32, '0'); }},
+      {"a layer's npz size is wrong",
+       [](json& m) { m["layers"][0]["npz"]["size"] = m["layers"][0]["npz"]["size"].get<int>() + 1; }},
+      {"a layer's quantized shard does not exist",
+       [](json& m) { m["layers"][0]["quantized"]["shard"] = "quantized-x.safetensors"; }},
+      {"a layer's quantized digest is wrong",
+       [](json& m) { m["layers"][0]["quantized"]["xxh128"] = std::string(32, '0'); }},
       {"a layer's quantized byte count is wrong", [](json& m) { m["layers"][0]["quantized"]["bytes"] = 1; }},
       {"config.block contradicts every layer's block", [](json& m) { m["config"]["block"] = 32; }},
       {"config.act_pct outside (0, 100]", [](json& m) { m["config"]["act_pct"] = 150.0; }},
       {"config.abits outside 2..16", [](json& m) { m["config"]["abits"] = 99; }},
       {"conformance.rows is not the vectors' row count", [](json& m) { m["layers"][0]["conformance"]["rows"] = 5; }},
-      {"the conformance figure is not the vectors'", [](json& m) { m["layers"][0]["conformance"]["rel_error_q_vs_fp"] = 0.5; }},
+      {"the conformance figure is not the vectors'",
+       [](json& m) { m["layers"][0]["conformance"]["rel_error_q_vs_fp"] = 0.5; }},
       {"the selection no longer picks the pack's layers", [](json& m) { m["config"]["include"] = ".*q_proj.*"; }},
       {"sqnr_db contradicts rel_fro_error", [](json& m) { m["layers"][0]["quality"]["duquant"]["sqnr_db"] = 30.0; }},
-      {"the round-to-nearest figure is not recomputable", [](json& m) {
+      {"the round-to-nearest figure is not recomputable",
+       [](json& m) {
          m["layers"][0]["quality"]["rtn"]["rel_fro_error"] = 0.9;
          m["layers"][0]["quality"]["rtn"]["sqnr_db"] = -20.0 * std::log10(0.9);
        }},

@@ -46,7 +46,9 @@ std::uint64_t base_seed() {
   return 0x5eed0f7e57ULL;
 }
 
-std::size_t pick(Rng& rng, std::size_t n) { return n == 0 ? 0 : std::uniform_int_distribution<std::size_t>(0, n - 1)(rng); }
+std::size_t pick(Rng& rng, std::size_t n) {
+  return n == 0 ? 0 : std::uniform_int_distribution<std::size_t>(0, n - 1)(rng);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Byte mutations
@@ -56,12 +58,17 @@ std::size_t pick(Rng& rng, std::size_t n) { return n == 0 ? 0 : std::uniform_int
 void mutate_bytes(std::string& s, Rng& rng, std::string& log, std::size_t lo = 0, std::size_t hi = 0) {
   if (hi <= lo || hi > s.size()) lo = 0, hi = s.size();
   auto pos = [&]() { return hi > lo ? lo + pick(rng, hi - lo) : 0; };
-  static const std::vector<std::string> interesting{
-      std::string("\x00\x00\x00\x00", 4), std::string("\xff\xff\xff\xff", 4), std::string("\xff\xff\xff\x7f", 4),
-      std::string("\x00\x00\x00\x80", 4), std::string("\x01\x00\x00\x00", 4), std::string("\xff\xff", 2),
-      std::string("\x00\x00", 2),         std::string("\xff\xff\xff\xff\xff\xff\xff\xff", 8),
-      std::string("\x00\x00\x00\x00\x00\x00\x00\x80", 8), std::string("\x00\x00\xc0\x7f", 4) /* NaN */,
-      std::string("\x00\x00\x80\x7f", 4) /* Inf */};
+  static const std::vector<std::string> interesting{std::string("\x00\x00\x00\x00", 4),
+                                                    std::string("\xff\xff\xff\xff", 4),
+                                                    std::string("\xff\xff\xff\x7f", 4),
+                                                    std::string("\x00\x00\x00\x80", 4),
+                                                    std::string("\x01\x00\x00\x00", 4),
+                                                    std::string("\xff\xff", 2),
+                                                    std::string("\x00\x00", 2),
+                                                    std::string("\xff\xff\xff\xff\xff\xff\xff\xff", 8),
+                                                    std::string("\x00\x00\x00\x00\x00\x00\x00\x80", 8),
+                                                    std::string("\x00\x00\xc0\x7f", 4) /* NaN */,
+                                                    std::string("\x00\x00\x80\x7f", 4) /* Inf */};
   switch (pick(rng, 7)) {
     case 0: {  // flip bits
       const std::size_t n = 1 + pick(rng, 8);
@@ -214,9 +221,11 @@ class Fuzz {
       const test::CliResult r = test::run_cli(args);
       ++codes[r.exit_code];
       const bool code_ok = r.exit_code == 0 || r.exit_code == 1 || r.exit_code == 3 || r.exit_code == 4;
-      bool ok = code_ok && r.err.find("Sanitizer") == std::string::npos && r.err.find("runtime error:") == std::string::npos;
+      bool ok =
+          code_ok && r.err.find("Sanitizer") == std::string::npos && r.err.find("runtime error:") == std::string::npos;
       if (ok && (r.exit_code == 3 || r.exit_code == 4)) ok = r.err.find("duquant: error:") != std::string::npos;
-      if (ok && (r.exit_code == 0 || r.exit_code == 1) && i % 3 != 2) ok = !json::parse(r.out, nullptr, false).is_discarded();
+      if (ok && (r.exit_code == 0 || r.exit_code == 1) && i % 3 != 2)
+        ok = !json::parse(r.out, nullptr, false).is_discarded();
       if (ok && checksummed) ok = r.exit_code != 0;  // a changed file whose digest the manifest holds
       if (!ok) {
         const fs::path keep = pack_.parent_path() / fmt::format("failure-{}-{}", i, f);
@@ -352,46 +361,48 @@ TEST(VerifyFuzz, PythonNpz) {
 TEST(VerifyFuzz, Manifest) {
   const fs::path dir = small_pack();
   ASSERT_TRUE(fs::exists(dir / "manifest.json"));
-  Fuzz(dir, {}, 3).run({"manifest.json"}, iterations(), [](const std::string&, std::string& bytes, Rng& rng, std::string& log) {
-    if (pick(rng, 3) != 0) {
-      json j = json::parse(bytes);
-      const std::size_t rounds = 1 + pick(rng, 2);
-      for (std::size_t k = 0; k < rounds; ++k) mutate_json(j, rng, log);
-      bytes = j.dump(1);
-    } else {
-      mutate_bytes(bytes, rng, log);
-    }
-  });
+  Fuzz(dir, {}, 3)
+      .run({"manifest.json"}, iterations(), [](const std::string&, std::string& bytes, Rng& rng, std::string& log) {
+        if (pick(rng, 3) != 0) {
+          json j = json::parse(bytes);
+          const std::size_t rounds = 1 + pick(rng, 2);
+          for (std::size_t k = 0; k < rounds; ++k) mutate_json(j, rng, log);
+          bytes = j.dump(1);
+        } else {
+          mutate_bytes(bytes, rng, log);
+        }
+      });
 }
 
 TEST(VerifyFuzz, QuantizedSafetensors) {
   const fs::path dir = small_pack();
   ASSERT_TRUE(fs::exists(dir / "manifest.json"));
-  Fuzz(dir, {}, 4).run({"quantized.safetensors"}, iterations(), [](const std::string&, std::string& bytes, Rng& rng,
-                                                                    std::string& log) {
-    std::uint64_t n = 0;
-    std::memcpy(&n, bytes.data(), 8);
-    switch (pick(rng, 3)) {
-      case 0: {  // the JSON header as JSON (the length prefix follows it)
-        json h = json::parse(bytes.substr(8, n));
-        const std::size_t rounds = 1 + pick(rng, 2);
-        for (std::size_t k = 0; k < rounds; ++k) mutate_json(h, rng, log);
-        const std::string text = h.dump();
-        const std::uint64_t len = text.size();
-        std::string out(8, '\0');
-        std::memcpy(out.data(), &len, 8);
-        out.append(text).append(bytes.substr(8 + n));
-        bytes = std::move(out);
-        break;
-      }
-      case 1:  // the header's bytes, length prefix included
-        mutate_bytes(bytes, rng, log, 0, 8 + n);
-        break;
-      default:
-        mutate_bytes(bytes, rng, log);
-        break;
-    }
-  }, true);
+  Fuzz(dir, {}, 4)
+      .run(
+          {"quantized.safetensors"}, iterations(),
+          [](const std::string&, std::string& bytes, Rng& rng, std::string& log) {
+            std::uint64_t n = 0;
+            std::memcpy(&n, bytes.data(), 8);
+            switch (pick(rng, 3)) {
+              case 0: {  // the JSON header as JSON (the length prefix follows it)
+                json h = json::parse(bytes.substr(8, n));
+                const std::size_t rounds = 1 + pick(rng, 2);
+                for (std::size_t k = 0; k < rounds; ++k) mutate_json(h, rng, log);
+                const std::string text = h.dump();
+                const std::uint64_t len = text.size();
+                std::string out(8, '\0');
+                std::memcpy(out.data(), &len, 8);
+                out.append(text).append(bytes.substr(8 + n));
+                bytes = std::move(out);
+                break;
+              }
+              case 1:  // the header's bytes, length prefix included
+                mutate_bytes(bytes, rng, log, 0, 8 + n);
+                break;
+              default: mutate_bytes(bytes, rng, log); break;
+            }
+          },
+          true);
 }
 
 }  // namespace

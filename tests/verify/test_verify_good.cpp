@@ -93,8 +93,10 @@ TEST(VerifyGood, OursMixedBitWidths) {
   ASSERT_EQ(p.exit_code, 0) << p.out << p.err;
   const VerifyRun v = verify(dir, {"-c", kCkpt});
   expect_clean(v);
-  const std::map<std::string, int> bits{{layer(0, "mlp.down_proj"), 5}, {layer(1, "mlp.up_proj"), 8},
-                                        {layer(0, "mlp.gate_proj"), 7}, {layer(1, "self_attn.k_proj"), 3},
+  const std::map<std::string, int> bits{{layer(0, "mlp.down_proj"), 5},
+                                        {layer(1, "mlp.up_proj"), 8},
+                                        {layer(0, "mlp.gate_proj"), 7},
+                                        {layer(1, "self_attn.k_proj"), 3},
                                         {layer(0, "self_attn.q_proj"), 4}};
   for (const auto& [name, b] : bits) {
     const json* l = find_layer(v, name);

@@ -167,7 +167,8 @@ inline void expect_layer_fail(const VerifyRun& v, const std::string& name, const
   ASSERT_NE(l, nullptr) << "no verdict for layer " << name << "\n" << describe(v);
   EXPECT_EQ(l->value("result", ""), "FAIL") << name << "\n" << describe(v);
   const auto r = reasons((*l)["findings"]);
-  EXPECT_TRUE(r.count(reason)) << name << ": expected reason '" << reason << "' among FAIL reasons [" << join(r) << "]\n"
+  EXPECT_TRUE(r.count(reason)) << name << ": expected reason '" << reason << "' among FAIL reasons [" << join(r)
+                               << "]\n"
                                << describe(v);
 }
 
@@ -184,16 +185,18 @@ inline void expect_layer_fail_any(const VerifyRun& v, const std::string& name, c
 }
 
 // Every layer of the report not in `touched` is OK; `expected_layers` of them at least.
-inline void expect_others_ok(const VerifyRun& v, const std::set<std::string>& touched, std::size_t expected_layers = 14) {
+inline void expect_others_ok(const VerifyRun& v, const std::set<std::string>& touched,
+                             std::size_t expected_layers = 14) {
   ASSERT_TRUE(v.j.is_object()) << describe(v);
   std::size_t n = 0;
   for (const json& l : v.j["layers"]) {
     const std::string name = l.value("name", "");
     if (touched.count(name)) continue;
     ++n;
-    EXPECT_EQ(l.value("result", ""), "OK") << "untouched layer " << name << " is not OK: FAIL [" << join(reasons(l["findings"]))
-                                           << "] WARN [" << join(reasons(l["findings"], "WARN")) << "]\n"
-                                           << describe(v);
+    EXPECT_EQ(l.value("result", ""), "OK")
+        << "untouched layer " << name << " is not OK: FAIL [" << join(reasons(l["findings"])) << "] WARN ["
+        << join(reasons(l["findings"], "WARN")) << "]\n"
+        << describe(v);
   }
   EXPECT_EQ(n + touched.size(), expected_layers) << describe(v);
 }
@@ -277,7 +280,8 @@ inline void edit_member(const fs::path& npz, const std::string& key, const std::
 // Edits the elements of an .npy array of type T in place (the header is kept).
 template <typename T>
 void edit_npy_values(std::string& npy, const std::function<void(std::vector<T>&)>& edit) {
-  const formats::NpyArray a = formats::parse_npy(std::span(reinterpret_cast<const std::byte*>(npy.data()), npy.size()), "edit");
+  const formats::NpyArray a =
+      formats::parse_npy(std::span(reinterpret_cast<const std::byte*>(npy.data()), npy.size()), "edit");
   ASSERT_EQ(a.itemsize, sizeof(T)) << a.descr;
   const auto offset = static_cast<std::size_t>(a.data.data() - reinterpret_cast<const std::byte*>(npy.data()));
   std::vector<T> v(a.numel);
@@ -303,7 +307,8 @@ inline std::string raw_npy(const std::string& header, const std::string& data) {
 
 // The data bytes (after the header) of an .npy.
 inline std::string npy_data(const std::string& npy) {
-  const formats::NpyArray a = formats::parse_npy(std::span(reinterpret_cast<const std::byte*>(npy.data()), npy.size()), "data");
+  const formats::NpyArray a =
+      formats::parse_npy(std::span(reinterpret_cast<const std::byte*>(npy.data()), npy.size()), "data");
   return std::string(reinterpret_cast<const char*>(a.data.data()), a.data.size());
 }
 

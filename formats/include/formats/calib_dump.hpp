@@ -49,11 +49,11 @@ namespace duquant::formats {
 inline constexpr std::uint64_t kMaxCallElements = std::uint64_t{1} << 30;
 
 struct DumpCall {
-  std::int64_t index = 0;     // the number in x_NNNN
-  std::string name;           // "x_0003" (HDF5 dataset name, or the key's suffix)
-  std::uint64_t rows = 0;     // tokens (leading dims flattened)
-  std::uint64_t cols = 0;     // in_features (last dim)
-  std::string dtype;          // "F32", "F16" or "BF16" as stored
+  std::int64_t index = 0;  // the number in x_NNNN
+  std::string name;        // "x_0003" (HDF5 dataset name, or the key's suffix)
+  std::uint64_t rows = 0;  // tokens (leading dims flattened)
+  std::uint64_t cols = 0;  // in_features (last dim)
+  std::string dtype;       // "F32", "F16" or "BF16" as stored
 };
 
 class CalibDump {

@@ -12,8 +12,26 @@ namespace duquant::formats {
 // Every dtype the safetensors format defines. Only F32, F16 and BF16 convert to float32 (and so
 // can be quantized); the others are recognised, listed and carried, never converted.
 enum class DType : std::uint8_t {
-  BOOL, F4, F6_E2M3, F6_E3M2, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0,
-  I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64, C64,
+  BOOL,
+  F4,
+  F6_E2M3,
+  F6_E3M2,
+  U8,
+  I8,
+  F8_E5M2,
+  F8_E4M3,
+  F8_E8M0,
+  I16,
+  U16,
+  F16,
+  BF16,
+  I32,
+  U32,
+  F32,
+  F64,
+  I64,
+  U64,
+  C64,
 };
 
 // The format's spelling ("BF16"), and the reverse (nullopt for a name the format does not define).

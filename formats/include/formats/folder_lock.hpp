@@ -3,8 +3,8 @@
 // The lock file (kLockFileName) is created once and never removed: removing it would let a second
 // writer lock a new file of the same name while the first still holds the old one. It holds the
 // writer's pid and host while it runs, for the message a second writer prints; a writer that ends
-// (with or without an error) empties it, so a finished folder's bytes do not depend on who wrote it. The kernel releases the lock
-// when its holder ends, however it ends (exit, crash, SIGKILL). docs/pack-format.md names it.
+// (with or without an error) empties it, so a finished folder's bytes do not depend on who wrote it. The kernel
+// releases the lock when its holder ends, however it ends (exit, crash, SIGKILL). docs/pack-format.md names it.
 #pragma once
 
 #include <sys/types.h>

@@ -21,12 +21,12 @@ enum class NpyType { f4, f8, i8, i4, i1, u1, b1, unicode };
 
 struct NpyArray {
   NpyType type{};
-  std::string descr;                  // as written: "<f4", "|u1", "<U127", ...
-  std::uint64_t itemsize = 0;         // bytes per element (4 * n for <U{n})
-  std::vector<std::uint64_t> shape;   // () for a scalar
+  std::string descr;                 // as written: "<f4", "|u1", "<U127", ...
+  std::uint64_t itemsize = 0;        // bytes per element (4 * n for <U{n})
+  std::vector<std::uint64_t> shape;  // () for a scalar
   std::uint64_t numel = 1;
-  bool fortran_order = false;         // data stored column-major (numpy writes transposed views so)
-  std::span<const std::byte> data;    // numel * itemsize bytes, inside the caller's buffer
+  bool fortran_order = false;       // data stored column-major (numpy writes transposed views so)
+  std::span<const std::byte> data;  // numel * itemsize bytes, inside the caller's buffer
 };
 
 // The complete .npy bytes of an array (header + data).
@@ -43,8 +43,8 @@ NpyArray parse_npy(std::span<const std::byte> bytes, const std::string& label);
 
 // Element access for parsed arrays, in C (row-major) order whatever the stored order (memcpy: npy
 // data may sit at any alignment inside a zip).
-std::vector<float> npy_to_f32(const NpyArray& a, const std::string& label);      // <f4 only
+std::vector<float> npy_to_f32(const NpyArray& a, const std::string& label);         // <f4 only
 std::vector<std::int64_t> npy_to_i64(const NpyArray& a, const std::string& label);  // <i8 only
-std::string npy_unicode_to_utf8(const NpyArray& a, const std::string& label);     // 0-d <U{n}
+std::string npy_unicode_to_utf8(const NpyArray& a, const std::string& label);       // 0-d <U{n}
 
 }  // namespace duquant::formats

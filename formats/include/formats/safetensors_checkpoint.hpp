@@ -20,14 +20,14 @@
 namespace duquant::formats {
 
 struct TensorRef {
-  std::string name;          // the name callers use (see Checkpoint::rename)
-  std::string stored_name;   // the name in the file
+  std::string name;         // the name callers use (see Checkpoint::rename)
+  std::string stored_name;  // the name in the file
   DType dtype{};
   std::vector<std::uint64_t> shape;
   std::uint64_t numel = 0;
   std::uint64_t nbytes = 0;
-  std::uint32_t file = 0;     // index into Checkpoint::files()
-  std::uint64_t offset = 0;   // absolute byte offset of the data inside that file
+  std::uint32_t file = 0;    // index into Checkpoint::files()
+  std::uint64_t offset = 0;  // absolute byte offset of the data inside that file
 };
 
 struct CheckpointFile {

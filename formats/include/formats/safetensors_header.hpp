@@ -30,14 +30,14 @@ struct TensorEntry {
   std::string name;
   DType dtype{};
   std::vector<std::uint64_t> shape;
-  std::uint64_t numel = 0;   // product of shape (1 for a scalar)
-  std::uint64_t begin = 0;   // byte offsets inside the data region, end exclusive
+  std::uint64_t numel = 0;  // product of shape (1 for a scalar)
+  std::uint64_t begin = 0;  // byte offsets inside the data region, end exclusive
   std::uint64_t end = 0;
 };
 
 struct SafetensorsHeader {
-  std::uint64_t header_bytes = 0;  // N
-  std::uint64_t data_start = 0;    // 8 + N: where the data region begins in the file
+  std::uint64_t header_bytes = 0;    // N
+  std::uint64_t data_start = 0;      // 8 + N: where the data region begins in the file
   std::vector<TensorEntry> tensors;  // sorted by data offset: the order the data is stored in
   std::map<std::string, std::string> metadata;
 };

@@ -5,8 +5,8 @@
 // clamping, the MSE scale candidates and the nibble order here; nothing else may duplicate them.
 #pragma once
 
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 
 #if defined(__CUDACC__)
@@ -46,7 +46,7 @@ DQ_HD float f16_to_f32(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
   const std::uint32_t exp = (h >> 10) & 0x1fu;
   std::uint32_t mant = h & 0x3ffu;
-  if (exp == 0x1fu) return f32_from_bits(sign | 0x7f800000u | (mant << 13));  // Inf / NaN
+  if (exp == 0x1fu) return f32_from_bits(sign | 0x7f800000u | (mant << 13));       // Inf / NaN
   if (exp != 0) return f32_from_bits(sign | ((exp + 112u) << 23) | (mant << 13));  // 127 - 15 = 112
   if (mant == 0) return f32_from_bits(sign);                                       // +-0
   // Subnormal: shift the mantissa up until its leading 1 reaches the implicit-bit position.

@@ -5,8 +5,8 @@
 // Python-only spellings are rewritten before compiling: `{,n}` and `{,}` (meaning {0,n}, {0,}),
 // `\Z` (end of string: PCRE2's `\z`) and a `[` inside a set (a literal in Python, a POSIX class
 // opener in PCRE2); Python's inline flags `(?u)` (dropped: the default) and `(?a)` (dropped, and
-// \w \W \d \D \s \S \b \B spelt in ASCII for the pattern or the group). Patterns are compiled with UTF and Unicode properties on, as Python compiles
-// str patterns. See docs/selection.md.
+// \w \W \d \D \s \S \b \B spelt in ASCII for the pattern or the group). Patterns are compiled with UTF and Unicode
+// properties on, as Python compiles str patterns. See docs/selection.md.
 #pragma once
 
 #include <memory>

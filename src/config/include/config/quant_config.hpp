@@ -57,7 +57,7 @@ struct SelectionConfig {
   bool include_action_head = false;
   std::vector<std::pair<std::string, int>> wbits;        // exact layer name -> weight bits
   std::vector<std::pair<std::string, int>> wbits_rules;  // regex -> weight bits, first match wins
-  std::vector<std::string> not_linear;  // --not-linear: module names (regex) that are no linear layer
+  std::vector<std::string> not_linear;                   // --not-linear: module names (regex) that are no linear layer
 };
 
 // How stored tensor names become the runtime's module names (checkpoint_names.hpp). Unset: the
@@ -74,6 +74,5 @@ struct RunConfig {
   Runtime runtime = Runtime::openpi;
   std::string preset;  // name of the preset applied, if any
 };
-
 
 }  // namespace duquant

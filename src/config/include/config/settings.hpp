@@ -17,10 +17,25 @@
 namespace duquant {
 
 enum class Knob {
-  scope, include, exclude, layers, include_action_head,
-  wbits_default, wbits, wbits_rules, abits,
-  block, block_out, permute, row_rot, lambda_smooth, act_pct, calib_steps,
-  strip_prefix, add_prefix, not_linear,
+  scope,
+  include,
+  exclude,
+  layers,
+  include_action_head,
+  wbits_default,
+  wbits,
+  wbits_rules,
+  abits,
+  block,
+  block_out,
+  permute,
+  row_rot,
+  lambda_smooth,
+  act_pct,
+  calib_steps,
+  strip_prefix,
+  add_prefix,
+  not_linear,
 };
 
 struct KnobInfo {

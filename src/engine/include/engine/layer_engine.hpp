@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "math/duquant_math.hpp"
 #include "config/quant_config.hpp"
+#include "math/duquant_math.hpp"
 
 namespace duquant {
 
@@ -40,7 +40,8 @@ class LayerEngine {
   // Returns false when the engine leaves this to the CPU reference (the CPU engine always does).
   // Called between compute()s, never during one.
   virtual bool call_percentiles(std::span<const float> x, std::int64_t rows, const LayerTransform& t,
-                                std::span<const float> smooth, double q, const std::string& layer, std::vector<float>& out) {
+                                std::span<const float> smooth, double q, const std::string& layer,
+                                std::vector<float>& out) {
     (void)x, (void)rows, (void)t, (void)smooth, (void)q, (void)layer, (void)out;
     return false;
   }

@@ -76,9 +76,9 @@ std::vector<float> reference_weight_scale(const MatrixF& w_in_rotated);
 
 // The runtime's per-row MSE scale search and the resulting codes (row-major [O, I]).
 struct QuantizedRows {
-  std::vector<float> scales;        // [O]
-  std::vector<std::int8_t> codes;   // [O * I], each in [-qmax-1, qmax]
-  double squared_error = 0;         // sum over all elements of (q*s - w)^2
+  std::vector<float> scales;       // [O]
+  std::vector<std::int8_t> codes;  // [O * I], each in [-qmax-1, qmax]
+  double squared_error = 0;        // sum over all elements of (q*s - w)^2
 };
 QuantizedRows quantize_rows(const MatrixF& w_t, int bits);
 

@@ -14,27 +14,27 @@
 #include <string>
 #include <vector>
 
+#include "formats/safetensors_checkpoint.hpp"
 #include "select/linear_layers.hpp"
 #include "select/selection.hpp"
-#include "formats/safetensors_checkpoint.hpp"
 
 namespace duquant {
 
 // How 1/s can be folded into the module that produces a group's input.
 enum class NormKind {
-  gemma_rms,  // Gemma RMSNorm, output x̂·(1 + w): w' = (1 + w)/s − 1           (tensor: <norm>.weight)
-  layer_norm, // LayerNorm, output x̂·w + b: w' = w/s, b' = b/s                  (<norm>.weight, <norm>.bias)
-  ada_rms,    // adaptive RMSNorm, dense(cond) = [scale | shift | gate], output x̂·(1 + scale) + shift:
-              // rows of scale: W' = W/s, b' = (1 + b)/s − 1; rows of shift: W' = W/s, b' = b/s;
-              // gate rows unchanged                                     (<norm>.dense.weight, .bias)
+  gemma_rms,   // Gemma RMSNorm, output x̂·(1 + w): w' = (1 + w)/s − 1           (tensor: <norm>.weight)
+  layer_norm,  // LayerNorm, output x̂·w + b: w' = w/s, b' = b/s                  (<norm>.weight, <norm>.bias)
+  ada_rms,     // adaptive RMSNorm, dense(cond) = [scale | shift | gate], output x̂·(1 + scale) + shift:
+               // rows of scale: W' = W/s, b' = (1 + b)/s − 1; rows of shift: W' = W/s, b' = b/s;
+               // gate rows unchanged                                     (<norm>.dense.weight, .bias)
 };
 
 struct SmoothGroup {
-  std::string key;                  // the input's producer, e.g. "<block>.input_layernorm"; a
-                                    // layer alone in its group has its own name as key
-  std::vector<std::string> layers;  // every linear of the checkpoint that reads this input, in
-                                    // checkpoint order, selected or not
-  std::optional<NormKind> norm;     // set when 1/s can be folded (the norm's tensors exist and fit)
+  std::string key;                     // the input's producer, e.g. "<block>.input_layernorm"; a
+                                       // layer alone in its group has its own name as key
+  std::vector<std::string> layers;     // every linear of the checkpoint that reads this input, in
+                                       // checkpoint order, selected or not
+  std::optional<NormKind> norm;        // set when 1/s can be folded (the norm's tensors exist and fit)
   std::string norm_weight, norm_bias;  // tensor names; norm_bias empty when the kind has none (or, for
                                        // layer_norm, when the checkpoint stores no bias)
 };
@@ -64,13 +64,13 @@ std::vector<SmoothGroup> smoothing_groups(const formats::Checkpoint& ckpt, const
 // s_j = max(act_absmax_j^α / max(weight_absmax_j, 1e-5)^(1−α), 1e-5), in double, rounded to float32.
 // weight_absmax_j is max |W[r, j]| over every member of the group. Sizes must match (Error,
 // internal); α must lie in [0, 1] (usage); NaN, infinite or negative maxima are Error, numeric.
-std::vector<float> smoothing_scales(std::span<const float> act_absmax, std::span<const float> weight_absmax, double alpha);
+std::vector<float> smoothing_scales(std::span<const float> act_absmax, std::span<const float> weight_absmax,
+                                    double alpha);
 
 // W·diag(s) ([rows, cols] row-major float32), each product rounded to `dtype` (F32, F16 or BF16)
 // and returned as float32: the weight the pack quantizes and --fold-smoothing writes. Sizes must
 // match and the dtype be one of the three (otherwise Error, internal).
 std::vector<float> smoothed_weight(std::span<const float> w, std::int64_t rows, std::int64_t cols,
                                    std::span<const float> s, formats::DType dtype);
-
 
 }  // namespace duquant

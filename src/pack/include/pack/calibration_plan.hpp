@@ -9,10 +9,10 @@
 #include <vector>
 
 #include "duquant/pack.hpp"
+#include "formats/calib_dump.hpp"
+#include "math/smoothing.hpp"
 #include "pack/pack_layer.hpp"
 #include "select/selection.hpp"
-#include "math/smoothing.hpp"
-#include "formats/calib_dump.hpp"
 
 namespace duquant {
 
@@ -35,7 +35,7 @@ struct CalibrationPlan {
 // error with `o.strict`), and with `o.smooth_alpha` computes each group's s from the first
 // `calib_steps` calls of its first member in the dump and all its members' weights. With
 // `o.fold_smoothing`, groups whose input has no norm to fold into are not smoothed (s = 1).
-CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint& ckpt, const std::vector<LinearLayer>& linears,
-                                 const Selection& selection);
+CalibrationPlan plan_calibration(const PackOptions& o, const formats::Checkpoint& ckpt,
+                                 const std::vector<LinearLayer>& linears, const Selection& selection);
 
 }  // namespace duquant

@@ -10,21 +10,22 @@
 #include <string>
 #include <vector>
 
-#include "engine/layer_engine.hpp"
 #include "config/quant_config.hpp"
-#include "math/calibration.hpp"
-#include "select/layer_weights.hpp"
-#include "select/selection.hpp"
+#include "engine/layer_engine.hpp"
 #include "formats/calib_dump.hpp"
 #include "formats/safetensors_checkpoint.hpp"
 #include "formats/safetensors_writer.hpp"
+#include "math/calibration.hpp"
+#include "select/layer_weights.hpp"
+#include "select/selection.hpp"
 
 namespace duquant {
 
 struct LayerQuality {
-  double weight_norm2 = 0;   // ||W||_F^2
-  double duquant_err2 = 0;   // ||W - dequant(pack)||_F^2 (measured in the rotated basis: equal, the transforms are orthogonal)
-  double rtn_err2 = 0;       // the same for plain per-row round to nearest
+  double weight_norm2 = 0;  // ||W||_F^2
+  double duquant_err2 =
+      0;  // ||W - dequant(pack)||_F^2 (measured in the rotated basis: equal, the transforms are orthogonal)
+  double rtn_err2 = 0;  // the same for plain per-row round to nearest
   // The conformance vectors (conformance.hpp), summed in double over the stored float32 values:
   double conformance_fp2 = 0;   // ||test_y_fp||^2
   double conformance_err2 = 0;  // ||test_y_q - test_y_fp||^2
@@ -52,13 +53,13 @@ void check_packable_call(const formats::CalibDump& dump, const std::string& laye
 
 // What calibration measured for a layer.
 struct CalibrationFigures {
-  int steps = 0;                   // calls the act_scale was taken over
-  std::uint64_t tokens = 0;        // rows of those calls
+  int steps = 0;             // calls the act_scale was taken over
+  std::uint64_t tokens = 0;  // rows of those calls
   int held_out_calls = 0;
   std::uint64_t held_out_rows = 0;
-  double output_fp2 = 0;           // ||y_fp||^2 over the held-out rows
-  double output_err2 = 0;          // ||y_q - y_fp||^2, the pack's contract with quantized activations
-  std::string input_xxh128;        // digest of every dump value read and of the smoothing scale
+  double output_fp2 = 0;     // ||y_fp||^2 over the held-out rows
+  double output_err2 = 0;    // ||y_q - y_fp||^2, the pack's contract with quantized activations
+  std::string input_xxh128;  // digest of every dump value read and of the smoothing scale
 };
 
 // Reads the calls a layer's calibration uses and returns their digest (CalibrationFigures::input_xxh128)
@@ -103,8 +104,9 @@ struct LayerActivations {
 };
 // Reads and checks the layer's calls (width, values beyond kLargestActivationMagnitude). `engine`
 // (the one that computed `t`, or null for the CPU) may compute the calls' percentiles.
-LayerActivations calibrate_layer(const SelectedLayer& selected, const QuantConfig& q, const LayerCalibration& calibration,
-                                 const LayerInput& input, const LayerTransform& t, LayerEngine* engine = nullptr);
+LayerActivations calibrate_layer(const SelectedLayer& selected, const QuantConfig& q,
+                                 const LayerCalibration& calibration, const LayerInput& input, const LayerTransform& t,
+                                 LayerEngine* engine = nullptr);
 
 // Writes the runtime's npz (atomically): its members in the runtime's order, then `act_scale` and
 // `smooth_scale` when not empty.
@@ -138,9 +140,9 @@ LayerErrors measure_layer(const QuantConfig& q, const LayerCalibration& calibrat
 // (and `smooth_scale` with smoothing) after the reference members, the conformance inputs are
 // dumped rows and the output error is measured.
 // `engine` (the one that computed `math`, or null) may compute the calibration calls' statistics.
-PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q,
-                         const std::filesystem::path& npz_path, const LayerCalibration& calibration,
-                         const LayerInput& input, const LayerMath& math, LayerEngine* engine = nullptr);
+PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q, const std::filesystem::path& npz_path,
+                         const LayerCalibration& calibration, const LayerInput& input, const LayerMath& math,
+                         LayerEngine* engine = nullptr);
 
 // load_layer_input, the engine's compute (the CPU reference when `engine` is null), finish_layer.
 PackedLayer pack_layer(const formats::Checkpoint& ckpt, const SelectedLayer& selected, const QuantConfig& q,

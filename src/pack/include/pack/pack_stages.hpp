@@ -89,9 +89,10 @@ std::map<std::string, std::string> fold_smoothing_stage(const PackOptions& o, co
 
 // The record the stages pass on, one entry per selected layer in order.
 struct PackState {
-  explicit PackState(std::size_t count) : records(count), reused(count, false), weight_xxh128(count), bias_xxh128(count) {}
-  std::vector<std::optional<LayerRecord>> records;  // after resume: the reused layers; after compute: every one
-  std::vector<bool> reused;                         // taken from an earlier run
+  explicit PackState(std::size_t count)
+      : records(count), reused(count, false), weight_xxh128(count), bias_xxh128(count) {}
+  std::vector<std::optional<LayerRecord>> records;      // after resume: the reused layers; after compute: every one
+  std::vector<bool> reused;                             // taken from an earlier run
   std::vector<std::string> weight_xxh128, bias_xxh128;  // "" until the layer's bytes are read
 };
 
@@ -113,7 +114,7 @@ struct PackedFile {
   std::string xxh128;
 };
 struct AssembledPack {
-  std::vector<PackedFile> files;        // the shards in order, then the index when sharded
+  std::vector<PackedFile> files;         // the shards in order, then the index when sharded
   std::vector<std::string> layer_shard;  // per layer: the shard holding its tensors
   int shards = 0;
   std::uint64_t quantized_bytes = 0;  // of every shard

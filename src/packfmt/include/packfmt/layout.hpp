@@ -85,15 +85,15 @@ inline constexpr int kMinWeightBits = 2, kMaxWeightBits = 8;
 inline constexpr int kMinActivationBits = 2, kMaxActivationBits = 16;
 inline constexpr int kMaxBlock = 4096;  // block and block_out
 inline constexpr int kMaxCalibSteps = 1'000'000;
-inline constexpr int kMaxFormatVersion = 1 << 30;     // format_version read as an integer up to this
-inline constexpr std::uint64_t kMaxLayerShape = kMaxLayerWidth;  // out and in features (selection.hpp)
+inline constexpr int kMaxFormatVersion = 1 << 30;                 // format_version read as an integer up to this
+inline constexpr std::uint64_t kMaxLayerShape = kMaxLayerWidth;   // out and in features (selection.hpp)
 inline constexpr std::uint64_t kMaxManifestBytes = 256ull << 20;  // manifest.json read whole
-inline constexpr int kMaxManifestDepth = 16;          // nesting of manifest.json
-inline constexpr int kMaxMetaDepth = 2;               // nesting of an npz's meta JSON
-inline constexpr int kMaxMetaDepthRuntimePack = 8;    // inspect of a runtime pack's meta (lenient)
-inline constexpr std::uint64_t kMaxMetaFeatures = 1ull << 40;  // a meta size beyond this is no layer
-inline constexpr std::int64_t kMaxMetaBlock = 1 << 20;         // a runtime pack's block sizes
-inline constexpr std::uint64_t kMaxDecodedCodes = 1ull << 40;  // O * I codes a reader decodes at most
+inline constexpr int kMaxManifestDepth = 16;                      // nesting of manifest.json
+inline constexpr int kMaxMetaDepth = 2;                           // nesting of an npz's meta JSON
+inline constexpr int kMaxMetaDepthRuntimePack = 8;                // inspect of a runtime pack's meta (lenient)
+inline constexpr std::uint64_t kMaxMetaFeatures = 1ull << 40;     // a meta size beyond this is no layer
+inline constexpr std::int64_t kMaxMetaBlock = 1 << 20;            // a runtime pack's block sizes
+inline constexpr std::uint64_t kMaxDecodedCodes = 1ull << 40;     // O * I codes a reader decodes at most
 
 static_assert(kMinWeightBits >= 2 && kMaxWeightBits == 8, "codes are signed bytes: 2 to 8 bits");
 static_assert(kMaxBlock <= kMaxMetaBlock && static_cast<std::uint64_t>(kMaxMetaBlock) <= kMaxLayerShape);
@@ -114,16 +114,20 @@ struct CodeStorage {
   constexpr std::uint64_t row_bytes(std::uint64_t cols) const noexcept {
     return nibbles ? static_cast<std::uint64_t>(elementwise::nibble_row_bytes(static_cast<long long>(cols))) : cols;
   }
-  constexpr std::uint64_t bytes(std::uint64_t rows, std::uint64_t cols) const noexcept { return rows * row_bytes(cols); }
+  constexpr std::uint64_t bytes(std::uint64_t rows, std::uint64_t cols) const noexcept {
+    return rows * row_bytes(cols);
+  }
 };
 
 constexpr CodeStorage code_storage(int bits) noexcept {
   return bits <= kMaxNibbleBits ? CodeStorage{formats::DType::U8, true} : CodeStorage{formats::DType::I8, false};
 }
 
-static_assert(code_storage(2).nibbles && code_storage(4).nibbles && !code_storage(5).nibbles && !code_storage(8).nibbles);
+static_assert(code_storage(2).nibbles && code_storage(4).nibbles && !code_storage(5).nibbles &&
+              !code_storage(8).nibbles);
 static_assert(code_storage(4).dtype == formats::DType::U8 && code_storage(8).dtype == formats::DType::I8);
-static_assert(code_storage(4).row_bytes(7) == 4 && code_storage(4).row_bytes(8) == 4 && code_storage(8).row_bytes(7) == 7);
+static_assert(code_storage(4).row_bytes(7) == 4 && code_storage(4).row_bytes(8) == 4 &&
+              code_storage(8).row_bytes(7) == 7);
 static_assert(code_storage(4).bytes(3, 5) == 9 && code_storage(6).bytes(3, 5) == 15);
 // Every code of 2-4 bits, q + 8, fits a nibble.
 static_assert((1 << (kMaxNibbleBits - 1)) - 1 + 8 <= 15 && -(1 << (kMaxNibbleBits - 1)) + 8 >= 0);
@@ -133,7 +137,8 @@ inline std::string pack_codes(std::span<const std::int8_t> codes, std::int64_t r
   const CodeStorage s = code_storage(bits);
   DQ_CHECK(rows >= 0 && cols >= 0 && codes.size() == static_cast<std::size_t>(rows * cols), internal,
            "{} codes for [{}, {}]", codes.size(), rows, cols);
-  std::string out(static_cast<std::size_t>(s.bytes(static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols))), '\0');
+  std::string out(static_cast<std::size_t>(s.bytes(static_cast<std::uint64_t>(rows), static_cast<std::uint64_t>(cols))),
+                  '\0');
   if (!s.nibbles) {
     if (!out.empty()) std::memcpy(out.data(), codes.data(), out.size());
     return out;
@@ -244,7 +249,8 @@ struct PackSize {
   std::uint64_t manifest_bytes = 0;     // estimate
   std::uint64_t total() const noexcept { return npz_bytes + safetensors_bytes + manifest_bytes; }
 };
-PackSize pack_size(const std::vector<LayerLayout>& layers, const RunConfig& config, const ManifestCheckpoint& checkpoint);
+PackSize pack_size(const std::vector<LayerLayout>& layers, const RunConfig& config,
+                   const ManifestCheckpoint& checkpoint);
 
 // Figures of manifest.json that are known only after packing: per layer the two figures of
 // quality.duquant and of quality.rtn, and conformance.rel_error_q_vs_fp. The estimate writes each

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "select/checkpoint_names.hpp"
 #include "config/quant_config.hpp"
+#include "select/checkpoint_names.hpp"
 
 namespace duquant {
 
@@ -32,20 +32,20 @@ struct ManifestLayer {
   std::int64_t block = 0, block_out = 0;
   bool bias = false;
   std::string weight_xxh128;
-  ManifestFile npz;                 // name, size, xxh128 of the layer's npz
-  std::string quantized_shard;      // file holding the layer's tensors
+  ManifestFile npz;             // name, size, xxh128 of the layer's npz
+  std::string quantized_shard;  // file holding the layer's tensors
   std::uint64_t quantized_bytes = 0;
-  std::string quantized_xxh128;     // digest of the layer's tensor bytes, back to back
+  std::string quantized_xxh128;                            // digest of the layer's tensor bytes, back to back
   std::optional<double> duquant_rel_error, rtn_rel_error;  // null in the file: no figure
   std::optional<double> duquant_sqnr_db, rtn_sqnr_db;
-  std::uint64_t conformance_rows = 0;             // rows of test_x / test_y_*
-  std::optional<double> conformance_rel_error;    // ‖test_y_q − test_y_fp‖ / ‖test_y_fp‖
-  bool calibrated = false;                        // "calibration" is an object: act_scale expected
+  std::uint64_t conformance_rows = 0;           // rows of test_x / test_y_*
+  std::optional<double> conformance_rel_error;  // ‖test_y_q − test_y_fp‖ / ‖test_y_fp‖
+  bool calibrated = false;                      // "calibration" is an object: act_scale expected
   std::uint64_t calib_steps = 0;
-  std::optional<double> output_rel_error;         // on held-out calls, null when not measured
-  bool smoothed = false;                          // "smoothing" is an object: smooth_scale expected
-  bool folded = false;                            // smoothing.folded: made with --fold-smoothing
-  std::string folded_weight_xxh128;               // the weight's digest in the folded checkpoint (empty: unknown)
+  std::optional<double> output_rel_error;  // on held-out calls, null when not measured
+  bool smoothed = false;                   // "smoothing" is an object: smooth_scale expected
+  bool folded = false;                     // smoothing.folded: made with --fold-smoothing
+  std::string folded_weight_xxh128;        // the weight's digest in the folded checkpoint (empty: unknown)
 };
 
 struct Manifest {

@@ -16,8 +16,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "math/duquant_math.hpp"
 #include "formats/safetensors_checkpoint.hpp"
+#include "math/duquant_math.hpp"
 
 namespace duquant {
 
@@ -37,8 +37,8 @@ PackMeta parse_pack_meta(std::string_view text, const std::string& label);
 
 // One layer's npz, decoded. Arrays are kept as read (shapes unchecked beyond what decoding needs).
 struct NpzLayer {
-  std::string file;                          // file name inside the pack directory
-  std::vector<std::string> members;          // keys in archive order
+  std::string file;                  // file name inside the pack directory
+  std::vector<std::string> members;  // keys in archive order
   std::string meta_text;
   PackMeta meta;
   std::vector<std::uint64_t> weight_scale_shape;
@@ -57,13 +57,13 @@ NpzLayer read_npz_layer(const std::filesystem::path& path);
 
 // One layer's tensors in quantized.safetensors, decoded (absent optional tensors stay empty).
 struct QuantizedLayerTensors {
-  int bits = 0;                              // 4 for packed nibbles (U8), else from the manifest
+  int bits = 0;  // 4 for packed nibbles (U8), else from the manifest
   std::uint64_t out_features = 0, in_features = 0;
-  std::vector<std::int8_t> codes;            // [O * I] signed codes, row-major
-  std::vector<float> scales;                 // [O]
-  std::vector<std::int64_t> perm;            // [I] or empty
-  std::vector<MatrixF> r_in, r_out;          // per block, cut to the block's width (padding dropped)
-  std::vector<float> bias;                   // [O] as float32, or empty
+  std::vector<std::int8_t> codes;                  // [O * I] signed codes, row-major
+  std::vector<float> scales;                       // [O]
+  std::vector<std::int64_t> perm;                  // [I] or empty
+  std::vector<MatrixF> r_in, r_out;                // per block, cut to the block's width (padding dropped)
+  std::vector<float> bias;                         // [O] as float32, or empty
   std::vector<float> test_x, test_y_fp, test_y_q;  // conformance vectors, or empty
   std::vector<float> act_scale, smooth_scale;      // [I] (calibrated / smoothed packs), or empty
   std::uint64_t test_rows = 0;
@@ -119,7 +119,8 @@ class PackDirectory {
   mutable bool quantized_probed_ = false;
   // Indexes built on first use: verify asks per layer, and a scan per question was O(n^2) over a
   // pack of 100,000 layers. Positions, not pointers, so that a moved PackDirectory stays valid.
-  mutable std::optional<std::unordered_map<std::string, std::size_t>> manifest_index_;  // name -> first entry in "layers"
+  mutable std::optional<std::unordered_map<std::string, std::size_t>>
+      manifest_index_;  // name -> first entry in "layers"
   mutable std::optional<std::unordered_map<std::string, std::vector<std::size_t>>> tensors_by_layer_;  // in tensors()
   std::vector<const formats::TensorRef*> layer_tensors(const formats::Checkpoint& q, const std::string& layer) const;
 };

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "select/checkpoint_names.hpp"
 #include "config/quant_config.hpp"
+#include "select/checkpoint_names.hpp"
 #include "select/selection.hpp"
 
 namespace duquant {

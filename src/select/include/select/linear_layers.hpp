@@ -16,10 +16,10 @@
 namespace duquant {
 
 struct LinearLayer {
-  std::string name;                                // module name, without ".weight"
-  std::string stored_name;                         // the module's name in the file (another prefix)
-  const formats::TensorRef* weight = nullptr;      // [out_features, in_features]
-  const formats::TensorRef* bias = nullptr;        // [out_features], or null
+  std::string name;                            // module name, without ".weight"
+  std::string stored_name;                     // the module's name in the file (another prefix)
+  const formats::TensorRef* weight = nullptr;  // [out_features, in_features]
+  const formats::TensorRef* bias = nullptr;    // [out_features], or null
   std::uint64_t out_features = 0;
   std::uint64_t in_features = 0;
   // F32, F16 or BF16: only these can be quantized; other dtypes are listed and left alone.

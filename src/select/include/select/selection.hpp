@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "select/linear_layers.hpp"
 #include "config/quant_config.hpp"
+#include "select/linear_layers.hpp"
 
 namespace duquant {
 
@@ -20,12 +20,12 @@ struct SelectedLayer {
 };
 
 struct Selection {
-  std::vector<SelectedLayer> layers;           // in module order
-  std::size_t linear_count = 0;                // linear layers in the checkpoint
+  std::vector<SelectedLayer> layers;  // in module order
+  std::size_t linear_count = 0;       // linear layers in the checkpoint
   std::vector<std::string> skipped_action_head;
-  std::vector<std::string> skipped_dtype;      // selected by name but not F32/F16/BF16
-  std::vector<std::string> layers_not_found;   // LAYERS entries that are no linear layer
-  std::vector<std::string> wbits_unused;       // WBITS names that name no selected layer
+  std::vector<std::string> skipped_dtype;     // selected by name but not F32/F16/BF16
+  std::vector<std::string> layers_not_found;  // LAYERS entries that are no linear layer
+  std::vector<std::string> wbits_unused;      // WBITS names that name no selected layer
 };
 
 // `linears` must outlive the returned selection (it points into it). `runtime` decides the
