@@ -7,21 +7,28 @@
 # unless a target crashes: then the crashing input is copied to
 # tests/data/fuzz-regressions/<target>/ (commit it with the fix; every test build replays it) and
 # the script exits non-zero.
-# Usage: scripts/run-fuzz.sh [SECONDS_PER_TARGET]
-# Prints one line per target: "fuzz_<target>: N executions in S s (exit code C)".
+# The targets run side by side, FUZZ_JOBS at a time (default: one per core), each for SECONDS.
+# Usage: scripts/run-fuzz.sh [SECONDS_PER_TARGET [BUILD_DIR]]
+#   BUILD_DIR: a build folder already configured with -DDUQUANT_FUZZ=ON by clang (scripts/run-tests.sh
+#   passes its sanitizer build, which has the tests too); only the targets are built there.
+#   Without it, build-fuzz/ is configured with the fuzz targets alone.
+# Prints one line per target, in order: "fuzz_<target>: N executions in S s (exit code C)".
 set -euo pipefail
 trap 'echo "run-fuzz.sh: line $LINENO failed (exit code $?)" >&2' ERR
 
 seconds="${1:-60}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
-build="$root/build-fuzz"
+build="${2:-$root/build-fuzz}"
+jobs="${FUZZ_JOBS:-$(nproc)}"
 fixtures="$root/../shared/fixtures"
 corrupt="$root/tests/data/corrupt"
 seeds="$root/tests/fuzz/seeds"
 regressions="$root/tests/data/fuzz-regressions"
 
-CC=clang CXX=clang++ cmake -S "$root" -B "$build" -DDUQUANT_FUZZ=ON -DDUQUANT_TESTS=OFF -DDUQUANT_CUDA=OFF \
-  -DDUQUANT_SANITIZE=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+if [ -z "${2:-}" ]; then
+  CC=clang CXX=clang++ cmake -S "$root" -B "$build" -DDUQUANT_FUZZ=ON -DDUQUANT_TESTS=OFF -DDUQUANT_CUDA=OFF \
+    -DDUQUANT_SANITIZE=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+fi
 cmake --build "$build" -j"$(nproc)" --target fuzz_targets >/dev/null
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/duquant-fuzz.XXXXXX")"
@@ -69,7 +76,24 @@ corpus() {
   return 0
 }
 
+# run_one TARGET EXE DICT: one fuzzing run; its exit code goes to $work/TARGET.rc.
+run_one() {
+  local t=$1 exe=$2 dict=$3 rc
+  mkdir -p "$work/artifacts-$t" "$work/tmp-$t"
+  set +e
+  # calib_dump: HDF5's own hangs on crafted files end its check process after 1 s, not 60.
+  TMPDIR="$work/tmp-$t" DUQUANT_TEST_HDF5_CHECK_SECONDS=1 \
+    "$exe" -max_total_time="$seconds" -max_len=65536 -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+    -dict="$dict" -artifact_prefix="$work/artifacts-$t/" "$work/corpus-$t" >"$work/$t.log" 2>&1
+  rc=$?
+  set -e
+  echo "$rc" >"$work/$t.rc"
+  return 0
+}
+
 status=0
+targets=()
+running=0
 for path in "$seeds"/*/; do
   t=$(basename "$path")
   exe="$build/tests/fuzz/fuzz_$t"
@@ -78,15 +102,19 @@ for path in "$seeds"/*/; do
   if ! corpus "$t"; then
     echo "fuzz_$t: could not assemble the starting corpus"; status=1; continue
   fi
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n
+    running=$((running - 1))
+  fi
+  run_one "$t" "$exe" "$dict" &
+  running=$((running + 1))
+  targets+=("$t")
+done
+wait
+
+for t in "${targets[@]}"; do
   log="$work/$t.log"
-  mkdir -p "$work/artifacts-$t" "$work/tmp-$t"
-  set +e
-  # calib_dump: HDF5's own hangs on crafted files end its check process after 1 s, not 60.
-  TMPDIR="$work/tmp-$t" DUQUANT_TEST_HDF5_CHECK_SECONDS=1 \
-    "$exe" -max_total_time="$seconds" -max_len=65536 -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
-    -dict="$dict" -artifact_prefix="$work/artifacts-$t/" "$work/corpus-$t" >"$log" 2>&1
-  rc=$?
-  set -e
+  rc="$(cat "$work/$t.rc" 2>/dev/null || echo '?')"
   # The last figures are the fuzzer's own: HDF5's check processes (forked by the calib_dump reader)
   # print theirs too when a crafted header makes HDF5 allocate gigabytes there, which libFuzzer
   # reports as an out-of-memory of that process; the process dies, the reader refuses the file.
