@@ -2,9 +2,10 @@
 # Every test: installs what is missing, then
 #   1. builds with the CUDA backend when nvcc is present (DUQUANT_CUDA=AUTO) and runs all tests
 #      (GPU comparisons report SKIPPED where no GPU exists);
-#   2. builds without CUDA under AddressSanitizer + UndefinedBehaviorSanitizer and runs all tests;
-#   3. builds the libFuzzer targets (clang, ASan+UBSan) and runs each for FUZZ_SECONDS (default 60)
-#      from its seed corpus (scripts/run-fuzz.sh; docs/reliability.md).
+#   2. builds with clang, without CUDA, under AddressSanitizer + UndefinedBehaviorSanitizer and runs
+#      all tests; the same build holds the libFuzzer targets (one build instead of two);
+#   3. runs each fuzz target for FUZZ_SECONDS (default 60) from its seed corpus, one per core at a
+#      time (scripts/run-fuzz.sh; docs/reliability.md).
 # Ends with one line "tests: N passed, N failed, N skipped" over the CTest runs.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,8 +35,9 @@ else
   tail -n 60 build.log; status=1
 fi
 
-echo "== build (ASan+UBSan, DUQUANT_CUDA=OFF)"
-if "$root/scripts/build.sh" build-asan -DDUQUANT_CUDA=OFF -DDUQUANT_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo > build-asan.log 2>&1; then
+echo "== build (clang, ASan+UBSan, DUQUANT_CUDA=OFF, with the libFuzzer targets)"
+if CC=clang CXX=clang++ "$root/scripts/build.sh" build-asan -DDUQUANT_CUDA=OFF -DDUQUANT_SANITIZE=ON -DDUQUANT_FUZZ=ON \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo > build-asan.log 2>&1; then
   grep -E "^-- duquant:|warning" build-asan.log | head -n 20
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 run_ctest build-asan "ASan+UBSan"
 else
@@ -44,7 +46,7 @@ fi
 
 if [ -x "$root/scripts/run-fuzz.sh" ]; then
   echo "== fuzz (${FUZZ_SECONDS:-60} s per target)"
-  "$root/scripts/run-fuzz.sh" "${FUZZ_SECONDS:-60}" || status=1
+  "$root/scripts/run-fuzz.sh" "${FUZZ_SECONDS:-60}" "$root/build-asan" || status=1
 fi
 
 echo "tests: $passed passed, $failed failed, $skipped skipped"

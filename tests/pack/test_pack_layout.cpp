@@ -95,7 +95,8 @@ void expect_sizes_of_a_real_pack(const RunConfig& config, const std::string& wha
   std::uint64_t npz = 0;
   for (const auto& l : j["layers"]) {
     const nlohmann::json& e = entries.at(l["name"].get<std::string>());
-    EXPECT_EQ(l["tensor_bytes"], e["quantized"]["bytes"]) << what << " " << l["name"];
+    EXPECT_EQ(l["tensor_bytes"].get<std::uint64_t>(), e["quantized"]["bytes"].get<std::uint64_t>())
+        << what << " " << l["name"];
     const std::uint64_t npz_file = size_of(o.output / e["npz"]["name"].get<std::string>());
     EXPECT_EQ(l["npz_bytes"].get<std::uint64_t>(), npz_file) << what << " " << l["name"];
     EXPECT_EQ(l["packed_bytes"].get<std::uint64_t>(), l["tensor_bytes"].get<std::uint64_t>() + npz_file) << what;
