@@ -220,17 +220,23 @@ class DumpTest : public ::testing::Test {
 
 inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
+// `e` is of `kind`, and its message names the file and holds every phrase.
+inline void expect_error_message(const Error& e, const fs::path& path, ErrorKind kind,
+                                 std::initializer_list<std::string> phrases) {
+  const std::string what = e.what();
+  EXPECT_EQ(duquant::kind_name(e.kind()), std::string(duquant::kind_name(kind))) << what;
+  EXPECT_TRUE(contains(what, path.string())) << "message does not name the file: " << what;
+  for (const std::string& phrase : phrases)
+    EXPECT_TRUE(contains(what, phrase)) << "message: " << what << "\nexpected to contain: " << phrase;
+}
+
 // open() must throw an Error of `kind` whose message names the file and holds every phrase.
 inline void expect_open_error(const fs::path& path, ErrorKind kind, std::initializer_list<std::string> phrases) {
   try {
     const CalibDump dump = CalibDump::open(path);
     ADD_FAILURE() << path << " opened with " << dump.layers().size() << " layer(s)";
   } catch (const Error& e) {
-    const std::string what = e.what();
-    EXPECT_EQ(duquant::kind_name(e.kind()), std::string(duquant::kind_name(kind))) << what;
-    EXPECT_TRUE(contains(what, path.string())) << "message does not name the file: " << what;
-    for (const std::string& phrase : phrases)
-      EXPECT_TRUE(contains(what, phrase)) << "message: " << what << "\nexpected to contain: " << phrase;
+    expect_error_message(e, path, kind, phrases);
   }
 }
 
@@ -246,11 +252,7 @@ inline void expect_read_error(const fs::path& path, const std::string& layer, Er
     dump.read(layer, calls->front(), out);
     ADD_FAILURE() << path << ": read succeeded";
   } catch (const Error& e) {
-    const std::string what = e.what();
-    EXPECT_EQ(duquant::kind_name(e.kind()), std::string(duquant::kind_name(kind))) << what;
-    EXPECT_TRUE(contains(what, path.string())) << "message does not name the file: " << what;
-    for (const std::string& phrase : phrases)
-      EXPECT_TRUE(contains(what, phrase)) << "message: " << what << "\nexpected to contain: " << phrase;
+    expect_error_message(e, path, kind, phrases);
   }
 }
 
