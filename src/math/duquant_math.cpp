@@ -8,6 +8,10 @@
 
 #include <omp.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "base/elementwise.hpp"
 #include "duquant/error.hpp"
 
@@ -295,6 +299,37 @@ double sampled_quantization_error(const MatrixF& sampled, const float* row_max, 
   return total;
 }
 
+// max over c of |row[c] − t·other[c]|, each difference rounded as Eigen's `row − t·other` rounds
+// it (the product, then the difference; no fused multiply-add). Running maxima in lanes, merged at
+// the end: a maximum is exact, so any lane count gives row_max_abs's value of the formed row (a
+// NaN is skipped as std::max(m, NaN) skips it: maxps returns its second operand, the running one).
+float shifted_row_max_abs(const float* row, const float* other, float t, std::int64_t n) {
+  std::int64_t c = 0;
+  float best = 0;
+#if defined(__SSE2__)
+  const __m128 tv = _mm_set1_ps(t);
+  const __m128 sign = _mm_set1_ps(-0.0f);
+  __m128 m0 = _mm_setzero_ps(), m1 = _mm_setzero_ps();
+  for (; c + 8 <= n; c += 8) {
+    const __m128 d0 = _mm_sub_ps(_mm_loadu_ps(row + c), _mm_mul_ps(tv, _mm_loadu_ps(other + c)));
+    const __m128 d1 = _mm_sub_ps(_mm_loadu_ps(row + c + 4), _mm_mul_ps(tv, _mm_loadu_ps(other + c + 4)));
+    m0 = _mm_max_ps(_mm_andnot_ps(sign, d0), m0);
+    m1 = _mm_max_ps(_mm_andnot_ps(sign, d1), m1);
+  }
+  alignas(16) float lanes[8];
+  _mm_store_ps(lanes, m0);
+  _mm_store_ps(lanes + 4, m1);
+  for (float v : lanes) best = std::max(best, v);
+#endif
+  for (; c < n; ++c) best = std::max(best, std::abs(row[c] - t * other[c]));
+  return best;
+}
+
+// row[c] −= t·other[c]: the kept trial's rows, the same floats shifted_row_max_abs measured.
+void subtract_scaled_row(float* row, const float* other, float t, std::int64_t n) {
+  for (std::int64_t c = 0; c < n; ++c) row[c] = row[c] - t * other[c];
+}
+
 void row_maxima(const MatrixF& m, std::vector<float>& out) {
   for (Eigen::Index r = 0; r < m.rows(); ++r)
     out[static_cast<std::size_t>(r)] = row_max_abs(m.data() + r * m.cols(), m.cols());
@@ -314,20 +349,28 @@ void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int6
     const MatrixF rows = w_in.middleRows(b * block_out, s);
     MatrixF rows_sampled(s, picked);
     for (std::int64_t c = 0; c < picked; ++c) rows_sampled.col(c) = rows.col(c * stride);
-    MatrixF current = u * rows, trial(s, cols);
+    MatrixF current = u * rows;
     MatrixF current_sampled = u * rows_sampled, trial_sampled(s, picked);
     std::vector<float> row_max(static_cast<std::size_t>(s)), trial_max(static_cast<std::size_t>(s));
+    std::vector<float> step(static_cast<std::size_t>(s));
     row_maxima(current, row_max);
     double error = sampled_quantization_error(current_sampled, row_max.data(), bits);
     for (Eigen::Index k = 0; k < s; ++k) {
-      // Negating column k of U changes U·rows by −2 U[:,k] rows[k,:].
-      trial.noalias() = current - 2.0f * u.col(k) * rows.row(k);
+      // Negating column k of U changes U·rows by −2 U[:,k] rows[k,:]. The trial's full rows are
+      // needed only for their maxima: those are taken without forming the trial, and the rows
+      // change in place only when the trial is kept (the same floats either way).
+      const float* rk = rows.data() + k * cols;
+      for (Eigen::Index r = 0; r < s; ++r) {
+        step[static_cast<std::size_t>(r)] = 2.0f * u(r, k);
+        trial_max[static_cast<std::size_t>(r)] =
+            shifted_row_max_abs(current.data() + r * cols, rk, step[static_cast<std::size_t>(r)], cols);
+      }
       trial_sampled.noalias() = current_sampled - 2.0f * u.col(k) * rows_sampled.row(k);
-      row_maxima(trial, trial_max);
       const double e = sampled_quantization_error(trial_sampled, trial_max.data(), bits);
       if (e < error) {
         u.col(k) = -u.col(k);
-        current.swap(trial);
+        for (Eigen::Index r = 0; r < s; ++r)
+          subtract_scaled_row(current.data() + r * cols, rk, step[static_cast<std::size_t>(r)], cols);
         current_sampled.swap(trial_sampled);
         row_max.swap(trial_max);
         error = e;
