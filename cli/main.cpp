@@ -1,6 +1,7 @@
 // duquant: quantize robot VLA policy weights with DuQuant, offline. Exit codes: docs/cli.md.
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
+#include "base/cpu_features.hpp"
 
 #include <cstdio>
 #include <exception>
@@ -31,6 +32,7 @@ int main(int argc, char** argv) {
   // Before any file is opened: closed descriptors 0-2 onto /dev/null, a stderr that never fails.
   duquant::cli::guard_standard_streams();
   duquant::cli::install_interrupt_handlers();
+  duquant::cli::keep_freed_memory();
   try {  // before the first parallel region: libgomp crashes on some values, silently ignores others
     duquant::cli::check_openmp_environment();
   } catch (const duquant::Error& e) {
@@ -40,6 +42,12 @@ int main(int argc, char** argv) {
   CLI::App app{"duquant: DuQuant W4A8 packing for robot vision-language-action policies"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("duquant ") + DUQUANT_VERSION);
+  std::string cpu_features = "auto";
+  app.add_option("--cpu-features", cpu_features,
+                 "instruction-set level of the CPU kernels: auto (the best this CPU runs), scalar, sse2, avx2 or "
+                 "avx512; every level writes the same bytes (also DUQUANT_CPU_FEATURES)")
+      ->check(CLI::IsMember({"auto", "scalar", "sse2", "avx2", "avx512"}));
+  app.fallthrough();  // --cpu-features may also follow the command's name
   std::vector<duquant::cli::Action> actions{
       duquant::cli::register_list_linears(app), duquant::cli::register_pack(app),  duquant::cli::register_verify(app),
       duquant::cli::register_inspect(app),      duquant::cli::register_synth(app), duquant::cli::register_presets(app),
@@ -57,6 +65,7 @@ int main(int argc, char** argv) {
     return duquant::exit_code(duquant::ErrorKind::usage);
   }
   try {
+    if (app.count("--cpu-features") > 0) duquant::set_cpu_level(cpu_features, "--cpu-features");
     for (const auto& action : actions) {
       const int code = action();
       if (code >= 0) return duquant::cli::finish_stdout(code);  // the requested output, written or exit 4

@@ -1,6 +1,7 @@
 #include "cli/process_guard.hpp"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -250,6 +251,15 @@ int finish_stdout(int code) {
     return exit_code(ErrorKind::io);
   }
   return code;
+}
+
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  // No allocation is served by a private mapping (each would be unmapped when freed and faulted in
+  // again, page by page, for the next layer), and the heap's free top is never trimmed.
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, INT_MAX);
+#endif
 }
 
 }  // namespace duquant::cli

@@ -1,10 +1,12 @@
 #include "math/conformance.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
 #include "duquant/error.hpp"
 #include "math/calibration.hpp"
+#include "math/cpu_kernels.hpp"
 
 namespace duquant {
 namespace {
@@ -50,6 +52,32 @@ void rotate_blocks(std::vector<double>& v, const std::vector<MatrixF>& blocks, c
   }
 }
 
+// p[r·outs + o] = Σ_j x[r·n + j] · double(w[o·n + j]) for every row r < rows and output o < outs,
+// each sum from 0 in the order of j (the kernels take four rows side by side). Parallel over the
+// outputs; every sum is the same whichever thread computes it.
+template <typename T, typename Dot>
+std::vector<double> row_products(const std::vector<double>& x, std::int64_t rows, std::int64_t n, const T* w,
+                                 std::int64_t outs, Dot dot) {
+  std::vector<double> p(static_cast<std::size_t>(rows * outs));
+  std::vector<double> x4(static_cast<std::size_t>(n * 4));
+  std::vector<double> y4(static_cast<std::size_t>(outs * 4));
+  constexpr std::int64_t kChunk = 64;  // outputs per task
+  const std::int64_t chunks = (outs + kChunk - 1) / kChunk;
+  for (std::int64_t g = 0; g < rows; g += 4) {
+    const std::int64_t in_group = std::min<std::int64_t>(4, rows - g);
+    for (std::int64_t j = 0; j < n; ++j)
+      for (std::int64_t r = 0; r < 4; ++r) x4[j * 4 + r] = r < in_group ? x[(g + r) * n + j] : 0.0;
+#pragma omp parallel for schedule(static) if (outs * n * 4 >= (1 << 20))
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      const std::int64_t o0 = c * kChunk, count = std::min(kChunk, outs - o0);
+      dot(x4.data(), n, w + o0 * n, n, count, y4.data() + o0 * 4);
+    }
+    for (std::int64_t r = 0; r < in_group; ++r)
+      for (std::int64_t o = 0; o < outs; ++o) p[(g + r) * outs + o] = y4[o * 4 + r];
+  }
+  return p;
+}
+
 }  // namespace
 
 std::vector<float> conformance_inputs(std::int64_t rows, std::int64_t in_features) {
@@ -74,19 +102,15 @@ std::vector<float> conformance_reference_output(std::span<const float> x, std::i
            "conformance: {} input values for [{}, {}]", x.size(), rows, i_n);
   DQ_CHECK(bias.empty() || static_cast<std::int64_t>(bias.size()) == o_n, format,
            "conformance: bias of {} for {} outputs", bias.size(), o_n);
+  const std::vector<double> xd(x.begin(), x.end());
+  const std::vector<double> p = row_products(xd, rows, i_n, w.data, o_n, simd::kernels().dot4_f32);
   std::vector<float> y(static_cast<std::size_t>(rows * o_n));
-  // Each output element is one sum in a fixed order, whichever thread computes it.
-#pragma omp parallel for schedule(static) if (rows * o_n * i_n >= (1 << 20))
-  for (std::int64_t o = 0; o < o_n; ++o) {
-    const float* wr = w.data + o * i_n;
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const float* xr = x.data() + r * i_n;
-      double acc = 0;
-      for (std::int64_t j = 0; j < i_n; ++j) acc += static_cast<double>(xr[j]) * static_cast<double>(wr[j]);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t o = 0; o < o_n; ++o) {
+      double acc = p[r * o_n + o];
       if (!bias.empty()) acc += static_cast<double>(bias[o]);
       y[r * o_n + o] = static_cast<float>(acc);
     }
-  }
   return y;
 }
 
@@ -128,17 +152,9 @@ std::vector<float> conformance_pack_output(std::span<const float> x, std::int64_
     std::copy(v.begin(), v.end(), xt.begin() + r * i_n);
   }
   // y_t[r, o] = Σ_j x_t[r, j] · q[o, j] · s[o]; q·s is exact in double, s is applied after the sum.
-  std::vector<double> yt(static_cast<std::size_t>(rows * o_n));
-#pragma omp parallel for schedule(static) if (rows * o_n * i_n >= (1 << 20))
-  for (std::int64_t o = 0; o < o_n; ++o) {
-    const std::int8_t* q = codes.data() + o * i_n;
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const double* xr = xt.data() + r * i_n;
-      double acc = 0;
-      for (std::int64_t j = 0; j < i_n; ++j) acc += xr[j] * static_cast<double>(q[j]);
-      yt[r * o_n + o] = acc * static_cast<double>(scales[o]);
-    }
-  }
+  std::vector<double> yt = row_products(xt, rows, i_n, codes.data(), o_n, simd::kernels().dot4_i8);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t o = 0; o < o_n; ++o) yt[r * o_n + o] *= static_cast<double>(scales[o]);
   std::vector<double> b(bias.begin(), bias.end());
   if (row_rot == RowRot::restore) {
     for (std::int64_t r = 0; r < rows; ++r) {

@@ -8,12 +8,9 @@
 
 #include <omp.h>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 #include "base/elementwise.hpp"
 #include "duquant/error.hpp"
+#include "math/cpu_kernels.hpp"
 
 namespace duquant {
 
@@ -204,63 +201,29 @@ std::vector<float> reference_weight_scale(const MatrixF& m) {
   return s;
 }
 
-namespace {
-
-// Sums of squared errors of one row for several scales, in one pass. The order of additions is
-// elementwise.hpp's (kErrorLanes float lanes, flushed into double every kErrorFlush columns, then
-// the tail one by one), so the result does not depend on threads, the lanes let the compiler
-// vectorize, and the CUDA kernel's lane groups reproduce it bit for bit.
-void row_errors(const float* w, std::int64_t n, const float* scales, int count, int bits, double* out) {
-  constexpr int kLanes = elementwise::kErrorLanes;  // the order of elementwise.hpp, lanes side by side
-  constexpr std::int64_t kFlush = elementwise::kErrorFlush;
-  const float hi = static_cast<float>(elementwise::qmax(bits)), lo = -hi - 1.0f;
-  for (int k = 0; k < count; ++k) {
-    const float s = scales[k];
-    double total = 0;
-    std::int64_t c = 0;
-    while (c + kLanes <= n) {
-      const std::int64_t end = std::min(n, c + kFlush) / kLanes * kLanes;
-      float lane[kLanes] = {};
-      for (; c < end; c += kLanes)
-        for (int j = 0; j < kLanes; ++j) lane[j] += elementwise::squared_error(w[c + j], s, lo, hi);
-      for (int j = 0; j < kLanes; ++j) total += lane[j];
-    }
-    for (; c < n; ++c) total += elementwise::squared_error(w[c], s, lo, hi);
-    out[k] = total;
-  }
-}
-
-float row_max_abs(const float* w, std::int64_t n) {
-  float m = 0;
-  for (std::int64_t c = 0; c < n; ++c) m = std::max(m, std::abs(w[c]));
-  return m;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 QuantizedRows quantize_rows(const MatrixF& w_t, int bits) {
+  const simd::Kernels& kern = simd::kernels();
   const Eigen::Index rows = w_t.rows(), cols = w_t.cols();
   QuantizedRows out;
   out.scales.resize(static_cast<std::size_t>(rows));
   out.codes.resize(static_cast<std::size_t>(rows * cols));
   std::vector<double> row_error(static_cast<std::size_t>(rows));
-  const float hi = static_cast<float>(elementwise::qmax(bits)), lo = -hi - 1.0f;
 #pragma omp parallel for schedule(static) if (rows * cols * elementwise::kScaleCandidates >= kParallelWork)
   for (Eigen::Index r = 0; r < rows; ++r) {
     const float* w = w_t.data() + r * cols;
-    const float base = elementwise::base_scale(row_max_abs(w, cols), bits);
+    const float base = elementwise::base_scale(kern.row_max_abs(w, cols), bits);
     float scales[elementwise::kScaleCandidates];
     double errors[elementwise::kScaleCandidates];
     for (int k = 0; k < elementwise::kScaleCandidates; ++k) scales[k] = base / elementwise::scale_alpha(k);
-    row_errors(w, cols, scales, elementwise::kScaleCandidates, bits, errors);
+    kern.row_errors(w, cols, scales, elementwise::kScaleCandidates, bits, errors);
     int best = 0;
     for (int k = 1; k < elementwise::kScaleCandidates; ++k)
       if (errors[k] < errors[best]) best = k;  // strict: the first smallest wins
     const float s = scales[best];
     out.scales[r] = s;
-    std::int8_t* q = out.codes.data() + r * cols;
-    for (Eigen::Index c = 0; c < cols; ++c)
-      q[c] = static_cast<std::int8_t>(elementwise::quantize_code(w[c], s, lo, hi));
+    kern.quantize_row(w, cols, s, bits, out.codes.data() + r * cols);
     row_error[r] = errors[best];
   }
   for (double e : row_error) out.squared_error += e;  // fixed order: deterministic for any thread count
@@ -268,12 +231,13 @@ QuantizedRows quantize_rows(const MatrixF& w_t, int bits) {
 }
 
 double rtn_squared_error(const WeightView& w, int bits) {
+  const simd::Kernels& kern = simd::kernels();
   std::vector<double> row_error(static_cast<std::size_t>(w.rows));
 #pragma omp parallel for schedule(static) if (w.rows * w.cols >= kParallelWork)
   for (std::int64_t r = 0; r < w.rows; ++r) {
     const float* row = w.data + r * w.cols;
-    const float s = elementwise::base_scale(row_max_abs(row, w.cols), bits);
-    row_errors(row, w.cols, &s, 1, bits, &row_error[r]);
+    const float s = elementwise::base_scale(kern.row_max_abs(row, w.cols), bits);
+    kern.row_errors(row, w.cols, &s, 1, bits, &row_error[r]);
   }
   double total = 0;
   for (double e : row_error) total += e;
@@ -289,50 +253,22 @@ namespace {
 // strided), with each row's scale taken from its full maximum: the ranking costs
 // O(rows * kSignSearchColumns) per trial instead of O(rows * cols).
 
+// The rows' maxima of |m|, into `out`.
+void row_maxima(const simd::Kernels& kern, const MatrixF& m, std::vector<float>& out) {
+  for (Eigen::Index r = 0; r < m.rows(); ++r)
+    out[static_cast<std::size_t>(r)] = kern.row_max_abs(m.data() + r * m.cols(), m.cols());
+}
+
 // The quantization error of the rows of `sampled` (columns picked from the full rows) under the
 // runtime's per-row MSE scale search, the scale of row r coming from `row_max[r]`, summed over the
 // rows in order (elementwise::sampled_row_error: a fixed order, deterministic). For ranking only.
-double sampled_quantization_error(const MatrixF& sampled, const float* row_max, int bits) {
-  double total = 0;
-  for (Eigen::Index r = 0; r < sampled.rows(); ++r)
-    total += elementwise::sampled_row_error(sampled.data() + r * sampled.cols(), sampled.cols(), row_max[r], bits);
-  return total;
-}
-
-// max over c of |row[c] − t·other[c]|, each difference rounded as Eigen's `row − t·other` rounds
-// it (the product, then the difference; no fused multiply-add). Running maxima in lanes, merged at
-// the end: a maximum is exact, so any lane count gives row_max_abs's value of the formed row (a
-// NaN is skipped as std::max(m, NaN) skips it: maxps returns its second operand, the running one).
-float shifted_row_max_abs(const float* row, const float* other, float t, std::int64_t n) {
-  std::int64_t c = 0;
-  float best = 0;
-#if defined(__SSE2__)
-  const __m128 tv = _mm_set1_ps(t);
-  const __m128 sign = _mm_set1_ps(-0.0f);
-  __m128 m0 = _mm_setzero_ps(), m1 = _mm_setzero_ps();
-  for (; c + 8 <= n; c += 8) {
-    const __m128 d0 = _mm_sub_ps(_mm_loadu_ps(row + c), _mm_mul_ps(tv, _mm_loadu_ps(other + c)));
-    const __m128 d1 = _mm_sub_ps(_mm_loadu_ps(row + c + 4), _mm_mul_ps(tv, _mm_loadu_ps(other + c + 4)));
-    m0 = _mm_max_ps(_mm_andnot_ps(sign, d0), m0);
-    m1 = _mm_max_ps(_mm_andnot_ps(sign, d1), m1);
-  }
-  alignas(16) float lanes[8];
-  _mm_store_ps(lanes, m0);
-  _mm_store_ps(lanes + 4, m1);
-  for (float v : lanes) best = std::max(best, v);
-#endif
-  for (; c < n; ++c) best = std::max(best, std::abs(row[c] - t * other[c]));
-  return best;
+double sampled_quantization_error(const simd::Kernels& kern, const MatrixF& sampled, const float* row_max, int bits) {
+  return kern.sampled_rows_error(sampled.data(), sampled.rows(), sampled.cols(), row_max, bits);
 }
 
 // row[c] −= t·other[c]: the kept trial's rows, the same floats shifted_row_max_abs measured.
 void subtract_scaled_row(float* row, const float* other, float t, std::int64_t n) {
   for (std::int64_t c = 0; c < n; ++c) row[c] = row[c] - t * other[c];
-}
-
-void row_maxima(const MatrixF& m, std::vector<float>& out) {
-  for (Eigen::Index r = 0; r < m.rows(); ++r)
-    out[static_cast<std::size_t>(r)] = row_max_abs(m.data() + r * m.cols(), m.cols());
 }
 
 }  // namespace
@@ -342,6 +278,7 @@ void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int6
   const std::int64_t cols = w_in.cols();
   const std::int64_t stride = elementwise::sign_search_stride(cols);
   const std::int64_t picked = elementwise::sign_search_picked(cols);
+  const simd::Kernels& kern = simd::kernels();
 #pragma omp parallel for schedule(dynamic) if (nbo > 1 && nbo * block_out * block_out * cols >= kParallelWork)
   for (std::int64_t b = 0; b < nbo; ++b) {
     MatrixF& u = t.r_out[static_cast<std::size_t>(b)];
@@ -353,8 +290,8 @@ void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int6
     MatrixF current_sampled = u * rows_sampled, trial_sampled(s, picked);
     std::vector<float> row_max(static_cast<std::size_t>(s)), trial_max(static_cast<std::size_t>(s));
     std::vector<float> step(static_cast<std::size_t>(s));
-    row_maxima(current, row_max);
-    double error = sampled_quantization_error(current_sampled, row_max.data(), bits);
+    row_maxima(kern, current, row_max);
+    double error = sampled_quantization_error(kern, current_sampled, row_max.data(), bits);
     for (Eigen::Index k = 0; k < s; ++k) {
       // Negating column k of U changes U·rows by −2 U[:,k] rows[k,:]. The trial's full rows are
       // needed only for their maxima: those are taken without forming the trial, and the rows
@@ -363,10 +300,10 @@ void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int6
       for (Eigen::Index r = 0; r < s; ++r) {
         step[static_cast<std::size_t>(r)] = 2.0f * u(r, k);
         trial_max[static_cast<std::size_t>(r)] =
-            shifted_row_max_abs(current.data() + r * cols, rk, step[static_cast<std::size_t>(r)], cols);
+            kern.shifted_row_max_abs(current.data() + r * cols, rk, step[static_cast<std::size_t>(r)], cols);
       }
       trial_sampled.noalias() = current_sampled - 2.0f * u.col(k) * rows_sampled.row(k);
-      const double e = sampled_quantization_error(trial_sampled, trial_max.data(), bits);
+      const double e = sampled_quantization_error(kern, trial_sampled, trial_max.data(), bits);
       if (e < error) {
         u.col(k) = -u.col(k);
         for (Eigen::Index r = 0; r < s; ++r)

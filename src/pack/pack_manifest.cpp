@@ -1,6 +1,7 @@
 // The manifest stage of `duquant pack` (pack_stages.hpp): manifest.json, written last, and the
 // run's summary figures. docs/pack-format.md describes every field.
 #include <nlohmann/json.hpp>
+#include "base/cpu_features.hpp"
 
 #include <cmath>
 #include <limits>
@@ -50,7 +51,7 @@ json header_json(const PackRun& run, const AssembledPack& assembled) {
   json m;
   m["format"] = kPackFormatName;
   m["format_version"] = kPackFormatVersion;
-  m["tool"] = {{"name", "duquant"}, {"version", DUQUANT_VERSION}};
+  m["tool"] = {{"name", "duquant"}, {"version", DUQUANT_VERSION}, {"cpu_level", cpu_level_name(active_cpu_level())}};
   m["config"] = config_json(o.config);
   json ck;
   ck["source"] = o.checkpoint.filename().string();

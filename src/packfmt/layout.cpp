@@ -222,7 +222,7 @@ std::uint64_t manifest_bytes_estimate(const std::vector<LayerLayout>& layers, co
   json m;
   m["format"] = kPackFormatName;
   m["format_version"] = kPackFormatVersion;
-  m["tool"] = {{"name", "duquant"}, {"version", DUQUANT_VERSION}};
+  m["tool"] = {{"name", "duquant"}, {"version", DUQUANT_VERSION}, {"cpu_level", "avx512"}};
   m["config"] = config_json(config);
   json ck;
   ck["source"] = checkpoint.source;

@@ -8,11 +8,14 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "base/cpu_features.hpp"
 #include "common/child_process.hpp"
 #include "common/test_paths.hpp"
 #include "formats/digest.hpp"
@@ -93,33 +96,34 @@ std::map<std::string, std::string> digests_of(const fs::path& pack) {
   return d;
 }
 
-TEST(PackGoldenBytes, FixturePacksMatchTheRecordedBytes) {
-  const fs::path dir = test::temp_dir();
+// The four packs with `extra` flags; their digests by run name. Fails the test on a failed pack.
+json pack_digests(const fs::path& dir, const std::vector<std::string>& extra) {
   const fs::path dump = dir / "dump.safetensors";
-  write_expert_dump(dump);
-  json recorded = json::object();
-  const bool update = std::getenv("DUQUANT_UPDATE_GOLDEN") != nullptr;
-  if (!update) {
-    ASSERT_TRUE(fs::exists(golden_file())) << golden_file();
-    recorded = json::parse(test::read_text(golden_file()));
-  }
+  if (!fs::exists(dump)) write_expert_dump(dump);
   json now = json::object();
   for (const GoldenRun& run : runs()) {
-    SCOPED_TRACE(run.name);
     std::vector<std::string> args{
         "pack", test::tiny_checkpoint().string(), "-o", (dir / run.name).string(), "--threads", "2"};
     args.insert(args.end(), run.flags.begin(), run.flags.end());
+    args.insert(args.end(), extra.begin(), extra.end());
     if (run.calib) {
       args.push_back("--calib");
       args.push_back(dump.string());
     }
     const test::CliResult r = test::run_cli(args);
-    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-    const auto d = digests_of(dir / run.name);
-    now[run.name] = d;
-    if (update) continue;
+    EXPECT_EQ(r.exit_code, 0) << run.name << ": " << r.out << r.err;
+    if (r.exit_code == 0) now[run.name] = digests_of(dir / run.name);
+  }
+  return now;
+}
+
+void expect_recorded(const json& recorded, const json& now) {
+  for (const GoldenRun& run : runs()) {
+    SCOPED_TRACE(run.name);
     ASSERT_TRUE(recorded.contains(run.name)) << "no recorded digests for " << run.name;
+    ASSERT_TRUE(now.contains(run.name)) << "no pack";
     const auto want = recorded.at(run.name).get<std::map<std::string, std::string>>();
+    const auto d = now.at(run.name).get<std::map<std::string, std::string>>();
     EXPECT_EQ(d.size(), want.size());
     for (const auto& [file, digest] : want) {
       const auto it = d.find(file);
@@ -127,11 +131,37 @@ TEST(PackGoldenBytes, FixturePacksMatchTheRecordedBytes) {
       EXPECT_EQ(it->second, digest) << file << " changed";
     }
   }
+}
+
+TEST(PackGoldenBytes, FixturePacksMatchTheRecordedBytes) {
+  const fs::path dir = test::temp_dir();
+  const bool update = std::getenv("DUQUANT_UPDATE_GOLDEN") != nullptr;
+  const json now = pack_digests(dir, {});
   if (update) {
     fs::create_directories(golden_file().parent_path());
     std::ofstream(golden_file()) << now.dump(1) << "\n";
     GTEST_SKIP() << "recorded " << golden_file();
   }
+  ASSERT_TRUE(fs::exists(golden_file())) << golden_file();
+  expect_recorded(json::parse(test::read_text(golden_file())), now);
+}
+
+// Every instruction-set level this CPU runs (--cpu-features) writes the same bytes; the manifest
+// names the level in `tool`, which the digests leave out.
+TEST(PackGoldenBytes, EveryCpuLevelWritesTheRecordedBytes) {
+  ASSERT_TRUE(fs::exists(golden_file())) << golden_file();
+  const json recorded = json::parse(test::read_text(golden_file()));
+  for (const CpuLevel level : supported_cpu_levels()) {
+    SCOPED_TRACE(cpu_level_name(level));
+    const fs::path dir = test::temp_dir();
+    const json now = pack_digests(dir, {"--cpu-features", cpu_level_name(level)});
+    expect_recorded(recorded, now);
+    const json manifest = json::parse(test::read_text(dir / "openpi-dit" / "manifest.json"));
+    EXPECT_EQ(manifest.at("tool").at("cpu_level"), cpu_level_name(level));
+  }
+  for (const CpuLevel level : {CpuLevel::avx2, CpuLevel::avx512})
+    if (level > detected_cpu_level())
+      std::printf("[ SKIPPED  ] level %s: this CPU does not run it\n", cpu_level_name(level));
 }
 
 }  // namespace

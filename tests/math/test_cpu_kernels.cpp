@@ -1,0 +1,205 @@
+// Every instruction-set level of the CPU kernels (math/cpu_kernels.hpp) gives the bits of the
+// scalar level: each kernel on rows of awkward lengths, and whole layers (transform, signs, codes,
+// scales, conformance outputs) of awkward shapes at 2 to 8 bits. Levels this CPU does not run are
+// reported skipped, never passed.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "base/cpu_features.hpp"
+#include "duquant/error.hpp"
+#include "engine/layer_engine.hpp"
+#include "math/conformance.hpp"
+#include "math/cpu_kernels.hpp"
+
+namespace duquant {
+namespace {
+
+const std::int64_t kLengths[] = {0,  1,  2,  3,   7,   8,   9,   15,  16,  17,   31,  33,
+                                 63, 64, 65, 255, 256, 257, 511, 512, 513, 1031, 2049};
+
+// Gaussian values with a few outliers, exact zeros, negative zeros and values on rounding ties.
+std::vector<float> awkward_values(std::int64_t n, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> v(static_cast<std::size_t>(n));
+  for (std::int64_t k = 0; k < n; ++k) {
+    const auto u = rng() % 64;
+    v[k] = u == 0   ? 12.0f * g(rng)
+           : u == 1 ? 0.0f
+           : u == 2 ? -0.0f
+           : u == 3 ? 0.5f * static_cast<float>(rng() % 15)
+                    : g(rng);
+  }
+  return v;
+}
+
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+class CpuLevels : public ::testing::TestWithParam<CpuLevel> {
+ protected:
+  void SetUp() override {
+    if (GetParam() > detected_cpu_level()) GTEST_SKIP() << "this CPU does not run " << cpu_level_name(GetParam());
+  }
+  const simd::Kernels& level() const { return simd::kernels_for(GetParam()); }
+  const simd::Kernels& reference() const { return simd::kernels_for(CpuLevel::scalar); }
+};
+
+TEST_P(CpuLevels, TheTableIsTheLevelAsked) { EXPECT_EQ(level().level, GetParam()); }
+
+TEST_P(CpuLevels, RowMaximaMatchTheScalarLevel) {
+  for (const std::int64_t n : kLengths) {
+    const std::vector<float> row = awkward_values(n, 1 + static_cast<std::uint32_t>(n));
+    const std::vector<float> other = awkward_values(n, 1000 + static_cast<std::uint32_t>(n));
+    for (const float t : {0.0f, 1.0f, -0.37f, 2.0f * 0.1234567f}) {
+      EXPECT_TRUE(same_bits(level().shifted_row_max_abs(row.data(), other.data(), t, n),
+                            reference().shifted_row_max_abs(row.data(), other.data(), t, n)))
+          << "n=" << n << " t=" << t;
+    }
+    EXPECT_TRUE(same_bits(level().row_max_abs(row.data(), n), reference().row_max_abs(row.data(), n))) << n;
+  }
+}
+
+TEST_P(CpuLevels, ScaleSearchAndCodesMatchTheScalarLevel) {
+  for (const std::int64_t n : kLengths) {
+    const std::vector<float> w = awkward_values(n, 7 + static_cast<std::uint32_t>(n));
+    for (int bits = 2; bits <= 8; ++bits) {
+      const float base = 1.3f / static_cast<float>((1 << (bits - 1)) - 1);
+      const float scales[5] = {base, base / 1.05f, base / 1.1f, base * 0.8f, 0.5f};
+      std::vector<double> a(5), b(5);
+      level().row_errors(w.data(), n, scales, 5, bits, a.data());
+      reference().row_errors(w.data(), n, scales, 5, bits, b.data());
+      EXPECT_TRUE(same_bits(a, b)) << "n=" << n << " bits=" << bits;
+      std::vector<std::int8_t> qa(static_cast<std::size_t>(n)), qb(static_cast<std::size_t>(n));
+      level().quantize_row(w.data(), n, scales[1], bits, qa.data());
+      reference().quantize_row(w.data(), n, scales[1], bits, qb.data());
+      EXPECT_TRUE(same_bits(qa, qb)) << "n=" << n << " bits=" << bits;
+    }
+  }
+}
+
+TEST_P(CpuLevels, SampledErrorsMatchTheScalarLevel) {
+  for (const std::int64_t cols : kLengths) {
+    for (const std::int64_t rows : {1, 3, 16}) {
+      const std::vector<float> w = awkward_values(rows * cols, 11 + static_cast<std::uint32_t>(cols));
+      std::vector<float> row_max(static_cast<std::size_t>(rows));
+      for (std::int64_t r = 0; r < rows; ++r) row_max[r] = 0.25f + static_cast<float>(r);
+      for (int bits = 2; bits <= 8; ++bits) {
+        EXPECT_TRUE(same_bits(level().sampled_rows_error(w.data(), rows, cols, row_max.data(), bits),
+                              reference().sampled_rows_error(w.data(), rows, cols, row_max.data(), bits)))
+            << rows << "x" << cols << " bits=" << bits;
+      }
+    }
+  }
+}
+
+TEST_P(CpuLevels, ProductsMatchTheScalarLevel) {
+  for (const std::int64_t n : kLengths) {
+    for (const std::int64_t outs : {0, 1, 3, 4, 5, 9}) {
+      const std::int64_t ld = n + 3;
+      const std::vector<float> xf = awkward_values(n * 4, 21 + static_cast<std::uint32_t>(n));
+      std::vector<double> x(xf.size());  // full double mantissas: a fused multiply-add would round differently
+      for (std::size_t k = 0; k < x.size(); ++k) x[k] = static_cast<double>(xf[k]) / 3.0;
+      const std::vector<float> w = awkward_values(outs * ld, 22 + static_cast<std::uint32_t>(n));
+      std::vector<std::int8_t> q(w.size());
+      for (std::size_t k = 0; k < q.size(); ++k) q[k] = static_cast<std::int8_t>(static_cast<int>(w[k] * 3.0f) % 8);
+      std::vector<double> a(static_cast<std::size_t>(outs * 4)), b(a.size());
+      level().dot4_f32(x.data(), n, w.data(), ld, outs, a.data());
+      reference().dot4_f32(x.data(), n, w.data(), ld, outs, b.data());
+      EXPECT_TRUE(same_bits(a, b)) << "f32 n=" << n << " outs=" << outs;
+      level().dot4_i8(x.data(), n, q.data(), ld, outs, a.data());
+      reference().dot4_i8(x.data(), n, q.data(), ld, outs, b.data());
+      EXPECT_TRUE(same_bits(a, b)) << "i8 n=" << n << " outs=" << outs;
+    }
+  }
+}
+
+// The whole layer, as `pack` computes it, at this level and at the scalar level.
+struct LayerBits {
+  LayerMath math;
+  std::vector<float> y_fp, y_q;
+};
+LayerBits layer_at(CpuLevel level, const std::vector<float>& w, std::int64_t rows, std::int64_t cols,
+                   const QuantConfig& q, int bits) {
+  set_cpu_level(cpu_level_name(level), "test");
+  LayerBits out;
+  const WeightView view{w.data(), rows, cols};
+  out.math = compute_layer_math(view, q, bits);
+  const std::vector<float> x = conformance_inputs(5, cols);  // 5 rows: a full group of 4 and one more
+  out.y_fp = conformance_reference_output(x, 5, view, {});
+  const std::span<const std::int64_t> perm =
+      q.permute ? std::span<const std::int64_t>(out.math.t.perm) : std::span<const std::int64_t>();
+  out.y_q = conformance_pack_output(x, 5, rows, cols, perm, out.math.t.r_in, out.math.quant.codes,
+                                    out.math.quant.scales, out.math.t.r_out, q.row_rot, {}, {});
+  set_cpu_level("auto", "test");
+  return out;
+}
+
+TEST_P(CpuLevels, LayersOfAwkwardShapesMatchTheScalarLevelAtEveryWidth) {
+  struct Shape {
+    std::int64_t rows, cols;
+  };
+  // Odd sizes, fewer outputs than a block, one column, one row, widths around the lane counts.
+  const Shape shapes[] = {{1, 1}, {130, 1}, {1, 37}, {5, 40}, {17, 33}, {33, 17}, {48, 64}, {70, 100}, {24, 257}};
+  std::uint32_t seed = 100;
+  for (const Shape& s : shapes) {
+    const std::vector<float> w = awkward_values(s.rows * s.cols, ++seed);
+    for (int bits = 2; bits <= 8; ++bits) {
+      for (const RowRot rot : {RowRot::restore, RowRot::propagate, RowRot::off}) {
+        QuantConfig q;
+        q.block = bits % 2 == 0 ? 16 : 8;
+        q.block_out = bits == 3 ? 32 : 16;
+        q.permute = bits != 5;
+        q.row_rot = rot;
+        SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols << " W" << bits << " " << row_rot_name(rot));
+        const LayerBits a = layer_at(GetParam(), w, s.rows, s.cols, q, bits);
+        const LayerBits b = layer_at(CpuLevel::scalar, w, s.rows, s.cols, q, bits);
+        EXPECT_TRUE(same_bits(a.math.t.perm, b.math.t.perm));
+        ASSERT_EQ(a.math.t.r_in.size(), b.math.t.r_in.size());
+        for (std::size_t k = 0; k < a.math.t.r_in.size(); ++k) EXPECT_TRUE(a.math.t.r_in[k] == b.math.t.r_in[k]);
+        ASSERT_EQ(a.math.t.r_out.size(), b.math.t.r_out.size());
+        for (std::size_t k = 0; k < a.math.t.r_out.size(); ++k) EXPECT_TRUE(a.math.t.r_out[k] == b.math.t.r_out[k]);
+        EXPECT_TRUE(same_bits(a.math.weight_scale, b.math.weight_scale));
+        EXPECT_TRUE(same_bits(a.math.quant.scales, b.math.quant.scales));
+        EXPECT_TRUE(same_bits(a.math.quant.codes, b.math.quant.codes));
+        EXPECT_TRUE(same_bits(a.math.quant.squared_error, b.math.quant.squared_error));
+        EXPECT_TRUE(same_bits(a.math.rtn_err2, b.math.rtn_err2));
+        EXPECT_TRUE(same_bits(a.y_fp, b.y_fp));
+        EXPECT_TRUE(same_bits(a.y_q, b.y_q));
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Levels, CpuLevels,
+                         ::testing::Values(CpuLevel::scalar, CpuLevel::sse2, CpuLevel::avx2, CpuLevel::avx512),
+                         [](const auto& info) { return std::string(cpu_level_name(info.param)); });
+
+TEST(CpuFeatures, UnknownOrUnsupportedLevelsAreUsageErrors) {
+  try {
+    set_cpu_level("avx9", "--cpu-features");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::usage);
+    EXPECT_NE(std::string(e.what()).find("--cpu-features: unknown CPU level 'avx9'"), std::string::npos) << e.what();
+  }
+  if (detected_cpu_level() < CpuLevel::avx512) {
+    EXPECT_THROW(set_cpu_level("avx512", "--cpu-features"), Error);
+  }
+  set_cpu_level("scalar", "test");
+  EXPECT_EQ(active_cpu_level(), CpuLevel::scalar);
+  set_cpu_level("auto", "test");
+  EXPECT_EQ(active_cpu_level(), detected_cpu_level());
+  EXPECT_EQ(supported_cpu_levels().front(), CpuLevel::scalar);
+  EXPECT_EQ(supported_cpu_levels().back(), detected_cpu_level());
+}
+
+}  // namespace
+}  // namespace duquant
