@@ -255,10 +255,11 @@ int finish_stdout(int code) {
 
 void keep_freed_memory() {
 #if defined(__GLIBC__)
-  // No allocation is served by a private mapping (each would be unmapped when freed and faulted in
+  // One heap for every thread, and no allocation served by a private mapping (each would be unmapped when freed and faulted in
   // again, page by page, for the next layer), and the heap's free top is never trimmed.
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, INT_MAX);
+  mallopt(M_ARENA_MAX, 1);  // the reader and writer threads too: their arenas would map and unmap
 #endif
 }
 

@@ -296,14 +296,21 @@ void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int6
       // Negating column k of U changes U·rows by −2 U[:,k] rows[k,:]. The trial's full rows are
       // needed only for their maxima: those are taken without forming the trial, and the rows
       // change in place only when the trial is kept (the same floats either way).
+      // The trial's error is the sum over its rows in order of non-negative figures, so its
+      // partial sums never decrease: once one reaches the error to beat, the trial is rejected
+      // without measuring the remaining rows (the decision, and so every output, is unchanged).
       const float* rk = rows.data() + k * cols;
-      for (Eigen::Index r = 0; r < s; ++r) {
-        step[static_cast<std::size_t>(r)] = 2.0f * u(r, k);
-        trial_max[static_cast<std::size_t>(r)] =
-            kern.shifted_row_max_abs(current.data() + r * cols, rk, step[static_cast<std::size_t>(r)], cols);
+      const float* rsk = rows_sampled.data() + k * picked;
+      double e = 0;
+      for (Eigen::Index r = 0; r < s && e < error; ++r) {
+        const auto ri = static_cast<std::size_t>(r);
+        step[ri] = 2.0f * u(r, k);
+        trial_max[ri] = kern.shifted_row_max_abs(current.data() + r * cols, rk, step[ri], cols);
+        const float* cur = current_sampled.data() + r * picked;
+        float* trial = trial_sampled.data() + r * picked;
+        for (std::int64_t c = 0; c < picked; ++c) trial[c] = cur[c] - step[ri] * rsk[c];
+        e += kern.sampled_rows_error(trial, 1, picked, &trial_max[ri], bits);
       }
-      trial_sampled.noalias() = current_sampled - 2.0f * u.col(k) * rows_sampled.row(k);
-      const double e = sampled_quantization_error(kern, trial_sampled, trial_max.data(), bits);
       if (e < error) {
         u.col(k) = -u.col(k);
         for (Eigen::Index r = 0; r < s; ++r)

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <future>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <utility>
 
 #include "formats/atomic_file.hpp"
@@ -26,8 +28,8 @@ struct ComputedLayer {
   double read_seconds = 0, compute_seconds = 0;
 };
 
-// Reads and computes the layers to pack, handing them out in order. On the CPU each layer is read
-// and computed when asked for (the math uses every core). With N devices, up to N layers are
+// Reads and computes the layers to pack, handing them out in order. On the CPU each layer is
+// computed when asked for (the math uses every core) while the next one is read. With N devices, up to N layers are
 // computed at once (layer k on engine k mod N) while the next one is read; the results do not
 // depend on this, since each layer's math depends on that layer alone.
 class LayerPipeline {
@@ -51,7 +53,12 @@ class LayerPipeline {
 
   // The k-th layer to pack (k = 0, 1, ... in order).
   ComputedLayer take(std::size_t k) {
-    if (!devices_.overlap) return compute(k, read(k));
+    if (!devices_.overlap) {  // the CPU: the next layer is read while this one is computed
+      std::pair<LayerInput, double> in = k < reads_.size() && reads_[k].valid() ? reads_[k].get() : read(k);
+      if (k + 1 < readers_.size() && !reads_[k + 1].valid())
+        reads_[k + 1] = std::async(std::launch::async, [this, j = k + 1] { return read(j); });
+      return compute(k, std::move(in));
+    }
     const std::size_t n = devices_.engines.size(), total = readers_.size();
     for (; reads_launched_ < std::min(total, k + n + 1); ++reads_launched_) {
       const std::size_t j = reads_launched_;
@@ -174,22 +181,59 @@ void compute_stage(const PackRun& run, DevicePlan& devices, PackState& state, Pa
   // Each layer's npz, .part and record are committed without fsync: --resume trusts them only by
   // the digests in the record, and every npz is synced below before anything refers to it.
   std::optional<formats::DeferredSync> deferred_sync(std::in_place);
-  for (std::size_t i = 0; i < count; ++i) {
-    if (!state.records[i]) {
-      const ComputedLayer computed = pipeline.take(newly_packed);
-      const auto finish_start = std::chrono::steady_clock::now();
-      state.records[i] = finish_and_record(run, i, computed, state);
-      ++newly_packed;
-      summary.read_seconds += computed.read_seconds;
-      summary.compute_seconds += computed.compute_seconds;
-      summary.finish_seconds += seconds_since(finish_start);
-      pack_internal::maybe_kill(fmt::format("layer:{}", newly_packed));
-    }
+  // A layer's files are written on a writer thread while the next layer is computed; the layers
+  // are still finished one at a time and in order, and each is counted done (progress, the kill
+  // seam, its pages released) only once its record is written.
+  struct Finishing {
+    std::size_t index = 0;
+    double read_seconds = 0, compute_seconds = 0;
+    std::future<std::pair<LayerRecord, double>> record;  // and the seconds the writer spent on it
+  };
+  std::optional<Finishing> finishing;
+  const auto account = [&](std::size_t i) {
     run.release(i);
     summary.reused += state.reused[i] ? 1 : 0;
     bytes_done += stored_bytes(*run.source.selection.layers[i].layer);
     if (progress) progress(progress_of(run, i, state, bytes_done, bytes_total));
+  };
+  const auto complete_finishing = [&] {
+    if (!finishing) return;
+    auto [record, seconds] = finishing->record.get();  // rethrows the writer's error
+    state.records[finishing->index] = std::move(record);
+    ++newly_packed;
+    summary.read_seconds += finishing->read_seconds;
+    summary.compute_seconds += finishing->compute_seconds;
+    summary.finish_seconds += seconds;
+    pack_internal::maybe_kill(fmt::format("layer:{}", newly_packed));
+    account(finishing->index);
+    finishing.reset();
+  };
+  // Not with devices computing on their own threads: finishing may ask the layer's engine for the
+  // calibration statistics, which an engine answers only between computes.
+  const bool writer_thread = !devices.overlap;
+  std::size_t taken = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (state.records[i]) {
+      complete_finishing();
+      account(i);
+      continue;
+    }
+    auto computed = std::make_shared<ComputedLayer>(pipeline.take(taken++));
+    complete_finishing();  // the previous layer's files, written while this one was computed
+    Finishing f;
+    f.index = i;
+    f.read_seconds = computed->read_seconds;
+    f.compute_seconds = computed->compute_seconds;
+    f.record = std::async(writer_thread ? std::launch::async : std::launch::deferred, [&run, &state, i, computed] {
+      const formats::DeferredSync writer_sync;  // this thread's commits are synced below, as the main thread's
+      const auto start = std::chrono::steady_clock::now();
+      LayerRecord r = finish_and_record(run, i, *computed, state);
+      return std::make_pair(std::move(r), seconds_since(start));
+    });
+    finishing = std::move(f);
+    if (!writer_thread) complete_finishing();
   }
+  complete_finishing();
 
   deferred_sync.reset();
   // Every npz, reused or new, durable (with the folder's names) before the shards and the manifest.
