@@ -1,5 +1,6 @@
 #include "base/cpu_features.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 
@@ -22,7 +23,7 @@ CpuLevel probe() {
 }
 
 CpuLevel parse(std::string_view name, std::string_view where) {
-  if (name == "auto") return detected_cpu_level();
+  if (name == "auto") return default_cpu_level();
   for (CpuLevel l : kLevels) {
     if (name != cpu_level_name(l)) continue;
     DQ_CHECK(l <= detected_cpu_level(), usage, "{}: this CPU does not run '{}' (the best it runs is '{}')", where, name,
@@ -52,6 +53,8 @@ CpuLevel detected_cpu_level() {
   return level;
 }
 
+CpuLevel default_cpu_level() { return std::min(detected_cpu_level(), CpuLevel::avx2); }
+
 std::vector<CpuLevel> supported_cpu_levels() {
   std::vector<CpuLevel> out;
   for (CpuLevel l : kLevels)
@@ -63,7 +66,7 @@ CpuLevel active_cpu_level() {
   int l = g_level.load(std::memory_order_acquire);
   if (l < 0) {
     const char* env = std::getenv("DUQUANT_CPU_FEATURES");
-    const CpuLevel chosen = env != nullptr && *env != '\0' ? parse(env, "DUQUANT_CPU_FEATURES") : detected_cpu_level();
+    const CpuLevel chosen = env != nullptr && *env != '\0' ? parse(env, "DUQUANT_CPU_FEATURES") : default_cpu_level();
     int expected = -1;
     g_level.compare_exchange_strong(expected, static_cast<int>(chosen), std::memory_order_acq_rel);
     l = g_level.load(std::memory_order_acquire);
