@@ -68,8 +68,6 @@ MatrixF eigen_rotation(const Eigen::MatrixXd& gram, Eigen::VectorXd* eigenvalues
 
 namespace {
 
-using MatrixRowD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
 // Below about this many multiply-adds a parallel region costs more than it saves: waking the team
 // and, worse, its threads spinning after it while the pack's other threads want the cores (tiny
 // layers on a loaded 2-core machine: 30-40 ms per layer, nearly all in libgomp's spin). Every
@@ -79,6 +77,34 @@ constexpr std::int64_t kParallelWork = std::int64_t{1} << 18;
 // `blocks` eigen solves of width up to `width` (each about width^3).
 bool worth_parallel_blocks(std::int64_t blocks, std::int64_t width) {
   return blocks > 1 && blocks * width * width * width >= kParallelWork;
+}
+
+std::int64_t round_up(std::int64_t n, std::int64_t m) { return (n + m - 1) / m * m; }
+
+// The depth blocks of the row-block Gram products: the blocking Eigen's product chose for them on
+// a CPU with a 32 KB L1 data cache (GeneralBlockPanelKernel.h, one thread, double, 4x4 kernel:
+// at most 504 deep, the last block as large as possible) — the bytes packs had before this kernel
+// — now fixed whatever the CPU's caches or the thread count.
+std::int64_t gram_depth_block(std::int64_t depth) {
+  constexpr std::int64_t kMax = 504, kPeel = 8;
+  if (depth <= kMax) return depth;
+  const std::int64_t rest = depth % kMax;
+  return rest == 0 ? kMax : kMax - kPeel * ((kMax - 1 - rest) / (kPeel * (depth / kMax + 1)));
+}
+
+// G = R·Rᵀ of the s rows at `rows` (each `cols` long), in double: Σ over the columns in depth
+// blocks (gram_depth_block), each block's sums from 0 in column order, added to G in order.
+Eigen::MatrixXd row_block_gram(const simd::Kernels& kern, const float* rows, std::int64_t s, std::int64_t cols) {
+  Eigen::MatrixXd g = Eigen::MatrixXd::Zero(s, s);
+  const std::int64_t kc = gram_depth_block(cols), lda = round_up(s, 16);
+  std::vector<double> block(static_cast<std::size_t>(std::max<std::int64_t>(kc, 1) * lda), 0.0);
+  for (std::int64_t k0 = 0; k0 < cols; k0 += kc) {
+    const std::int64_t n = std::min(kc, cols - k0);
+    for (std::int64_t kk = 0; kk < n; ++kk)
+      for (std::int64_t i = 0; i < s; ++i) block[kk * lda + i] = static_cast<double>(rows[i * cols + k0 + kk]);
+    kern.gram_add(block.data(), n, s, lda, g.data());
+  }
+  return g;
 }
 
 // W[:, perm] in one pass over the rows (each row gathered while it is in cache).
@@ -112,6 +138,7 @@ LayerTransform compute_transform(const WeightView& w, const QuantConfig& q, Matr
     // segment by row segment instead of column by column. Every Gram sums the same tiles in the
     // same order whichever thread computes it, so the result does not depend on the thread count.
     std::vector<Eigen::MatrixXd> grams(static_cast<std::size_t>(nb));
+    const simd::Kernels& kern = simd::kernels();
 #pragma omp parallel if (nb > 1 && w.rows * w.cols * q.block >= kParallelWork)
     {
       const int threads = omp_get_num_threads(), me = omp_get_thread_num();
@@ -123,15 +150,20 @@ LayerTransform compute_transform(const WeightView& w, const QuantConfig& q, Matr
           grams[b] = Eigen::MatrixXd::Zero(s, s);
         }
         constexpr std::int64_t kTile = 256;
-        MatrixRowD tile(kTile, c1 - c0);
+        const std::int64_t width = c1 - c0;
+        // gram_add reads whole groups of 16 columns from a block's start: the last row's may run
+        // past the tile, into zeros.
+        std::vector<double> tile(static_cast<std::size_t>(kTile * width + round_up(q.block, 16)), 0.0);
         for (std::int64_t r0 = 0; r0 < w.rows; r0 += kTile) {
           const std::int64_t rows = std::min(kTile, w.rows - r0);
-          tile.topRows(rows) = permuted.block(r0, c0, rows, c1 - c0).cast<double>();
-          for (std::int64_t b = b0; b < b1; ++b) {
-            const std::int64_t s = block_width(w.cols, q.block, b);
-            const auto x = tile.block(0, b * q.block - c0, rows, s);
-            grams[b].noalias() += x.transpose() * x;
+          for (std::int64_t r = 0; r < rows; ++r) {
+            const float* src = permuted.data() + (r0 + r) * w.cols + c0;
+            double* dst = tile.data() + r * width;
+            for (std::int64_t c = 0; c < width; ++c) dst[c] = static_cast<double>(src[c]);
           }
+          for (std::int64_t b = b0; b < b1; ++b)
+            kern.gram_add(tile.data() + (b * q.block - c0), rows, block_width(w.cols, q.block, b), width,
+                          grams[b].data());
         }
       }
     }
@@ -140,16 +172,14 @@ LayerTransform compute_transform(const WeightView& w, const QuantConfig& q, Matr
     if (permuted_out != nullptr) *permuted_out = std::move(permuted);
   }
   if (q.row_rot != RowRot::off) {
+    const simd::Kernels& kern = simd::kernels();
     const std::int64_t nbo = block_count(w.rows, q.block_out);
     t.r_out.resize(static_cast<std::size_t>(nbo));
 #pragma omp parallel for schedule(dynamic) if (nbo > 1 && nbo * q.block_out * q.block_out * (w.cols + q.block_out) >= \
                                                               kParallelWork)
     for (std::int64_t b = 0; b < nbo; ++b) {
       const std::int64_t s = block_width(w.rows, q.block_out, b);
-      const Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> rows(
-          w.data + b * q.block_out * w.cols, s, w.cols);
-      const MatrixRowD rd = rows.cast<double>();
-      t.r_out[b] = eigen_rotation(rd * rd.transpose());
+      t.r_out[b] = eigen_rotation(row_block_gram(kern, w.data + b * q.block_out * w.cols, s, w.cols));
     }
   }
   return t;

@@ -121,6 +121,33 @@ TEST_P(CpuLevels, ProductsMatchTheScalarLevel) {
   }
 }
 
+TEST_P(CpuLevels, GramSumsMatchTheScalarLevelAndStaySymmetric) {
+  for (const std::int64_t k : {1, 2, 7, 16, 100, 256}) {
+    for (const std::int64_t s : {1, 2, 3, 5, 8, 15, 16, 17, 32, 33}) {
+      const std::int64_t lda = (s + 15) / 16 * 16 + 5;  // readable beyond s, as the kernel requires
+      const std::vector<float> af = awkward_values(k * lda, 31 + static_cast<std::uint32_t>(k * 40 + s));
+      std::vector<double> a(af.size());
+      for (std::size_t q = 0; q < a.size(); ++q) a[q] = static_cast<double>(af[q]) / 7.0;
+      // A symmetric start, as the Gram of earlier tiles.
+      std::vector<double> g0(static_cast<std::size_t>(s * s));
+      for (std::int64_t i = 0; i < s; ++i)
+        for (std::int64_t j = 0; j <= i; ++j) g0[i * s + j] = g0[j * s + i] = 0.25 * static_cast<double>(i + 2 * j);
+      std::vector<double> ga = g0, gb = g0;
+      level().gram_add(a.data(), k, s, lda, ga.data());
+      reference().gram_add(a.data(), k, s, lda, gb.data());
+      EXPECT_TRUE(same_bits(ga, gb)) << "k=" << k << " s=" << s;
+      // The reference is the plain definition: each sum from 0 over kk in order, then added.
+      for (std::int64_t i = 0; i < s; ++i)
+        for (std::int64_t j = 0; j < s; ++j) {
+          double t = 0;
+          for (std::int64_t kk = 0; kk < k; ++kk) t += a[kk * lda + i] * a[kk * lda + j];
+          ASSERT_TRUE(same_bits(gb[i * s + j], g0[i * s + j] + t)) << "k=" << k << " s=" << s << " " << i << "," << j;
+          ASSERT_TRUE(same_bits(ga[i * s + j], ga[j * s + i]));
+        }
+    }
+  }
+}
+
 // The whole layer, as `pack` computes it, at this level and at the scalar level.
 struct LayerBits {
   LayerMath math;

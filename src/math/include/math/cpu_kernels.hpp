@@ -27,6 +27,11 @@ struct Kernels {
   // Four input rows side by side, x4[j·4 + r] (r < 4, j < n): for each o < outs,
   // y[o·4 + r] = Σ_{j<n} x4[j·4 + r] · double(w[o·ldw + j]), each sum from 0 in the order of j.
   void (*dot4_f32)(const double* x4, std::int64_t n, const float* w, std::int64_t ldw, std::int64_t outs, double* y);
+  // g[i·s + j] += T[i][j] for i, j < s, where T[i][j] = Σ_{kk<k} a[kk·lda + i] · a[kk·lda + j], each
+  // sum from +0 in the order of kk (the order of Eigen's product kernel for one depth block).
+  // Rows of `a` are read up to column roundup(s, 16) (those beyond s are ignored): the caller
+  // keeps them readable. `g` must be symmetric; it stays so, bit for bit.
+  void (*gram_add)(const double* a, std::int64_t k, std::int64_t s, std::int64_t lda, double* g);
   // The same with int8 codes for w.
   void (*dot4_i8)(const double* x4, std::int64_t n, const std::int8_t* q, std::int64_t ldq, std::int64_t outs,
                   double* y);
