@@ -195,14 +195,15 @@ void rotate_column_blocks(MatrixF& permuted, const LayerTransform& t, std::int64
     const int threads = omp_get_num_threads(), me = omp_get_thread_num();
     const std::int64_t b0 = nb * me / threads, b1 = nb * (me + 1) / threads;
     constexpr std::int64_t kTile = 256;
-    MatrixF rotated;
+    const simd::Kernels& kern = simd::kernels();
+    std::vector<float> rotated(static_cast<std::size_t>(kTile * std::min(block, std::max<std::int64_t>(cols, 1))));
     for (std::int64_t r0 = 0; r0 < rows; r0 += kTile) {
       const std::int64_t n = std::min(kTile, rows - r0);
       for (std::int64_t b = b0; b < b1; ++b) {
         const std::int64_t s = block_width(cols, block, b);
-        auto x = permuted.block(r0, b * block, n, s);
-        rotated.noalias() = x * t.r_in[b];
-        x = rotated;
+        float* x = permuted.data() + r0 * cols + b * block;
+        kern.product_f32(x, cols, t.r_in[b].data(), s, rotated.data(), s, n, s, s);
+        for (std::int64_t r = 0; r < n; ++r) std::copy_n(rotated.data() + r * s, s, x + r * cols);
       }
     }
   }
@@ -215,12 +216,14 @@ MatrixF apply_input_transform(const WeightView& w, const LayerTransform& t, std:
 }
 
 void apply_output_rotation(MatrixF& w_t, const LayerTransform& t, std::int64_t block_out) {
+  const simd::Kernels& kern = simd::kernels();
   const std::int64_t nbo = static_cast<std::int64_t>(t.r_out.size());
 #pragma omp parallel for schedule(dynamic) if (nbo > 1 && w_t.rows() * w_t.cols() * block_out >= kParallelWork)
   for (std::int64_t b = 0; b < nbo; ++b) {
     const std::int64_t s = block_width(w_t.rows(), block_out, b);
     const MatrixF rows = w_t.middleRows(b * block_out, s);
-    w_t.middleRows(b * block_out, s).noalias() = t.r_out[b] * rows;
+    kern.product_f32(t.r_out[b].data(), s, rows.data(), w_t.cols(), w_t.data() + b * block_out * w_t.cols(), w_t.cols(),
+                     s, w_t.cols(), s);
   }
 }
 
@@ -316,8 +319,9 @@ void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int6
     const MatrixF rows = w_in.middleRows(b * block_out, s);
     MatrixF rows_sampled(s, picked);
     for (std::int64_t c = 0; c < picked; ++c) rows_sampled.col(c) = rows.col(c * stride);
-    MatrixF current = u * rows;
-    MatrixF current_sampled = u * rows_sampled, trial_sampled(s, picked);
+    MatrixF current(s, cols), current_sampled(s, picked), trial_sampled(s, picked);
+    kern.product_f32(u.data(), s, rows.data(), cols, current.data(), cols, s, cols, s);
+    kern.product_f32(u.data(), s, rows_sampled.data(), picked, current_sampled.data(), picked, s, picked, s);
     std::vector<float> row_max(static_cast<std::size_t>(s)), trial_max(static_cast<std::size_t>(s));
     std::vector<float> step(static_cast<std::size_t>(s));
     row_maxima(kern, current, row_max);

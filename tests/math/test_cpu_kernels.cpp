@@ -179,6 +179,35 @@ TEST_P(CpuLevels, GramSumsAreEigensProduct) {
   }
 }
 
+// product_f32 is Eigen's float product bit for bit (the rotated weights packs had before the
+// kernel): row-major A·B for awkward shapes, depths up to 100 (blocks up to 100 wide: one depth
+// block on any CPU).
+TEST_P(CpuLevels, FloatProductsAreEigensProduct) {
+  using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const std::int64_t sizes[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 20, 23, 31, 33, 64, 130};
+  std::uint32_t seed = 500;
+  for (const std::int64_t depth : {1, 3, 4, 7, 8, 9, 12, 15, 16, 17, 32, 40, 64, 100})
+    for (const std::int64_t rows : sizes)
+      for (const std::int64_t cols : sizes) {
+        // A 1x1 result is Eigen's dot product, whose order depends on the address of the data: the
+        // kernel defines it as a sum in order (its only departure from the bytes packs had).
+        if (rows == 1 && cols == 1) continue;
+        const std::vector<float> av = awkward_values(rows * depth, ++seed), bv = awkward_values(depth * cols, ++seed);
+        const RowF a = Eigen::Map<const RowF>(av.data(), rows, depth),
+                   b = Eigen::Map<const RowF>(bv.data(), depth, cols);
+        RowF want(rows, cols);
+        want.noalias() = a * b;
+        RowF got(rows, cols);
+        level().product_f32(a.data(), depth, b.data(), cols, got.data(), cols, rows, cols, depth);
+        for (std::int64_t r = 0; r < rows; ++r)
+          for (std::int64_t c = 0; c < cols; ++c)
+            // Below Eigen's coefficient-wise threshold an all-zero sum's sign depends on the address.
+            ASSERT_TRUE(depth + rows + cols < 20 ? got(r, c) == want(r, c) : same_bits(got(r, c), want(r, c)))
+                << rows << "x" << depth << " * " << depth << "x" << cols << " at [" << r << "," << c
+                << "]: " << got(r, c) << " vs " << want(r, c);
+      }
+}
+
 // The whole layer, as `pack` computes it, at this level and at the scalar level.
 struct LayerBits {
   LayerMath math;

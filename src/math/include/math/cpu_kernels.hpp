@@ -32,6 +32,12 @@ struct Kernels {
   // Rows of `a` are read up to column roundup(s, 16) (those beyond s are ignored): the caller
   // keeps them readable. `g` must be symmetric; it stays so, bit for bit.
   void (*gram_add)(const double* a, std::int64_t k, std::int64_t s, std::int64_t lda, double* g);
+  // out[r·ldo + c] = Σ_{k<K} A[r·lda + k] · B[k·ldb + c] for r < R, c < C (float, all row-major),
+  // each sum in the order Eigen's float product kernel (SSE2) gives that element — sequential
+  // from 0 for all but the last C mod 8 columns (kernels/kernels_body.inc) — so the rotated
+  // weights keep the bytes packs had, now whatever the CPU's caches or the thread count.
+  void (*product_f32)(const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float* out,
+                      std::int64_t ldo, std::int64_t rows, std::int64_t cols, std::int64_t depth);
   // The same with int8 codes for w.
   void (*dot4_i8)(const double* x4, std::int64_t n, const std::int8_t* q, std::int64_t ldq, std::int64_t outs,
                   double* y);
