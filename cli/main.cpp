@@ -29,6 +29,7 @@ int cli_exit(const CLI::App& app, const CLI::Error& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  duquant::cli::prefer_passive_openmp_wait(argv);
   // Before any file is opened: closed descriptors 0-2 onto /dev/null, a stderr that never fails.
   duquant::cli::guard_standard_streams();
   duquant::cli::install_interrupt_handlers();

@@ -253,10 +253,17 @@ int finish_stdout(int code) {
   return code;
 }
 
+void prefer_passive_openmp_wait(char** argv) {
+  if (argv == nullptr || argv[0] == nullptr) return;
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
+  if (::setenv("OMP_WAIT_POLICY", "passive", 0) != 0) return;
+  ::execv("/proc/self/exe", argv);  // returns only on failure: keep running, libgomp spins
+}
+
 void keep_freed_memory() {
 #if defined(__GLIBC__)
-  // One heap for every thread, and no allocation served by a private mapping (each would be unmapped when freed and faulted in
-  // again, page by page, for the next layer), and the heap's free top is never trimmed.
+  // One heap for every thread, and no allocation served by a private mapping (each would be unmapped when freed and
+  // faulted in again, page by page, for the next layer), and the heap's free top is never trimmed.
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, INT_MAX);
   mallopt(M_ARENA_MAX, 1);  // the reader and writer threads too: their arenas would map and unmap

@@ -24,6 +24,13 @@ void note_pack_progress(std::size_t done, std::size_t total);
 // (exit 2) naming the variable for a value the OpenMP runtime would crash on or silently ignore.
 void check_openmp_environment();
 
+// OpenMP's idle threads wait without spinning unless the user chose otherwise: a pack's reader and
+// writer threads share the cores with them, and spinning took 8-13 % of a pack's CPU time
+// (docs/benchmarks.md). libgomp reads OMP_WAIT_POLICY once, as it loads, so when neither it nor
+// GOMP_SPINCOUNT is set the program sets it to `passive` and executes itself again (same
+// arguments); if that fails it goes on as it is. Call first in main.
+void prefer_passive_openmp_wait(char** argv);
+
 // Keeps memory the program frees for its next allocation instead of returning it to the system:
 // a pack allocates and frees buffers of the same sizes for every layer, and fresh pages from the
 // system cost a page fault and a clearing each (about a fifth of a full pack's time otherwise).
