@@ -2,7 +2,9 @@
 // .part files.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <map>
+#include <memory>
 #include <span>
 
 #include "duquant/error.hpp"
@@ -24,10 +26,30 @@ struct Shard {
   std::vector<std::size_t> layers;
 };
 
-std::vector<formats::TensorSpec> tensors_of(const PackRun& run, const PackState& state, std::size_t i) {
+std::vector<formats::TensorSpec> tensors_of(const PackRun& run, std::size_t i, const LayerRecord& r) {
   const SelectedLayer& sel = run.source.selection.layers[i];
-  const LayerRecord& r = *state.records[i];
   return layer_tensor_specs(*sel.layer, sel.wbits, run.options.config.quant, r.calibration.steps > 0, r.smoothed);
+}
+std::vector<formats::TensorSpec> tensors_of(const PackRun& run, const PackState& state, std::size_t i) {
+  return tensors_of(run, i, *state.records[i]);
+}
+
+// The tensors a layer will have, from the configuration and the calibration plan alone.
+std::vector<formats::TensorSpec> planned_tensors(const PackRun& run, std::size_t i) {
+  const SelectedLayer& sel = run.source.selection.layers[i];
+  const LayerCalibration c = run.plan.for_layer(*sel.layer);
+  const int steps =
+      c.has_calls() ? static_cast<int>(std::min<std::size_t>(
+                          c.calls->size(), static_cast<std::size_t>(std::max(0, run.options.config.quant.calib_steps))))
+                    : 0;
+  return layer_tensor_specs(*sel.layer, sel.wbits, run.options.config.quant, steps > 0, !c.smooth.empty());
+}
+
+bool same_specs(const std::vector<formats::TensorSpec>& a, const std::vector<formats::TensorSpec>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t k = 0; k < a.size(); ++k)
+    if (a[k].name != b[k].name || a[k].dtype != b[k].dtype || a[k].shape != b[k].shape) return false;
+  return true;
 }
 
 // Layers are never split across shards; a shard ends before --max-shard-size or before a header
@@ -86,7 +108,78 @@ PackedFile write_shard(const PackRun& run, const PackState& state, const Shard& 
 
 }  // namespace
 
+class ShardStream {
+ public:
+  ShardStream(const PackRun& run, std::vector<std::vector<formats::TensorSpec>> planned,
+              std::vector<formats::TensorSpec> all)
+      : planned_(std::move(planned)),
+        header_(formats::safetensors_header_bytes(all, quantized_metadata())),
+        writer_(run.options.output / kQuantizedName, std::move(all), quantized_metadata()) {
+    hash_.update(std::as_bytes(std::span(header_.data(), header_.size())));
+  }
+  void append(const PackRun& run, std::size_t i, const LayerRecord& r, std::span<const std::byte> data) {
+    if (abandoned_) return;
+    std::uint64_t expected = 0;
+    for (const auto& spec : planned_.at(i)) expected += spec.nbytes();
+    if (i != next_ || !same_specs(tensors_of(run, i, r), planned_[i]) || data.size() != expected) {
+      abandoned_ = true;
+      return;
+    }
+    writer_.write(data);
+    hash_.update(data);
+    ++next_;
+  }
+  bool complete() const { return !abandoned_ && next_ == planned_.size(); }
+  PackedFile commit() {
+    writer_.commit();
+    return {std::string(kQuantizedName), header_.size() + writer_.data_bytes(), hash_.hex()};
+  }
+
+ private:
+  std::vector<std::vector<formats::TensorSpec>> planned_;
+  std::string header_;
+  formats::SafetensorsWriter writer_;
+  Xxh128 hash_;
+  std::size_t next_ = 0;
+  bool abandoned_ = false;
+};
+
+std::shared_ptr<ShardStream> open_shard_stream(const PackRun& run, const PackState& state) {
+  const std::size_t n = run.layer_count();
+  if (n == 0) return nullptr;
+  std::vector<std::vector<formats::TensorSpec>> planned(n);
+  std::vector<formats::TensorSpec> all;
+  std::uint64_t data = 0, header = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (state.records[i]) return nullptr;  // a resumed pack: the .part files hold some layers
+    planned[i] = planned_tensors(run, i);
+    for (const auto& spec : planned[i]) {
+      data += spec.nbytes();
+      header += formats::header_entry_bound(spec);
+    }
+    all.insert(all.end(), planned[i].begin(), planned[i].end());
+  }
+  if (data > run.options.max_shard_bytes || header > formats::kMaxHeaderBytes - 4096) return nullptr;  // sharded
+  return std::make_shared<ShardStream>(run, std::move(planned), std::move(all));
+}
+
+void append_to_shard_stream(ShardStream& stream, const PackRun& run, std::size_t i, const LayerRecord& r,
+                            std::span<const std::byte> data) {
+  stream.append(run, i, r, data);
+}
+
+bool shard_stream_complete(const ShardStream& stream) { return stream.complete(); }
+
 AssembledPack assemble_stage(const PackRun& run, const PackState& state) {
+  if (state.stream && state.stream->complete()) {
+    AssembledPack out;
+    out.shards = 1;
+    out.layer_shard.assign(run.layer_count(), std::string(kQuantizedName));
+    out.files.push_back(state.stream->commit());
+    out.quantized_bytes = out.files.back().size;
+    pack_internal::maybe_kill("assembly");
+    return out;
+  }
   const std::vector<Shard> shards = plan_shards(run, state);
   AssembledPack out;
   out.shards = static_cast<int>(shards.size());

@@ -119,7 +119,8 @@ LayerPipeline pipeline_of_missing(const PackRun& run, DevicePlan& devices, const
 
 // Finishes the i-th layer from what the pipeline computed: its npz, then its .part and, last, its
 // record, whose presence means the layer is complete.
-LayerRecord finish_and_record(const PackRun& run, std::size_t i, const ComputedLayer& computed, PackState& state) {
+LayerRecord finish_and_record(const PackRun& run, std::size_t i, const ComputedLayer& computed, PackState& state,
+                              ShardStream* stream) {
   const SelectedLayer& sel = run.source.selection.layers[i];
   const LayerCalibration calib = run.plan.for_layer(*sel.layer);
   // The digests of the very bytes the layer was computed from (one copy, load_layer_input): a
@@ -141,6 +142,7 @@ LayerRecord finish_and_record(const PackRun& run, std::size_t i, const ComputedL
   r.quality = packed.quality;
   pack_internal::write_text_atomic(run.part_path(i), packed.data);
   pack_internal::write_text_atomic(run.record_path(i), layer_record_text(r));
+  if (stream != nullptr) append_to_shard_stream(*stream, run, i, r, std::as_bytes(std::span(packed.data)));
   return r;
 }
 
@@ -211,6 +213,7 @@ void compute_stage(const PackRun& run, DevicePlan& devices, PackState& state, Pa
   // Not with devices computing on their own threads: finishing may ask the layer's engine for the
   // calibration statistics, which an engine answers only between computes.
   const bool writer_thread = !devices.overlap;
+  state.stream = open_shard_stream(run, state);
   std::size_t taken = 0;
   for (std::size_t i = 0; i < count; ++i) {
     if (state.records[i]) {
@@ -227,13 +230,14 @@ void compute_stage(const PackRun& run, DevicePlan& devices, PackState& state, Pa
     f.record = std::async(writer_thread ? std::launch::async : std::launch::deferred, [&run, &state, i, computed] {
       const formats::DeferredSync writer_sync;  // this thread's commits are synced below, as the main thread's
       const auto start = std::chrono::steady_clock::now();
-      LayerRecord r = finish_and_record(run, i, *computed, state);
+      LayerRecord r = finish_and_record(run, i, *computed, state, state.stream.get());
       return std::make_pair(std::move(r), seconds_since(start));
     });
     finishing = std::move(f);
     if (!writer_thread) complete_finishing();
   }
   complete_finishing();
+  if (state.stream && !shard_stream_complete(*state.stream)) state.stream.reset();  // its temporary file goes
 
   deferred_sync.reset();
   // Every npz, reused or new, durable (with the folder's names) before the shards and the manifest.

@@ -9,7 +9,9 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -88,13 +90,31 @@ std::map<std::string, std::string> fold_smoothing_stage(const PackOptions& o, co
                                                         const CalibrationPlan& plan);
 
 // The record the stages pass on, one entry per selected layer in order.
+// quantized.safetensors written while the layers are computed: on a fresh pack whose tensors fit
+// one shard, each layer's bytes are appended (by the writer of its .part, from the same memory) as
+// soon as its record is written, so the assemble stage has only to commit the file instead of
+// copying every .part. Anything unexpected (a layer out of order, other tensors than planned)
+// abandons it, and the assemble stage builds the file from the .part files as always.
+class ShardStream;
+
 struct PackState {
   explicit PackState(std::size_t count)
       : records(count), reused(count, false), weight_xxh128(count), bias_xxh128(count) {}
   std::vector<std::optional<LayerRecord>> records;      // after resume: the reused layers; after compute: every one
   std::vector<bool> reused;                             // taken from an earlier run
   std::vector<std::string> weight_xxh128, bias_xxh128;  // "" until the layer's bytes are read
+  std::shared_ptr<ShardStream> stream;                  // null: assemble from the .part files
 };
+
+// The stream for a pack none of whose layers is reused and whose tensors fit one shard; null
+// otherwise. Its temporary file is removed unless assemble_stage commits it.
+std::shared_ptr<ShardStream> open_shard_stream(const PackRun& run, const PackState& state);
+// Appends the i-th layer's tensors (`data`, as in its .part; `r` its record) when i is the next
+// layer and its tensors are the planned ones, else abandons the stream. Write errors throw.
+void append_to_shard_stream(ShardStream& stream, const PackRun& run, std::size_t i, const LayerRecord& r,
+                            std::span<const std::byte> data);
+// Every layer appended, in order, as planned.
+bool shard_stream_complete(const ShardStream& stream);
 
 // Resume: with --resume, the layers an earlier run finished, recognised by fingerprint and by the
 // digests of their npz and .part; every other layer is left empty, to be computed. Without
