@@ -100,8 +100,10 @@ Eigen::MatrixXd row_block_gram(const simd::Kernels& kern, const float* rows, std
   std::vector<double> block(static_cast<std::size_t>(std::max<std::int64_t>(kc, 1) * lda), 0.0);
   for (std::int64_t k0 = 0; k0 < cols; k0 += kc) {
     const std::int64_t n = std::min(kc, cols - k0);
-    for (std::int64_t kk = 0; kk < n; ++kk)
-      for (std::int64_t i = 0; i < s; ++i) block[kk * lda + i] = static_cast<double>(rows[i * cols + k0 + kk]);
+    for (std::int64_t i = 0; i < s; ++i) {  // row by row: rows far apart would share cache sets
+      const float* src = rows + i * cols + k0;
+      for (std::int64_t kk = 0; kk < n; ++kk) block[kk * lda + i] = static_cast<double>(src[kk]);
+    }
     kern.gram_add(block.data(), n, s, lda, g.data());
   }
   return g;
