@@ -1,5 +1,7 @@
 #include "packfmt/pack_reader.hpp"
 
+#include "math/cpu_kernels.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -97,24 +99,41 @@ std::vector<float> read_rows_f32(const formats::Checkpoint& q, const formats::Te
 // inverted by their transposes: they are orthogonal in a sound pack).
 MatrixF to_original_basis(MatrixF w_t, std::span<const std::int64_t> perm, const std::vector<MatrixF>& r_in,
                           const std::vector<MatrixF>& r_out) {
+  const simd::Kernels& kern = simd::kernels();
   const Eigen::Index rows = w_t.rows(), cols = w_t.cols();
+  std::vector<float> tmp;
   Eigen::Index r0 = 0;
   for (const MatrixF& r : r_out) {
     const Eigen::Index s = r.rows();
     DQ_CHECK(r0 + s <= rows, internal, "row rotations cover {} rows of {}", r0 + s, rows);
-    w_t.middleRows(r0, s) = (r.transpose() * w_t.middleRows(r0, s)).eval();
+    const MatrixF rt = r.transpose();
+    tmp.resize(static_cast<std::size_t>(s * cols));
+    kern.product_f32(rt.data(), s, w_t.data() + r0 * cols, cols, tmp.data(), cols, s, cols, s);
+    std::copy(tmp.begin(), tmp.end(), w_t.data() + r0 * cols);
     r0 += s;
   }
   Eigen::Index c0 = 0;
+  constexpr Eigen::Index kTile = 256;  // rows at a time, kept in cache
   for (const MatrixF& r : r_in) {
     const Eigen::Index s = r.rows();
     DQ_CHECK(c0 + s <= cols, internal, "column rotations cover {} columns of {}", c0 + s, cols);
-    w_t.middleCols(c0, s) = (w_t.middleCols(c0, s) * r.transpose()).eval();
+    const MatrixF rt = r.transpose();
+    tmp.resize(static_cast<std::size_t>(kTile * s));
+    for (Eigen::Index t0 = 0; t0 < rows; t0 += kTile) {
+      const Eigen::Index n = std::min(kTile, rows - t0);
+      float* x = w_t.data() + t0 * cols + c0;
+      kern.product_f32(x, cols, rt.data(), s, tmp.data(), s, n, s, s);
+      for (Eigen::Index i = 0; i < n; ++i) std::copy_n(tmp.data() + i * s, s, x + i * cols);
+    }
     c0 += s;
   }
   if (perm.empty()) return w_t;
   MatrixF w(rows, cols);
-  for (Eigen::Index j = 0; j < cols; ++j) w.col(perm[static_cast<std::size_t>(j)]) = w_t.col(j);
+  for (Eigen::Index i = 0; i < rows; ++i) {  // row by row: the scatter stays in cache
+    const float* src = w_t.data() + i * cols;
+    float* dst = w.data() + i * cols;
+    for (Eigen::Index j = 0; j < cols; ++j) dst[perm[static_cast<std::size_t>(j)]] = src[j];
+  }
   return w;
 }
 

@@ -10,6 +10,7 @@
 #include "base/elementwise.hpp"
 #include "math/calibration.hpp"
 #include "math/conformance.hpp"
+#include "math/cpu_kernels.hpp"
 #include "select/layer_weights.hpp"
 #include "select/selection.hpp"
 
@@ -101,10 +102,19 @@ double eigenbasis_residual(const MatrixD& g, const MatrixF& r) {
 }
 
 MatrixD column_block_gram(const WeightView& w, const std::vector<std::int64_t>& perm, std::int64_t c0, std::int64_t s) {
-  MatrixD wb(w.rows, s);
-  for (std::int64_t r = 0; r < w.rows; ++r)
-    for (std::int64_t c = 0; c < s; ++c) wb(r, c) = w.at(r, perm[static_cast<std::size_t>(c0 + c)]);
-  return wb.transpose() * wb;
+  // 256 rows at a time through the pack's Gram kernel (a figure compared with a tolerance).
+  const simd::Kernels& kern = simd::kernels();
+  constexpr std::int64_t kTile = 256;
+  const std::int64_t lda = (s + 15) / 16 * 16;  // the kernel reads whole groups of 16 columns
+  std::vector<double> tile(static_cast<std::size_t>(kTile * lda), 0.0);
+  MatrixD g = MatrixD::Zero(s, s);
+  for (std::int64_t r0 = 0; r0 < w.rows; r0 += kTile) {
+    const std::int64_t n = std::min(kTile, w.rows - r0);
+    for (std::int64_t r = 0; r < n; ++r)
+      for (std::int64_t c = 0; c < s; ++c) tile[r * lda + c] = w.at(r0 + r, perm[static_cast<std::size_t>(c0 + c)]);
+    kern.gram_add(tile.data(), n, s, lda, g.data());
+  }
+  return g;
 }
 
 MatrixD row_block_gram(const WeightView& w, std::int64_t r0, std::int64_t s) {
@@ -123,13 +133,23 @@ std::vector<std::int64_t> perm_or_identity(const NpzLayer& npz, std::int64_t n) 
 
 // x · mᵀ in double for a float32 matrix, converting 256 rows of m at a time (no full double copy).
 MatrixD times_transpose(const MatrixD& x, const float* m, std::int64_t rows, std::int64_t cols) {
+  // Four rows of x at a time against every row of m (the conformance kernels: each sum in order).
+  const simd::Kernels& kern = simd::kernels();
   MatrixD y(x.rows(), rows);
-  constexpr std::int64_t kChunk = 256;
+  std::vector<double> x4(static_cast<std::size_t>(cols * 4)), y4(static_cast<std::size_t>(rows * 4));
+  constexpr std::int64_t kChunk = 64;
+  const std::int64_t chunks = (rows + kChunk - 1) / kChunk;
+  for (std::int64_t g = 0; g < x.rows(); g += 4) {
+    const std::int64_t in_group = std::min<std::int64_t>(4, x.rows() - g);
+    for (std::int64_t j = 0; j < cols; ++j)
+      for (std::int64_t r = 0; r < 4; ++r) x4[j * 4 + r] = r < in_group ? x(g + r, j) : 0.0;
 #pragma omp parallel for schedule(static)
-  for (std::int64_t r0 = 0; r0 < rows; r0 += kChunk) {
-    const std::int64_t n = std::min(kChunk, rows - r0);
-    const MatrixD chunk = Eigen::Map<const MatrixF>(m + r0 * cols, n, cols).cast<double>();
-    y.middleCols(r0, n) = x * chunk.transpose();
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      const std::int64_t o0 = c * kChunk, count = std::min(kChunk, rows - o0);
+      kern.dot4_f32(x4.data(), cols, m + o0 * cols, cols, count, y4.data() + o0 * 4);
+    }
+    for (std::int64_t r = 0; r < in_group; ++r)
+      for (std::int64_t o = 0; o < rows; ++o) y(g + r, o) = y4[o * 4 + r];
   }
   return y;
 }
