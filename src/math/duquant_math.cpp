@@ -160,8 +160,7 @@ LayerTransform compute_transform(const WeightView& w, const QuantConfig& q, Matr
           const std::int64_t rows = std::min(kTile, w.rows - r0);
           for (std::int64_t r = 0; r < rows; ++r) {
             const float* src = permuted.data() + (r0 + r) * w.cols + c0;
-            double* dst = tile.data() + r * width;
-            for (std::int64_t c = 0; c < width; ++c) dst[c] = static_cast<double>(src[c]);
+            kern.widen(src, width, tile.data() + r * width);
           }
           for (std::int64_t b = b0; b < b1; ++b)
             kern.gram_add(tile.data() + (b * q.block - c0), rows, block_width(w.cols, q.block, b), width,
@@ -301,11 +300,6 @@ double sampled_quantization_error(const simd::Kernels& kern, const MatrixF& samp
   return kern.sampled_rows_error(sampled.data(), sampled.rows(), sampled.cols(), row_max, bits);
 }
 
-// row[c] −= t·other[c]: the kept trial's rows, the same floats shifted_row_max_abs measured.
-void subtract_scaled_row(float* row, const float* other, float t, std::int64_t n) {
-  for (std::int64_t c = 0; c < n; ++c) row[c] = row[c] - t * other[c];
-}
-
 }  // namespace
 
 void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int64_t block_out, int bits) {
@@ -344,13 +338,14 @@ void choose_row_rotation_signs(const MatrixF& w_in, LayerTransform& t, std::int6
         trial_max[ri] = kern.shifted_row_max_abs(current.data() + r * cols, rk, step[ri], cols);
         const float* cur = current_sampled.data() + r * picked;
         float* trial = trial_sampled.data() + r * picked;
-        for (std::int64_t c = 0; c < picked; ++c) trial[c] = cur[c] - step[ri] * rsk[c];
+        kern.subtract_scaled(cur, rsk, step[ri], picked, trial);
         e += kern.sampled_rows_error(trial, 1, picked, &trial_max[ri], bits);
       }
       if (e < error) {
         u.col(k) = -u.col(k);
         for (Eigen::Index r = 0; r < s; ++r)
-          subtract_scaled_row(current.data() + r * cols, rk, step[static_cast<std::size_t>(r)], cols);
+          kern.subtract_scaled(current.data() + r * cols, rk, step[static_cast<std::size_t>(r)], cols,
+                               current.data() + r * cols);
         current_sampled.swap(trial_sampled);
         row_max.swap(trial_max);
         error = e;

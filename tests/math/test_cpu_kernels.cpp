@@ -70,6 +70,23 @@ TEST_P(CpuLevels, RowMaximaMatchTheScalarLevel) {
   }
 }
 
+TEST_P(CpuLevels, ShiftedRowsAndWideningMatchTheScalarLevel) {
+  for (const std::int64_t n : kLengths) {
+    const std::vector<float> row = awkward_values(n, 41 + static_cast<std::uint32_t>(n));
+    const std::vector<float> other = awkward_values(n, 42 + static_cast<std::uint32_t>(n));
+    std::vector<float> a(row.size()), b(row.size()), in_place = row;
+    level().subtract_scaled(row.data(), other.data(), -0.731f, n, a.data());
+    reference().subtract_scaled(row.data(), other.data(), -0.731f, n, b.data());
+    EXPECT_TRUE(same_bits(a, b)) << n;
+    level().subtract_scaled(in_place.data(), other.data(), -0.731f, n, in_place.data());
+    EXPECT_TRUE(same_bits(in_place, b)) << "in place, n=" << n;
+    std::vector<double> wa(row.size()), wb(row.size());
+    level().widen(row.data(), n, wa.data());
+    reference().widen(row.data(), n, wb.data());
+    EXPECT_TRUE(same_bits(wa, wb)) << n;
+  }
+}
+
 TEST_P(CpuLevels, ScaleSearchAndCodesMatchTheScalarLevel) {
   for (const std::int64_t n : kLengths) {
     const std::vector<float> w = awkward_values(n, 7 + static_cast<std::uint32_t>(n));

@@ -15,6 +15,10 @@ struct Kernels {
   // max over c < n of |row[c] − t·other[c]|, the product rounded and then the difference (as
   // `row − t·other` computed elementwise); 0 for n = 0. A NaN is skipped as std::max skips it.
   float (*shifted_row_max_abs)(const float* row, const float* other, float t, std::int64_t n);
+  // out[c] = row[c] − t·other[c] for c < n (the product rounded, then the difference); `out` may be `row`.
+  void (*subtract_scaled)(const float* row, const float* other, float t, std::int64_t n, float* out);
+  // dst[c] = double(src[c]) for c < n.
+  void (*widen)(const float* src, std::int64_t n, double* dst);
   // max over c < n of |w[c]| (the same NaN rule).
   float (*row_max_abs)(const float* w, std::int64_t n);
   // Σ over r < rows, in order, of elementwise::sampled_row_error(w + r·cols, cols, row_max[r], bits).
@@ -36,8 +40,8 @@ struct Kernels {
   // each sum in the order Eigen's float product kernel (SSE2) gives that element — sequential
   // from 0 for all but the last C mod 8 columns (kernels/kernels_body.inc) — so the rotated
   // weights keep the bytes packs had, now whatever the CPU's caches or the thread count.
-  void (*product_f32)(const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float* out,
-                      std::int64_t ldo, std::int64_t rows, std::int64_t cols, std::int64_t depth);
+  void (*product_f32)(const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float* out, std::int64_t ldo,
+                      std::int64_t rows, std::int64_t cols, std::int64_t depth);
   // The same with int8 codes for w.
   void (*dot4_i8)(const double* x4, std::int64_t n, const std::int8_t* q, std::int64_t ldq, std::int64_t outs,
                   double* y);
