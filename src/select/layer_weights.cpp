@@ -1,6 +1,8 @@
 #include "select/layer_weights.hpp"
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "duquant/error.hpp"
 #include "formats/dtype.hpp"
@@ -10,6 +12,20 @@ namespace duquant {
 std::vector<float> weight_from_bytes(const LinearLayer& layer, std::span<const std::byte> bytes) {
   std::vector<float> w(layer.weight->numel);
   formats::convert_to_f32(layer.weight->dtype, bytes.data(), layer.weight->numel, w.data());
+  {  // One pass that vectorizes: the largest |w| as its bits (an order on non-negative floats that
+     // sees infinities and NaNs above every finite value); the checks below find the same layers.
+    std::uint32_t top_bits = 0;
+    for (std::size_t k = 0; k < w.size(); ++k) {
+      std::uint32_t b;
+      std::memcpy(&b, &w[k], sizeof b);
+      b &= 0x7fffffffu;
+      top_bits = b > top_bits ? b : top_bits;
+    }
+    float top;
+    std::memcpy(&top, &top_bits, sizeof top);
+    if (top_bits < 0x7f800000u && top <= kLargestWeightMagnitude && !(top > 0 && top < kSmallestLargestWeight))
+      return w;  // finite and in range: nothing to name
+  }
   std::size_t largest = 0;
   for (std::size_t k = 0; k < w.size(); ++k) {
     if (!std::isfinite(w[k]))
