@@ -56,7 +56,7 @@ void rotate_blocks(std::vector<double>& v, const std::vector<MatrixF>& blocks, c
 // each sum from 0 in the order of j (the kernels take four rows side by side). Parallel over the
 // outputs; every sum is the same whichever thread computes it.
 template <typename T, typename Dot>
-std::vector<double> row_products(const std::vector<double>& x, std::int64_t rows, std::int64_t n, const T* w,
+std::vector<double> row_products(std::span<const double> x, std::int64_t rows, std::int64_t n, const T* w,
                                  std::int64_t outs, Dot dot) {
   std::vector<double> p(static_cast<std::size_t>(rows * outs));
   std::vector<double> x4(static_cast<std::size_t>(n * 4));
@@ -79,6 +79,13 @@ std::vector<double> row_products(const std::vector<double>& x, std::int64_t rows
 }
 
 }  // namespace
+
+std::vector<double> rows_times_transpose(std::span<const double> x, std::int64_t rows, std::int64_t n, const float* w,
+                                         std::int64_t outs) {
+  DQ_CHECK(rows >= 0 && n >= 0 && outs >= 0 && static_cast<std::int64_t>(x.size()) == rows * n, internal,
+           "rows_times_transpose: {} values for [{}, {}]", x.size(), rows, n);
+  return row_products(x, rows, n, w, outs, simd::kernels().dot4_f32);
+}
 
 std::vector<float> conformance_inputs(std::int64_t rows, std::int64_t in_features) {
   DQ_CHECK(rows >= 0 && in_features >= 0, internal, "conformance_inputs: negative shape [{}, {}]", rows, in_features);

@@ -131,26 +131,15 @@ std::vector<std::int64_t> perm_or_identity(const NpzLayer& npz, std::int64_t n) 
   return p;
 }
 
-// x · mᵀ in double for a float32 matrix, converting 256 rows of m at a time (no full double copy).
+// x · mᵀ in double for a float32 matrix (rows_times_transpose: no double copy of m).
 MatrixD times_transpose(const MatrixD& x, const float* m, std::int64_t rows, std::int64_t cols) {
-  // Four rows of x at a time against every row of m (the conformance kernels: each sum in order).
-  const simd::Kernels& kern = simd::kernels();
+  std::vector<double> xr(static_cast<std::size_t>(x.rows() * cols));
+  for (Eigen::Index r = 0; r < x.rows(); ++r)
+    for (std::int64_t j = 0; j < cols; ++j) xr[static_cast<std::size_t>(r * cols + j)] = x(r, j);
+  const std::vector<double> p = rows_times_transpose(xr, x.rows(), cols, m, rows);
   MatrixD y(x.rows(), rows);
-  std::vector<double> x4(static_cast<std::size_t>(cols * 4)), y4(static_cast<std::size_t>(rows * 4));
-  constexpr std::int64_t kChunk = 64;
-  const std::int64_t chunks = (rows + kChunk - 1) / kChunk;
-  for (std::int64_t g = 0; g < x.rows(); g += 4) {
-    const std::int64_t in_group = std::min<std::int64_t>(4, x.rows() - g);
-    for (std::int64_t j = 0; j < cols; ++j)
-      for (std::int64_t r = 0; r < 4; ++r) x4[j * 4 + r] = r < in_group ? x(g + r, j) : 0.0;
-#pragma omp parallel for schedule(static)
-    for (std::int64_t c = 0; c < chunks; ++c) {
-      const std::int64_t o0 = c * kChunk, count = std::min(kChunk, rows - o0);
-      kern.dot4_f32(x4.data(), cols, m + o0 * cols, cols, count, y4.data() + o0 * 4);
-    }
-    for (std::int64_t r = 0; r < in_group; ++r)
-      for (std::int64_t o = 0; o < rows; ++o) y(g + r, o) = y4[o * 4 + r];
-  }
+  for (Eigen::Index r = 0; r < x.rows(); ++r)
+    for (std::int64_t o = 0; o < rows; ++o) y(r, o) = p[static_cast<std::size_t>(r * rows + o)];
   return y;
 }
 

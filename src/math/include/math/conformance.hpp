@@ -31,6 +31,12 @@ inline constexpr std::uint64_t kConformanceSeed = 0x6475717561'6E7400ull;
 // and is sqrt(−2 ln u1)·cos(2π u2) computed in double (Box–Muller, first output only).
 std::vector<float> conformance_inputs(std::int64_t rows, std::int64_t in_features);
 
+// p[r·outs + o] = Σ_j x[r·n + j] · double(w[o·n + j]) for r < rows, o < outs: each sum from 0 in
+// the order of j (math/cpu_kernels.hpp's dot4_f32, four rows side by side), parallel over the
+// outputs; every sum is the same whichever thread computes it.
+std::vector<double> rows_times_transpose(std::span<const double> x, std::int64_t rows, std::int64_t n, const float* w,
+                                         std::int64_t outs);
+
 // x Wᵀ + b, [rows, O]. `bias` may be empty.
 std::vector<float> conformance_reference_output(std::span<const float> x, std::int64_t rows, const WeightView& w,
                                                 std::span<const float> bias);
