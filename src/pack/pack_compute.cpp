@@ -29,9 +29,9 @@ struct ComputedLayer {
 };
 
 // Reads and computes the layers to pack, handing them out in order. On the CPU each layer is
-// computed when asked for (the math uses every core) while the next one is read. With N devices, up to N layers are
-// computed at once (layer k on engine k mod N) while the next one is read; the results do not
-// depend on this, since each layer's math depends on that layer alone.
+// computed when asked for (the math uses every core) while the next one is read. With N devices,
+// up to N layers are computed at once (layer k on engine k mod N) while the next one is read; the
+// results do not depend on this, since each layer's math depends on that layer alone.
 class LayerPipeline {
  public:
   LayerPipeline(std::vector<std::function<LayerInput()>> readers, DevicePlan& devices, const QuantConfig& q,
