@@ -17,5 +17,7 @@ Action register_synth(CLI::App& app);
 Action register_version(CLI::App& app);
 Action register_verify(CLI::App& app);
 Action register_inspect(CLI::App& app);
+Action register_import(CLI::App& app);
+Action register_bake(CLI::App& app);
 
 }  // namespace duquant::cli

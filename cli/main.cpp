@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
   std::vector<duquant::cli::Action> actions{
       duquant::cli::register_list_linears(app), duquant::cli::register_pack(app),  duquant::cli::register_verify(app),
       duquant::cli::register_inspect(app),      duquant::cli::register_synth(app), duquant::cli::register_presets(app),
-      duquant::cli::register_version(app)};
+      duquant::cli::register_import(app),       duquant::cli::register_bake(app),  duquant::cli::register_version(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

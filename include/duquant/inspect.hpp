@@ -146,6 +146,8 @@ struct PackReport {
   std::string tool;           // "duquant 0.1.0"
   nlohmann::ordered_json config = nlohmann::ordered_json::object();  // the manifest's, as written
   std::string checkpoint_source;
+  std::string imported_from;                // `duquant import`: the runtime's folder (empty: packed here)
+  std::vector<std::string> import_skipped;  // layers the import left out
   std::vector<PackLayerInfo> layers;       // worst DuQuant SQNR first (runtime packs: by name)
   std::uint64_t quantized_file_bytes = 0;  // quantized.safetensors (+ shards, index) as listed
   std::string head_dim_source;

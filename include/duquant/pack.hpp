@@ -11,11 +11,26 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "config/quant_config.hpp"
 
 namespace duquant {
+
+class LayerEngine;  // engine/layer_engine.hpp
+
+// `duquant import` (duquant/convert.hpp): the layers' transforms are a runtime-written pack's,
+// computed by `make_engine` from its npz files (which it also hands back to be copied as they are).
+struct ImportedTransforms {
+  std::filesystem::path source;                               // the runtime's pack folder, as given
+  std::size_t source_npz = 0;                                 // its npz files
+  std::vector<std::pair<std::string, std::string>> skipped;   // selected layers left out: name, why
+  std::vector<std::string> ignored;                           // npz files of layers the selection does not pick
+  std::function<std::unique_ptr<LayerEngine>()> make_engine;  // one engine for every layer
+};
 
 struct PackOptions {
   std::filesystem::path checkpoint;
@@ -35,6 +50,9 @@ struct PackOptions {
   // Compute device (layer_engine.hpp, docs/cuda-backend.md): "cpu", "auto", "cuda", "cuda:0,1".
   std::string device = "cpu";
   std::function<void(const std::string&)> notice;  // one-line notices (auto fell back to the CPU)
+  // Set by run_import only: the skipped layers leave the selection, the engine replaces --device's
+  // and the manifest records the import.
+  std::optional<ImportedTransforms> imported;
 };
 
 struct PackProgress {

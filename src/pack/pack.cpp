@@ -89,12 +89,26 @@ void check_biases(const formats::Checkpoint& ckpt, const Selection& selection) {
   }
 }
 
+// One engine, the import's, computing on the CPU.
+DevicePlan imported_devices(const ImportedTransforms& imported) {
+  DQ_CHECK(imported.make_engine != nullptr, internal, "import of {}: no engine", imported.source.string());
+  DevicePlan plan;
+  plan.engines.push_back(imported.make_engine());
+  plan.description = "cpu (transforms imported)";
+  return plan;
+}
+
 }  // namespace
 
 PackSource::PackSource(const PackOptions& o)
     : opened(open_checkpoint(o.checkpoint, o.config.naming)),
       linears(find_linear_layers(opened.checkpoint, o.config.selection.not_linear)),
       selection(select_layers(linears, o.config)) {
+  if (o.imported)  // layers an import leaves out (stale or missing in the runtime's folder)
+    std::erase_if(selection.layers, [&](const SelectedLayer& s) {
+      return std::any_of(o.imported->skipped.begin(), o.imported->skipped.end(),
+                         [&](const auto& skipped) { return skipped.first == s.layer->name; });
+    });
   DQ_CHECK(!selection.layers.empty(), no_match,
            "{}: the selection matches none of its {} linear layers (try `duquant list-linears`)", o.checkpoint.string(),
            linears.size());
@@ -166,7 +180,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   const PackSource source(o);
   pack_output::check_output(o, source.checkpoint());
   const CalibrationPlan plan = plan_calibration(o, source.checkpoint(), source.linears, source.selection);
-  DevicePlan devices = open_devices(o.device, o.notice);         // before anything is written
+  DevicePlan devices = o.imported ? imported_devices(*o.imported) : open_devices(o.device, o.notice);
   const formats::FolderLock lock = pack_output::lock_output(o);  // held to the end; the kernel drops it on any exit
   pack_output::prepare_output(o);
   PackRun run(o, source, plan);

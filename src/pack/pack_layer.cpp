@@ -9,6 +9,7 @@
 
 #include "base/elementwise.hpp"
 #include "duquant/error.hpp"
+#include "formats/atomic_file.hpp"
 #include "formats/digest.hpp"
 #include "formats/npz.hpp"
 #include "math/calibration.hpp"
@@ -77,6 +78,12 @@ CallPlan plan_calls(const LayerCalibration& c, int calib_steps) {
   p.steps = std::min(n, static_cast<std::size_t>(calib_steps));
   p.held_out = std::min(n - p.steps, static_cast<std::size_t>(kHeldOutCalls));
   return p;
+}
+
+void write_file_atomic(const std::filesystem::path& path, const std::string& bytes) {
+  formats::AtomicFile f(path);
+  f.write(bytes);
+  f.commit();
 }
 
 void hash_floats(Xxh128& h, const std::vector<float>& v) { h.update(std::as_bytes(std::span(v.data(), v.size()))); }
@@ -307,7 +314,10 @@ PackedLayer finish_layer(const SelectedLayer& selected, const QuantConfig& q, co
                          LayerEngine* engine) {
   check_math_sizes(selected, in, math);
   const LayerActivations acts = calibrate_layer(selected, q, calib, in, math.t, engine);
-  write_layer_npz(npz_path, *selected.layer, q, math, acts.act_scale, calib.smooth);
+  if (math.source_npz.empty())
+    write_layer_npz(npz_path, *selected.layer, q, math, acts.act_scale, calib.smooth);
+  else  // an imported layer: the runtime's own npz, byte for byte (the math came from it)
+    write_file_atomic(npz_path, math.source_npz);
   LayerTensors tensors = layer_tensors(selected, q, calib, in, math, acts);
   const LayerErrors errors = measure_layer(q, calib, in, math, acts, tensors.stored_codes);
 

@@ -76,6 +76,17 @@ json header_json(const PackRun& run, const AssembledPack& assembled) {
   } else {
     m["calibration"] = nullptr;
   }
+  if (o.imported) {  // provenance: the transforms are the runtime's, from this folder
+    json im;
+    im["source"] = formats::json_safe_text(o.imported->source.string());
+    im["source_npz"] = o.imported->source_npz;
+    im["transforms"] = "the runtime's perm and rotations; codes and scales recomputed from them";
+    im["skipped"] = json::array();
+    for (const auto& [name, why] : o.imported->skipped) im["skipped"].push_back({{"name", formats::json_safe_text(name)}, {"reason", formats::json_safe_text(why)}});
+    im["ignored"] = json::array();
+    for (const std::string& name : o.imported->ignored) im["ignored"].push_back(formats::json_safe_text(name));
+    m["import"] = im;
+  }
   if (o.smooth_alpha) {
     json sm;
     sm["alpha"] = *o.smooth_alpha;

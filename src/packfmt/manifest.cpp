@@ -185,6 +185,17 @@ Manifest parse_manifest(const json& j, const std::string& label) {
     const std::string p = fmt::format("checkpoint.files[{}]", kf++);
     m.checkpoint_files.push_back({r.text(f, p, "name"), r.count(f, p, "size"), r.count(f, p, "header_bytes")});
   }
+  if (j.contains("import") && !j.at("import").is_null()) {  // written by `duquant import`
+    const json& im = r.field(j, "manifest", "import");
+    ManifestImport imported;
+    imported.source = r.text(im, "import", "source");
+    std::size_t ks = 0;
+    for (const json& s : r.array(im, "import", "skipped")) {
+      const std::string p = fmt::format("import.skipped[{}]", ks++);
+      imported.skipped.emplace_back(r.text(s, p, "name"), r.text(s, p, "reason"));
+    }
+    m.imported = std::move(imported);
+  }
   std::size_t k = 0;
   for (const json& f : r.array(j, "manifest", "files")) {
     const std::string p = fmt::format("files[{}]", k++);

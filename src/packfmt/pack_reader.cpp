@@ -186,8 +186,19 @@ PackMeta parse_pack_meta(std::string_view text, const std::string& label) {
   return m;
 }
 
-NpzLayer read_npz_layer(const fs::path& path) {
-  const formats::NpzFile npz = formats::NpzFile::open(path);
+namespace {
+NpzLayer npz_layer_of(const formats::NpzFile& npz, const fs::path& path);
+}  // namespace
+
+NpzLayer read_npz_layer(const fs::path& path) { return npz_layer_of(formats::NpzFile::open(path), path); }
+
+NpzLayer read_npz_layer(std::vector<std::byte> bytes, const fs::path& path) {
+  return npz_layer_of(formats::NpzFile::parse(std::move(bytes), path.string()), path);
+}
+
+namespace {
+
+NpzLayer npz_layer_of(const formats::NpzFile& npz, const fs::path& path) {
   NpzLayer l;
   l.file = path.filename().string();
   l.members = npz.keys();
@@ -227,6 +238,8 @@ NpzLayer read_npz_layer(const fs::path& path) {
   std::sort(l.r_out.begin(), l.r_out.end(), by_index);
   return l;
 }
+
+}  // namespace
 
 PackDirectory PackDirectory::open(const fs::path& dir, bool tolerate_bad_manifest) {
   std::error_code ec;

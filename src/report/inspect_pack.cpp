@@ -89,6 +89,10 @@ void read_manifest(const fs::path& dir, PackReport& r) {
   if (!m.tool_name.empty()) r.tool = fmt::format("{} {}", m.tool_name, m.tool_version);
   r.config = formats::to_ordered_json(j.at("config"));  // keeps the keys; order as nlohmann sorts
   r.checkpoint_source = m.checkpoint_source;
+  if (m.imported) {
+    r.imported_from = m.imported->source;
+    for (const auto& s : m.imported->skipped) r.import_skipped.push_back(s.first);
+  }
   for (const ManifestFile& f : m.files)
     if (f.name.rfind("quantized", 0) == 0) r.quantized_file_bytes += f.size;
   for (std::size_t i = 0; i < m.layers.size(); ++i) {

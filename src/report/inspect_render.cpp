@@ -248,6 +248,9 @@ std::string pack_text(const PackReport& r) {
   if (r.has_manifest) {
     out += fmt::format("  format:  duquant-pack, written by {}; checkpoint {}\n", r.tool.empty() ? "?" : r.tool,
                        r.checkpoint_source.empty() ? "?" : r.checkpoint_source);
+    if (!r.imported_from.empty())
+      out += fmt::format("  import:  the runtime's pack {} (its npz files and rotations; {} layer(s) left out)\n",
+                         r.imported_from, r.import_skipped.size());
     const ojson& c = r.config;
     out += fmt::format("  config:  preset {}, runtime {}, scope '{}'\n", config_value(c, "preset"),
                        config_value(c, "runtime"), config_value(c, "scope"));
@@ -342,6 +345,7 @@ ojson pack_json(const PackReport& r) {
   j["format"] = r.has_manifest ? "duquant-pack" : "runtime-npz";
   j["tool"] = r.tool.empty() ? ojson(nullptr) : ojson(r.tool);
   j["checkpoint"] = r.checkpoint_source.empty() ? ojson(nullptr) : ojson(r.checkpoint_source);
+  if (!r.imported_from.empty()) j["imported"] = {{"source", r.imported_from}, {"skipped", r.import_skipped}};
   j["config"] = r.config;
   ojson totals;
   totals["layers"] = r.layers.size();

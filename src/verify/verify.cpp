@@ -384,6 +384,16 @@ void open_checkpoint_context(const VerifyOptions& o, const std::optional<Manifes
     return;
   }
   OpenedCheckpoint opened = open_checkpoint(*o.checkpoint, o.naming, manifest ? manifest->names : std::nullopt);
+  // A baked checkpoint holds the pack's own dequantized weights: checking the pack against it would
+  // only show that the pack reproduces itself, so it is refused rather than reported as stale.
+  for (const formats::CheckpointFile& f : opened.checkpoint.files()) {
+    if (!f.metadata.count("duquant.baked")) continue;
+    const auto from = f.metadata.find("duquant.pack");
+    fail(ErrorKind::usage,
+         "verify: {} was baked by `duquant bake` from pack '{}' (its weights are a pack's dequantized W4 values): "
+         "pass the FP checkpoint the pack was made from",
+         f.path.string(), from == f.metadata.end() ? "?" : from->second);
+  }
   if (!opened.names.identity())
     pf.add(Level::info, "names", "{}", describe_names(opened.names, o.checkpoint->string()));
   // The same weights stored under other names: its files differ by design, the digests decide.
@@ -492,6 +502,18 @@ void check_selection(const VerifyOptions& o, const std::optional<Manifest>& mani
       continue;
     LayerVerdict v;
     v.name = l.layer->name;
+    const auto skipped = manifest && manifest->imported
+                             ? std::find_if(manifest->imported->skipped.begin(), manifest->imported->skipped.end(),
+                                            [&](const auto& s) { return s.first == l.layer->name; })
+                             : std::vector<std::pair<std::string, std::string>>::const_iterator{};
+    if (manifest && manifest->imported && skipped != manifest->imported->skipped.end()) {
+      v.findings.push_back({Level::warn, "skipped-at-import",
+                            fmt::format("`duquant import --skip-stale` left this layer out ({}): the runtime packs it "
+                                        "again when it starts",
+                                        skipped->second)});
+      report.layers.push_back(std::move(v));
+      continue;
+    }
     v.findings.push_back({Level::fail, "missing-layer",
                           fmt::format("the {} selection picks this layer of the checkpoint, but the pack has no {}",
                                       manifest ? "manifest's" : "given", pack_file_name(l.layer->name))});

@@ -21,6 +21,7 @@ struct LayerMath {
   QuantizedRows quant;              // scales, codes (empty when `packed` holds them), squared error
   std::string packed;               // 4-bit codes already packed two per byte, [O, ceil(I/2)]; or empty
   double rtn_err2 = 0;              // round-to-nearest baseline on the same weight
+  std::string source_npz;           // import: the runtime's npz, written to the pack as it is; else empty
 };
 
 // The CPU reference: compute_transform, rotate_column_blocks, reference_weight_scale,

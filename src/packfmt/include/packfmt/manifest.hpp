@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "config/quant_config.hpp"
@@ -48,6 +49,13 @@ struct ManifestLayer {
   std::string folded_weight_xxh128;        // the weight's digest in the folded checkpoint (empty: unknown)
 };
 
+// What `duquant import` recorded: the runtime's folder the transforms came from, and the selected
+// layers it left out (--skip-stale): name and why.
+struct ManifestImport {
+  std::string source;
+  std::vector<std::pair<std::string, std::string>> skipped;
+};
+
 struct Manifest {
   int format_version = 0;
   std::string tool_name;  // empty when the manifest does not name the tool
@@ -62,6 +70,7 @@ struct Manifest {
   std::optional<NameMapping> names;  // checkpoint.names: absent in manifests older than the naming contract
   std::vector<ManifestFile> files;
   std::vector<ManifestLayer> layers;
+  std::optional<ManifestImport> imported;  // absent: not an imported pack
 };
 
 // Reads `path` as strict JSON (at most kMaxManifestBytes, nesting at most kMaxManifestDepth,

@@ -54,6 +54,8 @@ struct NpzLayer {
 
 // Reads `path` (an .npz). Throws duquant::Error (format/io) naming the file and member.
 NpzLayer read_npz_layer(const std::filesystem::path& path);
+// The same from the file's bytes, read already (`path` names it in messages).
+NpzLayer read_npz_layer(std::vector<std::byte> bytes, const std::filesystem::path& path);
 
 // One layer's tensors in quantized.safetensors, decoded (absent optional tensors stay empty).
 struct QuantizedLayerTensors {
