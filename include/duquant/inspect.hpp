@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "config/quant_config.hpp"
@@ -80,15 +81,25 @@ struct PresetEstimate {
   std::uint64_t packed_bytes = 0;       // their estimated size in quantized.safetensors
   std::uint64_t conformance_bytes = 0;  // of which conformance vectors
   int block = 0, block_out = 0, wbits_default = 0;
+  std::vector<std::pair<std::string, int>> selected;  // the layers it packs and their weight bits, in module order
 };
 
 struct CheckpointReport {
   std::string source;
   std::size_t files = 0, tensors = 0, linears = 0;
+  std::vector<std::string> linear_names;  // every linear layer, in module order
   std::vector<GroupStats> groups;  // in kLayerGroups order, all four
   std::vector<PresetEstimate> presets;
   HeadDims head_dims;
   std::vector<std::string> warnings;
+  // Written by `duquant bake`: its provenance (safetensors metadata "duquant.*"), else empty.
+  struct Baked {
+    std::string pack;             // the pack folder's name
+    std::string manifest_xxh128;  // of its manifest.json
+    std::string dtype;            // --dtype
+    std::string activations;      // the A8 note
+  };
+  std::optional<Baked> baked;
 };
 
 // Bytes a layer takes in quantized.safetensors (its tensors as the pack's layout lists them,
@@ -149,6 +160,7 @@ struct PackReport {
   std::string imported_from;                // `duquant import`: the runtime's folder (empty: packed here)
   std::vector<std::string> import_skipped;  // layers the import left out
   std::vector<PackLayerInfo> layers;       // worst DuQuant SQNR first (runtime packs: by name)
+  std::vector<std::size_t> model_order;    // indices into `layers` in module order (block 2 before block 10)
   std::uint64_t quantized_file_bytes = 0;  // quantized.safetensors (+ shards, index) as listed
   std::string head_dim_source;
   std::vector<std::string> warnings;
@@ -180,6 +192,9 @@ std::string checkpoint_text(const CheckpointReport& report);
 nlohmann::ordered_json checkpoint_json(const CheckpointReport& report);
 std::string pack_text(const PackReport& report);
 nlohmann::ordered_json pack_json(const PackReport& report);
+
+// r.model_order, or (a report built by hand) the module order of r.layers' names.
+std::vector<std::size_t> model_order_of(const PackReport& r);
 
 // The longest common prefix of the layers' names that ends at a '.' (names are shown without it).
 std::string common_name_prefix(const std::vector<PackLayerInfo>& layers);

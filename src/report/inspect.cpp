@@ -170,8 +170,18 @@ CheckpointReport inspect_checkpoint(const formats::Checkpoint& ckpt, HeadDims he
   r.source = ckpt.source().string();
   r.files = ckpt.files().size();
   r.tensors = ckpt.tensors().size();
+  for (const formats::CheckpointFile& f : ckpt.files()) {
+    if (r.baked || !f.metadata.count("duquant.baked")) continue;
+    auto value = [&](const char* key) {
+      const auto it = f.metadata.find(key);
+      return it == f.metadata.end() ? std::string() : it->second;
+    };
+    r.baked = CheckpointReport::Baked{value("duquant.pack"), value("duquant.pack_manifest_xxh128"),
+                                      value("duquant.bake_dtype"), value("duquant.activations")};
+  }
   const std::vector<LinearLayer> linears = find_linear_layers(ckpt);
   r.linears = linears.size();
+  for (const LinearLayer& l : linears) r.linear_names.push_back(l.name);
   for (LayerGroup g : kLayerGroups) r.groups.push_back(GroupStats{g, 0, 0, 0, 0, {}});
   for (const LinearLayer& l : linears) {
     GroupStats& s = r.groups[static_cast<std::size_t>(layer_group(l.name))];
@@ -203,6 +213,7 @@ CheckpointReport inspect_checkpoint(const formats::Checkpoint& ckpt, HeadDims he
         continue;
       const std::uint64_t bias = l.bias ? l.bias->nbytes : 0;
       ++e.layers;
+      e.selected.emplace_back(l.name, s.wbits);
       e.bytes_in += l.weight->nbytes + bias;
       e.packed_bytes += packed_layer_bytes(l.out_features, l.in_features, s.wbits, config.quant, bias);
       e.conformance_bytes += conformance_bytes(l.out_features, l.in_features);
