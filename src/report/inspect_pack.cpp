@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 
 #include "duquant/error.hpp"
 #include "duquant/inspect.hpp"
@@ -12,6 +13,7 @@
 #include "formats/strict_json.hpp"
 #include "packfmt/layout.hpp"
 #include "packfmt/manifest.hpp"
+#include "select/module_order.hpp"
 
 namespace duquant {
 namespace {
@@ -209,7 +211,12 @@ PackReport inspect_pack(const fs::path& dir) {
   }
   DQ_CHECK(!r.layers.empty(), format, "{}: the pack lists no layers",
            (r.has_manifest ? dir / kManifestName : dir).string());
+  std::vector<std::string> listed;  // the manifest's order (the pack's: module order), or the npz files'
+  for (const PackLayerInfo& l : r.layers) listed.push_back(l.name);
   std::stable_sort(r.layers.begin(), r.layers.end(), worse_first);
+  std::map<std::string, std::size_t> sorted_at;
+  for (std::size_t i = 0; i < r.layers.size(); ++i) sorted_at.emplace(r.layers[i].name, i);
+  for (const std::size_t i : module_order(listed)) r.model_order.push_back(sorted_at.at(listed[i]));
   return r;
 }
 

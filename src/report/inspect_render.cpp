@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "duquant/inspect.hpp"
+#include "select/module_order.hpp"
 
 namespace duquant {
 namespace {
@@ -123,6 +124,13 @@ std::string config_value(const ojson& c, const char* key) {
 
 }  // namespace
 
+std::vector<std::size_t> model_order_of(const PackReport& r) {
+  if (r.model_order.size() == r.layers.size()) return r.model_order;
+  std::vector<std::string> names;
+  for (const PackLayerInfo& l : r.layers) names.push_back(l.name);
+  return module_order(names);
+}
+
 std::string common_name_prefix(const std::vector<PackLayerInfo>& layers) {
   if (layers.empty()) return {};
   std::string p = layers.front().name;
@@ -150,6 +158,9 @@ std::string checkpoint_text(const CheckpointReport& r) {
   out += fmt::format("checkpoint: {}\n", r.source);
   out += fmt::format("  {} file{}, {} tensors, {} linear layers\n", r.files, r.files == 1 ? "" : "s", r.tensors,
                      r.linears);
+  if (r.baked)
+    out += fmt::format("  baked by duquant from pack {} (manifest xxh128 {}), --dtype {}; activations {}\n",
+                       r.baked->pack, r.baked->manifest_xxh128, r.baked->dtype, r.baked->activations);
   if (r.head_dims.known()) {
     std::string hd;
     if (r.head_dims.all) hd = fmt::format("{}", *r.head_dims.all);
@@ -194,6 +205,11 @@ ojson checkpoint_json(const CheckpointReport& r) {
   j["files"] = r.files;
   j["tensors"] = r.tensors;
   j["linear_layers"] = r.linears;
+  if (r.baked)
+    j["baked"] = {{"pack", r.baked->pack},
+                  {"manifest_xxh128", r.baked->manifest_xxh128},
+                  {"dtype", r.baked->dtype},
+                  {"activations", r.baked->activations}};
   ojson hd;
   hd["source"] = r.head_dims.source.empty() ? ojson(nullptr) : ojson(r.head_dims.source);
   hd["all"] = r.head_dims.all ? ojson(*r.head_dims.all) : ojson(nullptr);
@@ -362,7 +378,8 @@ ojson pack_json(const PackReport& r) {
   totals["worst"] = t.worst ? ojson{{"name", t.worst->name}, {"sqnr_db", *t.worst->duquant->sqnr_db}} : ojson(nullptr);
   j["totals"] = totals;
   j["layers"] = ojson::array();
-  for (const PackLayerInfo& l : r.layers) {
+  for (const std::size_t i : model_order_of(r)) {  // model order (layer 2 before layer 10), whatever r.layers' order
+    const PackLayerInfo& l = r.layers[i];
     ojson e;
     e["name"] = l.name;
     e["group"] = group_key(l.group);

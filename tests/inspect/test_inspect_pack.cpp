@@ -31,7 +31,8 @@ TEST(InspectHeads, RowsAndColumnsOfEachHead) {
   EXPECT_TRUE(head_errors(w.data(), w_hat.data(), 4, 6, HeadAxis::columns, 4).empty());  // 4 does not divide 6
 }
 
-TEST(InspectPack, TableIsWorstFirstAndEqualsTheManifest) {
+// The JSON `layers` array is in model order (numeric block indices); its figures are the manifest's.
+TEST(InspectPack, JsonIsInModelOrderAndEqualsTheManifest) {
   const fs::path pack = pack_of_fixture("openpi-dit");
   const nlohmann::json m = read_json(pack / "manifest.json");
   const nlohmann::json j = run_json({"inspect", pack.string(), "--json"});
@@ -40,13 +41,19 @@ TEST(InspectPack, TableIsWorstFirstAndEqualsTheManifest) {
   ASSERT_EQ(j["layers"].size(), 14u);
   std::map<std::string, nlohmann::json> by_name;
   for (const auto& l : m["layers"]) by_name[l["name"]] = l;
-  double previous = -1e300;
   std::uint64_t packed = 0;
+  double worst = 1e300;
+  std::string worst_name;
+  int previous_block = -1;
   for (const auto& l : j["layers"]) {
     const nlohmann::json& ml = by_name.at(l["name"]);
     const double sqnr = l["quality"]["duquant"]["sqnr_db"].get<double>();
-    EXPECT_GE(sqnr, previous) << l["name"];
-    previous = sqnr;
+    if (sqnr < worst) worst = sqnr, worst_name = l["name"];
+    // block indices never decrease (layers.0.* before layers.1.*)
+    const std::string name = l["name"];
+    const int block = std::stoi(name.substr(name.find("layers.") + 7));
+    EXPECT_GE(block, previous_block) << name;
+    previous_block = block;
     EXPECT_EQ(l["quality"]["duquant"]["sqnr_db"], ml["quality"]["duquant"]["sqnr_db"]);
     EXPECT_EQ(l["quality"]["rtn"]["sqnr_db"], ml["quality"]["rtn"]["sqnr_db"]);
     EXPECT_EQ(l["quality"]["duquant"]["rel_fro_error"], ml["quality"]["duquant"]["rel_fro_error"]);
@@ -56,7 +63,9 @@ TEST(InspectPack, TableIsWorstFirstAndEqualsTheManifest) {
     packed += ml["quantized"]["bytes"].get<std::uint64_t>();
   }
   EXPECT_EQ(j["totals"]["packed_bytes"], packed);
-  EXPECT_EQ(j["totals"]["worst"]["name"], j["layers"][0]["name"]);
+  EXPECT_EQ(j["totals"]["worst"]["name"], worst_name);
+  EXPECT_NE(j["layers"][0]["name"].get<std::string>().find("layers.0."), std::string::npos) << j["layers"][0];
+  EXPECT_NE(j["layers"][13]["name"].get<std::string>().find("layers.1."), std::string::npos) << j["layers"][13];
   // bytes in: the checkpoint's BF16 weights (no biases in these layers)
   EXPECT_EQ(j["totals"]["bytes_in"], 2u * 2 * (2 * 64 * 128 + 2 * 64 * 16 + 3 * 64 * 256));
 }
@@ -73,10 +82,10 @@ TEST(InspectPack, TextShowsTheWorstLayerFirstWithinHundredColumns) {
     if (line.rfind("  1  ", 0) == 0 || line.rfind("  2  ", 0) == 0) rows.push_back(line);
   }
   ASSERT_EQ(rows.size(), 2u) << r.out;
-  const std::string worst = j["layers"][0]["name"], short_name = worst.substr(worst.find("layers.") + 7);
+  const std::string worst = j["totals"]["worst"]["name"], short_name = worst.substr(worst.find("layers.") + 7);
   EXPECT_NE(rows[0].find(short_name), std::string::npos) << rows[0];
   char expected[32];
-  std::snprintf(expected, sizeof expected, "%.2f", j["layers"][0]["quality"]["duquant"]["sqnr_db"].get<double>());
+  std::snprintf(expected, sizeof expected, "%.2f", j["totals"]["worst"]["sqnr_db"].get<double>());
   EXPECT_NE(rows[0].find(expected), std::string::npos) << rows[0];
 }
 
@@ -218,8 +227,18 @@ TEST(InspectPack, ExactLayersAreListedLast) {
   const std::string exact = read_json(dir / "manifest.json")["layers"][0]["name"];
   const nlohmann::json j = run_json({"inspect", dir.string(), "--json"});
   ASSERT_EQ(j["layers"].size(), 14u);
-  EXPECT_EQ(j["layers"][13]["name"], exact);
-  EXPECT_TRUE(j["layers"][13]["quality"]["gain_db"].is_null());
+  EXPECT_EQ(j["layers"][0]["name"], exact);  // JSON: model order, whatever the figures
+  EXPECT_TRUE(j["layers"][0]["quality"]["gain_db"].is_null());
+  // The text table, worst first, ends with it.
+  const CliResult text = run_cli({"inspect", dir.string()});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  const std::string short_name = exact.substr(exact.find("layers."));
+  std::string last_row;
+  std::istringstream lines(text.out);
+  for (std::string line; std::getline(lines, line);)
+    if (line.find("self_attn.") != std::string::npos || line.find("mlp.") != std::string::npos) last_row = line;
+  EXPECT_NE(last_row.find(short_name.substr(7)), std::string::npos) << text.out;
+  EXPECT_NE(last_row.find("exact"), std::string::npos) << text.out;
   const CliResult r = run_cli({"inspect", dir.string(), "--html", (dir / "r.html").string()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("exact"), std::string::npos);
