@@ -38,7 +38,6 @@ struct Import {
     const auto start = std::chrono::steady_clock::now();
     fmt::print("duquant import: {} (with {}) -> {} ({} threads)\n", source, checkpoint, output, omp_get_max_threads());
     std::fflush(stdout);
-    note_pack_output(output);  // what an interruption says
     const ImportSummary s = run_import(o, [](const PackProgress& p) {
       note_pack_progress(p.index, p.total);
       fmt::print("[{}/{}] {} [{}x{}] -> W{}  SQNR {:.2f} dB\n", p.index, p.total, p.name, p.out_features, p.in_features,
