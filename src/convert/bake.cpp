@@ -154,6 +154,18 @@ QuantizedLayerTensors read_quantized(const PackDirectory& pack, const ManifestLa
            "bake: layer '{}': {} output rotations with row_rot {}", e.name, q->r_out.size(), row_rot_name(row_rot));
   DQ_CHECK(q->bias.empty() == !e.bias, format, "bake: layer '{}': the manifest says bias {}, the pack holds {}", e.name,
            e.bias, q->bias.empty() ? "none" : "one");
+  // The permutation places every baked column: it must be one (a damaged pack would write out of place).
+  if (!q->perm.empty()) {
+    std::vector<bool> seen(q->in_features, false);
+    for (std::size_t k = 0; k < q->perm.size(); ++k) {
+      const std::int64_t p = q->perm[k];
+      DQ_CHECK(p >= 0 && static_cast<std::uint64_t>(p) < q->in_features && !seen[static_cast<std::size_t>(p)], format,
+               "bake: layer '{}': perm[{}] = {} is outside 0..{} or repeated: the pack is damaged (`duquant verify` "
+               "tells more)",
+               e.name, k, p, q->in_features - 1);
+      seen[static_cast<std::size_t>(p)] = true;
+    }
+  }
   return std::move(*q);
 }
 
@@ -199,6 +211,13 @@ BakePlan plan_bake(const BakeOptions& o, const PackDirectory& pack, formats::Che
     lp.bias = ckpt.find(e.name + ".bias");
     DQ_CHECK((lp.bias != nullptr) == e.bias, format, "bake: layer '{}': the pack says bias {}, {} has {}", e.name,
              e.bias, o.checkpoint.string(), lp.bias ? "one" : "none");
+    // The layer's tensors as the manifest recorded them, before anything is read from them.
+    const auto stored = pack.quantized_layer_bytes(e.name);
+    DQ_CHECK(stored && stored->bytes == e.quantized_bytes && stored->xxh128 == e.quantized_xxh128, format,
+             "bake: layer '{}': its tensors in {} ({} bytes, xxh128 {}) are not what the manifest records ({} bytes, "
+             "xxh128 {}): the pack is damaged (`duquant verify` tells more)",
+             e.name, o.pack.string(), stored ? stored->bytes : 0, stored ? stored->xxh128 : std::string("none"),
+             e.quantized_bytes, e.quantized_xxh128);
     const QuantizedLayerTensors q = read_quantized(pack, e, plan.row_rot);
     if (plan.row_rot == RowRot::propagate && lp.bias != nullptr) {
       DQ_CHECK(formats::converts_to_f32(lp.bias->dtype) && lp.bias->numel == e.out_features, format,

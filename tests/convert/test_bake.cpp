@@ -28,6 +28,7 @@
 #include "math/conformance.hpp"
 #include "packfmt/manifest.hpp"
 #include "packfmt/pack_reader.hpp"
+#include "verify/verify_test_util.hpp"
 
 namespace duquant {
 namespace {
@@ -424,6 +425,34 @@ TEST_F(Bake, RefusalsLeaveNoOutputAndNameTheLayer) {
   EXPECT_EQ(j.at("baked").at("dtype"), "same");
   const auto plain = test::run_cli({"inspect", test::tiny_checkpoint().string(), "--json"});
   EXPECT_FALSE(nlohmann::json::parse(plain.out).contains("baked"));
+}
+
+// A damaged pack is refused before anything is written: tensors that are not what the manifest records,
+// and (the manifest's digest made to agree) a perm that is no permutation, which would place columns
+// out of the weight.
+TEST_F(Bake, DamagedPackIsRefusedByName) {
+  const fs::path p = dir_ / "pack";
+  ASSERT_EQ(pack(test::tiny_checkpoint(), p, kExpert).exit_code, 0);
+  const fs::path shard = p / "quantized.safetensors";
+  vtest::edit_tensor(shard, std::string(kQ0) + ".perm", [](std::string& bytes, const vtest::StTensor& t) {
+    const std::int64_t far = 1'000'000'000;
+    std::memcpy(bytes.data() + t.begin + 8, &far, sizeof far);  // perm[1]
+  });
+  const auto damaged = bake(p, test::tiny_checkpoint(), dir_ / "out.safetensors");
+  EXPECT_EQ(damaged.exit_code, 3) << damaged.err;
+  EXPECT_NE(damaged.err.find(std::string("layer '") + kQ0 + "': its tensors"), std::string::npos) << damaged.err;
+  EXPECT_FALSE(fs::exists(dir_ / "out.safetensors"));
+  // The manifest made to agree with the damaged bytes: the perm itself is refused.
+  const auto stored = PackDirectory::open(p).quantized_layer_bytes(kQ0);
+  ASSERT_TRUE(stored.has_value());
+  nlohmann::json m = nlohmann::json::parse(vtest::read_file(p / "manifest.json"));
+  for (auto& l : m["layers"])
+    if (l["name"] == kQ0) l["quantized"]["xxh128"] = stored->xxh128;
+  vtest::write_file(p / "manifest.json", m.dump(1));
+  const auto perm = bake(p, test::tiny_checkpoint(), dir_ / "out.safetensors");
+  EXPECT_EQ(perm.exit_code, 3) << perm.err;
+  EXPECT_NE(perm.err.find("perm[1] = 1000000000 is outside"), std::string::npos) << perm.err;
+  EXPECT_FALSE(fs::exists(dir_ / "out.safetensors"));
 }
 
 // A smoothed pack bakes only against its --fold-smoothing checkpoint.
