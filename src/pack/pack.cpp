@@ -184,6 +184,7 @@ PackSummary run_pack(const PackOptions& o, const std::function<void(const PackPr
   const formats::FolderLock lock = pack_output::lock_output(o);  // held to the end; the kernel drops it on any exit
   pack_output::prepare_output(o);
   PackRun run(o, source, plan);
+  run.algorithm = std::string(devices.cuda ? kAlgorithmCuda : kAlgorithmCpu);
   run.folded_digests = fold_smoothing_stage(o, source, plan);
 
   PackSummary summary;

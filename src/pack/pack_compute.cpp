@@ -13,6 +13,7 @@
 #include "formats/atomic_file.hpp"
 #include "pack/pack_stages.hpp"
 #include "pack_internal.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant {
 namespace fs = std::filesystem;
@@ -141,7 +142,8 @@ LayerRecord finish_and_record(const PackRun& run, std::size_t i, const ComputedL
   r.part_bytes = packed.data.size();
   r.quality = packed.quality;
   pack_internal::write_text_atomic(run.part_path(i), packed.data);
-  pack_internal::write_text_atomic(run.record_path(i), layer_record_text(r));
+  pack_internal::write_text_atomic(run.record_path(i),
+                                   layer_record_text(r, fmt::format("{}/{}", run.algorithm, kAlgorithmVersion)));
   if (stream != nullptr) append_to_shard_stream(*stream, run, i, r, std::as_bytes(std::span(packed.data)));
   return r;
 }

@@ -52,6 +52,7 @@ json header_json(const PackRun& run, const AssembledPack& assembled) {
   m["format"] = kPackFormatName;
   m["format_version"] = kPackFormatVersion;
   m["tool"] = {{"name", "duquant"}, {"version", DUQUANT_VERSION}, {"cpu_level", cpu_level_name(active_cpu_level())}};
+  m["algorithm"] = {{"name", run.algorithm}, {"version", kAlgorithmVersion}};
   m["config"] = config_json(o.config);
   json ck;
   ck["source"] = o.checkpoint.filename().string();
@@ -82,7 +83,8 @@ json header_json(const PackRun& run, const AssembledPack& assembled) {
     im["source_npz"] = o.imported->source_npz;
     im["transforms"] = "the runtime's perm and rotations; codes and scales recomputed from them";
     im["skipped"] = json::array();
-    for (const auto& [name, why] : o.imported->skipped) im["skipped"].push_back({{"name", formats::json_safe_text(name)}, {"reason", formats::json_safe_text(why)}});
+    for (const auto& [name, why] : o.imported->skipped)
+      im["skipped"].push_back({{"name", formats::json_safe_text(name)}, {"reason", formats::json_safe_text(why)}});
     im["ignored"] = json::array();
     for (const std::string& name : o.imported->ignored) im["ignored"].push_back(formats::json_safe_text(name));
     m["import"] = im;

@@ -1,22 +1,38 @@
 // The resume stage of `duquant pack` and the work folder's layer records (pack_stages.hpp).
 #include <nlohmann/json.hpp>
 
+#include <fmt/format.h>
+
 #include "duquant/error.hpp"
 #include "formats/digest.hpp"
 #include "formats/strict_json.hpp"
 #include "pack/pack_stages.hpp"
 #include "pack_internal.hpp"
 #include "pack_output.hpp"
+#include "packfmt/layout.hpp"
 
 namespace duquant {
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
 using pack_output::is_plain_file;
 
-std::optional<LayerRecord> read_layer_record(const fs::path& path, const std::string& fingerprint) {
+std::optional<LayerRecord> read_layer_record(const fs::path& path, const std::string& fingerprint,
+                                             const std::string& algorithm) {
   if (!is_plain_file(path)) return std::nullopt;  // missing, or not a file pack wrote: the layer is packed again
+  nlohmann::json j;
   try {
-    const nlohmann::json j = formats::parse_strict_json(pack_internal::read_file_text(path), path.string(), 4);
+    j = formats::parse_strict_json(pack_internal::read_file_text(path), path.string(), 4);
+  } catch (const Error&) {
+    return std::nullopt;  // a damaged record only means the layer is packed again
+  }
+  const std::string recorded = j.is_object() && j.contains("algorithm") && j.at("algorithm").is_string()
+                                   ? j.at("algorithm").get<std::string>()
+                                   : fmt::format("{}/1", kAlgorithmCpu);
+  DQ_CHECK(recorded == algorithm, usage,
+           "{}: this layer was packed by algorithm {}, this run packs with {}: --resume does not mix the two in one "
+           "pack; start over with --force (or resume with the device that began it)",
+           path.string(), recorded, algorithm);
+  try {
     LayerRecord r;
     r.fingerprint = j.at("fingerprint").get<std::string>();
     if (r.fingerprint != fingerprint) return std::nullopt;
@@ -45,8 +61,9 @@ std::optional<LayerRecord> read_layer_record(const fs::path& path, const std::st
   }
 }
 
-std::string layer_record_text(const LayerRecord& r) {
+std::string layer_record_text(const LayerRecord& r, const std::string& algorithm) {
   json j;
+  j["algorithm"] = algorithm;
   j["fingerprint"] = r.fingerprint;
   j["npz_xxh128"] = r.npz_xxh128;
   j["part_xxh128"] = r.part_xxh128;
@@ -81,7 +98,8 @@ PackState resume_stage(const PackRun& run) {
     const std::string calib_digest =
         calib.has_calls() ? calibration_input_digest(calib, run.options.config.quant.calib_steps) : std::string("none");
     std::optional<LayerRecord> record = read_layer_record(
-        run.record_path(i), run.fingerprint(i, state.weight_xxh128[i], state.bias_xxh128[i], calib_digest));
+        run.record_path(i), run.fingerprint(i, state.weight_xxh128[i], state.bias_xxh128[i], calib_digest),
+        fmt::format("{}/{}", run.algorithm, kAlgorithmVersion));
     const fs::path npz_path = run.npz_path(i), part_path = run.part_path(i);
     if (record && (!is_plain_file(npz_path) || !is_plain_file(part_path) ||
                    xxh128_file(npz_path) != record->npz_xxh128 || xxh128_file(part_path) != record->part_xxh128))

@@ -176,6 +176,15 @@ Manifest parse_manifest(const json& j, const std::string& label) {
   const json& tool = r.field(j, "manifest", "tool");
   m.tool_version = r.text(tool, "tool", "version");
   if (tool.contains("name")) m.tool_name = r.text(tool, "tool", "name");
+  if (j.contains("algorithm")) {  // absent in manifests written before it was recorded: the CPU reference, 1
+    const json& a = r.field(j, "manifest", "algorithm");
+    m.algorithm = r.text(a, "algorithm", "name");
+    m.algorithm_version = r.small_int(a, "algorithm", "version", 1, kMaxFormatVersion);
+    DQ_CHECK(
+        (m.algorithm == kAlgorithmCpu || m.algorithm == kAlgorithmCuda) && m.algorithm_version <= kAlgorithmVersion,
+        format, "{}: algorithm {} version {}: this duquant knows {} and {} up to version {} (a newer duquant wrote it)",
+        label, m.algorithm, m.algorithm_version, kAlgorithmCpu, kAlgorithmCuda, kAlgorithmVersion);
+  }
   m.config = read_config(r, r.field(j, "manifest", "config"));
   const json& ck = r.field(j, "manifest", "checkpoint");
   m.checkpoint_source = r.text(ck, "checkpoint", "source");

@@ -173,6 +173,46 @@ TEST(PackCliResume, KilledAfterLayer3ResumesToTheSameBytes) {
   EXPECT_EQ(count_occurrences(out, "(reused)"), 3u) << out;
 }
 
+// The manifest and every layer's record name the algorithm; --resume refuses records of another one
+// (a pack begun on a GPU, say) instead of mixing them, and a manifest of a newer algorithm version is
+// refused by name.
+TEST(PackCliResume, RecordsOfAnotherAlgorithmAreRefused) {
+  const fs::path dir = test::temp_dir();
+  const std::vector<std::string> config{"--preset", "openpi-dit"};
+  ASSERT_EQ(pack(test::tiny_checkpoint(), dir / "done", config).exit_code, 0);
+  const auto manifest = nlohmann::json::parse(test::read_text(dir / "done" / "manifest.json"));
+  EXPECT_EQ(manifest.at("algorithm"), (nlohmann::json{{"name", "duquant-cpu"}, {"version", 1}}));
+
+  const fs::path out = dir / "out";
+  EXPECT_EQ(pack(test::tiny_checkpoint(), out, config, {"DUQUANT_TEST_KILL_AT=layer:3"}).exit_code, kKilled);
+  std::size_t records = 0;
+  for (const auto& e : fs::directory_iterator(out / ".duquant-work")) {
+    if (e.path().extension() != ".json") continue;
+    nlohmann::json r = nlohmann::json::parse(test::read_text(e.path()));
+    EXPECT_EQ(r.at("algorithm"), "duquant-cpu/1") << e.path();
+    if (records++ == 0) {
+      r["algorithm"] = "duquant-cuda/1";
+      std::ofstream(e.path()) << r.dump(1);
+    }
+  }
+  EXPECT_EQ(records, 3u);
+  std::vector<std::string> resume = config;
+  resume.push_back("--resume");
+  const CliResult refused = pack(test::tiny_checkpoint(), out, resume);
+  EXPECT_EQ(refused.exit_code, 2) << refused.out << refused.err;
+  EXPECT_NE(refused.err.find("packed by algorithm duquant-cuda/1, this run packs with duquant-cpu/1"),
+            std::string::npos)
+      << refused.err;
+  EXPECT_FALSE(fs::exists(out / "manifest.json"));
+
+  nlohmann::json newer = manifest;
+  newer["algorithm"]["version"] = 2;
+  std::ofstream(dir / "done" / "manifest.json") << newer.dump(1);
+  const CliResult inspect = test::run_cli({"inspect", (dir / "done").string()});
+  EXPECT_EQ(inspect.exit_code, 3) << inspect.err;
+  EXPECT_NE(inspect.err.find("algorithm duquant-cpu version 2: this duquant knows"), std::string::npos) << inspect.err;
+}
+
 // A malformed interruption seam is a usage error (exit 2) naming it, before anything is written;
 // a well-formed one that names a point the run never reaches changes nothing.
 TEST(PackCliResume, MalformedInterruptionSeamsAreRefusedBeforeAnyWork) {

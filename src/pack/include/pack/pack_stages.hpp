@@ -41,8 +41,11 @@ struct LayerRecord {
 // The record's file text (exact doubles, so that a resumed manifest is identical), and the
 // record read back: nullopt when the file is missing, not a regular file pack wrote, damaged, or of
 // another fingerprint (the layer is packed again); a FIFO or device is refused (io).
-std::string layer_record_text(const LayerRecord& r);
-std::optional<LayerRecord> read_layer_record(const std::filesystem::path& path, const std::string& fingerprint);
+// A record of another algorithm (or version) than `algorithm` is refused (usage): --resume does not
+// mix layers of two algorithms; a record without one is of version 1 of the CPU reference.
+std::string layer_record_text(const LayerRecord& r, const std::string& algorithm);
+std::optional<LayerRecord> read_layer_record(const std::filesystem::path& path, const std::string& fingerprint,
+                                             const std::string& algorithm);
 
 // The checkpoint and the layers to pack, opened and checked before anything is created: a
 // selection that matches nothing, --max-shard-size, shapes, biases and npz file names. Neither
@@ -70,6 +73,7 @@ struct PackRun {
   std::string config_text;                            // the configuration as one line of JSON
   Xxh128 fingerprint_prefix;                          // tool version and configuration, hashed once
   std::map<std::string, std::string> folded_digests;  // stored weight name -> digest in the folded copy
+  std::string algorithm = "duquant-cpu";              // of the devices that compute (layout.hpp): name
 
   std::size_t layer_count() const { return source.selection.layers.size(); }
   // The npz and work-folder paths of the i-th selected layer.

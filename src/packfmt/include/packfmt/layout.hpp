@@ -41,6 +41,14 @@ namespace duquant {
 inline constexpr std::string_view kPackFormatName = "duquant-pack";
 inline constexpr int kPackFormatVersion = 1;
 
+// The algorithm that computed the stored values (docs/determinism.md): the CPU reference, or the
+// CUDA engine (within tolerances of it). The version moves with any change of a stored value
+// (perm, rotations, codes, scales, conformance vectors) and is recorded in the manifest and in
+// each layer's work-folder record: --resume never mixes layers of two algorithms.
+inline constexpr std::string_view kAlgorithmCpu = "duquant-cpu";
+inline constexpr std::string_view kAlgorithmCuda = "duquant-cuda";
+inline constexpr int kAlgorithmVersion = 1;
+
 // ---- files ----------------------------------------------------------------------------------
 
 inline constexpr std::string_view kManifestName = "manifest.json";

@@ -60,6 +60,8 @@ struct Manifest {
   int format_version = 0;
   std::string tool_name;  // empty when the manifest does not name the tool
   std::string tool_version;
+  std::string algorithm = "duquant-cpu";  // what computed the stored values (layout.hpp)
+  int algorithm_version = 1;
   RunConfig config;
   std::string checkpoint_source;
   struct CheckpointFile {
