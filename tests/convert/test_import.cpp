@@ -83,6 +83,25 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ImportFixture, ::testing::Values("b16", "b32-
                            return n;
                          });
 
+// Our own pack's npz files, imported, give our pack back: quantized.safetensors byte for byte and the
+// same manifest but for its "import" object (the codes are computed from the rotations exactly as
+// `pack` computes them from its own).
+TEST(Import, OurOwnNpzFilesGiveOurPackBack) {
+  const fs::path base = temp_dir();
+  ASSERT_EQ(pack(kCkpt, base / "ours").exit_code, 0);
+  fs::create_directories(base / "npz-only");
+  for (const auto& e : fs::directory_iterator(base / "ours"))
+    if (e.path().extension() == ".npz") fs::copy_file(e.path(), base / "npz-only" / e.path().filename());
+  const auto r = import_pack(base / "npz-only", base / "imported", {"--preset", "openpi-dit"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(read_file(base / "imported" / "quantized.safetensors"), read_file(base / "ours" / "quantized.safetensors"));
+  json a = json::parse(read_file(base / "ours" / "manifest.json"));
+  json b = json::parse(read_file(base / "imported" / "manifest.json"));
+  EXPECT_TRUE(b.contains("import"));
+  b.erase("import");
+  EXPECT_EQ(a, b);
+}
+
 // Byte-identical reruns, whatever the thread count.
 TEST(Import, SameBytesOnEveryRunAndThreadCount) {
   const fs::path base = temp_dir();
