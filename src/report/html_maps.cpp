@@ -57,6 +57,7 @@ std::string value_text(const ColorScale& s, double v) {
 }
 
 constexpr int kCellW = 64, kCellH = 18, kLabelW = 40, kHeadH = 34, kCaptionH = 18;
+constexpr int kCharW = 6, kCaptionCharW = 7;  // pixels per character of a head (10 px) and of a caption (12 px, bold)
 
 }  // namespace
 
@@ -94,7 +95,14 @@ std::string map_svg(const LayerGrid& grid, const std::string& metric, const std:
   std::vector<std::string> kept;
   for (std::size_t c : cols) kept.push_back(grid.columns[c]);
   const std::vector<std::string> labels = column_labels(kept);
-  const int width = kLabelW + kCellW * static_cast<int>(cols.size()) + 2;
+  // Each column as wide as its head's longer line needs (never cut), at least kCellW; x0[k] its left.
+  std::vector<int> x0(cols.size() + 1, kLabelW);
+  for (std::size_t k = 0; k < cols.size(); ++k) {
+    const std::size_t dot = labels[k].rfind('.');
+    const std::size_t longest = dot == std::string::npos ? labels[k].size() : std::max(dot, labels[k].size() - dot - 1);
+    x0[k + 1] = x0[k] + std::max(kCellW, static_cast<int>(longest) * kCharW + 8);
+  }
+  const int width = std::max(x0.back() + 2, static_cast<int>(caption.size()) * kCaptionCharW);
   const int height = kCaptionH + kHeadH + kCellH * static_cast<int>(grid.rows.size()) + 2;
   std::string svg = fmt::format(
       "<svg class=\"map\" data-metric=\"{}\" data-rows=\"{}\" data-cols=\"{}\" width=\"{}\" height=\"{}\" "
@@ -106,7 +114,7 @@ std::string map_svg(const LayerGrid& grid, const std::string& metric, const std:
   for (std::size_t k = 0; k < cols.size(); ++k) {
     const std::string& label = labels[k];
     const std::size_t dot = label.rfind('.');
-    const int x = kLabelW + kCellW * static_cast<int>(k) + kCellW / 2;
+    const int x = (x0[k] + x0[k + 1]) / 2;
     if (dot != std::string::npos)
       svg += fmt::format("<text class=\"head\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", x,
                          kCaptionH + kHeadH - 18, html_escape(label.substr(0, dot)));
@@ -121,11 +129,11 @@ std::string map_svg(const LayerGrid& grid, const std::string& metric, const std:
     svg += fmt::format("<text class=\"row\" data-row=\"{}\" x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
                        grid.rows[r], kLabelW - 6, y + 13, grid.rows[r]);
     for (std::size_t k = 0; k < cols.size(); ++k) {
-      const int x = kLabelW + kCellW * static_cast<int>(k);
+      const int x = x0[k], cell_w = x0[k + 1] - x0[k];
       const auto at = grid.at(r, cols[k]);
       if (!at) {
         svg += fmt::format("<rect class=\"none\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/>", x + 1, y + 1,
-                           kCellW - 2, kCellH - 2);
+                           cell_w - 2, kCellH - 2);
         continue;
       }
       const Cell c = cell(*at);
@@ -142,9 +150,9 @@ std::string map_svg(const LayerGrid& grid, const std::string& metric, const std:
           "<g class=\"cell{}{}\" data-row=\"{}\" data-col=\"{}\"><title>{}</title><rect x=\"{}\" y=\"{}\" "
           "width=\"{}\" height=\"{}\"{}/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\"{}>{}</text></g>\n",
           c.css.empty() ? "" : " ", c.css, grid.rows[r], html_escape(grid.columns[cols[k]]), html_escape(c.title),
-          x + 1, y + 1, kCellW - 2, kCellH - 2,
+          x + 1, y + 1, cell_w - 2, kCellH - 2,
           scale.kind == ColorScale::Kind::categorical ? std::string() : fmt::format(" fill=\"{}\"", fill),
-          x + kCellW / 2, y + 13,
+          x + cell_w / 2, y + 13,
           scale.kind == ColorScale::Kind::categorical ? std::string() : fmt::format(" fill=\"{}\"", text_ink),
           html_escape(text));
     }

@@ -348,7 +348,8 @@ std::string pack_html(const PackReport& r) {
 std::string checkpoint_html(const CheckpointReport& r) {
   std::string out = page_start(fmt::format("duquant inspect: {}", r.source));
   out += fmt::format("<h1>duquant inspect: {}</h1>\n", html_escape(r.source));
-  out += fmt::format("<p class=\"meta\">{} files, {} tensors, {} linear layers</p>\n", r.files, r.tensors, r.linears);
+  out += fmt::format("<p class=\"meta\">{} file{}, {} tensors, {} linear layers</p>\n", r.files,
+                     r.files == 1 ? "" : "s", r.tensors, r.linears);
   for (const std::string& w : r.warnings) out += fmt::format("<p class=\"note\">warning: {}</p>\n", html_escape(w));
   out +=
       "<h2>Linear layers by group</h2>\n<table><thead><tr><th class=\"name\">group</th><th>layers</th>"
