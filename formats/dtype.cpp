@@ -70,4 +70,28 @@ void convert_to_f32(DType dtype, const std::byte* src, std::uint64_t count, floa
   }
 }
 
+void convert_from_f32(DType dtype, const float* src, std::uint64_t count, std::byte* dst) {
+  switch (dtype) {
+    case DType::F32: std::memcpy(dst, src, count * sizeof(float)); return;
+    case DType::BF16:
+    case DType::F16:
+      for (std::uint64_t i = 0; i < count; ++i) {
+        const std::uint16_t h =
+            dtype == DType::BF16 ? elementwise::f32_to_bf16(src[i]) : elementwise::f32_to_f16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    default:
+      fail(ErrorKind::internal, "convert_from_f32 called with dtype {}, which is not a float type", dtype_name(dtype));
+  }
+}
+
+float round_to_dtype(DType dtype, float v) {
+  switch (dtype) {
+    case DType::BF16: return elementwise::bf16_to_f32(elementwise::f32_to_bf16(v));
+    case DType::F16: return elementwise::f16_to_f32(elementwise::f32_to_f16(v));
+    default: return v;
+  }
+}
+
 }  // namespace duquant::formats

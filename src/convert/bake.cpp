@@ -66,34 +66,6 @@ DType output_dtype(BakeDType d, DType stored) {
   return stored;
 }
 
-float round_to(DType dtype, float v) {
-  switch (dtype) {
-    case DType::BF16: return elementwise::bf16_to_f32(elementwise::f32_to_bf16(v));
-    case DType::F16: return elementwise::f16_to_f32(elementwise::f32_to_f16(v));
-    default: return v;
-  }
-}
-
-void encode(DType dtype, std::span<const float> v, std::byte* dst) {
-  if (dtype == DType::F32) {
-    std::memcpy(dst, v.data(), v.size() * sizeof(float));
-    return;
-  }
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    const std::uint16_t h = dtype == DType::BF16 ? elementwise::f32_to_bf16(v[i]) : elementwise::f32_to_f16(v[i]);
-    std::memcpy(dst + 2 * i, &h, 2);
-  }
-}
-
-bool same_file(const fs::path& a, const fs::path& b) {
-  std::error_code ec;
-  if (fs::equivalent(a, b, ec)) return true;
-  const fs::path ca = fs::weakly_canonical(a, ec);
-  if (ec) return false;
-  const fs::path cb = fs::weakly_canonical(b, ec);
-  return !ec && ca == cb;
-}
-
 bool ends_with(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -226,7 +198,7 @@ BakePlan plan_bake(const BakeOptions& o, const PackDirectory& pack, formats::Che
       lp.bias_dtype = output_dtype(o.dtype, lp.bias->dtype);
       lp.baked_bias = rotated_bias(q);
       for (std::size_t i = 0; i < lp.baked_bias.size(); ++i)
-        DQ_CHECK(std::isfinite(round_to(*lp.bias_dtype, lp.baked_bias[i])), numeric,
+        DQ_CHECK(std::isfinite(formats::round_to_dtype(*lp.bias_dtype, lp.baked_bias[i])), numeric,
                  "bake: layer '{}': rotated bias [{}] = {} is beyond {}", e.name, i, lp.baked_bias[i],
                  formats::dtype_name(*lp.bias_dtype));
     }
@@ -333,7 +305,7 @@ BakedLayer write_baked_weight(const formats::Checkpoint& ckpt, const PackDirecto
     original.resize(count);
     formats::convert_to_f32(w.dtype, src.data() + r0 * q.in_features * in_esize, count, original.data());
     for (std::size_t k = 0; k < count; ++k) {
-      const float v = round_to(lp.weight_dtype, static_cast<float>(baked[k]));
+      const float v = formats::round_to_dtype(lp.weight_dtype, static_cast<float>(baked[k]));
       DQ_CHECK(std::isfinite(v), numeric, "bake: layer '{}': baked weight [{}, {}] = {} is beyond {}", e.name,
                r0 + k / q.in_features, k % q.in_features, baked[k], formats::dtype_name(lp.weight_dtype));
       values[k] = static_cast<float>(baked[k]);
@@ -343,7 +315,7 @@ BakedLayer write_baked_weight(const formats::Checkpoint& ckpt, const PackDirecto
       n_w += static_cast<double>(original[k]) * original[k];
     }
     bytes.resize(count * out_esize);
-    encode(lp.weight_dtype, values, bytes.data());
+    formats::convert_from_f32(lp.weight_dtype, values.data(), values.size(), bytes.data());
     writer.write(bytes);
   }
   ckpt.release(w);
@@ -358,7 +330,7 @@ BakedLayer write_baked_weight(const formats::Checkpoint& ckpt, const PackDirecto
 
 void write_baked_bias(const LayerPlan& lp, formats::SafetensorsWriter& writer) {
   std::vector<std::byte> bytes(lp.baked_bias.size() * (formats::dtype_bits(*lp.bias_dtype) / 8));
-  encode(*lp.bias_dtype, lp.baked_bias, bytes.data());
+  formats::convert_from_f32(*lp.bias_dtype, lp.baked_bias.data(), lp.baked_bias.size(), bytes.data());
   writer.write(bytes);
 }
 
@@ -531,7 +503,7 @@ std::size_t copy_other_files(const formats::Checkpoint& ckpt, const Layout& layo
 
 void check_output(const BakeOptions& o, const formats::Checkpoint& ckpt, const Layout& layout) {
   const std::string label = fmt::format("-o {}", o.output.string());
-  DQ_CHECK(!same_file(o.output, ckpt.source()), usage, "bake: the output {} is the input checkpoint {}",
+  DQ_CHECK(!formats::same_file(o.output, ckpt.source()), usage, "bake: the output {} is the input checkpoint {}",
            o.output.string(), ckpt.source().string());
   formats::InputSet inputs;
   for (const formats::CheckpointFile& f : ckpt.files()) inputs.add(f.path, "the checkpoint");

@@ -15,6 +15,7 @@
 #include "base/elementwise.hpp"
 #include "duquant/error.hpp"
 #include "formats/digest.hpp"
+#include "formats/output_paths.hpp"
 #include "formats/safetensors_writer.hpp"
 #include "pack/fold_smoothing.hpp"
 
@@ -43,42 +44,7 @@ struct Edit {
 
 constexpr std::size_t kChunkElements = std::size_t{1} << 16;  // whole rows per chunk, about 256 KB of floats
 
-void encode(DType dtype, std::span<const float> v, std::byte* dst) {
-  switch (dtype) {
-    case DType::F32: std::memcpy(dst, v.data(), v.size() * sizeof(float)); break;
-    case DType::BF16:
-      for (std::size_t i = 0; i < v.size(); ++i) {
-        const std::uint16_t h = elementwise::f32_to_bf16(v[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      break;
-    case DType::F16:
-      for (std::size_t i = 0; i < v.size(); ++i) {
-        const std::uint16_t h = elementwise::f32_to_f16(v[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      break;
-    default: fail(ErrorKind::internal, "fold smoothing: cannot encode {}", formats::dtype_name(dtype));
-  }
-}
-
 // The value `v` rounded to the tensor's dtype, as float32.
-float round_to(DType dtype, float v) {
-  switch (dtype) {
-    case DType::BF16: return elementwise::bf16_to_f32(elementwise::f32_to_bf16(v));
-    case DType::F16: return elementwise::f16_to_f32(elementwise::f32_to_f16(v));
-    default: return v;
-  }
-}
-
-bool same_file(const fs::path& a, const fs::path& b) {
-  std::error_code ec;
-  if (fs::equivalent(a, b, ec)) return true;
-  const fs::path ca = fs::weakly_canonical(a, ec);
-  if (ec) return false;
-  const fs::path cb = fs::weakly_canonical(b, ec);
-  return !ec && ca == cb;
-}
 
 const TensorRef& member_weight(const formats::Checkpoint& ckpt, const SmoothGroup& g, const std::string& layer) {
   const TensorRef* w = ckpt.find(layer + ".weight");
@@ -188,7 +154,7 @@ void write_edited(const formats::Checkpoint& ckpt, const TensorRef& t, const Edi
     // Applies f to element k (row r0 + k / cols) with scale sj; checks that a finite value stays
     // finite once rounded to the dtype.
     auto apply = [&](std::size_t k, float sj, float value) {
-      const float rounded = round_to(t.dtype, value);
+      const float rounded = formats::round_to_dtype(t.dtype, value);
       if (std::isfinite(v[k]) && !std::isfinite(rounded)) overflow(t, e, r0 * cols + k, v[k], value, sj);
       v[k] = value;
     };
@@ -197,16 +163,16 @@ void write_edited(const formats::Checkpoint& ckpt, const TensorRef& t, const Edi
         const std::vector<float> sw =
             smoothed_weight(v, static_cast<std::int64_t>(nr), static_cast<std::int64_t>(cols), s, t.dtype);
         for (std::size_t k = 0; k < n; ++k) apply(k, s[k % cols], sw[k]);
-        encode(t.dtype, v, out.data());
+        formats::convert_from_f32(t.dtype, v.data(), v.size(), out.data());
         break;
       }
       case Op::gemma_weight:
         for (std::size_t k = 0; k < n; ++k) apply(k, s[r0 + k], (1.0f + v[k]) / s[r0 + k] - 1.0f);
-        encode(t.dtype, v, out.data());
+        formats::convert_from_f32(t.dtype, v.data(), v.size(), out.data());
         break;
       case Op::divide:
         for (std::size_t k = 0; k < n; ++k) apply(k, s[r0 + k], v[k] / s[r0 + k]);
-        encode(t.dtype, v, out.data());
+        formats::convert_from_f32(t.dtype, v.data(), v.size(), out.data());
         break;
       case Op::ada_weight:
       case Op::ada_bias: {
@@ -220,7 +186,7 @@ void write_edited(const formats::Checkpoint& ckpt, const TensorRef& t, const Edi
             const bool scale_bias = e.op == Op::ada_bias && i < in;
             apply(base + c, sj, scale_bias ? (1.0f + x) / sj - 1.0f : x / sj);
           }
-          encode(t.dtype, std::span<const float>(v).subspan(base, cols), out.data() + base * esize);
+          formats::convert_from_f32(t.dtype, v.data() + base, cols, out.data() + base * esize);
         }
         break;
       }
@@ -235,12 +201,12 @@ void write_edited(const formats::Checkpoint& ckpt, const TensorRef& t, const Edi
 void write_folded_checkpoint(const formats::Checkpoint& ckpt, const std::vector<SmoothGroup>& groups,
                              const std::map<std::string, std::vector<float>>& scales, const fs::path& out,
                              std::map<std::string, std::string>* member_weight_digests) {
-  DQ_CHECK(!same_file(out, ckpt.source()), usage,
+  DQ_CHECK(!formats::same_file(out, ckpt.source()), usage,
            "fold smoothing: the output {} is the input checkpoint {}; choose another path", out.string(),
            ckpt.source().string());
   for (const formats::CheckpointFile& f : ckpt.files())
-    DQ_CHECK(!same_file(out, f.path), usage, "fold smoothing: the output {} is the input file {}; choose another path",
-             out.string(), f.path.string());
+    DQ_CHECK(!formats::same_file(out, f.path), usage,
+             "fold smoothing: the output {} is the input file {}; choose another path", out.string(), f.path.string());
 
   const std::map<std::string, Edit> edits = plan_edits(ckpt, groups, scales);
 

@@ -4,6 +4,7 @@
 
 #include <Eigen/Core>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -193,3 +194,34 @@ TEST(DtypeConvert, NonFloatDtypeIsAnInternalError) {
 }
 
 }  // namespace
+
+namespace duquant::formats {
+namespace {
+
+// convert_from_f32 stores what round_to_dtype says a value becomes, and convert_to_f32 reads it back:
+// ties to even (1 + 2^-8 in BF16, 1 + 2^-11 in F16), overflow to infinity, subnormals, signed zero.
+TEST(DtypeFromF32, StoresWhatRoundToDtypeSays) {
+  const std::vector<float> values = {0.0f,           -0.0f,        1.0f,           1.00390625f,    1.01171875f,
+                                     1.00048828125f, -3.14159265f, 65504.0f,       65520.0f,       1e-6f,
+                                     5.96e-8f,       3.0e38f,      -3.4028235e38f, 1.17549435e-38f};
+  for (DType d : {DType::F32, DType::BF16, DType::F16}) {
+    std::vector<std::byte> bytes(values.size() * dtype_bits(d) / 8);
+    convert_from_f32(d, values.data(), values.size(), bytes.data());
+    std::vector<float> back(values.size());
+    convert_to_f32(d, bytes.data(), values.size(), back.data());
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      const float want = round_to_dtype(d, values[i]);
+      EXPECT_EQ(std::bit_cast<std::uint32_t>(back[i]), std::bit_cast<std::uint32_t>(want))
+          << dtype_name(d) << " " << values[i];
+    }
+  }
+  EXPECT_EQ(round_to_dtype(DType::BF16, 1.00390625f), 1.0f);       // a tie: to even
+  EXPECT_EQ(round_to_dtype(DType::BF16, 1.01171875f), 1.015625f);  // a tie: to even (up)
+  EXPECT_EQ(round_to_dtype(DType::F16, 1.00048828125f), 1.0f);     // a tie: to even
+  EXPECT_TRUE(std::isinf(round_to_dtype(DType::F16, 65520.0f)));   // past the largest F16
+  EXPECT_EQ(round_to_dtype(DType::F16, 65504.0f), 65504.0f);
+  EXPECT_THROW(convert_from_f32(DType::I8, values.data(), 1, std::vector<std::byte>(1).data()), Error);
+}
+
+}  // namespace
+}  // namespace duquant::formats

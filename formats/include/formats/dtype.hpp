@@ -45,5 +45,10 @@ bool converts_to_f32(DType dtype) noexcept;
 // Converts `count` little-endian elements at `src` (any alignment) to float32.
 // `dtype` must satisfy converts_to_f32; `src` must hold count * dtype_bits / 8 bytes.
 void convert_to_f32(DType dtype, const std::byte* src, std::uint64_t count, float* dst);
+// The other way: `count` float32 values encoded as little-endian `dtype` elements at `dst` (any
+// alignment), rounded to nearest even; `dtype` must satisfy converts_to_f32.
+void convert_from_f32(DType dtype, const float* src, std::uint64_t count, std::byte* dst);
+// `v` rounded to `dtype` (F32, F16, BF16) and back: what a value becomes once stored.
+float round_to_dtype(DType dtype, float v);
 
 }  // namespace duquant::formats

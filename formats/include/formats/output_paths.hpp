@@ -67,6 +67,9 @@ OutputFile check_output_file(const std::filesystem::path& path, std::string_view
 // The path with its symbolic links resolved as far as they exist, made absolute; never throws
 // (a loop or an over-long name keeps the path as written).
 std::filesystem::path resolved_path(const std::filesystem::path& path);
+// True when `a` and `b` name one file: the same inode, or the same path once resolved (for a path
+// not created yet). Never throws.
+bool same_file(const std::filesystem::path& a, const std::filesystem::path& b);
 // True when `child` lies inside (or is) `parent`, both resolved.
 bool path_inside(const std::filesystem::path& child, const std::filesystem::path& parent);
 
