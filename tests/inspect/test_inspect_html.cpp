@@ -11,6 +11,7 @@
 
 #include <regex>
 
+#include "common/expert_dump.hpp"
 #include "inspect_test_util.hpp"
 #include "report/html_report.hpp"
 #include "report/layer_grid.hpp"
@@ -207,6 +208,32 @@ TEST(InspectHtml, NumericOrderOfTwoDigitLayersInHtmlAndJson) {
   ASSERT_NE(ten, order.end());
   EXPECT_LT(one, nine);
   EXPECT_EQ(nine + 7, ten);  // the 7 projections of layer 9, then layer 10
+}
+
+// A calibrated, smoothed pack: the calibration section with its map of the held-out output error,
+// one cell per layer, each title holding the layer's figure.
+TEST(InspectHtml, CalibratedPackShowsTheOutputErrorMap) {
+  const fs::path dir = temp_dir();
+  write_expert_dump(dir / "dump.safetensors");
+  const CliResult p =
+      run_cli({"pack", tiny_checkpoint().string(), "-o", (dir / "pack").string(), "--preset", "openpi-dit", "--calib",
+               (dir / "dump.safetensors").string(), "--calib-steps", "1", "--smooth-alpha", "0.5"});
+  ASSERT_EQ(p.exit_code, 0) << p.err;
+  const fs::path html = dir / "report.html";
+  ASSERT_EQ(run_cli({"inspect", (dir / "pack").string(), "--html", html.string()}).exit_code, 0);
+  const std::string page = read_text(html);
+  EXPECT_NE(page.find("<h2>Calibration and smoothing</h2>"), std::string::npos);
+  EXPECT_NE(page.find("14 of 14 layers calibrated, 14 smoothed"), std::string::npos) << page.substr(0, 3000);
+  const std::string map = section(page, "<svg class=\"map\" data-metric=\"output\"", "</svg>");
+  ASSERT_FALSE(map.empty());
+  EXPECT_EQ(count(map, "<g class=\"cell smoothed\""), 14u);
+  EXPECT_NE(map.find("held-out output error (W4 A8) 0."), std::string::npos);
+  EXPECT_EQ(count(page, "<svg class=\"legend\" data-metric=\"output\""), 1u);
+  const nlohmann::json j = run_json({"inspect", (dir / "pack").string(), "--json"});
+  for (const auto& l : j["layers"]) {
+    const double e = l["calibration"]["output_rel_error"];
+    EXPECT_NE(map.find(fmt::format("held-out output error (W4 A8) {:.4f}", e)), std::string::npos) << l["name"];
+  }
 }
 
 TEST(InspectHtml, CheckpointShowsWhatEachPresetSelectsAsMaps) {

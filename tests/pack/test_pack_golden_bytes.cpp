@@ -17,6 +17,7 @@
 
 #include "base/cpu_features.hpp"
 #include "common/child_process.hpp"
+#include "common/expert_dump.hpp"
 #include "common/test_paths.hpp"
 #include "formats/digest.hpp"
 #include "formats/safetensors_checkpoint.hpp"
@@ -29,35 +30,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 fs::path golden_file() { return test::test_data() / "golden" / "pack-digests.json"; }
-
-// A deterministic two-call dump for every action-expert linear of the fixture (keys
-// `<layer>.x_0000`, F32 [24, in]): values with a few outlier channels.
-void write_expert_dump(const fs::path& path) {
-  const formats::Checkpoint ckpt = formats::Checkpoint::open(test::tiny_checkpoint());
-  std::vector<formats::TensorSpec> specs;
-  std::string data;
-  std::uint32_t x = 12345;
-  for (const formats::TensorRef& t : ckpt.tensors()) {
-    const std::string& n = t.name;
-    if (n.find("gemma_expert") == std::string::npos || t.shape.size() != 2 || n.size() < 7 ||
-        n.compare(n.size() - 7, 7, ".weight") != 0)
-      continue;
-    const std::string layer = n.substr(0, n.size() - 7);
-    const std::uint64_t cols = t.shape[1], rows = 24;
-    for (int call = 0; call < 2; ++call) {
-      specs.push_back({fmt::format("{}.x_{:04d}", layer, call), formats::DType::F32, {rows, cols}});
-      for (std::uint64_t k = 0; k < rows * cols; ++k) {
-        x = x * 1664525u + 1013904223u;
-        float f = static_cast<float>(x >> 8) / static_cast<float>(1u << 24) * 2.0f - 1.0f;
-        if (k % cols % 11 == 5) f *= 20.0f;
-        data.append(reinterpret_cast<const char*>(&f), sizeof f);
-      }
-    }
-  }
-  formats::SafetensorsWriter w(path, specs, {});
-  w.write(std::as_bytes(std::span(data.data(), data.size())));
-  w.commit();
-}
 
 struct GoldenRun {
   std::string name;
@@ -99,7 +71,7 @@ std::map<std::string, std::string> digests_of(const fs::path& pack) {
 // The four packs with `extra` flags; their digests by run name. Fails the test on a failed pack.
 json pack_digests(const fs::path& dir, const std::vector<std::string>& extra) {
   const fs::path dump = dir / "dump.safetensors";
-  if (!fs::exists(dump)) write_expert_dump(dump);
+  if (!fs::exists(dump)) test::write_expert_dump(dump);
   json now = json::object();
   for (const GoldenRun& run : runs()) {
     std::vector<std::string> args{
