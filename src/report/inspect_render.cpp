@@ -27,32 +27,51 @@ ojson opt(const std::optional<double>& v) { return v ? ojson(*v) : ojson(nullptr
 
 std::string db(const std::optional<double>& v) { return v ? fmt::format("{:.2f}", *v) : std::string("exact"); }
 
-// Shortens a module name to `width` for display: first drops path parts that are just "model",
-// then abbreviates the long words of pi0.5/GR00T names, and only then elides the middle.
-std::string fit(const std::string& name, std::size_t width) {
-  std::string s = name;
-  if (s.size() <= width) return s;
-  std::string dropped;
+// The words of pi0.5/GR00T names that the table abbreviates, in the order it does so.
+constexpr std::pair<const char*, const char*> kAbbreviations[] = {
+    {"language_model", "lm"}, {"gemma_expert", "expert"}, {"vision_tower", "vision"}, {"vision_model.", ""},
+    {"self_attn", "attn"},    {"paligemma.", ""},         {"encoder.", ""},           {"layers.", "L"}};
+constexpr int kShortenings = 2 + static_cast<int>(std::size(kAbbreviations));
+
+// A module name shortened `stage` steps: 0 as it is, 1 without path parts that are just "model",
+// then one more of kAbbreviations per step.
+std::string shortened(const std::string& name, int stage) {
+  if (stage == 0) return name;
+  std::string s;
   std::size_t pos = 0;
-  while (pos <= s.size()) {
-    std::size_t end = s.find('.', pos);
-    if (end == std::string::npos) end = s.size();
-    const std::string part = s.substr(pos, end - pos);
-    if (part != "model") dropped.append(dropped.empty() ? "" : ".").append(part);
+  while (pos <= name.size()) {
+    std::size_t end = name.find('.', pos);
+    if (end == std::string::npos) end = name.size();
+    const std::string part = name.substr(pos, end - pos);
+    if (part != "model") s.append(s.empty() ? "" : ".").append(part);
     pos = end + 1;
   }
-  s = dropped;
-  static const std::pair<const char*, const char*> words[] = {
-      {"language_model", "lm"}, {"gemma_expert", "expert"}, {"vision_tower", "vision"}, {"vision_model.", ""},
-      {"self_attn", "attn"},    {"paligemma.", ""},         {"encoder.", ""},           {"layers.", "L"}};
-  for (const auto& [from, to] : words) {
-    if (s.size() <= width) return s;
+  for (int k = 0; k + 2 <= stage; ++k) {
+    const auto& [from, to] = kAbbreviations[k];
     for (std::size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + std::string_view(to).size()))
       s.replace(at, std::string_view(from).size(), to);
   }
-  if (s.size() <= width) return s;
-  const std::size_t keep = width - 2, head = keep / 3;
-  return s.substr(0, head) + ".." + s.substr(s.size() - (keep - head));
+  return s;
+}
+
+// Every name of a table shortened alike (the fewest steps after which all fit `width`), so that one
+// module is never spelled two ways in one table; a name still too long then loses its middle.
+std::vector<std::string> fit_all(const std::vector<std::string>& names, std::size_t width) {
+  int stage = 0;
+  while (stage + 1 < kShortenings && std::any_of(names.begin(), names.end(), [&](const std::string& n) {
+           return shortened(n, stage).size() > width;
+         }))
+    ++stage;
+  std::vector<std::string> out;
+  for (const std::string& n : names) {
+    std::string s = shortened(n, stage);
+    if (s.size() > width) {
+      const std::size_t keep = width - 2, head = keep / 3;
+      s = s.substr(0, head) + ".." + s.substr(s.size() - (keep - head));
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
 }
 
 // Word-wraps `text` to `width` columns, every line starting with `indent`.
@@ -316,9 +335,12 @@ std::string pack_text(const PackReport& r) {
     out += fmt::format("{:>3}  {:<{}}  {:>10} {:>6} {:>6} {:>5} {:>7} {:>10}{}\n", "#", "layer", width, "shape",
                        "block", "b_out", "perm", "lambda", "npz", any_heads ? "  worst head" : "");
   }
+  std::vector<std::string> table_names;
+  for (const PackLayerInfo& l : r.layers) table_names.push_back(l.name.substr(prefix.size()));
+  const std::vector<std::string> fitted = fit_all(table_names, width);
   std::size_t i = 0;
   for (const PackLayerInfo& l : r.layers) {
-    const std::string name = fit(l.name.substr(prefix.size()), width);
+    const std::string& name = fitted[i];
     const std::string shape = fmt::format("{}x{}", l.out_features, l.in_features);
     std::string head;
     if (const HeadError* h = worst_head(l))
