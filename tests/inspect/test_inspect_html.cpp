@@ -197,6 +197,15 @@ TEST(InspectHtml, NumericOrderOfTwoDigitLayersInHtmlAndJson) {
             page.find("action expert: paligemma_with_expert.gemma_expert.model.layers"));
   EXPECT_EQ(count(section(page, "<table class=\"worst\"", "</table>"), "<tr><td>"), 20u);
 
+  // The text table spells each module one way: every name shortened alike.
+  const CliResult text = run_cli({"inspect", pack.string()});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  const std::size_t with_model = count(text.out, "gemma_expert.model.layers."),
+                    without = count(text.out, "gemma_expert.layers.");
+  EXPECT_TRUE((with_model == 126 && without == 0) || (with_model == 0 && without == 126))
+      << with_model << " " << without << "\n"
+      << text.out;
+
   const nlohmann::json j = run_json({"inspect", pack.string(), "--json"});
   ASSERT_EQ(j["layers"].size(), 252u);
   std::vector<std::string> order;
