@@ -41,7 +41,7 @@ echo
 echo "== duquant inspect demo/pack --html demo/report.html (the layers that hurt most)"
 "$dq" inspect "$demo/pack" --checkpoint "$demo/pi05_synth.safetensors" --html "$demo/report.html" > "$demo/inspect.txt"
 head -n 24 "$demo/inspect.txt"
-echo "   ... (all of it in demo/inspect.txt; the chart in demo/report.html)"
+echo "   ... (all of it in demo/inspect.txt; the maps in demo/report.html)"
 
 echo
 echo "== duquant pack demo/pi05_synth.safetensors -o demo/pack-a8 --preset openpi-dit --calib demo/acts.h5 --smooth-alpha 0.5"
