@@ -2,7 +2,9 @@
 # The main job on the embedded default: installs what is missing, builds, writes the synthetic
 # pi0.5-shaped checkpoint (`duquant synth`), lists what every preset selects from it, and packs
 # its language model and action expert (preset openpi-full) into demo/pack, verifies the pack
-# against the checkpoint and writes its inspection report (demo/report.html); then calibrates the
+# against the checkpoint and writes its inspection report (demo/report.html); imports its npz files
+# alone (as the Python runtime leaves a pack) back into a full pack and bakes the pack's W4 weights
+# into a checkpoint (demo/baked.safetensors); then calibrates the
 # action expert from a synthetic activation dump (static activation scales, smoothing folded into
 # a copy of the checkpoint, the W4A8 output error on held-out calls). Then the same tool on the
 # layouts people download: a LeRobot copy of pi0.5 (every name under `model.`) and GR00T N1.5
@@ -42,6 +44,21 @@ echo "== duquant inspect demo/pack --html demo/report.html (the layers that hurt
 "$dq" inspect "$demo/pack" --checkpoint "$demo/pi05_synth.safetensors" --html "$demo/report.html" > "$demo/inspect.txt"
 head -n 24 "$demo/inspect.txt"
 echo "   ... (all of it in demo/inspect.txt; the maps in demo/report.html)"
+
+echo
+echo "== duquant import demo/runtime-pack (the npz files alone, as the Python runtime leaves a pack) -> demo/imported"
+rm -rf "$demo/runtime-pack" "$demo/imported" "$demo/baked.safetensors"
+mkdir -p "$demo/runtime-pack"
+cp "$demo/pack"/*.npz "$demo/runtime-pack/"
+"$dq" import "$demo/runtime-pack" --checkpoint "$demo/pi05_synth.safetensors" -o "$demo/imported" \
+  --preset openpi-full > "$demo/import.log"
+tail -n 4 "$demo/import.log"
+cmp -s "$demo/pack/quantized.safetensors" "$demo/imported/quantized.safetensors" &&
+  echo "   imported quantized.safetensors: byte for byte the pack's"
+"$dq" verify "$demo/imported" --checkpoint "$demo/pi05_synth.safetensors" --quiet | tail -n 1
+echo "== duquant bake demo/pack --checkpoint demo/pi05_synth.safetensors -o demo/baked.safetensors"
+"$dq" bake "$demo/pack" --checkpoint "$demo/pi05_synth.safetensors" -o "$demo/baked.safetensors" > "$demo/bake.log"
+tail -n 3 "$demo/bake.log"
 
 echo
 echo "== duquant pack demo/pi05_synth.safetensors -o demo/pack-a8 --preset openpi-dit --calib demo/acts.h5 --smooth-alpha 0.5"
