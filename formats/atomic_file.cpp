@@ -143,10 +143,26 @@ AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
   if (stop_at > 0 && g_temps_created.fetch_add(1) + 1 == stop_at) std::raise(SIGSTOP);
 }
 
+AtomicFile::AtomicFile(fs::path target, fs::path kept)
+    : target_(std::move(target)), temp_(std::move(kept)), kept_(true) {
+  struct stat st {};
+  if (::lstat(target_.c_str(), &st) == 0) {
+    DQ_CHECK(S_ISREG(st.st_mode), io,
+             "{}: exists and is {}; duquant replaces only regular files: remove it or choose "
+             "another path",
+             target_.string(), file_kind_text(st.st_mode));
+  } else if (errno != ENOENT) {
+    fail_file(ErrorKind::io, "{}: cannot access: {}", target_.string(),
+              errno == ELOOP ? std::string("too many levels of symbolic links") : std::strerror(errno));
+  }
+  fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd_ < 0) fail_file(ErrorKind::io, "{}: cannot create: {}", temp_.string(), std::strerror(errno));
+}
+
 AtomicFile::~AtomicFile() {
   if (fd_ >= 0) ::close(fd_);
-  if (!committed_) ::unlink(temp_.c_str());
-  release_temp(slot_);
+  if (!committed_ && !kept_) ::unlink(temp_.c_str());
+  if (!kept_) release_temp(slot_);
 }
 
 void AtomicFile::write(std::span<const std::byte> data) {
@@ -199,7 +215,7 @@ void AtomicFile::commit() {
     fail_file(ErrorKind::io, "{}: cannot rename the finished file into place: {}", target_.string(),
               std::strerror(errno));
   committed_ = true;
-  release_temp(slot_);
+  if (!kept_) release_temp(slot_);
   if (!deferred) sync_folder_of(target_.has_parent_path() ? target_.parent_path() : fs::path("."), target_);
 }
 

@@ -60,6 +60,14 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<Ten
   file_.write(safetensors_header_bytes(tensors, metadata));
 }
 
+SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::filesystem::path kept,
+                                     std::vector<TensorSpec> tensors,
+                                     const std::map<std::string, std::string>& metadata)
+    : file_(std::move(path), std::move(kept)) {
+  for (const TensorSpec& t : tensors) total_ += t.nbytes();
+  file_.write(safetensors_header_bytes(tensors, metadata));
+}
+
 void SafetensorsWriter::write(std::span<const std::byte> chunk) {
   DQ_CHECK(chunk.size() <= total_ - written_, internal, "{}: {} bytes written past the {}-byte data region",
            file_.target().string(), written_ + chunk.size() - total_, total_);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
+#include <fstream>
 #include <limits>
 #include <span>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "config/config_json.hpp"
 #include "duquant/error.hpp"
 #include "formats/atomic_file.hpp"
+#include "formats/digest.hpp"
 #include "formats/folder_lock.hpp"
 #include "formats/output_paths.hpp"
 #include "formats/regular_file.hpp"
@@ -140,6 +142,33 @@ fs::path PackRun::npz_path(std::size_t i) const {
 fs::path PackRun::part_path(std::size_t i) const {
   return work / (pack_file_name(source.selection.layers[i].layer->name) + ".part");
 }
+fs::path PackRun::stream_path() const { return work / "quantized.safetensors.stream"; }
+
+std::string PackRun::layer_bytes(std::size_t i, const LayerRecord& r, const char* stage) const {
+  std::string data;
+  fs::path file;
+  if (r.stream_offset) {
+    // The stream file, or quantized.safetensors once the stream was committed (renamed as it was)
+    // by a run that ended before its manifest.
+    file = stream_path();
+    if (!pack_output::is_plain_file(file)) file = options.output / kQuantizedName;
+    DQ_CHECK(pack_output::is_plain_file(file), io, "{}: missing or not a regular file ({})", file.string(), stage);
+    std::ifstream in(file, std::ios::binary);
+    data.resize(r.part_bytes);
+    in.seekg(static_cast<std::streamoff>(*r.stream_offset));
+    in.read(data.data(), static_cast<std::streamsize>(data.size()));
+    DQ_CHECK(in && static_cast<std::uint64_t>(in.gcount()) == r.part_bytes, io,
+             "{}: {} bytes of layer '{}' at offset {} cannot be read ({})", file.string(), r.part_bytes,
+             source.selection.layers[i].layer->name, *r.stream_offset, stage);
+  } else {
+    file = part_path(i);
+    data = pack_internal::read_file_text(file);
+  }
+  DQ_CHECK(data.size() == r.part_bytes && xxh128_hex(data) == r.part_xxh128, io, "{}: layer '{}' changed ({})",
+           file.string(), source.selection.layers[i].layer->name, stage);
+  return data;
+}
+
 fs::path PackRun::record_path(std::size_t i) const {
   return work / (pack_file_name(source.selection.layers[i].layer->name) + ".json");
 }

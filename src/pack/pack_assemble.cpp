@@ -92,11 +92,7 @@ PackedFile write_shard(const PackRun& run, const PackState& state, const Shard& 
   const std::string header = formats::safetensors_header_bytes(specs, metadata);
   hash.update(std::as_bytes(std::span(header.data(), header.size())));
   for (std::size_t i : shard.layers) {
-    const fs::path part = run.part_path(i);
-    const std::string data = pack_internal::read_file_text(part);
-    const LayerRecord& r = *state.records[i];
-    DQ_CHECK(data.size() == r.part_bytes && xxh128_hex(data) == r.part_xxh128, io,
-             "{}: changed while the pack was being assembled", part.string());
+    const std::string data = run.layer_bytes(i, *state.records[i], "while the pack was being assembled");
     const auto bytes = std::as_bytes(std::span(data.data(), data.size()));
     writer.write(bytes);
     hash.update(bytes);
@@ -114,20 +110,23 @@ class ShardStream {
               std::vector<formats::TensorSpec> all)
       : planned_(std::move(planned)),
         header_(formats::safetensors_header_bytes(all, quantized_metadata())),
-        writer_(run.options.output / kQuantizedName, std::move(all), quantized_metadata()) {
+        writer_(run.options.output / kQuantizedName, run.stream_path(), std::move(all), quantized_metadata()) {
     hash_.update(std::as_bytes(std::span(header_.data(), header_.size())));
   }
-  void append(const PackRun& run, std::size_t i, const LayerRecord& r, std::span<const std::byte> data) {
-    if (abandoned_) return;
+  std::optional<std::uint64_t> append(const PackRun& run, std::size_t i, const LayerRecord& r,
+                                      std::span<const std::byte> data) {
+    if (abandoned_) return std::nullopt;
     std::uint64_t expected = 0;
     for (const auto& spec : planned_.at(i)) expected += spec.nbytes();
     if (i != next_ || !same_specs(tensors_of(run, i, r), planned_[i]) || data.size() != expected) {
-      abandoned_ = true;
-      return;
+      abandoned_ = true;  // the layers streamed so far stay readable in the stream file (their records say where)
+      return std::nullopt;
     }
+    const std::uint64_t at = header_.size() + writer_.data_bytes_written();
     writer_.write(data);
     hash_.update(data);
     ++next_;
+    return at;
   }
   bool complete() const { return !abandoned_ && next_ == planned_.size(); }
   PackedFile commit() {
@@ -163,9 +162,9 @@ std::shared_ptr<ShardStream> open_shard_stream(const PackRun& run, const PackSta
   return std::make_shared<ShardStream>(run, std::move(planned), std::move(all));
 }
 
-void append_to_shard_stream(ShardStream& stream, const PackRun& run, std::size_t i, const LayerRecord& r,
-                            std::span<const std::byte> data) {
-  stream.append(run, i, r, data);
+std::optional<std::uint64_t> append_to_shard_stream(ShardStream& stream, const PackRun& run, std::size_t i,
+                                                    const LayerRecord& r, std::span<const std::byte> data) {
+  return stream.append(run, i, r, data);
 }
 
 bool shard_stream_complete(const ShardStream& stream) { return stream.complete(); }

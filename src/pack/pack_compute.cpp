@@ -141,10 +141,14 @@ LayerRecord finish_and_record(const PackRun& run, std::size_t i, const ComputedL
   r.part_xxh128 = xxh128_hex(packed.data);
   r.part_bytes = packed.data.size();
   r.quality = packed.quality;
-  pack_internal::write_text_atomic(run.part_path(i), packed.data);
+  // The bytes go once to disk: into the stream when it takes them (its file, in the work folder,
+  // survives a failed run for --resume), else into the layer's .part; the record, written last, says
+  // which.
+  if (stream != nullptr)
+    r.stream_offset = append_to_shard_stream(*stream, run, i, r, std::as_bytes(std::span(packed.data)));
+  if (!r.stream_offset) pack_internal::write_text_atomic(run.part_path(i), packed.data);
   pack_internal::write_text_atomic(run.record_path(i),
                                    layer_record_text(r, fmt::format("{}/{}", run.algorithm, kAlgorithmVersion)));
-  if (stream != nullptr) append_to_shard_stream(*stream, run, i, r, std::as_bytes(std::span(packed.data)));
   return r;
 }
 
@@ -239,7 +243,9 @@ void compute_stage(const PackRun& run, DevicePlan& devices, PackState& state, Pa
     if (!writer_thread) complete_finishing();
   }
   complete_finishing();
-  if (state.stream && !shard_stream_complete(*state.stream)) state.stream.reset();  // its temporary file goes
+  // An abandoned stream is closed; its file stays in the work folder, where the records of the layers
+  // streamed into it find their bytes.
+  if (state.stream && !shard_stream_complete(*state.stream)) state.stream.reset();
 
   deferred_sync.reset();
   // Every npz, reused or new, durable (with the folder's names) before the shards and the manifest.

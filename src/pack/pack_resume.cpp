@@ -53,6 +53,7 @@ std::optional<LayerRecord> read_layer_record(const fs::path& path, const std::st
     r.calibration.output_err2 = c.at("output_err2").get<double>();
     r.calibration.input_xxh128 = c.at("input_xxh128").get<std::string>();
     r.smoothed = j.at("smoothed").get<bool>();
+    if (j.contains("stream_offset")) r.stream_offset = j.at("stream_offset").get<std::uint64_t>();
     return r;
   } catch (const Error&) {
     return std::nullopt;  // a damaged record only means the layer is packed again
@@ -82,6 +83,7 @@ std::string layer_record_text(const LayerRecord& r, const std::string& algorithm
                       {"output_err2", r.calibration.output_err2},
                       {"input_xxh128", r.calibration.input_xxh128}};
   j["smoothed"] = r.smoothed;
+  if (r.stream_offset) j["stream_offset"] = *r.stream_offset;
   return formats::dump_json(j, 1) + "\n";
 }
 
@@ -100,10 +102,15 @@ PackState resume_stage(const PackRun& run) {
     std::optional<LayerRecord> record = read_layer_record(
         run.record_path(i), run.fingerprint(i, state.weight_xxh128[i], state.bias_xxh128[i], calib_digest),
         fmt::format("{}/{}", run.algorithm, kAlgorithmVersion));
-    const fs::path npz_path = run.npz_path(i), part_path = run.part_path(i);
-    if (record && (!is_plain_file(npz_path) || !is_plain_file(part_path) ||
-                   xxh128_file(npz_path) != record->npz_xxh128 || xxh128_file(part_path) != record->part_xxh128))
-      record.reset();
+    const fs::path npz_path = run.npz_path(i);
+    if (record && (!is_plain_file(npz_path) || xxh128_file(npz_path) != record->npz_xxh128)) record.reset();
+    if (record) {  // its tensor bytes, in its .part or in the stream file of the run that computed it
+      try {
+        run.layer_bytes(i, *record, "resuming");
+      } catch (const Error&) {
+        record.reset();  // missing or changed: the layer is packed again
+      }
+    }
     state.reused[i] = record.has_value();
     state.records[i] = std::move(record);
     run.release(i);

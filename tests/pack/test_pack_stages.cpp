@@ -165,6 +165,69 @@ TEST(PackStages, ResumeStageReusesIntactLayersAndRecomputesExactlyTheCorruptOne)
   EXPECT_EQ(xxh128_file(s.run.part_path(victim)), first[victim].part_xxh128);
 }
 
+// A fresh single-shard pack streams quantized.safetensors while computing: each layer's bytes go to
+// the work folder's stream file only (no .part), its record saying where. A run that ends before
+// committing it leaves the file, and --resume takes every layer from it and assembles the same bytes.
+TEST(PackStages, StreamedLayersLiveInTheStreamFileAndResumeFromIt) {
+  const fs::path dir = test::temp_dir();
+  auto single_shard = [](const fs::path& out, bool resume) {
+    PackOptions o = options_for(out);
+    o.max_shard_bytes = 4'000'000'000;
+    o.resume = resume;
+    return o;
+  };
+  const PackSummary whole = run_pack(single_shard(dir / "whole", false), {});
+  ASSERT_EQ(whole.shards, 1);
+  std::vector<LayerRecord> first;
+  {
+    const PackOptions o = single_shard(dir / "out", false);
+    PackSource source(o);
+    const CalibrationPlan plan = plan_calibration(o, source.checkpoint(), source.linears, source.selection);
+    PackRun run(o, source, plan);
+    fs::create_directories(run.work);
+    PackSummary summary;
+    DevicePlan devices = open_devices("cpu", {});
+    PackState state = resume_stage(run);
+    compute_stage(run, devices, state, summary, {});
+    ASSERT_TRUE(state.stream != nullptr);
+    for (std::size_t i = 0; i < state.records.size(); ++i) {
+      ASSERT_TRUE(state.records[i].has_value());
+      EXPECT_TRUE(state.records[i]->stream_offset.has_value()) << i;
+      EXPECT_FALSE(fs::exists(run.part_path(i))) << i;  // the bytes went to disk once
+      EXPECT_EQ(run.layer_bytes(i, *state.records[i], "test").size(), state.records[i]->part_bytes);
+      first.push_back(*state.records[i]);
+    }
+    EXPECT_TRUE(fs::exists(run.stream_path()));
+  }  // ends without assembling: the stream is never committed
+  const PackOptions o = single_shard(dir / "out", true);
+  PackSource source(o);
+  const CalibrationPlan plan = plan_calibration(o, source.checkpoint(), source.linears, source.selection);
+  PackRun run(o, source, plan);
+  ASSERT_TRUE(fs::exists(run.stream_path())) << "the stream file outlives the run that wrote it";
+  PackState state = resume_stage(run);
+  for (std::size_t i = 0; i < first.size(); ++i) {
+    ASSERT_TRUE(state.reused[i]) << i;
+    EXPECT_EQ(state.records[i]->stream_offset, first[i].stream_offset);
+  }
+  PackSummary summary;
+  DevicePlan devices = open_devices("cpu", {});
+  compute_stage(run, devices, state, summary, {});
+  EXPECT_EQ(summary.reused, first.size());
+  const AssembledPack assembled = assemble_stage(run, state);
+  ASSERT_EQ(assembled.shards, 1);
+  EXPECT_EQ(read_bytes(dir / "out" / "quantized.safetensors"), read_bytes(dir / "whole" / "quantized.safetensors"));
+  // A byte of the stream changed: that layer alone is packed again.
+  {
+    const auto at = static_cast<std::size_t>(*first[1].stream_offset + 3);
+    const char byte = read_bytes(run.stream_path()).at(at);
+    std::fstream f(run.stream_path(), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(at));
+    f.put(static_cast<char>(byte ^ 0x5a));
+  }
+  const PackState again = resume_stage(run);
+  for (std::size_t i = 0; i < first.size(); ++i) EXPECT_EQ(again.records[i].has_value(), i != 1) << i;
+}
+
 TEST(PackStages, AssembleAndManifestStagesWriteAFullPacksBytes) {
   const fs::path dir = test::temp_dir();
   const FullPack full = full_pack(dir / "full");

@@ -17,6 +17,11 @@ namespace duquant::formats {
 class AtomicFile {
  public:
   explicit AtomicFile(std::filesystem::path target);
+  // The data goes to `kept` (created or truncated) instead of a temporary beside the target, and
+  // that file is the caller's: neither an interruption nor the destructor removes it, so that its
+  // bytes outlive a failed run (a pack's work folder keeps the layers streamed into it for
+  // --resume). commit() renames it over the target as above.
+  AtomicFile(std::filesystem::path target, std::filesystem::path kept);
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
   ~AtomicFile();
@@ -35,6 +40,7 @@ class AtomicFile {
   std::uint64_t written_ = 0;
   int slot_ = -1;  // in the registry of temporary files (below)
   bool committed_ = false;
+  bool kept_ = false;  // the temporary is the caller's (see the second constructor)
 };
 
 // Deferred durability, for many small files whose contents are checked before they are trusted (a

@@ -37,11 +37,16 @@ class SafetensorsWriter {
  public:
   SafetensorsWriter(std::filesystem::path path, std::vector<TensorSpec> tensors,
                     const std::map<std::string, std::string>& metadata);
+  // Written into `kept` until commit (AtomicFile's second constructor: the caller's file, which a
+  // failed run leaves in place).
+  SafetensorsWriter(std::filesystem::path path, std::filesystem::path kept, std::vector<TensorSpec> tensors,
+                    const std::map<std::string, std::string>& metadata);
   // Appends the next bytes of data (tensors in order; a chunk may span tensors).
   void write(std::span<const std::byte> chunk);
   // Checks that every tensor received exactly its bytes, then publishes the file.
   void commit();
   std::uint64_t data_bytes() const noexcept { return total_; }
+  std::uint64_t data_bytes_written() const noexcept { return written_; }
 
  private:
   AtomicFile file_;

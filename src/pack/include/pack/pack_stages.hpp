@@ -36,6 +36,9 @@ struct LayerRecord {
   LayerQuality quality;
   CalibrationFigures calibration;
   bool smoothed = false;
+  // Where the layer's bytes are: its `.part` file, or (a fresh single-shard pack, which streams
+  // quantized.safetensors while computing) this offset of the work folder's stream file.
+  std::optional<std::uint64_t> stream_offset;
 };
 
 // The record's file text (exact doubles, so that a resumed manifest is identical), and the
@@ -80,6 +83,13 @@ struct PackRun {
   std::filesystem::path npz_path(std::size_t i) const;
   std::filesystem::path part_path(std::size_t i) const;
   std::filesystem::path record_path(std::size_t i) const;
+  // The work folder's quantized.safetensors in the making (ShardStream): kept when a run fails, so
+  // that --resume finds the layers streamed into it.
+  std::filesystem::path stream_path() const;
+  // The i-th layer's tensor bytes as its record places them (.part, or the stream file: in the work
+  // folder, or already renamed to quantized.safetensors), checked against the
+  // record's size and digest; io error naming the file otherwise (`stage` says when).
+  std::string layer_bytes(std::size_t i, const LayerRecord& r, const char* stage) const;
   // The layer's identity: tool, configuration, name, bits, weight and bias digests, and the digest
   // of every calibration value it uses ("none" without calls).
   std::string fingerprint(std::size_t i, const std::string& weight_xxh128, const std::string& bias_xxh128,
@@ -113,10 +123,11 @@ struct PackState {
 // The stream for a pack none of whose layers is reused and whose tensors fit one shard; null
 // otherwise. Its temporary file is removed unless assemble_stage commits it.
 std::shared_ptr<ShardStream> open_shard_stream(const PackRun& run, const PackState& state);
-// Appends the i-th layer's tensors (`data`, as in its .part; `r` its record) when i is the next
-// layer and its tensors are the planned ones, else abandons the stream. Write errors throw.
-void append_to_shard_stream(ShardStream& stream, const PackRun& run, std::size_t i, const LayerRecord& r,
-                            std::span<const std::byte> data);
+// Appends the i-th layer's tensors (`data`; `r` its record) when i is the next layer and its tensors
+// are the planned ones, and returns their offset in the stream file; else abandons the stream and
+// returns nullopt (the layer then needs its .part). Write errors throw.
+std::optional<std::uint64_t> append_to_shard_stream(ShardStream& stream, const PackRun& run, std::size_t i,
+                                                    const LayerRecord& r, std::span<const std::byte> data);
 // Every layer appended, in order, as planned.
 bool shard_stream_complete(const ShardStream& stream);
 
