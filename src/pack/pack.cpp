@@ -153,6 +153,12 @@ std::string PackRun::layer_bytes(std::size_t i, const LayerRecord& r, const char
     file = stream_path();
     if (!pack_output::is_plain_file(file)) file = options.output / kQuantizedName;
     DQ_CHECK(pack_output::is_plain_file(file), io, "{}: missing or not a regular file ({})", file.string(), stage);
+    std::error_code ec;
+    const std::uint64_t size = fs::file_size(file, ec);
+    // The record's figures are checked against the file before anything is allocated from them.
+    DQ_CHECK(!ec && *r.stream_offset <= size && r.part_bytes <= size - *r.stream_offset, io,
+             "{}: {} bytes of layer '{}' at offset {} lie beyond its {} bytes ({})", file.string(), r.part_bytes,
+             source.selection.layers[i].layer->name, *r.stream_offset, size, stage);
     std::ifstream in(file, std::ios::binary);
     data.resize(r.part_bytes);
     in.seekg(static_cast<std::streamoff>(*r.stream_offset));
