@@ -112,20 +112,24 @@ int temp_files_open() noexcept {
   return n;
 }
 
-AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
-  // The rename at commit replaces whatever has the final name. Only a regular file is replaced: a
-  // FIFO, a device (/dev/null), a socket, a folder or a symbolic link there is the user's, and a
-  // process run as root would otherwise swap a device node for a file.
+// The rename at commit replaces whatever has the final name. Only a regular file is replaced: a
+// FIFO, a device (/dev/null), a socket, a folder or a symbolic link there is the user's, and a
+// process run as root would otherwise swap a device node for a file.
+static void check_replaceable(const fs::path& target) {
   struct stat st {};
-  if (::lstat(target_.c_str(), &st) == 0) {
+  if (::lstat(target.c_str(), &st) == 0) {
     DQ_CHECK(S_ISREG(st.st_mode), io,
              "{}: exists and is {}; duquant replaces only regular files: remove it or choose "
              "another path",
-             target_.string(), file_kind_text(st.st_mode));
+             target.string(), file_kind_text(st.st_mode));
   } else if (errno != ENOENT) {
-    fail_file(ErrorKind::io, "{}: cannot access: {}", target_.string(),
+    fail_file(ErrorKind::io, "{}: cannot access: {}", target.string(),
               errno == ELOOP ? std::string("too many levels of symbolic links") : std::strerror(errno));
   }
+}
+
+AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
+  check_replaceable(target_);
   const fs::path folder = target_.has_parent_path() ? target_.parent_path() : fs::path(".");
   temp_ = folder / fmt::format(".{}.tmp-{}", target_.filename().string(), ::getpid());
   const long stop_at = temp_stop_target();  // may throw: before anything is created
@@ -145,16 +149,7 @@ AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
 
 AtomicFile::AtomicFile(fs::path target, fs::path kept)
     : target_(std::move(target)), temp_(std::move(kept)), kept_(true) {
-  struct stat st {};
-  if (::lstat(target_.c_str(), &st) == 0) {
-    DQ_CHECK(S_ISREG(st.st_mode), io,
-             "{}: exists and is {}; duquant replaces only regular files: remove it or choose "
-             "another path",
-             target_.string(), file_kind_text(st.st_mode));
-  } else if (errno != ENOENT) {
-    fail_file(ErrorKind::io, "{}: cannot access: {}", target_.string(),
-              errno == ELOOP ? std::string("too many levels of symbolic links") : std::strerror(errno));
-  }
+  check_replaceable(target_);
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd_ < 0) fail_file(ErrorKind::io, "{}: cannot create: {}", temp_.string(), std::strerror(errno));
 }
